@@ -1,0 +1,86 @@
+"""Framing shared by the guest agent and the host (standard library only).
+
+A frame is ``MAGIC`` (4 bytes), the payload length (4 bytes, big endian) and a
+UTF-8 JSON object. Binary data travels base64-encoded inside the JSON.
+
+The framing knows nothing about workspaces or operations. It does know that a
+serial port keeps stale bytes across reconnects, so the decoder resynchronises
+on the magic: bytes that do not start a well-formed frame are skipped and
+counted, never fatal. Above this layer, the client confirms it is in step with
+a random nonce (see ``pyro_mcp.agent.client``).
+
+This file is copied into the guest image; it must import only the standard
+library.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+MAGIC = b"PYR1"
+HEADER = struct.Struct(">4sI")
+
+# Large enough for two full output streams (base64) plus envelope; small enough
+# that a hostile peer cannot make the other side buffer without bound.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+
+AGENT_PORT_NAME = "org.pyro.agent"
+PROTOCOL_VERSION = 1
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """Serialise one message into a frame."""
+    payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    return HEADER.pack(MAGIC, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages, skipping garbage between frames."""
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_bytes
+        self.skipped_bytes = 0
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add bytes; return every complete message they finish."""
+        self._buffer += data
+        messages: list[dict[str, Any]] = []
+        while True:
+            start = self._buffer.find(MAGIC)
+            if start < 0:
+                # Keep a possible partial magic at the end, drop the rest.
+                keep = len(MAGIC) - 1
+                drop = max(0, len(self._buffer) - keep)
+                self._skip(drop)
+                return messages
+            self._skip(start)
+            if len(self._buffer) < HEADER.size:
+                return messages
+            _, length = HEADER.unpack_from(self._buffer)
+            if length > self._max:
+                self._skip(len(MAGIC))
+                continue
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                return messages
+            payload = bytes(self._buffer[HEADER.size : end])
+            try:
+                message = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                self._skip(len(MAGIC))
+                continue
+            if not isinstance(message, dict):
+                self._skip(len(MAGIC))
+                continue
+            del self._buffer[:end]
+            messages.append(message)
+
+    def _skip(self, count: int) -> None:
+        if count:
+            del self._buffer[:count]
+            self.skipped_bytes += count

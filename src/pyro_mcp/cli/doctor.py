@@ -1,0 +1,52 @@
+"""``pyro doctor``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pyro_mcp.cli.render import print_json
+from pyro_mcp.sdk import Pyro
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "doctor",
+        help="check that this host can run guests",
+        description="Report platform, KVM/TCG choice, QEMU, host tools, cache and environments. "
+        "Exits 1 when this host cannot run guests.",
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    report = Pyro().doctor()
+    if args.json:
+        print_json(report)
+        return 0 if report["ok"] else 1
+    platform = report["platform"]
+    accel = report["accel"]
+    qemu = report["qemu"]
+    print(f"pyro doctor: {'OK' if report['ok'] else 'CANNOT RUN GUESTS'}")
+    print(f"  platform     {platform['distribution']} {platform['machine']}, kernel {platform['release']}, "
+          f"Python {platform['python']}{' (root)' if platform['root'] else ''}")
+    kvm = "present" if accel["kvm_present"] else "absent"
+    usable = {True: "usable", False: "not usable", None: "not yet probed"}[accel["kvm_usable"]]
+    print(f"  kvm          {kvm}, {usable}")
+    print(f"  accel        {accel['accel']}: {accel['reason']}")
+    print(f"  qemu         {qemu['version'] or 'missing'} ({qemu['path'] or 'not installed'})")
+    print(f"  networking   user-mode NAT {'available' if report['networking']['user_mode_nat'] else 'unavailable'}")
+    missing = [t for t in report["host_tools"] if not t["found"]]
+    print(f"  host tools   {len(report['host_tools']) - len(missing)}/{len(report['host_tools'])} found"
+          + (": missing " + ", ".join(f"{t['command']} ({t['package']})" for t in missing) if missing else ""))
+    print(f"  state dir    {report['state_dir']}")
+    print(f"  cache dir    {report['cache_dir']}")
+    for env in report["environments"]:
+        state = "installed" if env["installed"] else (f"broken: {env['problem']}" if env["problem"] else "not installed")
+        print(f"  environment  {env['name']:<16} {state}")
+    for problem in report["problems"]:
+        print(f"  PROBLEM: {problem}")
+    for warning in report["warnings"]:
+        print(f"  note: {warning}")
+    return 0 if report["ok"] else 1

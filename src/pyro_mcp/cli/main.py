@@ -1,0 +1,78 @@
+"""``pyro``: the command line. Parses, calls the SDK, renders.
+
+Errors are caught once, here: a ``PyroError`` is printed to stderr and the
+process exits non-zero; commands never call ``sys.exit`` themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pyro_mcp import __version__
+from pyro_mcp.cli import doctor, env, run, vm
+from pyro_mcp.errors import InvalidArgument, PyroError
+
+EPILOG = """\
+examples:
+  pyro doctor                                  can this host run guests?
+  pyro env pull debian:12                      build the default environment
+  pyro run debian:12 -- git --version          one command in a fresh microVM
+  pyro run debian:12 --json -- sh -c 'exit 3'  structured result, exit code 3
+  pyro demo                                    create, start, exec, delete
+
+Every command takes --json. State lives under PYRO_HOME (default
+~/.local/share/pyro), environments under PYRO_CACHE_DIR (default ~/.cache/pyro).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro",
+        description="Disposable microVM sandboxes for coding agents.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pyro {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run.register(commands)
+    doctor.register(commands)
+    env.register(commands)
+    vm.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the guest command, verbatim: options
+    # such as --json must still be ours when they come before it.
+    command: list[str] = []
+    if "--" in words:
+        split = words.index("--")
+        words, command = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    if hasattr(args, "cmd"):
+        args.cmd = list(args.cmd) + command
+    elif command:
+        parser.error("`--` and a command only go with `pyro run` and `pyro vm exec`")
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args))
+    except InvalidArgument as exc:
+        print(f"pyro: invalid argument: {exc}", file=sys.stderr)
+        return 2
+    except PyroError as exc:
+        print(f"pyro: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pyro: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

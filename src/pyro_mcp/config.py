@@ -1,0 +1,74 @@
+"""Paths, defaults and environment variables, read in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_VCPU_COUNT = 1
+DEFAULT_MEM_MIB = 1024
+DEFAULT_TIMEOUT_SECONDS = 30
+DEFAULT_ENVIRONMENT = "debian:12"
+
+# How much of each output stream a command may return. The guest enforces it
+# and the host checks it again, because the guest is not trusted.
+MAX_OUTPUT_BYTES = 1024 * 1024
+
+# A booted guest must reach its agent within this bound. Under TCG a cold boot
+# takes about 4 s on the project's machines; two of them at once on two cores
+# take longer, so the bound is generous.
+BOOT_TIMEOUT_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where pyro keeps its state (records, VMs) and its caches (environments)."""
+
+    state_dir: Path
+    cache_dir: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "pyro.db"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.state_dir / "vms"
+
+    @property
+    def environments_dir(self) -> Path:
+        return self.cache_dir / "environments"
+
+    def ensure(self) -> None:
+        """Create the directories private to the user (0700)."""
+        for path in (self.state_dir, self.cache_dir, self.vms_dir, self.environments_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def default_paths() -> Paths:
+    """Paths from ``PYRO_HOME`` / ``PYRO_CACHE_DIR`` or the XDG defaults."""
+    home = Path.home()
+    pyro_home = os.environ.get("PYRO_HOME")
+    if pyro_home:
+        state = Path(pyro_home)
+    else:
+        state = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "pyro"
+    cache_env = os.environ.get("PYRO_CACHE_DIR")
+    if cache_env:
+        cache = Path(cache_env)
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "pyro"
+    return Paths(state_dir=state.absolute(), cache_dir=cache.absolute())
+
+
+def accel_override() -> str | None:
+    """``PYRO_ACCEL`` (kvm or tcg) when set."""
+    value = os.environ.get("PYRO_ACCEL", "").strip().lower()
+    return value or None
+
+
+def debian_mirror_override() -> str | None:
+    """``PYRO_DEBIAN_MIRROR`` when set."""
+    value = os.environ.get("PYRO_DEBIAN_MIRROR", "").strip()
+    return value or None

@@ -1,0 +1,124 @@
+"""``pyro doctor``: can this host run guests, and if not, what to do."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+from pyro_mcp import config, host_tools
+from pyro_mcp.environments.cache import EnvironmentCache
+from pyro_mcp.errors import PyroError
+from pyro_mcp.vm import accel
+from pyro_mcp.vm.qemu import qemu_version
+
+
+def diagnose(paths: config.Paths) -> dict[str, Any]:
+    """A structured report; ``ok`` is False when guests cannot run here."""
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    tools = []
+    for tool in host_tools.ALL_TOOLS:
+        path = host_tools.find(tool)
+        tools.append(
+            {
+                "command": tool.command,
+                "package": tool.package,
+                "purpose": tool.purpose,
+                "found": path is not None,
+                "path": str(path) if path else None,
+                "needed_for": "running" if tool in host_tools.RUNTIME_TOOLS else "building",
+            }
+        )
+    missing_runtime = sorted({t["package"] for t in tools if not t["found"] and t["needed_for"] == "running"})
+    missing_build = sorted({t["package"] for t in tools if not t["found"] and t["needed_for"] == "building"})
+    if missing_runtime:
+        problems.append(
+            "cannot run guests: install "
+            + " ".join(missing_runtime)
+            + f" (sudo apt-get install --no-install-recommends {' '.join(missing_runtime)})"
+        )
+    if missing_build:
+        warnings.append(
+            "cannot build environments: install "
+            + " ".join(missing_build)
+            + f" (sudo apt-get install --no-install-recommends {' '.join(missing_build)})"
+        )
+    if os.geteuid() != 0:
+        warnings.append("building environments needs root (debootstrap); running them does not")
+
+    qemu_path = host_tools.find(host_tools.QEMU)
+    qemu = {
+        "path": str(qemu_path) if qemu_path else None,
+        "version": qemu_version(qemu_path) if qemu_path else None,
+        "user_networking": _has_user_networking(str(qemu_path)) if qemu_path else False,
+    }
+
+    try:
+        decision = accel.static_decision()
+        if decision is None:
+            cached = accel.cached_probe(paths.cache_dir / "kvm-probe.json", "") or {}
+            decision = accel.AccelDecision(
+                "kvm" if cached.get("usable") else "tcg",
+                "KVM looks usable; the first start boots a probe guest to confirm",
+                True,
+                None,
+            )
+        accel_info: dict[str, Any] = decision.to_dict()
+    except PyroError as exc:
+        problems.append(str(exc))
+        accel_info = {"accel": None, "reason": str(exc), "kvm_present": os.path.exists("/dev/kvm"), "kvm_usable": None}
+    if accel_info.get("accel") == "tcg":
+        warnings.append(
+            "guests run under TCG (software emulation): expect about 4-5 s per cold boot"
+        )
+
+    environments = [status.to_dict() for status in EnvironmentCache(paths.cache_dir).list()]
+    if not any(env["installed"] for env in environments):
+        warnings.append("no environment is installed yet; run `pyro env pull debian:12`")
+
+    return {
+        "ok": not problems,
+        "platform": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "distribution": _os_release(),
+            "root": os.geteuid() == 0,
+        },
+        "accel": accel_info,
+        "qemu": qemu,
+        "host_tools": tools,
+        "networking": {
+            "user_mode_nat": qemu["user_networking"],
+            "note": "guests have no NIC unless --network is given; egress is user-mode NAT",
+        },
+        "state_dir": str(paths.state_dir),
+        "cache_dir": str(paths.cache_dir),
+        "environments": environments,
+        "problems": problems,
+        "warnings": warnings,
+    }
+
+
+def _has_user_networking(qemu: str) -> bool:
+    try:
+        result = subprocess.run(
+            [qemu, "-netdev", "help"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(line.strip() == "user" for line in result.stdout.splitlines())
+
+
+def _os_release() -> str:
+    try:
+        for line in open("/etc/os-release", encoding="utf-8"):
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "unknown"

@@ -1,0 +1,392 @@
+"""Builds the parts of an environment from the distribution's packages.
+
+* kernel: the cloud kernel package, downloaded with the host's apt and
+  extracted (never installed on the host); only vmlinuz and the few virtio
+  modules the guest needs are kept.
+* initramfs: busybox-static, those modules, pyro's init and agent, written
+  as a newc cpio archive directly (so ``/dev/console`` needs no root).
+* root filesystem: ``debootstrap --variant=minbase`` plus the environment's
+  packages, packed into an ext4 image with ``mkfs.ext4 -d``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pyro_mcp import config, host_tools
+from pyro_mcp.environments.catalog import EnvironmentSpec
+from pyro_mcp.errors import EnvironmentBuildError, HostSetupError
+
+Progress = Callable[[str], None]
+
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+GUEST_MODULES = (
+    "virtio_ring",
+    "virtio",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "failover",
+    "net_failover",
+    "virtio_net",
+)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    package: str
+    version: str
+    vmlinuz: Path
+    modules_dir: Path
+
+    @property
+    def release(self) -> str:
+        return self.package.removeprefix("linux-image-")
+
+
+# ------------------------------------------------------------------- mirror
+
+
+def debian_mirror() -> str:
+    """The Debian mirror: ``PYRO_DEBIAN_MIRROR``, else the host's apt configuration.
+
+    Raises:
+        HostSetupError: no Debian mirror is configured anywhere.
+    """
+    override = config.debian_mirror_override()
+    if override:
+        return override
+    for uri in _apt_source_uris(Path("/etc/apt")):
+        if "security" not in uri:
+            return uri.rstrip("/")
+    raise HostSetupError(
+        "no Debian mirror found in /etc/apt/sources.list{,.d}; set PYRO_DEBIAN_MIRROR "
+        "to the URL of a Debian archive"
+    )
+
+
+def _apt_source_uris(apt_dir: Path) -> list[str]:
+    uris: list[str] = []
+    sources_d = apt_dir / "sources.list.d"
+    deb822 = sorted(sources_d.glob("*.sources")) if sources_d.is_dir() else []
+    for path in deb822:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.strip().lower().startswith("uris:"):
+                uris.extend(line.split(":", 1)[1].split())
+    one_line = [apt_dir / "sources.list"]
+    one_line += sorted(sources_d.glob("*.list")) if sources_d.is_dir() else []
+    for path in one_line:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 2 and words[0] == "deb":
+                uris.append(words[1])
+    return [u for u in uris if u.startswith(("http://", "https://", "file:/"))]
+
+
+# ------------------------------------------------------------------- kernel
+
+
+def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
+    """The current cloud kernel, downloaded and extracted once per version."""
+    tools = host_tools.require(host_tools.APT_GET, host_tools.DPKG_DEB, host_tools.MODINFO)
+    package = _resolve_kernel_package()
+    version = _apt_candidate_version(package)
+    target = kernels_dir / f"{package}_{version}"
+    if (target / "vmlinuz").is_file() and (target / "modules" / "virtio_net.ko").is_file():
+        return Kernel(package, version, target / "vmlinuz", target / "modules")
+
+    progress(f"phase=kernel downloading {package} {version}")
+    kernels_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=kernels_dir, prefix=".partial-") as tmp:
+        work = Path(tmp)
+        _run(
+            [str(tools["apt-get"]), "download", "-q", "-o", "APT::Sandbox::User=root", package],
+            cwd=work,
+            what=f"download {package}",
+        )
+        debs = list(work.glob("*.deb"))
+        if len(debs) != 1:
+            raise EnvironmentBuildError(f"apt-get download {package} produced no package file")
+        extract = work / "extract"
+        _run([str(tools["dpkg-deb"]), "-x", str(debs[0]), str(extract)], what="unpack kernel")
+        staged = work / "kernel"
+        (staged / "modules").mkdir(parents=True)
+        vmlinuz = next(iter((extract / "boot").glob("vmlinuz-*")), None)
+        if vmlinuz is None:
+            raise EnvironmentBuildError(f"{package} contains no /boot/vmlinuz-*")
+        shutil.copy2(vmlinuz, staged / "vmlinuz")
+        module_root = next(iter((extract / "lib" / "modules").iterdir()))
+        for name in GUEST_MODULES:
+            found = list(module_root.rglob(f"{name}.ko"))
+            if not found:
+                raise EnvironmentBuildError(f"{package} has no module {name}.ko")
+            shutil.copy2(found[0], staged / "modules" / f"{name}.ko")
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return Kernel(package, version, target / "vmlinuz", target / "modules")
+
+
+def _resolve_kernel_package() -> str:
+    output = _apt_query(["apt-cache", "depends", "--important", KERNEL_META_PACKAGE])
+    match = re.search(r"Depends:\s*(linux-image-\S+)", output)
+    if not match:
+        raise EnvironmentBuildError(
+            f"cannot resolve {KERNEL_META_PACKAGE} to a kernel package: {output.strip()[:300]}"
+        )
+    return match.group(1)
+
+
+def _apt_candidate_version(package: str) -> str:
+    output = _apt_query(["apt-cache", "policy", package])
+    match = re.search(r"Candidate:\s*(\S+)", output)
+    if not match or match.group(1) == "(none)":
+        raise EnvironmentBuildError(f"apt has no candidate version of {package}")
+    return match.group(1)
+
+
+def _apt_query(argv: list[str]) -> str:
+    """An apt-cache query; runs ``apt-get update`` once if lists are missing (root only)."""
+    for attempt in range(2):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode == 0 and "Unable to locate" not in result.stderr:
+            return result.stdout
+        if attempt == 0 and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
+            continue
+        raise EnvironmentBuildError(
+            f"`{' '.join(argv)}` failed: {result.stderr.strip()[:300]}. "
+            "Run `sudo apt-get update` and try again."
+        )
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- initramfs
+
+
+def guest_files() -> dict[str, bytes]:
+    """The pyro files shipped into the guest: init, agent and its protocol."""
+    guest = resources.files("pyro_mcp.guest")
+    agent = resources.files("pyro_mcp.agent")
+    return {
+        "init": guest.joinpath("init.sh").read_bytes(),
+        "pyro/agent.py": guest.joinpath("agent.py").read_bytes(),
+        "pyro/protocol.py": agent.joinpath("protocol.py").read_bytes(),
+    }
+
+
+def guest_files_hash() -> str:
+    """Changes whenever the init or the agent changes: names the initramfs."""
+    digest = hashlib.sha256()
+    for name, data in sorted(guest_files().items()):
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_initramfs(kernel_modules: Path, output: Path) -> None:
+    """Write a gzip'd newc initramfs to ``output`` (atomically)."""
+    busybox = host_tools.require(host_tools.BUSYBOX)["busybox"]
+    archive = CpioWriter()
+    for directory in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules", "pyro"):
+        archive.directory(directory)
+    archive.device("dev/console", major=5, minor=1)
+    archive.device("dev/null", major=1, minor=3)
+    archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
+    for name in GUEST_MODULES:
+        archive.file(f"lib/modules/{name}.ko", (kernel_modules / f"{name}.ko").read_bytes())
+    for name, data in guest_files().items():
+        archive.file(name, data, mode=0o755 if name == "init" else 0o644)
+    tmp = output.with_name(output.name + ".partial")
+    tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
+    tmp.rename(output)
+
+
+class CpioWriter:
+    """A minimal writer of the ``newc`` cpio format the kernel unpacks."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ino = 1
+
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        self._entry(name, stat.S_IFDIR | mode, b"")
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def device(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, b"", rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0, b"")
+        return b"".join(self._parts)
+
+    def _entry(self, name: str, mode: int, data: bytes, rdev: tuple[int, int] = (0, 0)) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        header = b"070701" + b"".join(b"%08X" % value for value in fields)
+        self._ino += 1
+        self._parts.append(_pad4(header + encoded))
+        self._parts.append(_pad4(data))
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+# --------------------------------------------------------------- root image
+
+
+def build_rootfs(
+    spec: EnvironmentSpec,
+    work_dir: Path,
+    output: Path,
+    debs_cache: Path,
+    progress: Progress,
+) -> dict[str, str]:
+    """Debootstrap ``spec`` in ``work_dir`` and pack it into ``output``.
+
+    Returns:
+        The installed packages and their versions.
+    """
+    if os.geteuid() != 0:
+        raise EnvironmentBuildError(
+            f"building {spec.name} needs root (debootstrap creates device files and chroots). "
+            f"Run `sudo pyro env pull {spec.name}` with PYRO_CACHE_DIR pointing at your cache, "
+            "or run `make setup` as root."
+        )
+    tools = host_tools.require(host_tools.DEBOOTSTRAP, host_tools.MKFS_EXT4)
+    mirror = debian_mirror()
+    root = work_dir / "rootfs"
+    debs_cache.mkdir(parents=True, exist_ok=True)
+    progress(f"phase=rootfs debootstrap {spec.suite} minbase + {len(spec.packages)} packages")
+    argv = [
+        str(tools["debootstrap"]),
+        "--variant=minbase",
+        f"--cache-dir={debs_cache}",
+        f"--include={','.join(spec.packages)}",
+        spec.suite,
+        str(root),
+        mirror,
+    ]
+    _run_with_progress(argv, progress, log=work_dir / "debootstrap.log")
+
+    progress("phase=configure trimming docs and apt caches")
+    packages = _installed_packages(root)
+    _configure_root(root, spec, mirror)
+
+    progress(f"phase=image mkfs.ext4 ({spec.disk_size_mib} MiB sparse)")
+    tmp = output.with_name(output.name + ".partial")
+    _run(
+        [
+            str(tools["mkfs.ext4"]),
+            "-q",
+            "-F",
+            "-L",
+            "pyro-root",
+            "-d",
+            str(root),
+            str(tmp),
+            f"{spec.disk_size_mib}M",
+        ],
+        what="mkfs.ext4",
+    )
+    tmp.rename(output)
+    shutil.rmtree(root, ignore_errors=True)
+    return packages
+
+
+def _installed_packages(root: Path) -> dict[str, str]:
+    result = subprocess.run(
+        ["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    packages: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        name, _, version = line.partition("\t")
+        if name:
+            packages[name] = version
+    return packages
+
+
+def _configure_root(root: Path, spec: EnvironmentSpec, mirror: str) -> None:
+    for trash in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+        path = root / trash
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                elif child.name != "lock":
+                    child.unlink(missing_ok=True)
+    (root / "etc" / "apt" / "sources.list").write_text(
+        f"deb {mirror} {spec.suite} main\ndeb {mirror} {spec.suite}-updates main\n"
+    )
+    (root / "etc" / "hostname").write_text("pyro\n")
+    (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tpyro\n::1\tlocalhost\n")
+    (root / "workspace").mkdir(exist_ok=True)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise EnvironmentBuildError(f"{what} failed (exit {result.returncode}):\n{tail}")
+
+
+def _run_with_progress(argv: list[str], progress: Progress, log: Path) -> None:
+    """Run debootstrap, relaying a condensed count of its steps."""
+    counts = {"Retrieving": 0, "Extracting": 0, "Unpacking": 0, "Configuring": 0}
+    last_report = time.monotonic()
+    tail: list[str] = []
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert process.stdout is not None
+        for line in _lines(process.stdout):
+            log_file.write(line)
+            tail = [*tail[-14:], line.rstrip()]
+            for key in counts:
+                if line.startswith(f"I: {key} "):
+                    counts[key] += 1
+            if time.monotonic() - last_report >= 3:
+                last_report = time.monotonic()
+                summary = " ".join(f"{k.lower()}={v}" for k, v in counts.items())
+                progress(f"phase=rootfs {summary}")
+        code = process.wait()
+    if code != 0:
+        joined = "\n".join(tail)
+        raise EnvironmentBuildError(
+            f"debootstrap failed (exit {code}); last lines:\n{joined}\nFull log: {log}"
+        )
+
+
+def _lines(stream: Iterable[str]) -> Iterable[str]:
+    yield from stream
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,341 @@
+"""Installed environments: where they live, whether they are whole, repair and prune.
+
+Layout under the cache dir::
+
+    environments/debian-12/current -> builds/<build_id>     (symlink, swapped atomically)
+    environments/debian-12/builds/<build_id>/manifest.json   (written last)
+                                            vmlinuz rootfs.ext4 initrd-<guest hash>.img
+    kernels/<package>_<version>/                              (shared by all environments)
+    debs/                                                     (debootstrap download cache)
+
+A build is written under ``builds/.partial-*`` and only becomes ``current``
+after its manifest is written, so an interrupted build is never used: it is
+left as a partial directory that the next build or ``pyro env prune`` removes.
+Earlier builds stay until pruned because stopped VMs' overlays may still
+reference their root image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.environments import builder
+from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec
+from pyro_mcp.errors import EnvironmentBuildError, NotFound
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class InstalledEnvironment:
+    """A whole, usable build of an environment."""
+
+    name: str
+    build_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.build_dir / "vmlinuz"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.build_dir / "rootfs.ext4"
+
+    @property
+    def initrd(self) -> Path:
+        return self.build_dir / f"initrd-{builder.guest_files_hash()}.img"
+
+
+@dataclass(frozen=True)
+class EnvironmentStatus:
+    name: str
+    description: str
+    installed: bool
+    problem: str | None
+    build_dir: Path | None
+    manifest: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        manifest = self.manifest or {}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "installed": self.installed,
+            "problem": self.problem,
+            "path": str(self.build_dir) if self.build_dir else None,
+            "built_at": manifest.get("built_at"),
+            "kernel": (manifest.get("kernel") or {}).get("version"),
+            "size_bytes": _used_bytes(self.build_dir) if self.build_dir else 0,
+        }
+
+
+class EnvironmentCache:
+    """Builds, checks, repairs and prunes environments under ``cache_dir``."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.environments_dir = cache_dir / "environments"
+        self.kernels_dir = cache_dir / "kernels"
+        self.debs_dir = cache_dir / "debs"
+
+    # --------------------------------------------------------------- queries
+
+    def status(self, name: str) -> EnvironmentStatus:
+        spec = get_spec(name)
+        build_dir = self._current_build(spec)
+        if build_dir is None:
+            return EnvironmentStatus(name, spec.description, False, None, None, None)
+        manifest, problem = _read_manifest(build_dir)
+        if problem is None and manifest is not None:
+            problem = _check_files(build_dir, manifest, verify_hashes=False)
+        return EnvironmentStatus(
+            name, spec.description, problem is None, problem, build_dir, manifest
+        )
+
+    def list(self) -> list[EnvironmentStatus]:
+        return [self.status(name) for name in CATALOG]
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        status = self.status(name)
+        spec = get_spec(name)
+        info = status.to_dict()
+        info["catalog_packages"] = list(spec.packages)
+        info["disk_size_mib"] = spec.disk_size_mib
+        info["manifest"] = status.manifest
+        return info
+
+    # ---------------------------------------------------------------- builds
+
+    def ensure(self, name: str, progress: builder.Progress) -> InstalledEnvironment:
+        """A usable build of ``name``, building it first when needed."""
+        status = self.status(name)
+        if not status.installed:
+            return self.pull(name, progress)
+        assert status.build_dir is not None and status.manifest is not None
+        installed = InstalledEnvironment(name, status.build_dir, status.manifest)
+        self.ensure_initrd(installed)
+        return installed
+
+    def pull(
+        self, name: str, progress: builder.Progress, force: bool = False
+    ) -> InstalledEnvironment:
+        """Build ``name``, or verify it and rebuild if anything is wrong.
+
+        Args:
+            name: a catalog name.
+            progress: receives one line per phase.
+            force: rebuild even when the current build verifies.
+        """
+        spec = get_spec(name)
+        with self._lock(spec):
+            build_dir = self._current_build(spec)
+            if build_dir is not None and not force:
+                manifest, problem = _read_manifest(build_dir)
+                if problem is None and manifest is not None:
+                    progress(f"phase=verify checking {name} hashes")
+                    problem = _check_files(build_dir, manifest, verify_hashes=True)
+                if problem is None and manifest is not None:
+                    installed = InstalledEnvironment(name, build_dir, manifest)
+                    self.ensure_initrd(installed)
+                    progress(f"phase=done {name} is installed and verified")
+                    return installed
+                progress(f"phase=repair {name}: {problem}; rebuilding")
+            return self._build(spec, progress)
+
+    def _build(self, spec: EnvironmentSpec, progress: builder.Progress) -> InstalledEnvironment:
+        started = time.monotonic()
+        builds = self.environments_dir / spec.slug / "builds"
+        builds.mkdir(parents=True, exist_ok=True)
+        _remove_partials(builds)
+        build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        partial = builds / f".partial-{build_id}"
+        partial.mkdir()
+        try:
+            kernel = builder.fetch_kernel(self.kernels_dir, progress)
+            shutil.copy2(kernel.vmlinuz, partial / "vmlinuz")
+            packages = builder.build_rootfs(
+                spec, partial, partial / "rootfs.ext4", self.debs_dir, progress
+            )
+            progress("phase=initramfs packing busybox, virtio modules and the agent")
+            initrd = partial / f"initrd-{builder.guest_files_hash()}.img"
+            builder.build_initramfs(kernel.modules_dir, initrd)
+            (partial / "modules").mkdir()
+            for module in kernel.modules_dir.iterdir():
+                shutil.copy2(module, partial / "modules" / module.name)
+            progress("phase=manifest hashing images")
+            os.chmod(partial / "rootfs.ext4", 0o444)
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "name": spec.name,
+                "build_id": build_id,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": 0.0,
+                "suite": spec.suite,
+                "kernel": {"package": kernel.package, "version": kernel.version},
+                "packages": packages,
+                "files": {
+                    name: {
+                        "size": (partial / name).stat().st_size,
+                        "sha256": builder.sha256_file(partial / name),
+                    }
+                    for name in ("vmlinuz", "rootfs.ext4")
+                },
+            }
+            manifest["build_seconds"] = round(time.monotonic() - started, 1)
+            _write_json(partial / "manifest.json", manifest)
+            final = builds / build_id
+            partial.rename(final)
+            self._set_current(spec, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        progress(f"phase=done {spec.name} built in {manifest['build_seconds']} s")
+        return InstalledEnvironment(spec.name, final, manifest)
+
+    def ensure_initrd(self, installed: InstalledEnvironment) -> None:
+        """Rebuild the initramfs when pyro's init or agent changed (a second or so)."""
+        if installed.initrd.is_file():
+            return
+        modules = installed.build_dir / "modules"
+        if not modules.is_dir():
+            raise EnvironmentBuildError(
+                f"{installed.name} build has no kernel modules; run `pyro env pull "
+                f"{installed.name} --force`"
+            )
+        builder.build_initramfs(modules, installed.initrd)
+        for stale in installed.build_dir.glob("initrd-*.img"):
+            if stale != installed.initrd:
+                stale.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------- prune
+
+    def prune(self, remove_installed: bool = False, keep_builds: set[Path] | None = None) -> dict[str, Any]:
+        """Remove partial builds, superseded builds, unused kernels and download caches.
+
+        Args:
+            remove_installed: also remove the current builds (everything).
+            keep_builds: build directories still referenced by VMs; never removed.
+        """
+        keep = {p.resolve() for p in keep_builds or set()}
+        removed: list[str] = []
+        freed = 0
+        if self.environments_dir.is_dir():
+            for env_dir in sorted(self.environments_dir.iterdir()):
+                current = (env_dir / "current").resolve() if (env_dir / "current").exists() else None
+                builds = env_dir / "builds"
+                for build in sorted(builds.iterdir()) if builds.is_dir() else []:
+                    resolved = build.resolve()
+                    if resolved in keep:
+                        continue
+                    if resolved == current and not remove_installed:
+                        continue
+                    freed += _used_bytes(build)
+                    shutil.rmtree(build, ignore_errors=True)
+                    removed.append(str(build))
+                if remove_installed and current is not None and current not in keep:
+                    (env_dir / "current").unlink(missing_ok=True)
+        for path in (self.debs_dir, self.kernels_dir):
+            if path.is_dir():
+                freed += _used_bytes(path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(str(path))
+        return {"removed": removed, "freed_bytes": freed}
+
+    # --------------------------------------------------------------- helpers
+
+    def _current_build(self, spec: EnvironmentSpec) -> Path | None:
+        link = self.environments_dir / spec.slug / "current"
+        if not link.is_symlink():
+            return None
+        target = link.resolve()
+        return target if target.is_dir() else None
+
+    def _set_current(self, spec: EnvironmentSpec, build: Path) -> None:
+        link = self.environments_dir / spec.slug / "current"
+        tmp = link.with_name(f".current-{uuid.uuid4().hex[:6]}")
+        tmp.symlink_to(Path("builds") / build.name)
+        tmp.replace(link)
+
+    @contextmanager
+    def _lock(self, spec: EnvironmentSpec) -> Iterator[None]:
+        """One builder per environment; a second waits and then finds it built."""
+        env_dir = self.environments_dir / spec.slug
+        env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (env_dir / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_manifest(build_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    path = build_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "manifest missing (interrupted build)"
+    except (OSError, ValueError) as exc:
+        return None, f"manifest unreadable: {exc}"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None, "manifest from another pyro version"
+    return manifest, None
+
+
+def _check_files(build_dir: Path, manifest: dict[str, Any], verify_hashes: bool) -> str | None:
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "manifest lists no files"
+    for name, expected in files.items():
+        path = build_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("size"):
+            return f"{name} has the wrong size"
+        if verify_hashes and builder.sha256_file(path) != expected.get("sha256"):
+            return f"{name} is corrupted (hash mismatch)"
+    return None
+
+
+def _remove_partials(builds: Path) -> None:
+    for partial in builds.glob(".partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _used_bytes(path: Path) -> int:
+    """Bytes actually allocated (images are sparse)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def require_installed(cache: EnvironmentCache, name: str) -> InstalledEnvironment:
+    """The installed build of ``name`` or a NotFound saying how to get it."""
+    status = cache.status(name)
+    if not status.installed:
+        reason = f" ({status.problem})" if status.problem else ""
+        raise NotFound(f"environment {name} is not installed{reason}; run `pyro env pull {name}`")
+    assert status.build_dir is not None and status.manifest is not None
+    return InstalledEnvironment(name, status.build_dir, status.manifest)

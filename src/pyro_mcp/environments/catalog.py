@@ -1,0 +1,78 @@
+"""The curated environments pyro can build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyro_mcp.errors import NotFound
+
+# The guest agent needs json, shutil, pty and friends, which python3-minimal
+# lacks; libpython3.11-stdlib adds them for about 12 MB.
+_AGENT_PACKAGES = ("python3-minimal", "libpython3.11-stdlib")
+_BASE_PACKAGES = (*_AGENT_PACKAGES, "ca-certificates", "procps")
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """One catalog entry: what goes into the image and how large it may grow."""
+
+    name: str
+    description: str
+    suite: str
+    packages: tuple[str, ...]
+    disk_size_mib: int
+
+    @property
+    def slug(self) -> str:
+        """The name as a directory name (``debian:12`` -> ``debian-12``)."""
+        return self.name.replace(":", "-")
+
+
+CATALOG: dict[str, EnvironmentSpec] = {
+    spec.name: spec
+    for spec in (
+        EnvironmentSpec(
+            name="debian:12-base",
+            description="Debian 12 minimal: shell and core tools",
+            suite="bookworm",
+            packages=_BASE_PACKAGES,
+            disk_size_mib=2048,
+        ),
+        EnvironmentSpec(
+            name="debian:12",
+            description="Debian 12 with git",
+            suite="bookworm",
+            packages=(*_BASE_PACKAGES, "git"),
+            disk_size_mib=2048,
+        ),
+        EnvironmentSpec(
+            name="debian:12-build",
+            description="Debian 12 with git and build tools (gcc, make, pkg-config, python3-venv)",
+            suite="bookworm",
+            packages=(
+                *_BASE_PACKAGES,
+                "git",
+                "build-essential",
+                "pkg-config",
+                "python3",
+                "python3-venv",
+            ),
+            disk_size_mib=4096,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> EnvironmentSpec:
+    """The catalog entry called ``name``.
+
+    Raises:
+        NotFound: the name is not in the catalog; the message lists the valid names.
+    """
+    try:
+        return CATALOG[name]
+    except KeyError:
+        valid = ", ".join(CATALOG)
+        raise NotFound(
+            f"unknown environment {name!r}; valid environments: {valid} (see `pyro env list`)"
+        ) from None

@@ -1,0 +1,367 @@
+"""The pyro guest agent: the only program the host talks to inside the VM.
+
+It runs as the last step of the guest's init, reads framed requests from the
+``org.pyro.agent`` virtio-serial port and answers them. Requests carry ids so
+several can be in flight; each runs on its own thread and replies when done.
+
+Standard library only: this file and ``protocol.py`` are copied into the
+guest's initramfs and run with the guest's ``python3``.
+
+Operations (v1):
+    hello   host nonce, clock and entropy in; agent facts out
+    ping    liveness
+    info    kernel, hostname, Python, OS release
+    exec    argv or shell string, env, cwd, timeout, output bound
+    sync    flush filesystems (before the host stops the VM)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from pyro_mcp.agent import protocol
+except ImportError:  # inside the guest, protocol.py sits beside this file
+    import protocol  # type: ignore[no-redef]
+
+AGENT_VERSION = "1"
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "USER": "root",
+    "LOGNAME": "root",
+    "SHELL": "/bin/sh",
+    "LANG": "C.UTF-8",
+}
+
+# After the command exits, background children may keep its pipes open. Read
+# what is already there, then stop instead of waiting for them.
+DRAIN_AFTER_EXIT_SECONDS = 0.05
+
+
+class RequestError(Exception):
+    """A request the agent refuses; becomes an error reply, not a crash."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Agent:
+    """Serves requests arriving through ``read`` and answers through ``write``.
+
+    ``read`` returns bytes, ``b""`` when the host is not connected (the agent
+    then waits and tries again) and raises ``EOFError`` to stop serving.
+    """
+
+    def __init__(self, read: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+        self._read = read
+        self._write = write
+        self._write_lock = threading.Lock()
+        self._decoder = protocol.FrameDecoder()
+
+    def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode_frame(message)
+        with self._write_lock:
+            self._write(frame)
+
+    def serve(self) -> None:
+        self.send({"event": "ready", "version": AGENT_VERSION})
+        while True:
+            try:
+                data = self._read()
+            except EOFError:
+                return
+            if not data:
+                # Host side disconnected: the port reports EOF until it is back.
+                time.sleep(0.05)
+                continue
+            for message in self._decoder.feed(data):
+                threading.Thread(target=self._handle, args=(message,), daemon=True).start()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        op = message.get("op")
+        handler = OPERATIONS.get(op) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise RequestError("unknown_op", f"unknown operation {op!r}")
+            args = message.get("args") or {}
+            if not isinstance(args, dict):
+                raise RequestError("bad_args", "args must be an object")
+            result = handler(args)
+            reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
+        except RequestError as exc:
+            reply = {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
+        except Exception as exc:  # the agent must answer, never die on a request
+            reply = {
+                "id": request_id,
+                "ok": False,
+                "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"},
+            }
+        try:
+            self.send(reply)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- operations
+
+
+def op_hello(args: dict[str, Any]) -> dict[str, Any]:
+    """Take the host's clock and entropy; answer with the nonce and facts."""
+    time_ns = args.get("time_ns")
+    if isinstance(time_ns, int) and _is_guest():
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, time_ns / 1e9)
+        except OSError:
+            pass
+    entropy = args.get("entropy")
+    if isinstance(entropy, str) and _is_guest():
+        try:
+            with open("/dev/urandom", "wb") as handle:
+                handle.write(base64.b64decode(entropy))
+        except (OSError, ValueError):
+            pass
+    return {"nonce": args.get("nonce"), **op_info({})}
+
+
+def op_ping(args: dict[str, Any]) -> dict[str, Any]:
+    return {"pong": True}
+
+
+def op_info(args: dict[str, Any]) -> dict[str, Any]:
+    os_release = ""
+    try:
+        with open("/etc/os-release", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    os_release = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return {
+        "agent_version": AGENT_VERSION,
+        "kernel": platform.release(),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "os": os_release,
+    }
+
+
+def op_sync(args: dict[str, Any]) -> dict[str, Any]:
+    os.sync()
+    return {}
+
+
+def op_exec(args: dict[str, Any]) -> dict[str, Any]:
+    argv = _command_argv(args)
+    env = dict(BASE_ENV)
+    extra_env = args.get("env") or {}
+    if not isinstance(extra_env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra_env.items()
+    ):
+        raise RequestError("bad_args", "env must map names to strings")
+    env.update(extra_env)
+    cwd = args.get("cwd") or "/root"
+    if not isinstance(cwd, str) or not os.path.isdir(cwd):
+        raise RequestError("bad_cwd", f"working directory {cwd!r} does not exist in the guest")
+    timeout = float(args.get("timeout_seconds") or 30)
+    limit = int(args.get("max_output_bytes") or 1024 * 1024)
+
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    streams = _collect_output(process, timeout, limit)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    code = process.returncode
+    exit_code = 128 - code if code is not None and code < 0 else code
+    return {
+        "exit_code": 124 if streams.timed_out else exit_code,
+        "stdout": base64.b64encode(streams.kept[0]).decode("ascii"),
+        "stderr": base64.b64encode(streams.kept[1]).decode("ascii"),
+        "stdout_bytes": streams.total[0],
+        "stderr_bytes": streams.total[1],
+        "timed_out": streams.timed_out,
+        "duration_ms": duration_ms,
+    }
+
+
+class _Output:
+    def __init__(self) -> None:
+        self.kept = [bytearray(), bytearray()]
+        self.total = [0, 0]
+        self.timed_out = False
+
+
+def _collect_output(process: subprocess.Popen[bytes], timeout: float, limit: int) -> _Output:
+    """Read both pipes until the process ends, keeping at most ``limit`` each."""
+    out = _Output()
+    deadline = time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    assert process.stdout is not None and process.stderr is not None
+    selector.register(process.stdout, selectors.EVENT_READ, 0)
+    selector.register(process.stderr, selectors.EVENT_READ, 1)
+    exited_at: float | None = None
+    while selector.get_map():
+        now = time.monotonic()
+        if exited_at is None and process.poll() is not None:
+            exited_at = now
+        if exited_at is not None:
+            wait = exited_at + DRAIN_AFTER_EXIT_SECONDS - now
+            if wait <= 0:
+                break
+        else:
+            wait = min(deadline - now, 0.1)
+            if wait <= 0:
+                out.timed_out = True
+                _kill_group(process)
+                exited_at = time.monotonic()
+                continue
+        for key, _ in selector.select(wait):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fileobj)
+                continue
+            index = key.data
+            out.total[index] += len(chunk)
+            room = limit - len(out.kept[index])
+            if room > 0:
+                out.kept[index] += chunk[:room]
+    selector.close()
+    process.stdout.close()
+    process.stderr.close()
+    if process.poll() is None:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            out.timed_out = True
+            _kill_group(process)
+            process.wait()
+    return out
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _command_argv(args: dict[str, Any]) -> list[str]:
+    argv = args.get("argv")
+    shell = args.get("shell")
+    if isinstance(shell, str) and shell:
+        return ["/bin/sh", "-c", shell]
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        return argv
+    raise RequestError("bad_args", "exec needs a non-empty argv list or a shell string")
+
+
+def _is_guest() -> bool:
+    return os.environ.get("PYRO_GUEST") == "1"
+
+
+OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "hello": op_hello,
+    "ping": op_ping,
+    "info": op_info,
+    "sync": op_sync,
+    "exec": op_exec,
+}
+
+
+# ---------------------------------------------------------------- guest entry
+
+
+def find_port(name: str = protocol.AGENT_PORT_NAME) -> str:
+    """The /dev path of the virtio-serial port called ``name`` (no udev here)."""
+    base = "/sys/class/virtio-ports"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            entries = sorted(os.listdir(base))
+        except OSError:
+            entries = []
+        for entry in entries:
+            try:
+                with open(os.path.join(base, entry, "name"), encoding="utf-8") as handle:
+                    if handle.read().strip() == name:
+                        return os.path.join("/dev", entry)
+            except OSError:
+                continue
+        time.sleep(0.05)
+    raise SystemExit(f"pyro-agent: no virtio port named {name}")
+
+
+def _serve_port(path: str) -> None:
+    fd = os.open(path, os.O_RDWR)
+
+    def read() -> bytes:
+        try:
+            return os.read(fd, 65536)
+        except OSError:
+            return b""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    Agent(read, write).serve()
+
+
+def _reap_forever(agent_pid: int, respawn: Callable[[], int]) -> None:
+    """PID 1 duty: reap every orphan; restart the agent if it ever dies."""
+    while True:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            time.sleep(0.1)
+            continue
+        if pid == agent_pid:
+            agent_pid = respawn()
+
+
+def main() -> None:
+    port = find_port()
+    if os.getpid() != 1:
+        _serve_port(port)
+        return
+
+    def spawn() -> int:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _serve_port(port)
+            finally:
+                os._exit(1)
+        return pid
+
+    _reap_forever(spawn(), spawn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

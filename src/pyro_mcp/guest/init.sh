@@ -1,0 +1,89 @@
+#!/bin/busybox sh
+# pyro guest init: the /init of the busybox initramfs.
+#
+# There is no udev and no systemd. This script loads the virtio drivers (they
+# are modules in the distribution's cloud kernel, and microvm describes its
+# virtio-mmio devices through ACPI, so virtio_mmio must be loaded before the
+# device drivers), mounts the root filesystem and the runtime filesystems under
+# it, configures the network when asked, copies the agent to /run/pyro and
+# hands PID 1 to the agent with switch_root.
+#
+# Kernel command line:
+#   pyro.net=1            bring up eth0 for QEMU user-mode networking
+#   pyro.hostname=NAME    the guest's hostname
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+fail() {
+    echo "pyro-init: $*" >&2
+    # panic=-1 on the command line turns this into an immediate QEMU exit.
+    echo c > /proc/sysrq-trigger
+    exit 1
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+net=0
+name=pyro
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        pyro.net=1) net=1 ;;
+        pyro.hostname=*) name="${arg#pyro.hostname=}" ;;
+    esac
+done
+
+for module in virtio_ring virtio virtio_mmio virtio_blk virtio_console; do
+    insmod "/lib/modules/$module.ko" || fail "cannot load $module"
+done
+if [ "$net" = 1 ]; then
+    for module in failover net_failover virtio_net; do
+        insmod "/lib/modules/$module.ko" || fail "cannot load $module"
+    done
+fi
+
+tries=0
+while [ ! -b /dev/vda ]; do
+    tries=$((tries + 1))
+    [ "$tries" -gt 2000 ] && fail "no root disk /dev/vda"
+    usleep 5000
+done
+
+mkdir -p /newroot
+mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
+
+hostname "$name"
+ip link set lo up
+if [ "$net" = 1 ]; then
+    tries=0
+    while [ ! -e /sys/class/net/eth0 ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 2000 ] && fail "no network device eth0"
+        usleep 5000
+    done
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+    echo "nameserver 10.0.2.3" > /newroot/etc/resolv.conf
+fi
+echo "$name" > /newroot/etc/hostname
+
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
+mkdir -p /newroot/run/pyro /newroot/tmp /newroot/dev
+cp /pyro/agent.py /pyro/protocol.py /newroot/run/pyro/
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
+
+umount /proc
+umount /sys
+mount --move /dev /newroot/dev
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
+
+export PYRO_GUEST=1
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+exec switch_root /newroot /usr/bin/python3 -u /run/pyro/agent.py

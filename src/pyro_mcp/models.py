@@ -1,0 +1,98 @@
+"""Frozen records shared by the service layer and the surfaces."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pyro_mcp.errors import StateError
+
+
+class VmState(enum.StrEnum):
+    """The lifecycle of a VM. Transitions are checked by ``require_state``."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def require_state(vm_id: str, state: VmState, allowed: tuple[VmState, ...], fix: str) -> None:
+    """Raise ``StateError`` unless ``state`` is one of ``allowed``."""
+    if state not in allowed:
+        required = " or ".join(s.value for s in allowed)
+        raise StateError(f"VM {vm_id}", state.value, required, fix)
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """What the state store knows about one VM."""
+
+    vm_id: str
+    environment: str
+    state: VmState
+    vcpu_count: int
+    mem_mib: int
+    network: bool
+    owner_bound: bool
+    build_dir: str
+    created_at: float
+    expires_at: float | None
+    accel: str | None = None
+    started_at: float | None = None
+    supervisor_pid: int | None = None
+    boot_ms: int | None = None
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """One command's outcome. ``pyro run --json`` and ``exec_vm`` share these fields."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.stdout_truncated or self.stderr_truncated
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["truncated"] = self.truncated
+        return data
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A one-shot run: the command's result plus how the VM was made."""
+
+    environment: str
+    accel: str
+    vm_id: str
+    boot_ms: int
+    total_ms: int
+    result: ExecResult
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            **self.result.to_dict(),
+            "accel": self.accel,
+            "vm_id": self.vm_id,
+            "boot_ms": self.boot_ms,
+            "total_ms": self.total_ms,
+        }

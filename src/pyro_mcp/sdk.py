@@ -1,0 +1,197 @@
+"""``Pyro``: the Python SDK. The CLI is a thin layer over these methods.
+
+Every method returns plain JSON-ready data (dicts and lists) with the same
+fields the CLI prints with ``--json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import config, doctor
+from pyro_mcp.errors import PyroError
+from pyro_mcp.vms import VmService
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Pyro:
+    """Disposable microVMs from Python.
+
+    Example::
+
+        from pyro_mcp import Pyro
+        pyro = Pyro()
+        result = pyro.run_in_vm(environment="debian:12", command="git --version")
+        print(result["stdout"])
+
+    Args:
+        state_dir: where records and VM disks live (default ``PYRO_HOME`` or
+            ``$XDG_DATA_HOME/pyro``).
+        cache_dir: where environments are built (default ``PYRO_CACHE_DIR`` or
+            ``$XDG_CACHE_HOME/pyro``).
+        progress: receives one line per phase of long work (builds, boots).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        defaults = config.default_paths()
+        self.paths = config.Paths(
+            state_dir=Path(state_dir).absolute() if state_dir else defaults.state_dir,
+            cache_dir=Path(cache_dir).absolute() if cache_dir else defaults.cache_dir,
+        )
+        self._progress = progress or _quiet
+        self._vms = VmService(self.paths)
+
+    # ------------------------------------------------------------- one-shot
+
+    def run_in_vm(
+        self,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        command: str | Sequence[str] = "",
+        *,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        network: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Boot a fresh VM, run one command, delete the VM.
+
+        Args:
+            environment: a catalog name, e.g. ``debian:12``.
+            command: a shell command string, or an argv list.
+            timeout_seconds: the command is killed after this; ``timed_out`` is then true.
+            network: give the guest user-mode NAT egress (default: no NIC at all).
+            env: extra environment variables for the command.
+
+        Returns:
+            ``environment``, ``exit_code``, ``stdout``, ``stderr``, ``timed_out``,
+            ``truncated`` (plus per stream), ``duration_ms``, ``accel``, ``boot_ms``,
+            ``total_ms``, ``vm_id``.
+
+        Raises:
+            NotFound: unknown environment.
+            VMError: the guest failed to boot or died (message has the console tail).
+        """
+        return self._vms.run(
+            environment,
+            command,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            timeout_seconds=timeout_seconds,
+            network=network,
+            env=env,
+            progress=self._progress,
+        ).to_dict()
+
+    # ------------------------------------------------------------------- VMs
+
+    def create_vm(
+        self,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        *,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        network: bool = False,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Record a VM with its own disk overlay; ``start_vm`` boots it."""
+        self._vms.reap_expired()
+        return self._vms.create_vm(
+            environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            network=network,
+            ttl_seconds=ttl_seconds,
+            progress=self._progress,
+        ).to_dict()
+
+    def start_vm(self, vm_id: str) -> dict[str, Any]:
+        """Boot a created or stopped VM and wait for its agent."""
+        return self._vms.start_vm(vm_id, progress=self._progress).to_dict()
+
+    def exec_vm(
+        self,
+        vm_id: str,
+        command: str | Sequence[str],
+        *,
+        timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> dict[str, Any]:
+        """Run a command in a running VM; same result fields as ``run_in_vm``."""
+        result = self._vms.exec_vm(
+            vm_id, command, timeout_seconds=timeout_seconds, env=env, cwd=cwd
+        ).to_dict()
+        result["vm_id"] = vm_id
+        return result
+
+    def stop_vm(self, vm_id: str) -> dict[str, Any]:
+        """Stop a VM; its disk is kept for ``start_vm``."""
+        return self._vms.stop_vm(vm_id).to_dict()
+
+    def delete_vm(self, vm_id: str) -> dict[str, Any]:
+        """Stop a VM and remove everything it had."""
+        return self._vms.delete_vm(vm_id)
+
+    def status_vm(self, vm_id: str) -> dict[str, Any]:
+        """A VM's record, reconciled with reality."""
+        return self._vms.status_vm(vm_id).to_dict()
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        """Every VM, newest first."""
+        self._vms.reap_expired()
+        return [record.to_dict() for record in self._vms.list_vms()]
+
+    def reap_expired(self) -> dict[str, Any]:
+        """Delete VMs past their TTL and one-shot VMs whose owner died."""
+        return {"reaped": self._vms.reap_expired()}
+
+    # ---------------------------------------------------------- environments
+
+    def list_environments(self) -> list[dict[str, Any]]:
+        """The catalog with each environment's installed state."""
+        return [status.to_dict() for status in self._vms.environments.list()]
+
+    def pull_environment(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Build ``name``, or verify it and repair what is broken."""
+        started = time.monotonic()
+        self._vms.environments.pull(name, self._progress, force=force)
+        info = self._vms.environments.inspect(name)
+        info["seconds"] = round(time.monotonic() - started, 1)
+        return info
+
+    def inspect_environment(self, name: str) -> dict[str, Any]:
+        """Catalog entry, status and build manifest of ``name``."""
+        return self._vms.environments.inspect(name)
+
+    def prune_environments(self, *, all: bool = False) -> dict[str, Any]:
+        """Remove interrupted and superseded builds and download caches.
+
+        Builds that existing VMs were created from are kept.
+
+        Args:
+            all: also remove the installed builds.
+        """
+        in_use = {Path(record.build_dir) for record in self._vms.store.list_vms()}
+        return self._vms.environments.prune(remove_installed=all, keep_builds=in_use)
+
+    # ---------------------------------------------------------------- host
+
+    def doctor(self) -> dict[str, Any]:
+        """Whether this host can run guests, and what to do if not."""
+        return doctor.diagnose(self.paths)
+
+

@@ -1,0 +1,133 @@
+"""The SQLite state store (WAL): one database file under the state dir.
+
+Several pyro processes (CLI calls, an MCP server, SDK users) share it; WAL
+mode and a busy timeout let them read and write at the same time. Every
+multi-step change is one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.errors import StoreError
+from pyro_mcp.models import VmRecord, VmState
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE vms (
+        vm_id TEXT PRIMARY KEY,
+        environment TEXT NOT NULL,
+        state TEXT NOT NULL,
+        vcpu_count INTEGER NOT NULL,
+        mem_mib INTEGER NOT NULL,
+        network INTEGER NOT NULL,
+        owner_bound INTEGER NOT NULL,
+        build_dir TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        accel TEXT,
+        started_at REAL,
+        supervisor_pid INTEGER,
+        boot_ms INTEGER,
+        last_error TEXT
+    );
+    """,
+)
+
+_VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
+
+
+class Store:
+    """Records in ``db_path``; thread-safe, one connection per thread."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path
+        self._local = threading.local()
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for index in range(version, len(MIGRATIONS)):
+                # Not executescript: it commits, which would split the migration.
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {index + 1}")
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the state database {self.path}: {exc}") from exc
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK") if db.in_transaction else None
+            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ vms
+
+    def insert_vm(self, record: VmRecord) -> None:
+        values = _vm_row(record)
+        placeholders = ", ".join("?" for _ in values)
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO vms ({', '.join(values)}) VALUES ({placeholders})", tuple(values.values()))
+
+    def get_vm(self, vm_id: str) -> VmRecord | None:
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM vms WHERE vm_id = ?", (vm_id,)).fetchone()
+        return _vm_record(row) if row else None
+
+    def list_vms(self) -> list[VmRecord]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT * FROM vms ORDER BY created_at DESC").fetchall()
+        return [_vm_record(row) for row in rows]
+
+    def update_vm(self, vm_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(_VM_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown VM fields: {sorted(unknown)}")
+        values = {k: (v.value if isinstance(v, VmState) else v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE vms SET {assignments} WHERE vm_id = ?", (*values.values(), vm_id))
+
+    def delete_vm(self, vm_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
+
+
+def _vm_row(record: VmRecord) -> dict[str, Any]:
+    row = {name: getattr(record, name) for name in _VM_COLUMNS}
+    row["state"] = record.state.value
+    row["network"] = int(record.network)
+    row["owner_bound"] = int(record.owner_bound)
+    return row
+
+
+def _vm_record(row: sqlite3.Row) -> VmRecord:
+    data = {name: row[name] for name in _VM_COLUMNS}
+    data["state"] = VmState(data["state"])
+    data["network"] = bool(data["network"])
+    data["owner_bound"] = bool(data["owner_bound"])
+    return VmRecord(**data)

@@ -1,0 +1,114 @@
+"""Starting and stopping a VM's supervisor process from any pyro process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.errors import AgentError, VMError
+from pyro_mcp.vm.qemu import MachineSpec
+from pyro_mcp.vm.supervisor import VmFiles
+
+# The supervisor itself needs this much on top of the guest's boot.
+LAUNCH_MARGIN_SECONDS = 30.0
+STOP_WAIT_SECONDS = 15.0
+
+
+def launch(
+    files: VmFiles, machine: MachineSpec, boot_timeout: float, owner_bound: bool
+) -> dict[str, Any]:
+    """Start the supervisor for ``machine`` and wait until its agent is ready.
+
+    The supervisor detaches (double fork, own session), so it outlives this
+    process unless ``owner_bound`` ties it to an ``own`` connection.
+
+    Returns:
+        The supervisor's report: ``pid``, ``qemu_pid``, ``boot_ms``, ``info``.
+
+    Raises:
+        VMError: QEMU or the guest failed; the message has the console tail.
+    """
+    spec = {"argv": machine.argv(), "boot_timeout": boot_timeout, "owner_bound": owner_bound}
+    files.spec.write_text(json.dumps(spec))
+    with files.supervisor_log.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyro_mcp.vm.supervisor", "--detach", str(files.dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            close_fds=True,
+        )
+    assert process.stdout is not None
+    try:
+        process.wait(timeout=30)
+        ready, _, _ = select.select([process.stdout], [], [], boot_timeout + LAUNCH_MARGIN_SECONDS)
+        line = process.stdout.readline() if ready else b""
+    finally:
+        process.stdout.close()
+    if not line:
+        log_tail = _tail(files.supervisor_log)
+        raise VMError(
+            "the VM supervisor did not report in time or died before reporting.\n"
+            f"supervisor log: {log_tail or '(empty)'}\nRun `pyro doctor` to check this host."
+        )
+    try:
+        report = json.loads(line)
+    except ValueError as exc:
+        raise VMError(f"the VM supervisor reported garbage: {line[:200]!r}") from exc
+    if not report.get("ok"):
+        raise VMError(str(report.get("error", "the VM failed to start")))
+    return dict(report)
+
+
+def stop(files: VmFiles, supervisor_pid: int | None) -> None:
+    """Stop the VM gracefully (guest sync, QEMU quit); kill it if that fails.
+
+    Idempotent: a VM that is already gone is fine.
+    """
+    if supervisor_pid is None or not supervisor_alive(supervisor_pid, files):
+        return
+    with contextlib.suppress(VMError, AgentError), SupervisorClient(files.control_socket) as client:
+        client.call("shutdown", timeout=STOP_WAIT_SECONDS)
+    if not _wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor_pid, signal.SIGKILL)  # QEMU dies with it (PDEATHSIG)
+        _wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS)
+
+
+def supervisor_alive(pid: int, files: VmFiles) -> bool:
+    """True when ``pid`` is the supervisor of this VM (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if status.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return b"pyro_mcp.vm.supervisor" in cmdline and str(files.dir).encode() in cmdline
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""

@@ -1,0 +1,33 @@
+"""Per-VM disks: qcow2 overlays on an environment's read-only root image."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pyro_mcp import host_tools
+from pyro_mcp.errors import VMError
+
+
+def create_overlay(base: Path, overlay: Path) -> None:
+    """A qcow2 overlay of the raw ``base``; costs only what the guest writes."""
+    qemu_img = host_tools.require(host_tools.QEMU_IMG)["qemu-img"]
+    result = subprocess.run(
+        [
+            str(qemu_img),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(base),
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise VMError(f"qemu-img could not create {overlay}: {result.stderr.strip()}")

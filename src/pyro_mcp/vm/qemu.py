@@ -1,0 +1,118 @@
+"""The QEMU ``microvm`` command line for one guest."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_mcp.agent.protocol import AGENT_PORT_NAME
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything QEMU needs to boot one guest."""
+
+    qemu: Path
+    accel: str
+    vcpu_count: int
+    mem_mib: int
+    kernel: Path
+    initrd: Path
+    root_disk: Path
+    agent_socket: Path
+    console_socket: Path
+    hostname: str
+    network: bool
+
+    def argv(self) -> list[str]:
+        append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
+        if self.accel == "tcg":
+            append += tcg_clock_arguments()
+        if self.network:
+            append += " pyro.net=1"
+        argv = [
+            str(self.qemu),
+            "-M",
+            f"microvm,accel={self.accel}",
+            "-m",
+            str(self.mem_mib),
+            "-smp",
+            str(self.vcpu_count),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            # The console goes to the supervisor, which keeps a bounded log:
+            # a guest printing without end must not fill the host's disk.
+            "-chardev",
+            f"socket,id=console,path={self.console_socket}",
+            "-serial",
+            "chardev:console",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            append,
+            "-drive",
+            f"id=root,file={self.root_disk},format=qcow2,if=none",
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-device",
+            "virtio-serial-device",
+            # The supervisor listens and QEMU connects at start-up: no polling
+            # for a socket file to appear.
+            "-chardev",
+            f"socket,id=agent,path={self.agent_socket}",
+            "-device",
+            f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        ]
+        if self.accel == "kvm":
+            argv += ["-cpu", "host"]
+        if self.network:
+            argv += ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
+        return argv
+
+
+def tcg_clock_arguments(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Kernel arguments that make guest timekeeping reliable under TCG.
+
+    Under TCG the guest reads the host's TSC. Its early calibration against the
+    emulated PIT fails when the host is busy (seen here: the guest then hangs
+    before init), and the clocksource watchdog later marks the TSC unstable.
+    Giving the kernel the host's frequency skips both.
+    """
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                khz = int(float(line.split(":", 1)[1]) * 1000)
+                return f" tsc_early_khz={khz} tsc=reliable"
+    except (OSError, ValueError):
+        pass
+    return " tsc=reliable"
+
+
+def qemu_version(qemu: Path) -> str:
+    """``7.2.22`` from ``qemu-system-x86_64 --version``; ``unknown`` on failure."""
+    try:
+        result = subprocess.run(
+            [str(qemu), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(r"version\s+(\S+)", result.stdout)
+    return match.group(1) if match else "unknown"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL when the process that started it dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -1,0 +1,419 @@
+"""The supervisor: one process per running VM.
+
+It owns QEMU (as a child that dies with it), holds the only connection to the
+guest agent, keeps a bounded console log, and serves any number of local
+clients (CLI calls, SDK objects, MCP servers) over ``ctl.sock``. Clients send
+framed requests; the supervisor forwards agent operations with its own ids and
+routes the replies back, so concurrent callers never see each other's frames.
+
+Started by ``launch()`` as ``python -m pyro_mcp.vm.supervisor VM_DIR``. It
+reports one JSON line on stdout once the agent is ready (or why boot failed)
+and then runs detached until asked to stop, QEMU exits, or, for an
+owner-bound VM (``pyro run``), its owner's connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
+from pyro_mcp.errors import VMError
+from pyro_mcp.vm.qemu import die_with_parent
+
+CONSOLE_LOG_MAX_BYTES = 2 * 1024 * 1024
+CONSOLE_TAIL_BYTES = 4000
+HELLO_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
+OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
+OWNER_GONE = "the owning process went away"
+NO_OWNER = "no owner connected"
+OWNER_GONE_REASONS = (OWNER_GONE, NO_OWNER)
+
+
+class VmFiles:
+    """The files of one VM directory."""
+
+    def __init__(self, vm_dir: Path) -> None:
+        self.dir = vm_dir
+        self.spec = vm_dir / "supervisor.json"
+        self.agent_socket = vm_dir / "agent.sock"
+        self.console_socket = vm_dir / "console.sock"
+        self.control_socket = vm_dir / "ctl.sock"
+        self.console_log = vm_dir / "console.log"
+        self.qemu_log = vm_dir / "qemu.log"
+        self.supervisor_log = vm_dir / "supervisor.log"
+        self.exit_record = vm_dir / "exit.json"
+        self.root_disk = vm_dir / "root.qcow2"
+
+    def sockets(self) -> tuple[Path, ...]:
+        return (self.agent_socket, self.console_socket, self.control_socket)
+
+
+def console_tail(files: VmFiles, limit: int = CONSOLE_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes the guest printed on its console."""
+    try:
+        with files.console_log.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+CRASH_MARKERS = ("Kernel panic", "BUG:", "Oops:", "general protection fault", "Out of memory")
+
+
+def crash_summary(tail: str) -> str:
+    """The lines that explain a guest crash first, then the console's last lines."""
+    lines = tail.splitlines()[1:]  # the first line may be cut mid-way
+    key = [line.strip() for line in lines if any(m in line for m in CRASH_MARKERS)]
+    text = ""
+    if key:
+        text += "\nguest kernel said: " + " | ".join(dict.fromkeys(key))[:800]
+    text += "\nguest console (last lines):\n" + "\n".join(lines[-12:])
+    return text
+
+
+class Supervisor:
+    def __init__(self, files: VmFiles, spec: dict[str, Any]) -> None:
+        self.files = files
+        self.argv: list[str] = spec["argv"]
+        self.boot_timeout: float = float(spec["boot_timeout"])
+        self.owner_bound: bool = bool(spec.get("owner_bound"))
+        self.qemu: asyncio.subprocess.Process | None = None
+        self.agent_writer: asyncio.StreamWriter | None = None
+        self.agent_ready: asyncio.Future[dict[str, Any]] | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.stopping = asyncio.Event()
+        self.stop_reason = "stopped"
+        self.dead_message: str | None = None
+        self.info: dict[str, Any] = {}
+        self.boot_ms = 0
+        self.owner_seen = False
+        self.console_written = 0
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.agent_ready = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, f"supervisor got signal {sig.name}")
+        started = time.monotonic()
+        for path in self.files.sockets():
+            path.unlink(missing_ok=True)
+        agent_server = await asyncio.start_unix_server(self._on_agent, self.files.agent_socket)
+        console_server = await asyncio.start_unix_server(
+            self._on_console, self.files.console_socket
+        )
+        try:
+            try:
+                await self._boot(started)
+            except VMError as exc:
+                _report({"ok": False, "error": str(exc)})
+                return 1
+            control_server = await asyncio.start_unix_server(
+                self._on_client, self.files.control_socket
+            )
+            os.chmod(self.files.control_socket, 0o600)
+            _report(
+                {
+                    "ok": True,
+                    "pid": os.getpid(),
+                    "qemu_pid": self.qemu.pid if self.qemu else None,
+                    "boot_ms": self.boot_ms,
+                    "info": self.info,
+                }
+            )
+            if self.owner_bound:
+                loop.call_later(OWNER_CONNECT_TIMEOUT_SECONDS, self._check_owner_arrived)
+            async with control_server:
+                await self.stopping.wait()
+            return 0
+        finally:
+            agent_server.close()
+            console_server.close()
+            await self._shutdown()
+
+    async def _boot(self, started: float) -> None:
+        qemu_log = self.files.qemu_log.open("wb")
+        try:
+            self.qemu = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            raise VMError(f"cannot start QEMU ({self.argv[0]}): {exc}") from exc
+        finally:
+            qemu_log.close()
+        exit_watch = asyncio.ensure_future(self._watch_qemu())
+        assert self.agent_ready is not None
+        done, _ = await asyncio.wait(
+            {self.agent_ready, exit_watch},
+            timeout=self.boot_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self.agent_ready not in done:
+            if exit_watch in done:
+                raise VMError(self._boot_failure("QEMU exited during boot"))
+            self._kill_qemu()
+            raise VMError(
+                self._boot_failure(f"the guest agent was not ready within {self.boot_timeout:.0f} s")
+            )
+        self.boot_ms = int((time.monotonic() - started) * 1000)
+        nonce = secrets.token_hex(8)
+        try:
+            reply = await self.agent_request(
+                "hello",
+                {
+                    "nonce": nonce,
+                    "time_ns": time.time_ns(),
+                    "entropy": base64.b64encode(os.urandom(64)).decode(),
+                },
+                HELLO_TIMEOUT_SECONDS,
+            )
+        except VMError as exc:
+            raise VMError(self._boot_failure(f"agent handshake failed: {exc}")) from exc
+        result = reply.get("result")
+        if not reply.get("ok") or not isinstance(result, dict) or result.get("nonce") != nonce:
+            self._kill_qemu()
+            raise VMError(self._boot_failure(f"agent handshake was answered wrongly: {reply!r:.300}"))
+        self.info = {k: v for k, v in result.items() if k != "nonce" and isinstance(v, str)}
+
+    def _boot_failure(self, what: str) -> str:
+        code = self.qemu.returncode if self.qemu else None
+        qemu_out = ""
+        with contextlib.suppress(OSError):
+            qemu_out = self.files.qemu_log.read_text(errors="replace")[-2000:].strip()
+        parts = [f"VM boot failed: {what}"]
+        if code is not None:
+            parts.append(f"QEMU exit code: {code}")
+        parts.append("QEMU command: " + " ".join(self.argv))
+        if qemu_out:
+            parts.append("QEMU said:\n" + qemu_out)
+        parts.append("guest console (tail):\n" + (console_tail(self.files).strip() or "(empty)"))
+        parts.append("Run `pyro doctor` to check this host.")
+        return "\n".join(parts)
+
+    async def _watch_qemu(self) -> None:
+        assert self.qemu is not None
+        code = await self.qemu.wait()
+        if not self.stopping.is_set():
+            self.dead_message = f"the VM died (QEMU exited with code {code})" + crash_summary(
+                console_tail(self.files)
+            )
+            self.request_stop(f"QEMU exited with code {code}")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(VMError(self.dead_message or "the VM was stopped"))
+
+    # --------------------------------------------------------------- agent
+
+    async def _on_agent(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.agent_writer = writer
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for message in decoder.feed(data):
+                if message.get("event") == "ready":
+                    if self.agent_ready is not None and not self.agent_ready.done():
+                        self.agent_ready.set_result(message)
+                    continue
+                request_id = message.get("id")
+                future = self.pending.pop(request_id, None) if isinstance(request_id, int) else None
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+    async def agent_request(
+        self, op: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        if self.dead_message:
+            raise VMError(self.dead_message)
+        if self.agent_writer is None:
+            raise VMError("the guest agent is not connected")
+        request_id = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self.agent_writer.write(encode_frame({"id": request_id, "op": op, "args": args}))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return {
+                "ok": False,
+                "error": {"kind": "timeout", "message": f"the guest agent did not answer {op} "
+                          f"within {timeout:.0f} s"},
+            }
+        finally:
+            self.pending.pop(request_id, None)
+
+    # ------------------------------------------------------------- console
+
+    async def _on_console(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        log = self.files.console_log.open("ab")
+        try:
+            while data := await reader.read(65536):
+                if self.console_written + len(data) > CONSOLE_LOG_MAX_BYTES:
+                    # Keep the newest output: it explains a crash better.
+                    log.close()
+                    self.files.console_log.replace(self.files.console_log.with_suffix(".log.1"))
+                    log = self.files.console_log.open("ab")
+                    self.console_written = 0
+                log.write(data)
+                log.flush()
+                self.console_written += len(data)
+        finally:
+            log.close()
+
+    # ------------------------------------------------------------- clients
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        lock = asyncio.Lock()
+        is_owner = False
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while data := await reader.read(65536):
+                for message in decoder.feed(data):
+                    if message.get("op") == "own":
+                        is_owner = True
+                        self.owner_seen = True
+                    task = asyncio.ensure_future(self._answer(message, writer, lock))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        except ConnectionError:
+            pass
+        finally:
+            if is_owner:
+                self.request_stop(OWNER_GONE)
+            writer.close()
+
+    async def _answer(
+        self, message: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock
+    ) -> None:
+        request_id = message.get("id")
+        op = message.get("op")
+        args = message.get("args") if isinstance(message.get("args"), dict) else {}
+        assert isinstance(args, dict)
+        try:
+            if op == "agent":
+                inner = args.get("op")
+                timeout = float(args.get("timeout") or 60)
+                if not isinstance(inner, str):
+                    raise ValueError("agent requests need an op")
+                reply = await self.agent_request(inner, args.get("args") or {}, timeout)
+                reply["id"] = request_id
+            elif op in ("status", "own"):
+                reply = {"id": request_id, "ok": True, "result": self.status()}
+            elif op == "shutdown":
+                reply = {"id": request_id, "ok": True, "result": {}}
+                self.request_stop("stopped on request")
+            else:
+                raise ValueError(f"unknown supervisor operation {op!r}")
+        except VMError as exc:
+            reply = {"id": request_id, "ok": False, "error": {"kind": "vm_died", "message": str(exc)}}
+        except (ValueError, TypeError) as exc:
+            reply = {"id": request_id, "ok": False, "error": {"kind": "bad_request", "message": str(exc)}}
+        async with lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.write(encode_frame(reply))
+                await writer.drain()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "qemu_pid": self.qemu.pid if self.qemu else None,
+            "boot_ms": self.boot_ms,
+            "info": self.info,
+        }
+
+    # ------------------------------------------------------------ stopping
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+            self.stopping.set()
+
+    def _check_owner_arrived(self) -> None:
+        if not self.owner_seen:
+            self.request_stop(NO_OWNER)
+
+    def _kill_qemu(self) -> None:
+        if self.qemu is not None and self.qemu.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.qemu.kill()
+
+    async def _shutdown(self) -> None:
+        qemu = self.qemu
+        if qemu is not None and qemu.returncode is None:
+            if self.agent_writer is not None and not self.dead_message:
+                # Flush the guest's page cache so the root overlay is whole.
+                with contextlib.suppress(Exception):
+                    await self.agent_request("sync", {}, STOP_GRACE_SECONDS)
+            with contextlib.suppress(ProcessLookupError):
+                qemu.terminate()
+            try:
+                await asyncio.wait_for(qemu.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                self._kill_qemu()
+                await qemu.wait()
+        for path in self.files.sockets():
+            path.unlink(missing_ok=True)
+        record = {
+            "reason": self.dead_message or self.stop_reason,
+            "died": self.dead_message is not None,
+            "qemu_exit_code": qemu.returncode if qemu else None,
+            "at": time.time(),
+        }
+        tmp = self.files.exit_record.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(record))
+            tmp.replace(self.files.exit_record)
+
+
+def _report(message: dict[str, Any]) -> None:
+    """The one line ``launch()`` waits for; then stdout is closed."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+        sys.stdout.close()
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--detach":
+        # Double fork: the launcher reaps the intermediate child at once and the
+        # supervisor is adopted by init, so no pyro process inherits a zombie.
+        argv = argv[1:]
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+    files = VmFiles(Path(argv[0]))
+    spec = json.loads(files.spec.read_text())
+    supervisor = Supervisor(files, spec)
+    code = asyncio.run(supervisor.run())
+    if supervisor.owner_bound and supervisor.stop_reason in OWNER_GONE_REASONS:
+        # Nobody is left to delete this VM: remove its disks ourselves.
+        shutil.rmtree(files.dir, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,391 @@
+"""The VM service: the lifecycle of raw VMs and one-shot runs.
+
+Every surface (CLI, SDK, later MCP and workspaces) reaches VMs through here.
+Records live in the SQLite store; disks, sockets and logs in
+``<state>/vms/<vm_id>/``. Reads reconcile records with reality: a VM whose
+supervisor is gone is shown ``stopped`` with the reason, never ``running``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import config, host_tools
+from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
+from pyro_mcp.environments.builder import Progress
+from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
+from pyro_mcp.environments.catalog import get_spec
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
+from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
+from pyro_mcp.store.db import Store
+from pyro_mcp.vm import accel, backend, disks
+from pyro_mcp.vm.qemu import MachineSpec, qemu_version
+from pyro_mcp.vm.supervisor import VmFiles
+
+MAX_VCPU_COUNT = 8
+MIN_MEM_MIB, MAX_MEM_MIB = 128, 16384
+MAX_TIMEOUT_SECONDS = 24 * 3600
+KVM_PROBE_BOOT_SECONDS = 20.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class VmService:
+    """Creates, starts, runs commands in, stops and deletes VMs."""
+
+    def __init__(self, paths: config.Paths) -> None:
+        paths.ensure()
+        self.paths = paths
+        self.store = Store(paths.db_path)
+        self.environments = EnvironmentCache(paths.cache_dir)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def create_vm(
+        self,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        *,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        network: bool = False,
+        ttl_seconds: int | None = None,
+        progress: Progress = _quiet,
+        owner_bound: bool = False,
+    ) -> VmRecord:
+        """Record a new VM and give it a root overlay; it is not booted yet.
+
+        Builds the environment first when it is not installed.
+        """
+        get_spec(environment)
+        _check_range("vcpu_count", vcpu_count, 1, MAX_VCPU_COUNT)
+        _check_range("mem_mib", mem_mib, MIN_MEM_MIB, MAX_MEM_MIB)
+        if ttl_seconds is not None:
+            _check_range("ttl_seconds", ttl_seconds, 1, 365 * 24 * 3600)
+        host_tools.require(*host_tools.RUNTIME_TOOLS)
+        installed = self.environments.ensure(environment, progress)
+        vm_id = "vm-" + uuid.uuid4().hex[:12]
+        files = self._files(vm_id)
+        now = time.time()
+        record = VmRecord(
+            vm_id=vm_id,
+            environment=environment,
+            state=VmState.CREATED,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            network=network,
+            owner_bound=owner_bound,
+            build_dir=str(installed.build_dir),
+            created_at=now,
+            expires_at=now + ttl_seconds if ttl_seconds else None,
+        )
+        files.dir.mkdir(parents=True, mode=0o700)
+        try:
+            disks.create_overlay(installed.rootfs, files.root_disk)
+            self.store.insert_vm(record)
+        except BaseException:
+            shutil.rmtree(files.dir, ignore_errors=True)
+            raise
+        return record
+
+    def start_vm(self, vm_id: str, *, progress: Progress = _quiet) -> VmRecord:
+        """Boot the VM and wait until its agent answers."""
+        record = self.status_vm(vm_id)
+        require_state(
+            vm_id, record.state, (VmState.CREATED, VmState.STOPPED),
+            "It is already running; use exec_vm, or stop_vm first.",
+        )
+        files = self._files(vm_id)
+        installed = self._installed_for(record)
+        decision = self.accel_decision(installed)
+        machine = self._machine(record, installed, files, decision.accel)
+        files.exit_record.unlink(missing_ok=True)
+        progress(f"phase=start booting {record.environment} (accel={decision.accel})")
+        try:
+            report = backend.launch(
+                files, machine, config.BOOT_TIMEOUT_SECONDS, owner_bound=record.owner_bound
+            )
+        except VMError as exc:
+            self.store.update_vm(vm_id, state=VmState.STOPPED, last_error=str(exc)[:4000])
+            raise
+        self.store.update_vm(
+            vm_id,
+            state=VmState.RUNNING,
+            accel=decision.accel,
+            started_at=time.time(),
+            supervisor_pid=int(report["pid"]),
+            boot_ms=int(report.get("boot_ms", 0)),
+            last_error=None,
+        )
+        return self._get(vm_id)
+
+    def exec_vm(
+        self,
+        vm_id: str,
+        command: str | Sequence[str],
+        *,
+        timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        client: SupervisorClient | None = None,
+    ) -> ExecResult:
+        """Run ``command`` (a shell string, or an argv list) in a running VM."""
+        args = _exec_args(command, timeout_seconds, env, cwd)
+        record = self.status_vm(vm_id)
+        require_state(vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`.")
+        files = self._files(vm_id)
+        try:
+            if client is not None:
+                reply = client.agent("exec", args, timeout=float(timeout_seconds))
+            else:
+                with SupervisorClient(files.control_socket) as own:
+                    reply = own.agent("exec", args, timeout=float(timeout_seconds))
+        except VMError:
+            self._reconcile(self._get(vm_id))
+            raise
+        output = parse_exec_result(reply, config.MAX_OUTPUT_BYTES)
+        return ExecResult(
+            exit_code=output.exit_code,
+            stdout=output.stdout.decode("utf-8", errors="replace"),
+            stderr=output.stderr.decode("utf-8", errors="replace"),
+            timed_out=output.timed_out,
+            stdout_truncated=output.stdout_truncated,
+            stderr_truncated=output.stderr_truncated,
+            duration_ms=output.duration_ms,
+        )
+
+    def stop_vm(self, vm_id: str) -> VmRecord:
+        """Stop the VM, keeping its disk; stopping a stopped VM is fine."""
+        record = self.status_vm(vm_id)
+        backend.stop(self._files(vm_id), record.supervisor_pid)
+        if record.state is VmState.RUNNING:
+            self.store.update_vm(vm_id, state=VmState.STOPPED, supervisor_pid=None)
+        return self._get(vm_id)
+
+    def delete_vm(self, vm_id: str) -> dict[str, Any]:
+        """Stop the VM and remove its record and every file it had."""
+        record = self._get(vm_id)
+        files = self._files(vm_id)
+        backend.stop(files, record.supervisor_pid)
+        shutil.rmtree(files.dir, ignore_errors=True)
+        self.store.delete_vm(vm_id)
+        return {"vm_id": vm_id, "deleted": True}
+
+    def status_vm(self, vm_id: str) -> VmRecord:
+        """The VM's record, reconciled with whether its supervisor really runs."""
+        return self._reconcile(self._get(vm_id))
+
+    def list_vms(self) -> list[VmRecord]:
+        return [self._reconcile(record) for record in self.store.list_vms()]
+
+    def reap_expired(self, now: float | None = None) -> list[str]:
+        """Delete VMs whose TTL has passed and one-shot VMs whose owner is gone."""
+        now = time.time() if now is None else now
+        reaped: list[str] = []
+        for record in self.store.list_vms():
+            expired = record.expires_at is not None and record.expires_at <= now
+            orphaned = record.owner_bound and not self._alive(record) and (
+                record.state is not VmState.CREATED or now - record.created_at > 600
+            )
+            if expired or orphaned:
+                with contextlib.suppress(PyroError):
+                    self.delete_vm(record.vm_id)
+                    reaped.append(record.vm_id)
+        return reaped
+
+    # -------------------------------------------------------------- one-shot
+
+    def run(
+        self,
+        environment: str,
+        command: str | Sequence[str],
+        *,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        network: bool = False,
+        env: dict[str, str] | None = None,
+        progress: Progress = _quiet,
+    ) -> RunResult:
+        """Create a VM, run one command, delete the VM: nothing is left behind.
+
+        The VM is bound to this process: if it dies, the VM stops and its
+        disk is removed by the supervisor.
+        """
+        _exec_args(command, timeout_seconds, env, None)
+        started = time.monotonic()
+        self.reap_expired()
+        progress(f"phase=create environment={environment}")
+        record = self.create_vm(
+            environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            network=network,
+            progress=progress,
+            owner_bound=True,
+        )
+        try:
+            record = self.start_vm(record.vm_id, progress=progress)
+            with SupervisorClient(self._files(record.vm_id).control_socket) as owner:
+                owner.call("own")
+                progress(f"phase=execute vm={record.vm_id}")
+                result = self.exec_vm(
+                    record.vm_id, command, timeout_seconds=timeout_seconds, env=env, client=owner
+                )
+        finally:
+            progress("phase=delete")
+            self.delete_vm(record.vm_id)
+        return RunResult(
+            environment=environment,
+            accel=record.accel or "unknown",
+            vm_id=record.vm_id,
+            boot_ms=record.boot_ms or 0,
+            total_ms=int((time.monotonic() - started) * 1000),
+            result=result,
+        )
+
+    # ----------------------------------------------------------------- accel
+
+    def accel_decision(self, installed: InstalledEnvironment | None = None) -> accel.AccelDecision:
+        """KVM or TCG, booting a probe guest under KVM once when only that can tell."""
+        static = accel.static_decision()
+        if static is not None or installed is None:
+            return static or accel.AccelDecision("tcg", "KVM not yet probed", True, None)
+        qemu = host_tools.require(host_tools.QEMU)["qemu-system-x86_64"]
+        key = f"{installed.manifest['kernel']['version']}|{qemu_version(qemu)}"
+        return accel.decide(
+            self.paths.cache_dir / "kvm-probe.json", key, lambda: self._kvm_probe(installed)
+        )
+
+    def _kvm_probe(self, installed: InstalledEnvironment) -> str | None:
+        files = VmFiles(self.paths.vms_dir / f"kvm-probe-{uuid.uuid4().hex[:8]}")
+        files.dir.mkdir(parents=True)
+        try:
+            disks.create_overlay(installed.rootfs, files.root_disk)
+            probe = VmRecord(
+                vm_id="kvm-probe", environment=installed.name, state=VmState.CREATED,
+                vcpu_count=1, mem_mib=256, network=False, owner_bound=False,
+                build_dir=str(installed.build_dir), created_at=time.time(), expires_at=None,
+            )
+            report = backend.launch(
+                files, self._machine(probe, installed, files, "kvm"),
+                KVM_PROBE_BOOT_SECONDS, owner_bound=False,
+            )
+            backend.stop(files, int(report["pid"]))
+            return None
+        except VMError as exc:
+            return str(exc).splitlines()[0]
+        finally:
+            shutil.rmtree(files.dir, ignore_errors=True)
+
+    # --------------------------------------------------------------- helpers
+
+    def _get(self, vm_id: str) -> VmRecord:
+        record = self.store.get_vm(vm_id)
+        if record is None:
+            raise NotFound(f"no VM {vm_id!r}; list VMs with `pyro vm list`")
+        return record
+
+    def _files(self, vm_id: str) -> VmFiles:
+        return VmFiles(self.paths.vms_dir / vm_id)
+
+    def _alive(self, record: VmRecord) -> bool:
+        pid = record.supervisor_pid
+        return pid is not None and backend.supervisor_alive(pid, self._files(record.vm_id))
+
+    def _reconcile(self, record: VmRecord) -> VmRecord:
+        if record.state is not VmState.RUNNING or self._alive(record):
+            return record
+        reason = "the VM's supervisor is gone"
+        with contextlib.suppress(OSError, ValueError):
+            exit_record = json.loads(self._files(record.vm_id).exit_record.read_text())
+            reason = str(exit_record.get("reason", reason))[:4000]
+        self.store.update_vm(
+            record.vm_id, state=VmState.STOPPED, supervisor_pid=None, last_error=reason
+        )
+        return replace(record, state=VmState.STOPPED, supervisor_pid=None, last_error=reason)
+
+    def _installed_for(self, record: VmRecord) -> InstalledEnvironment:
+        build_dir = Path(record.build_dir)
+        manifest_path = build_dir / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise NotFound(
+                f"the environment build {build_dir} this VM was created from is gone "
+                f"(pruned?); delete the VM with `pyro vm delete {record.vm_id}`"
+            ) from exc
+        installed = InstalledEnvironment(record.environment, build_dir, manifest)
+        self.environments.ensure_initrd(installed)
+        return installed
+
+    def _machine(
+        self, record: VmRecord, installed: InstalledEnvironment, files: VmFiles, accel_name: str
+    ) -> MachineSpec:
+        qemu = host_tools.require(host_tools.QEMU)["qemu-system-x86_64"]
+        return MachineSpec(
+            qemu=qemu,
+            accel=accel_name,
+            vcpu_count=record.vcpu_count,
+            mem_mib=record.mem_mib,
+            kernel=installed.vmlinuz,
+            initrd=installed.initrd,
+            root_disk=files.root_disk,
+            agent_socket=files.agent_socket,
+            console_socket=files.console_socket,
+            hostname="pyro",
+            network=record.network,
+        )
+
+
+def _check_range(field: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(field, f"must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _exec_args(
+    command: str | Sequence[str],
+    timeout_seconds: float,
+    env: dict[str, str] | None,
+    cwd: str | None,
+) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "max_output_bytes": config.MAX_OUTPUT_BYTES,
+    }
+    if isinstance(command, str):
+        if not command.strip():
+            raise InvalidArgument("command", "must not be empty")
+        args["shell"] = command
+    else:
+        argv = list(command)
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidArgument("command", "must be a shell string or a non-empty list of strings")
+        args["argv"] = argv
+    if isinstance(timeout_seconds, bool) or not 0 < float(timeout_seconds) <= MAX_TIMEOUT_SECONDS:
+        raise InvalidArgument(
+            "timeout_seconds", f"must be more than 0 and at most {MAX_TIMEOUT_SECONDS}"
+        )
+    args["timeout_seconds"] = float(timeout_seconds)
+    if env:
+        for name, value in env.items():
+            if not name or "=" in name or not isinstance(value, str):
+                raise InvalidArgument("env", f"{name!r} is not a valid variable name/value")
+        args["env"] = dict(env)
+    if cwd is not None:
+        args["cwd"] = cwd
+    return args
+
+
+def describe_command(command: str | Sequence[str]) -> str:
+    """A command as one readable line (for journals and messages)."""
+    return command if isinstance(command, str) else shlex.join(command)
