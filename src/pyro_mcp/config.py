@@ -72,3 +72,9 @@ def debian_mirror_override() -> str | None:
     """``PYRO_DEBIAN_MIRROR`` when set."""
     value = os.environ.get("PYRO_DEBIAN_MIRROR", "").strip()
     return value or None
+
+
+def qemu_override() -> str | None:
+    """``PYRO_QEMU``: the QEMU binary to use instead of the one on PATH."""
+    value = os.environ.get("PYRO_QEMU", "").strip()
+    return value or None

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_mcp import config
 from pyro_mcp.errors import HostSetupError
 
 
@@ -36,7 +37,14 @@ ALL_TOOLS = RUNTIME_TOOLS + BUILD_TOOLS
 
 
 def find(tool: HostTool) -> Path | None:
-    """The tool's path on this host, looking in sbin too (mkfs is there)."""
+    """The tool's path on this host, looking in sbin too (mkfs is there).
+
+    ``PYRO_QEMU`` names the QEMU binary explicitly; if it does not exist, QEMU
+    counts as missing.
+    """
+    if tool is QEMU and config.qemu_override():
+        override = Path(str(config.qemu_override()))
+        return override if override.is_file() and os.access(override, os.X_OK) else None
     extra = os.pathsep.join(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
     found = shutil.which(tool.command, path=os.environ.get("PATH", "") + os.pathsep + extra)
     if found:

@@ -151,6 +151,10 @@ class VmService:
                 with SupervisorClient(files.control_socket) as own:
                     reply = own.agent("exec", args, timeout=float(timeout_seconds))
         except VMError:
+            # The VM died under the command: let its supervisor finish writing
+            # why, so status shows `stopped` with the reason from now on.
+            if record.supervisor_pid is not None:
+                backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
             self._reconcile(self._get(vm_id))
             raise
         output = parse_exec_result(reply, config.MAX_OUTPUT_BYTES)
@@ -341,8 +345,9 @@ class VmService:
             kernel=installed.vmlinuz,
             initrd=installed.initrd,
             root_disk=files.root_disk,
-            agent_socket=files.agent_socket,
-            console_socket=files.console_socket,
+            # Relative: QEMU runs in the VM directory (see the supervisor).
+            agent_socket=Path(files.agent_socket.name),
+            console_socket=Path(files.console_socket.name),
             hostname="pyro",
             network=record.network,
         )

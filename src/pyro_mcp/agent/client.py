@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class SupervisorClient:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(connect_timeout)
         try:
-            self._sock.connect(str(control_socket))
+            _connect_unix(self._sock, control_socket)
         except OSError as exc:
             self._sock.close()
             raise VMError(f"the VM is not running (cannot reach {control_socket}: {exc})") from exc
@@ -82,6 +83,22 @@ class SupervisorClient:
                 raise AgentTimeout(f"no answer to {op} within {timeout:.0f} s") from exc
             except OSError as exc:
                 raise VMError(f"lost the connection to the VM: {exc}") from exc
+
+
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+def _connect_unix(sock: socket.socket, path: Path) -> None:
+    """Connect to ``path`` even when it is longer than a unix socket path may be."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        sock.connect(str(path))
+        return
+    directory = os.open(path.parent, os.O_PATH)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{path.name}")
+    finally:
+        os.close(directory)
 
 
 def _unwrap(message: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Framing shared by the guest agent and the host (standard library only).
 
-A frame is ``MAGIC`` (4 bytes), the payload length (4 bytes, big endian) and a
-UTF-8 JSON object. Binary data travels base64-encoded inside the JSON.
+A frame is ``MAGIC`` (4 bytes), the payload length (4 bytes, big endian), a
+CRC-32 of that length (4 bytes) and a UTF-8 JSON object. The CRC lets the
+decoder reject a header cut short by a reconnect at once, instead of waiting
+for a bogus length's worth of bytes. Binary data travels base64-encoded inside the JSON.
 
 The framing knows nothing about workspaces or operations. It does know that a
 serial port keeps stale bytes across reconnects, so the decoder resynchronises
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
 MAGIC = b"PYR1"
-HEADER = struct.Struct(">4sI")
+HEADER = struct.Struct(">4sII")
 
 # Large enough for two full output streams (base64) plus envelope; small enough
 # that a hostile peer cannot make the other side buffer without bound.
@@ -35,7 +38,11 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
     if len(payload) > MAX_FRAME_BYTES:
         raise ValueError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
-    return HEADER.pack(MAGIC, len(payload)) + payload
+    return _header(len(payload)) + payload
+
+
+def _header(length: int) -> bytes:
+    return HEADER.pack(MAGIC, length, zlib.crc32(length.to_bytes(4, "big")))
 
 
 class FrameDecoder:
@@ -61,8 +68,8 @@ class FrameDecoder:
             self._skip(start)
             if len(self._buffer) < HEADER.size:
                 return messages
-            _, length = HEADER.unpack_from(self._buffer)
-            if length > self._max:
+            _, length, check = HEADER.unpack_from(self._buffer)
+            if check != zlib.crc32(length.to_bytes(4, "big")) or length > self._max:
                 self._skip(len(MAGIC))
                 continue
             end = HEADER.size + length

@@ -77,10 +77,10 @@ def stop(files: VmFiles, supervisor_pid: int | None) -> None:
         return
     with contextlib.suppress(VMError, AgentError), SupervisorClient(files.control_socket) as client:
         client.call("shutdown", timeout=STOP_WAIT_SECONDS)
-    if not _wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS):
+    if not wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS):
         with contextlib.suppress(ProcessLookupError):
             os.kill(supervisor_pid, signal.SIGKILL)  # QEMU dies with it (PDEATHSIG)
-        _wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS)
+        wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS)
 
 
 def supervisor_alive(pid: int, files: VmFiles) -> bool:
@@ -95,7 +95,7 @@ def supervisor_alive(pid: int, files: VmFiles) -> bool:
     return b"pyro_mcp.vm.supervisor" in cmdline and str(files.dir).encode() in cmdline
 
 
-def _wait_for_exit(pid: int, timeout: float) -> bool:
+def wait_for_exit(pid: int, timeout: float) -> bool:
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:

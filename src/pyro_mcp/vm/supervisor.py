@@ -115,11 +115,15 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, f"supervisor got signal {sig.name}")
         started = time.monotonic()
+        # Unix socket paths are limited to 108 bytes and a VM directory can be
+        # deeper than that: bind relative names from inside it. QEMU inherits
+        # this working directory, so its -chardev paths are relative too.
+        os.chdir(self.files.dir)
         for path in self.files.sockets():
             path.unlink(missing_ok=True)
-        agent_server = await asyncio.start_unix_server(self._on_agent, self.files.agent_socket)
+        agent_server = await asyncio.start_unix_server(self._on_agent, self.files.agent_socket.name)
         console_server = await asyncio.start_unix_server(
-            self._on_console, self.files.console_socket
+            self._on_console, self.files.console_socket.name
         )
         try:
             try:
@@ -128,7 +132,7 @@ class Supervisor:
                 _report({"ok": False, "error": str(exc)})
                 return 1
             control_server = await asyncio.start_unix_server(
-                self._on_client, self.files.control_socket
+                self._on_client, self.files.control_socket.name
             )
             os.chmod(self.files.control_socket, 0o600)
             _report(

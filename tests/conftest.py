@@ -1,0 +1,71 @@
+"""Shared fixtures. VM tests share one built environment (in the real cache)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.config import default_paths
+from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
+
+TEST_ENVIRONMENT = "debian:12"
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(f"[env] {message}\n")
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return default_paths().cache_dir
+
+
+@pytest.fixture(scope="session")
+def built_environment(cache_dir: Path) -> InstalledEnvironment:
+    """debian:12, built once per machine (a later build waits on the first's lock)."""
+    return EnvironmentCache(cache_dir).ensure(TEST_ENVIRONMENT, _progress)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def pyro(state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment) -> Iterator[Pyro]:
+    """An SDK object with its own state; fails the test if a VM process outlives it."""
+    client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
+    yield client
+    for record in client.list_vms():
+        client.delete_vm(record["vm_id"])
+    assert leaked_processes(state_dir) == []
+
+
+@pytest.fixture
+def cli_env(state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment) -> Iterator[dict[str, str]]:
+    """Environment variables for running the real `pyro` CLI against this state."""
+    env = dict(os.environ, PYRO_HOME=str(state_dir), PYRO_CACHE_DIR=str(cache_dir))
+    yield env
+    assert leaked_processes(state_dir) == []
+
+
+def leaked_processes(state_dir: Path) -> list[str]:
+    """QEMU or supervisor processes still running for VMs under ``state_dir``."""
+    leaked = []
+    marker = str(state_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if marker in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z":
+            leaked.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return leaked

@@ -1,0 +1,84 @@
+"""Cache states, using hand-made builds (building for real is covered in tests/test_run.py)."""
+
+import json
+from pathlib import Path
+
+from pyro_mcp.environments.cache import MANIFEST_FORMAT, EnvironmentCache, _check_files
+from pyro_mcp.environments.builder import sha256_file
+
+
+def make_build(cache: EnvironmentCache, name: str = "debian-12", build_id: str = "b1") -> Path:
+    build = cache.environments_dir / name / "builds" / build_id
+    build.mkdir(parents=True)
+    (build / "vmlinuz").write_bytes(b"kernel")
+    (build / "rootfs.ext4").write_bytes(b"root" * 10)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "files": {
+            n: {"size": (build / n).stat().st_size, "sha256": sha256_file(build / n)}
+            for n in ("vmlinuz", "rootfs.ext4")
+        },
+        "kernel": {"version": "1"},
+        "built_at": "now",
+    }
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    link = cache.environments_dir / name / "current"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("builds") / build_id)
+    return build
+
+
+def test_a_fresh_cache_has_nothing_installed(tmp_path: Path) -> None:
+    statuses = EnvironmentCache(tmp_path).list()
+    assert [s.installed for s in statuses] == [False, False, False]
+    assert all(s.problem is None for s in statuses)
+
+
+def test_a_whole_build_is_installed(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    make_build(cache)
+    assert cache.status("debian:12").installed
+
+
+def test_a_build_without_its_manifest_is_reported_as_interrupted(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    (make_build(cache) / "manifest.json").unlink()
+    status = cache.status("debian:12")
+    assert not status.installed
+    assert status.problem is not None and "interrupted" in status.problem
+
+
+def test_a_truncated_image_is_detected_cheaply(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    (make_build(cache) / "rootfs.ext4").write_bytes(b"root")
+    assert cache.status("debian:12").problem == "rootfs.ext4 has the wrong size"
+
+
+def test_a_corrupted_image_of_the_right_size_is_caught_by_hashing(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    build = make_build(cache)
+    (build / "rootfs.ext4").write_bytes(b"XXXX" * 10)
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert _check_files(build, manifest, verify_hashes=False) is None
+    assert "corrupted" in str(_check_files(build, manifest, verify_hashes=True))
+
+
+def test_prune_removes_superseded_and_partial_builds_but_keeps_current_and_in_use(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    old_in_use = make_build(cache, build_id="a-old-in-use")
+    old_unused = make_build(cache, build_id="b-old")
+    current = make_build(cache, build_id="c-current")
+    partial = current.parent / ".partial-x"
+    partial.mkdir()
+    result = cache.prune(keep_builds={old_in_use})
+    assert old_in_use.exists() and current.exists()
+    assert not old_unused.exists() and not partial.exists()
+    assert str(old_unused) in result["removed"]
+
+
+def test_prune_all_also_removes_the_installed_build(tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path)
+    current = make_build(cache)
+    cache.prune(remove_installed=True)
+    assert not current.exists()
+    assert not cache.status("debian:12").installed

@@ -1,0 +1,142 @@
+"""The real guest agent, served over a socketpair (no VM needed)."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
+from pyro_mcp.guest import agent
+
+GUEST_DIR = Path(agent.__file__).parent
+
+
+class AgentPeer:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.ids = 0
+        self.backlog: list[dict[str, Any]] = []
+
+    def receive(self) -> dict[str, Any]:
+        while not self.backlog:
+            data = self.sock.recv(65536)
+            assert data, "agent closed the connection"
+            self.backlog += self.decoder.feed(data)
+        return self.backlog.pop(0)
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        self.ids += 1
+        self.sock.sendall(encode_frame({"id": self.ids, "op": op, "args": args}))
+        while True:
+            message = self.receive()
+            if message.get("id") == self.ids:
+                return message
+
+
+@pytest.fixture
+def peer() -> Iterator[AgentPeer]:
+    host, guest = socket.socketpair()
+    host.settimeout(30)
+
+    def read() -> bytes:
+        data = guest.recv(65536)
+        if not data:
+            raise EOFError
+        return data
+
+    thread = threading.Thread(target=agent.Agent(read, guest.sendall).serve, daemon=True)
+    thread.start()
+    p = AgentPeer(host)
+    assert p.receive() == {"event": "ready", "version": agent.AGENT_VERSION}
+    yield p
+    host.close()
+    thread.join(timeout=5)
+    guest.close()
+
+
+def _out(reply: dict[str, Any], stream: str) -> str:
+    return base64.b64decode(reply["result"][stream]).decode()
+
+
+def test_exec_keeps_stdout_and_stderr_apart_and_returns_the_exit_code(peer: AgentPeer) -> None:
+    reply = peer.request("exec", shell="echo out; echo err >&2; exit 3", cwd="/")
+    assert reply["ok"] is True
+    assert _out(reply, "stdout") == "out\n"
+    assert _out(reply, "stderr") == "err\n"
+    assert reply["result"]["exit_code"] == 3
+    assert reply["result"]["timed_out"] is False
+
+
+def test_exec_runs_an_argv_without_a_shell(peer: AgentPeer) -> None:
+    reply = peer.request("exec", argv=["printf", "%s|", "a b", "$HOME"], cwd="/")
+    assert _out(reply, "stdout") == "a b|$HOME|"
+
+
+def test_exec_past_its_timeout_is_killed_with_its_background_children(peer: AgentPeer) -> None:
+    reply = peer.request("exec", shell="echo started; sleep 30 & sleep 30", timeout_seconds=0.5, cwd="/")
+    result = reply["result"]
+    assert result["timed_out"] is True
+    assert result["exit_code"] == 124
+    assert _out(reply, "stdout") == "started\n"
+    assert result["duration_ms"] < 10_000
+
+
+def test_exec_output_beyond_the_bound_is_counted_but_not_kept(peer: AgentPeer) -> None:
+    reply = peer.request("exec", shell="head -c 300000 /dev/zero", max_output_bytes=1000, cwd="/")
+    result = reply["result"]
+    assert len(base64.b64decode(result["stdout"])) == 1000
+    assert result["stdout_bytes"] == 300000
+
+
+def test_exec_does_not_wait_for_background_processes_holding_its_pipes(peer: AgentPeer) -> None:
+    reply = peer.request("exec", shell="sleep 20 & echo done", timeout_seconds=15, cwd="/")
+    assert _out(reply, "stdout") == "done\n"
+    assert reply["result"]["timed_out"] is False
+
+
+def test_requests_in_flight_are_answered_independently(peer: AgentPeer) -> None:
+    peer.sock.sendall(encode_frame({"id": 1, "op": "exec", "args": {"shell": "sleep 1; echo slow", "cwd": "/"}}))
+    peer.sock.sendall(encode_frame({"id": 2, "op": "ping", "args": {}}))
+    first = peer.receive()
+    assert first["id"] == 2
+    assert peer.receive()["id"] == 1
+
+
+def test_bad_requests_get_error_replies_and_the_agent_keeps_serving(peer: AgentPeer) -> None:
+    assert peer.request("no-such-op")["error"]["kind"] == "unknown_op"
+    assert peer.request("exec")["error"]["kind"] == "bad_args"
+    assert peer.request("exec", shell="true", cwd="/does/not/exist")["error"]["kind"] == "bad_cwd"
+    assert peer.request("exec", argv=["/no/such/program"], cwd="/")["error"]["kind"] == "spawn_failed"
+    assert peer.request("exec", shell="true", env={"A": 1}, cwd="/")["error"]["kind"] == "bad_args"
+    assert peer.request("ping")["ok"] is True
+
+
+def test_hello_echoes_the_nonce_with_agent_facts(peer: AgentPeer) -> None:
+    result = peer.request("hello", nonce="abc123")["result"]
+    assert result["nonce"] == "abc123"
+    assert result["agent_version"] == agent.AGENT_VERSION
+    assert result["python"]
+
+
+def test_guest_programs_import_only_the_standard_library() -> None:
+    for path in (GUEST_DIR / "agent.py", GUEST_DIR.parent / "agent" / "protocol.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ("pyro_mcp", "protocol"), (path, name)

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from pyro_mcp.vm.qemu import MachineSpec, tcg_clock_arguments
+
+
+def spec(**overrides: object) -> MachineSpec:
+    values: dict[str, object] = dict(
+        qemu=Path("/usr/bin/qemu-system-x86_64"), accel="tcg", vcpu_count=1, mem_mib=512,
+        kernel=Path("k"), initrd=Path("i"), root_disk=Path("r.qcow2"),
+        agent_socket=Path("a.sock"), console_socket=Path("c.sock"), hostname="pyro", network=False,
+    )
+    values.update(overrides)
+    return MachineSpec(**values)  # type: ignore[arg-type]
+
+
+def test_the_machine_is_a_microvm_without_default_devices() -> None:
+    argv = spec().argv()
+    assert argv[argv.index("-M") + 1] == "microvm,accel=tcg"
+    assert {"-nodefaults", "-no-user-config", "-no-reboot"} <= set(argv)
+    assert "virtserialport,chardev=agent,name=org.pyro.agent" in argv
+
+
+def test_no_network_means_no_nic_at_all() -> None:
+    argv = spec().argv()
+    assert "-netdev" not in argv and "pyro.net=1" not in " ".join(argv)
+    networked = spec(network=True).argv()
+    assert "user,id=n0" in networked
+    assert "pyro.net=1" in networked[networked.index("-append") + 1]
+
+
+def test_kvm_uses_the_host_cpu() -> None:
+    argv = spec(accel="kvm").argv()
+    assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_tcg_guests_get_the_host_tsc_frequency(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\ncpu MHz\t\t: 2596.136\n")
+    assert tcg_clock_arguments(cpuinfo) == " tsc_early_khz=2596136 tsc=reliable"
+    assert tcg_clock_arguments(tmp_path / "missing") == " tsc=reliable"
