@@ -37,7 +37,9 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pyro(state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment) -> Iterator[Pyro]:
+def pyro(
+    state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment
+) -> Iterator[Pyro]:
     """An SDK object with its own state; fails the test if a VM process outlives it."""
     client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
     yield client
@@ -47,7 +49,9 @@ def pyro(state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironme
 
 
 @pytest.fixture
-def cli_env(state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment) -> Iterator[dict[str, str]]:
+def cli_env(
+    state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment
+) -> Iterator[dict[str, str]]:
     """Environment variables for running the real `pyro` CLI against this state."""
     env = dict(os.environ, PYRO_HOME=str(state_dir), PYRO_CACHE_DIR=str(cache_dir))
     yield env

@@ -16,15 +16,9 @@ import pytest
 from pyro_mcp import NotFound, Pyro, VMError
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm.backend import wait_for_exit
+from tests.cli_helper import pyro_cli
 
 pytestmark = pytest.mark.vm
-
-
-def pyro_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyro_mcp.cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
 
 
 def test_run_in_vm_runs_git_in_a_fresh_guest(pyro: Pyro, state_dir: Path) -> None:
@@ -37,24 +31,41 @@ def test_run_in_vm_runs_git_in_a_fresh_guest(pyro: Pyro, state_dir: Path) -> Non
     assert list((state_dir / "vms").iterdir()) == []
 
 
-def test_cli_run_json_keeps_streams_apart_and_exits_with_the_guest_code(cli_env: dict[str, str]) -> None:
-    done = pyro_cli(cli_env, "run", "debian:12", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+def test_cli_run_json_keeps_streams_apart_and_exits_with_the_guest_code(
+    cli_env: dict[str, str],
+) -> None:
+    done = pyro_cli(
+        cli_env, "run", "debian:12", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
     assert done.returncode == 3, done.stderr
     result = json.loads(done.stdout)
-    for field in ("environment", "exit_code", "stdout", "stderr", "timed_out", "truncated", "duration_ms", "accel"):
+    for field in (
+        "environment",
+        "exit_code",
+        "stdout",
+        "stderr",
+        "timed_out",
+        "truncated",
+        "duration_ms",
+        "accel",
+    ):
         assert field in result
     assert (result["stdout"], result["stderr"], result["exit_code"]) == ("out\n", "err\n", 3)
     assert "[run] phase=create" in done.stderr and "[run] phase=execute" in done.stderr
 
 
 def test_cli_run_passes_guest_output_through(cli_env: dict[str, str]) -> None:
-    done = pyro_cli(cli_env, "run", "debian:12", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2")
+    done = pyro_cli(
+        cli_env, "run", "debian:12", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2"
+    )
     assert done.returncode == 0
     assert done.stdout == "to-stdout\n"
     assert "to-stderr" in done.stderr
 
 
-def test_a_command_past_its_timeout_is_killed_and_the_vm_cleaned_up(pyro: Pyro, state_dir: Path) -> None:
+def test_a_command_past_its_timeout_is_killed_and_the_vm_cleaned_up(
+    pyro: Pyro, state_dir: Path
+) -> None:
     result = pyro.run_in_vm(command="echo started; sleep 600", timeout_seconds=2)
     assert result["timed_out"] is True
     assert result["exit_code"] == 124
@@ -82,7 +93,9 @@ def test_two_runs_at_once_are_isolated(pyro: Pyro) -> None:
     results: dict[str, Any] = {}
 
     def run(tag: str) -> None:
-        results[tag] = pyro.run_in_vm(command=f"echo {tag} > /root/mark; sleep 1; cat /root/mark; hostname")
+        results[tag] = pyro.run_in_vm(
+            command=f"echo {tag} > /root/mark; sleep 1; cat /root/mark; hostname"
+        )
 
     threads = [threading.Thread(target=run, args=(tag,)) for tag in ("first", "second")]
     for thread in threads:
@@ -101,7 +114,9 @@ def test_network_is_off_unless_asked_for(pyro: Pyro) -> None:
     assert "eth0" in online["stdout"] and "nameserver 10.0.2.3" in online["stdout"]
 
 
-def test_a_killed_caller_leaves_no_vm_behind(state_dir: Path, cache_dir: Path, built_environment: object) -> None:
+def test_a_killed_caller_leaves_no_vm_behind(
+    state_dir: Path, cache_dir: Path, built_environment: object
+) -> None:
     script = (
         "import sys; from pyro_mcp import Pyro;"
         f"p = Pyro(state_dir={str(state_dir)!r}, cache_dir={str(cache_dir)!r},"
@@ -167,5 +182,12 @@ def test_demo_proves_the_lifecycle_end_to_end(cli_env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is True
-    assert [s["step"] for s in report["steps"]] == ["create", "start", "exec", "exec", "exec", "delete"]
+    assert [s["step"] for s in report["steps"]] == [
+        "create",
+        "start",
+        "exec",
+        "exec",
+        "exec",
+        "delete",
+    ]
     assert report["outputs"]["git --version"].startswith("git version")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, host_tools
@@ -19,7 +20,7 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
     problems: list[str] = []
     warnings: list[str] = []
 
-    tools = []
+    tools: list[dict[str, Any]] = []
     for tool in host_tools.ALL_TOOLS:
         path = host_tools.find(tool)
         tools.append(
@@ -32,20 +33,21 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
                 "needed_for": "running" if tool in host_tools.RUNTIME_TOOLS else "building",
             }
         )
-    missing_runtime = sorted({t["package"] for t in tools if not t["found"] and t["needed_for"] == "running"})
-    missing_build = sorted({t["package"] for t in tools if not t["found"] and t["needed_for"] == "building"})
-    if missing_runtime:
-        problems.append(
-            "cannot run guests: install "
-            + " ".join(missing_runtime)
-            + f" (sudo apt-get install --no-install-recommends {' '.join(missing_runtime)})"
+    for needed_for, findings in (("running", problems), ("building", warnings)):
+        missing = " ".join(
+            sorted(
+                {
+                    str(t["package"])
+                    for t in tools
+                    if not t["found"] and t["needed_for"] == needed_for
+                }
+            )
         )
-    if missing_build:
-        warnings.append(
-            "cannot build environments: install "
-            + " ".join(missing_build)
-            + f" (sudo apt-get install --no-install-recommends {' '.join(missing_build)})"
-        )
+        if missing:
+            findings.append(
+                f"cannot {'run guests' if needed_for == 'running' else 'build environments'}: "
+                f"install {missing} (sudo apt-get install --no-install-recommends {missing})"
+            )
     if os.geteuid() != 0:
         warnings.append("building environments needs root (debootstrap); running them does not")
 
@@ -69,7 +71,12 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
         accel_info: dict[str, Any] = decision.to_dict()
     except PyroError as exc:
         problems.append(str(exc))
-        accel_info = {"accel": None, "reason": str(exc), "kvm_present": os.path.exists("/dev/kvm"), "kvm_usable": None}
+        accel_info = {
+            "accel": None,
+            "reason": str(exc),
+            "kvm_present": os.path.exists("/dev/kvm"),
+            "kvm_usable": None,
+        }
     if accel_info.get("accel") == "tcg":
         warnings.append(
             "guests run under TCG (software emulation): expect about 4-5 s per cold boot"
@@ -116,9 +123,10 @@ def _has_user_networking(qemu: str) -> bool:
 
 def _os_release() -> str:
     try:
-        for line in open("/etc/os-release", encoding="utf-8"):
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip().strip('"')
+        text = Path("/etc/os-release").read_text(encoding="utf-8")
     except OSError:
-        pass
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
     return "unknown"

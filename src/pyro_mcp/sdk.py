@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, doctor
-from pyro_mcp.errors import PyroError
 from pyro_mcp.vms import VmService
 
 Progress = Callable[[str], None]
@@ -193,5 +192,3 @@ class Pyro:
     def doctor(self) -> dict[str, Any]:
         """Whether this host can run guests, and what to do if not."""
         return doctor.diagnose(self.paths)
-
-

@@ -102,7 +102,9 @@ class VmService:
         """Boot the VM and wait until its agent answers."""
         record = self.status_vm(vm_id)
         require_state(
-            vm_id, record.state, (VmState.CREATED, VmState.STOPPED),
+            vm_id,
+            record.state,
+            (VmState.CREATED, VmState.STOPPED),
             "It is already running; use exec_vm, or stop_vm first.",
         )
         files = self._files(vm_id)
@@ -142,7 +144,9 @@ class VmService:
         """Run ``command`` (a shell string, or an argv list) in a running VM."""
         args = _exec_args(command, timeout_seconds, env, cwd)
         record = self.status_vm(vm_id)
-        require_state(vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`.")
+        require_state(
+            vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`."
+        )
         files = self._files(vm_id)
         try:
             if client is not None:
@@ -198,8 +202,10 @@ class VmService:
         reaped: list[str] = []
         for record in self.store.list_vms():
             expired = record.expires_at is not None and record.expires_at <= now
-            orphaned = record.owner_bound and not self._alive(record) and (
-                record.state is not VmState.CREATED or now - record.created_at > 600
+            orphaned = (
+                record.owner_bound
+                and not self._alive(record)
+                and (record.state is not VmState.CREATED or now - record.created_at > 600)
             )
             if expired or orphaned:
                 with contextlib.suppress(PyroError):
@@ -277,13 +283,22 @@ class VmService:
         try:
             disks.create_overlay(installed.rootfs, files.root_disk)
             probe = VmRecord(
-                vm_id="kvm-probe", environment=installed.name, state=VmState.CREATED,
-                vcpu_count=1, mem_mib=256, network=False, owner_bound=False,
-                build_dir=str(installed.build_dir), created_at=time.time(), expires_at=None,
+                vm_id="kvm-probe",
+                environment=installed.name,
+                state=VmState.CREATED,
+                vcpu_count=1,
+                mem_mib=256,
+                network=False,
+                owner_bound=False,
+                build_dir=str(installed.build_dir),
+                created_at=time.time(),
+                expires_at=None,
             )
             report = backend.launch(
-                files, self._machine(probe, installed, files, "kvm"),
-                KVM_PROBE_BOOT_SECONDS, owner_bound=False,
+                files,
+                self._machine(probe, installed, files, "kvm"),
+                KVM_PROBE_BOOT_SECONDS,
+                owner_bound=False,
             )
             backend.stop(files, int(report["pid"]))
             return None
@@ -374,7 +389,9 @@ def _exec_args(
     else:
         argv = list(command)
         if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidArgument("command", "must be a shell string or a non-empty list of strings")
+            raise InvalidArgument(
+                "command", "must be a shell string or a non-empty list of strings"
+            )
         args["argv"] = argv
     if isinstance(timeout_seconds, bool) or not 0 < float(timeout_seconds) <= MAX_TIMEOUT_SECONDS:
         raise InvalidArgument(

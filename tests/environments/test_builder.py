@@ -49,10 +49,23 @@ def test_the_initramfs_carries_init_agent_and_modules(tmp_path: Path) -> None:
         (modules / f"{name}.ko").write_bytes(b"module " + name.encode())
     output = tmp_path / "initrd.img"
     builder.build_initramfs(modules, output)
-    names = subprocess.run(
-        ["cpio", "-t"], input=gzip.decompress(output.read_bytes()), capture_output=True, check=True
-    ).stdout.decode().split()
-    assert {"init", "bin/busybox", "pyro/agent.py", "pyro/protocol.py", "lib/modules/virtio_mmio.ko"} <= set(names)
+    names = (
+        subprocess.run(
+            ["cpio", "-t"],
+            input=gzip.decompress(output.read_bytes()),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split()
+    )
+    assert {
+        "init",
+        "bin/busybox",
+        "pyro/agent.py",
+        "pyro/protocol.py",
+        "lib/modules/virtio_mmio.ko",
+    } <= set(names)
     assert not output.with_name("initrd.img.partial").exists()
 
 

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from pyro_mcp.environments.cache import MANIFEST_FORMAT, EnvironmentCache, _check_files
 from pyro_mcp.environments.builder import sha256_file
+from pyro_mcp.environments.cache import MANIFEST_FORMAT, EnvironmentCache, _check_files
 
 
 def make_build(cache: EnvironmentCache, name: str = "debian-12", build_id: str = "b1") -> Path:
@@ -63,7 +63,9 @@ def test_a_corrupted_image_of_the_right_size_is_caught_by_hashing(tmp_path: Path
     assert "corrupted" in str(_check_files(build, manifest, verify_hashes=True))
 
 
-def test_prune_removes_superseded_and_partial_builds_but_keeps_current_and_in_use(tmp_path: Path) -> None:
+def test_prune_removes_superseded_and_partial_builds_but_keeps_current_and_in_use(
+    tmp_path: Path,
+) -> None:
     cache = EnvironmentCache(tmp_path)
     old_in_use = make_build(cache, build_id="a-old-in-use")
     old_unused = make_build(cache, build_id="b-old")

@@ -82,7 +82,9 @@ def test_exec_runs_an_argv_without_a_shell(peer: AgentPeer) -> None:
 
 
 def test_exec_past_its_timeout_is_killed_with_its_background_children(peer: AgentPeer) -> None:
-    reply = peer.request("exec", shell="echo started; sleep 30 & sleep 30", timeout_seconds=0.5, cwd="/")
+    reply = peer.request(
+        "exec", shell="echo started; sleep 30 & sleep 30", timeout_seconds=0.5, cwd="/"
+    )
     result = reply["result"]
     assert result["timed_out"] is True
     assert result["exit_code"] == 124
@@ -104,7 +106,9 @@ def test_exec_does_not_wait_for_background_processes_holding_its_pipes(peer: Age
 
 
 def test_requests_in_flight_are_answered_independently(peer: AgentPeer) -> None:
-    peer.sock.sendall(encode_frame({"id": 1, "op": "exec", "args": {"shell": "sleep 1; echo slow", "cwd": "/"}}))
+    peer.sock.sendall(
+        encode_frame({"id": 1, "op": "exec", "args": {"shell": "sleep 1; echo slow", "cwd": "/"}})
+    )
     peer.sock.sendall(encode_frame({"id": 2, "op": "ping", "args": {}}))
     first = peer.receive()
     assert first["id"] == 2
@@ -115,7 +119,9 @@ def test_bad_requests_get_error_replies_and_the_agent_keeps_serving(peer: AgentP
     assert peer.request("no-such-op")["error"]["kind"] == "unknown_op"
     assert peer.request("exec")["error"]["kind"] == "bad_args"
     assert peer.request("exec", shell="true", cwd="/does/not/exist")["error"]["kind"] == "bad_cwd"
-    assert peer.request("exec", argv=["/no/such/program"], cwd="/")["error"]["kind"] == "spawn_failed"
+    assert (
+        peer.request("exec", argv=["/no/such/program"], cwd="/")["error"]["kind"] == "spawn_failed"
+    )
     assert peer.request("exec", shell="true", env={"A": 1}, cwd="/")["error"]["kind"] == "bad_args"
     assert peer.request("ping")["ok"] is True
 
@@ -139,4 +145,7 @@ def test_guest_programs_import_only_the_standard_library() -> None:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                assert top in sys.stdlib_module_names or top in ("pyro_mcp", "protocol"), (path, name)
+                assert top in sys.stdlib_module_names or top in ("pyro_mcp", "protocol"), (
+                    path,
+                    name,
+                )

@@ -8,8 +8,16 @@ from pyro_mcp.store.db import Store
 
 def record(vm_id: str = "vm-1") -> VmRecord:
     return VmRecord(
-        vm_id=vm_id, environment="debian:12", state=VmState.CREATED, vcpu_count=1, mem_mib=512,
-        network=False, owner_bound=False, build_dir="/b", created_at=time.time(), expires_at=None,
+        vm_id=vm_id,
+        environment="debian:12",
+        state=VmState.CREATED,
+        vcpu_count=1,
+        mem_mib=512,
+        network=False,
+        owner_bound=False,
+        build_dir="/b",
+        created_at=time.time(),
+        expires_at=None,
     )
 
 
@@ -37,7 +45,9 @@ def test_the_database_uses_wal_for_concurrent_processes(tmp_path: Path) -> None:
 
 def test_threads_can_write_at_the_same_time(tmp_path: Path) -> None:
     store = Store(tmp_path / "pyro.db")
-    threads = [threading.Thread(target=store.insert_vm, args=(record(f"vm-{i}"),)) for i in range(8)]
+    threads = [
+        threading.Thread(target=store.insert_vm, args=(record(f"vm-{i}"),)) for i in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

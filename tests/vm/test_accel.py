@@ -30,7 +30,9 @@ def test_a_plain_kvm_device_needs_the_boot_probe(tmp_path: Path) -> None:
     assert accel.static_decision(tmp_path / "kvm", tmp_path / "pvm") is None
 
 
-def test_the_override_wins_and_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_override_wins_and_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYRO_ACCEL", "tcg")
     (tmp_path / "kvm").touch()
     decision = accel.static_decision(tmp_path / "kvm", tmp_path / "pvm")
@@ -43,7 +45,9 @@ def test_the_override_wins_and_is_validated(tmp_path: Path, monkeypatch: pytest.
         accel.static_decision(tmp_path / "missing", tmp_path / "pvm")
 
 
-def test_the_boot_probe_runs_once_and_its_verdict_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_boot_probe_runs_once_and_its_verdict_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(accel, "static_decision", lambda: None)
     calls = []
 

@@ -5,9 +5,17 @@ from pyro_mcp.vm.qemu import MachineSpec, tcg_clock_arguments
 
 def spec(**overrides: object) -> MachineSpec:
     values: dict[str, object] = dict(
-        qemu=Path("/usr/bin/qemu-system-x86_64"), accel="tcg", vcpu_count=1, mem_mib=512,
-        kernel=Path("k"), initrd=Path("i"), root_disk=Path("r.qcow2"),
-        agent_socket=Path("a.sock"), console_socket=Path("c.sock"), hostname="pyro", network=False,
+        qemu=Path("/usr/bin/qemu-system-x86_64"),
+        accel="tcg",
+        vcpu_count=1,
+        mem_mib=512,
+        kernel=Path("k"),
+        initrd=Path("i"),
+        root_disk=Path("r.qcow2"),
+        agent_socket=Path("a.sock"),
+        console_socket=Path("c.sock"),
+        hostname="pyro",
+        network=False,
     )
     values.update(overrides)
     return MachineSpec(**values)  # type: ignore[arg-type]

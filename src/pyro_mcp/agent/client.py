@@ -54,11 +54,15 @@ class SupervisorClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def call(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """A supervisor operation (``status``, ``shutdown``, ``own``)."""
         return self._request(op, args or {}, timeout)
 
-    def agent(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def agent(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """A guest agent operation, waiting at most ``timeout`` plus a margin."""
         return self._request(
             "agent",

@@ -29,21 +29,36 @@ def handle(args: argparse.Namespace) -> int:
     accel = report["accel"]
     qemu = report["qemu"]
     print(f"pyro doctor: {'OK' if report['ok'] else 'CANNOT RUN GUESTS'}")
-    print(f"  platform     {platform['distribution']} {platform['machine']}, kernel {platform['release']}, "
-          f"Python {platform['python']}{' (root)' if platform['root'] else ''}")
+    root = " (root)" if platform["root"] else ""
+    print(
+        f"  platform     {platform['distribution']} {platform['machine']}, "
+        f"kernel {platform['release']}, Python {platform['python']}{root}"
+    )
     kvm = "present" if accel["kvm_present"] else "absent"
     usable = {True: "usable", False: "not usable", None: "not yet probed"}[accel["kvm_usable"]]
     print(f"  kvm          {kvm}, {usable}")
     print(f"  accel        {accel['accel']}: {accel['reason']}")
     print(f"  qemu         {qemu['version'] or 'missing'} ({qemu['path'] or 'not installed'})")
-    print(f"  networking   user-mode NAT {'available' if report['networking']['user_mode_nat'] else 'unavailable'}")
+    nat = "available" if report["networking"]["user_mode_nat"] else "unavailable"
+    print(f"  networking   user-mode NAT {nat}")
     missing = [t for t in report["host_tools"] if not t["found"]]
-    print(f"  host tools   {len(report['host_tools']) - len(missing)}/{len(report['host_tools'])} found"
-          + (": missing " + ", ".join(f"{t['command']} ({t['package']})" for t in missing) if missing else ""))
+    print(
+        f"  host tools   {len(report['host_tools']) - len(missing)}/"
+        f"{len(report['host_tools'])} found"
+        + (
+            ": missing " + ", ".join(f"{t['command']} ({t['package']})" for t in missing)
+            if missing
+            else ""
+        )
+    )
     print(f"  state dir    {report['state_dir']}")
     print(f"  cache dir    {report['cache_dir']}")
     for env in report["environments"]:
-        state = "installed" if env["installed"] else (f"broken: {env['problem']}" if env["problem"] else "not installed")
+        state = (
+            "installed"
+            if env["installed"]
+            else (f"broken: {env['problem']}" if env["problem"] else "not installed")
+        )
         print(f"  environment  {env['name']:<16} {state}")
     for problem in report["problems"]:
         print(f"  PROBLEM: {problem}")

@@ -72,7 +72,10 @@ def handle_pull(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
     else:
-        print(f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, kernel {info['kernel']}) at {info['path']}")
+        print(
+            f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, "
+            f"kernel {info['kernel']}) at {info['path']}"
+        )
     return 0
 
 
@@ -82,7 +85,11 @@ def handle_inspect(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     manifest = info.get("manifest") or {}
-    state = "installed" if info["installed"] else f"not installed{' (' + info['problem'] + ')' if info['problem'] else ''}"
+    state = (
+        "installed"
+        if info["installed"]
+        else f"not installed{' (' + info['problem'] + ')' if info['problem'] else ''}"
+    )
     print(f"{info['name']}: {info['description']}")
     print(f"  state       {state}")
     print(f"  packages    {', '.join(info['catalog_packages'])}")
@@ -90,7 +97,10 @@ def handle_inspect(args: argparse.Namespace) -> int:
     if manifest:
         print(f"  built       {manifest['built_at']} in {manifest['build_seconds']} s")
         print(f"  kernel      {manifest['kernel']['package']} {manifest['kernel']['version']}")
-        print(f"  installed   {len(manifest.get('packages', {}))} Debian packages, {human_bytes(info['size_bytes'])} on disk")
+        print(
+            f"  installed   {len(manifest.get('packages', {}))} Debian packages, "
+            f"{human_bytes(info['size_bytes'])} on disk"
+        )
         print(f"  path        {info['path']}")
     return 0
 
@@ -100,7 +110,9 @@ def handle_prune(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"removed {len(result['removed'])} item(s), freed {human_bytes(result['freed_bytes'])}")
+        print(
+            f"removed {len(result['removed'])} item(s), freed {human_bytes(result['freed_bytes'])}"
+        )
         for path in result["removed"]:
             print(f"  {path}")
     return 0

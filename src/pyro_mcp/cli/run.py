@@ -32,7 +32,9 @@ def register(commands: Any) -> None:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("environment", help="environment name, e.g. debian:12 (see `pyro env list`)")
+    parser.add_argument(
+        "environment", help="environment name, e.g. debian:12 (see `pyro env list`)"
+    )
     parser.add_argument("--vcpu-count", type=int, default=config.DEFAULT_VCPU_COUNT)
     parser.add_argument("--mem-mib", type=int, default=config.DEFAULT_MEM_MIB)
     parser.add_argument("--timeout-seconds", type=float, default=config.DEFAULT_TIMEOUT_SECONDS)
@@ -40,7 +42,11 @@ def register(commands: Any) -> None:
         "--network", action="store_true", help="give the guest NAT egress (default: no NIC)"
     )
     parser.add_argument(
-        "--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)"
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a variable (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("cmd", nargs="*", help="the command and its arguments, after --")
@@ -59,7 +65,9 @@ def register(commands: Any) -> None:
 def handle_run(args: argparse.Namespace) -> int:
     command = list(args.cmd)
     if not command:
-        raise InvalidArgument("command", "give the command after --, e.g. `pyro run debian:12 -- uname -a`")
+        raise InvalidArgument(
+            "command", "give the command after --, e.g. `pyro run debian:12 -- uname -a`"
+        )
     pyro = Pyro(progress=progress_printer("run"))
     result = pyro.run_in_vm(
         args.environment,
@@ -77,9 +85,15 @@ def handle_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.write(result["stderr"])
         if result["truncated"]:
-            print(f"[run] output truncated to {config.MAX_OUTPUT_BYTES} bytes per stream", file=sys.stderr)
+            print(
+                f"[run] output truncated to {config.MAX_OUTPUT_BYTES} bytes per stream",
+                file=sys.stderr,
+            )
         if result["timed_out"]:
-            print(f"[run] timed out after {args.timeout_seconds:g} s; the command was killed", file=sys.stderr)
+            print(
+                f"[run] timed out after {args.timeout_seconds:g} s; the command was killed",
+                file=sys.stderr,
+            )
         print(
             f"[run] exit_code={result['exit_code']} accel={result['accel']} "
             f"boot_ms={result['boot_ms']} total_ms={result['total_ms']}",
@@ -137,7 +151,9 @@ def handle_demo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(f"pyro demo: {'OK' if ok else 'FAILED'} ({args.environment}, accel={report['accel']})")
+        print(
+            f"pyro demo: {'OK' if ok else 'FAILED'} ({args.environment}, accel={report['accel']})"
+        )
         for entry in steps:
             detail = entry.get("command", "")
             print(f"  {entry['step']:<7} {entry['ms']:>6} ms  {detail}")

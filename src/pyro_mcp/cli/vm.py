@@ -86,13 +86,21 @@ def handle_create(args: argparse.Namespace) -> int:
     elif args.json:
         print_json(record)
     else:
-        print(f"created {record['vm_id']} ({record['environment']}); boot it with `pyro vm start {record['vm_id']}`")
+        print(
+            f"created {record['vm_id']} ({record['environment']}); "
+            f"boot it with `pyro vm start {record['vm_id']}`"
+        )
     return 0
 
 
 def handle_simple(args: argparse.Namespace) -> int:
     pyro = Pyro(progress=progress_printer("vm"))
-    method = {"start": pyro.start_vm, "stop": pyro.stop_vm, "delete": pyro.delete_vm, "status": pyro.status_vm}
+    method = {
+        "start": pyro.start_vm,
+        "stop": pyro.stop_vm,
+        "delete": pyro.delete_vm,
+        "status": pyro.status_vm,
+    }
     result = method[args.action](args.vm_id)
     if args.json:
         print_json(result)
@@ -108,7 +116,11 @@ def handle_exec(args: argparse.Namespace) -> int:
     if not command:
         raise InvalidArgument("command", "give the command after --")
     result = Pyro().exec_vm(
-        args.vm_id, command, timeout_seconds=args.timeout_seconds, env=parse_env(args.env), cwd=args.cwd
+        args.vm_id,
+        command,
+        timeout_seconds=args.timeout_seconds,
+        env=parse_env(args.env),
+        cwd=args.cwd,
     )
     if args.json:
         print_json(result)
@@ -144,7 +156,8 @@ def handle_reap(args: argparse.Namespace) -> int:
 
 
 def _describe(record: dict[str, Any]) -> str:
-    line = f"{record['vm_id']} {record['state']} ({record['environment']}, accel={record['accel'] or '-'})"
+    accel = record["accel"] or "-"
+    line = f"{record['vm_id']} {record['state']} ({record['environment']}, accel={accel})"
     if record.get("last_error"):
         line += f"\n  last error: {record['last_error']}"
     return line

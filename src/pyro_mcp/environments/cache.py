@@ -220,7 +220,9 @@ class EnvironmentCache:
 
     # ----------------------------------------------------------------- prune
 
-    def prune(self, remove_installed: bool = False, keep_builds: set[Path] | None = None) -> dict[str, Any]:
+    def prune(
+        self, remove_installed: bool = False, keep_builds: set[Path] | None = None
+    ) -> dict[str, Any]:
         """Remove partial builds, superseded builds, unused kernels and download caches.
 
         Args:
@@ -232,7 +234,9 @@ class EnvironmentCache:
         freed = 0
         if self.environments_dir.is_dir():
             for env_dir in sorted(self.environments_dir.iterdir()):
-                current = (env_dir / "current").resolve() if (env_dir / "current").exists() else None
+                current = (
+                    (env_dir / "current").resolve() if (env_dir / "current").exists() else None
+                )
                 builds = env_dir / "builds"
                 for build in sorted(builds.iterdir()) if builds.is_dir() else []:
                     resolved = build.resolve()

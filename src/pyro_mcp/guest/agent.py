@@ -18,13 +18,13 @@ Operations (v1):
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import platform
 import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +33,7 @@ from typing import Any
 try:
     from pyro_mcp.agent import protocol
 except ImportError:  # inside the guest, protocol.py sits beside this file
-    import protocol  # type: ignore[no-redef]
+    import protocol  # type: ignore[import-not-found,no-redef]
 
 AGENT_VERSION = "1"
 
@@ -104,17 +104,19 @@ class Agent:
             result = handler(args)
             reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
         except RequestError as exc:
-            reply = {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
+            reply = {
+                "id": request_id,
+                "ok": False,
+                "error": {"kind": exc.kind, "message": str(exc)},
+            }
         except Exception as exc:  # the agent must answer, never die on a request
             reply = {
                 "id": request_id,
                 "ok": False,
                 "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"},
             }
-        try:
+        with contextlib.suppress(OSError):
             self.send(reply)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- operations
@@ -124,10 +126,8 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
     """Take the host's clock and entropy; answer with the nonce and facts."""
     time_ns = args.get("time_ns")
     if isinstance(time_ns, int) and _is_guest():
-        try:
+        with contextlib.suppress(OSError):
             time.clock_settime(time.CLOCK_REALTIME, time_ns / 1e9)
-        except OSError:
-            pass
     entropy = args.get("entropy")
     if isinstance(entropy, str) and _is_guest():
         try:
@@ -263,10 +263,8 @@ def _collect_output(process: subprocess.Popen[bytes], timeout: float, limit: int
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _command_argv(args: dict[str, Any]) -> list[str]:
@@ -364,4 +362,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

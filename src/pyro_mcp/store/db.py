@@ -91,7 +91,10 @@ class Store:
         values = _vm_row(record)
         placeholders = ", ".join("?" for _ in values)
         with self.transaction() as db:
-            db.execute(f"INSERT INTO vms ({', '.join(values)}) VALUES ({placeholders})", tuple(values.values()))
+            db.execute(
+                f"INSERT INTO vms ({', '.join(values)}) VALUES ({placeholders})",
+                tuple(values.values()),
+            )
 
     def get_vm(self, vm_id: str) -> VmRecord | None:
         with self.transaction() as db:

@@ -87,9 +87,7 @@ def decide(probe_file: Path, probe_key: str, probe: Callable[[], str | None]) ->
         probe_file.write_text(json.dumps(cached))
     if cached["usable"]:
         return AccelDecision("kvm", "a guest booted under KVM (boot probe)", True, True)
-    return AccelDecision(
-        "tcg", f"KVM boot probe failed: {cached['reason']}", True, False
-    )
+    return AccelDecision("tcg", f"KVM boot probe failed: {cached['reason']}", True, False)
 
 
 def cached_probe(probe_file: Path, probe_key: str) -> dict[str, Any] | None:

@@ -168,10 +168,11 @@ class Supervisor:
             raise VMError(f"cannot start QEMU ({self.argv[0]}): {exc}") from exc
         finally:
             qemu_log.close()
-        exit_watch = asyncio.ensure_future(self._watch_qemu())
+        exit_watch: asyncio.Future[None] = asyncio.ensure_future(self._watch_qemu())
         assert self.agent_ready is not None
+        waiters: set[asyncio.Future[Any]] = {self.agent_ready, exit_watch}
         done, _ = await asyncio.wait(
-            {self.agent_ready, exit_watch},
+            waiters,
             timeout=self.boot_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
@@ -180,7 +181,9 @@ class Supervisor:
                 raise VMError(self._boot_failure("QEMU exited during boot"))
             self._kill_qemu()
             raise VMError(
-                self._boot_failure(f"the guest agent was not ready within {self.boot_timeout:.0f} s")
+                self._boot_failure(
+                    f"the guest agent was not ready within {self.boot_timeout:.0f} s"
+                )
             )
         self.boot_ms = int((time.monotonic() - started) * 1000)
         nonce = secrets.token_hex(8)
@@ -199,7 +202,9 @@ class Supervisor:
         result = reply.get("result")
         if not reply.get("ok") or not isinstance(result, dict) or result.get("nonce") != nonce:
             self._kill_qemu()
-            raise VMError(self._boot_failure(f"agent handshake was answered wrongly: {reply!r:.300}"))
+            raise VMError(
+                self._boot_failure(f"agent handshake was answered wrongly: {reply!r:.300}")
+            )
         self.info = {k: v for k, v in result.items() if k != "nonce" and isinstance(v, str)}
 
     def _boot_failure(self, what: str) -> str:
@@ -245,9 +250,7 @@ class Supervisor:
                 if future is not None and not future.done():
                     future.set_result(message)
 
-    async def agent_request(
-        self, op: str, args: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
+    async def agent_request(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         if self.dead_message:
             raise VMError(self.dead_message)
         if self.agent_writer is None:
@@ -261,8 +264,10 @@ class Supervisor:
         except TimeoutError:
             return {
                 "ok": False,
-                "error": {"kind": "timeout", "message": f"the guest agent did not answer {op} "
-                          f"within {timeout:.0f} s"},
+                "error": {
+                    "kind": "timeout",
+                    "message": f"the guest agent did not answer {op} within {timeout:.0f} s",
+                },
             }
         finally:
             self.pending.pop(request_id, None)
@@ -331,9 +336,17 @@ class Supervisor:
             else:
                 raise ValueError(f"unknown supervisor operation {op!r}")
         except VMError as exc:
-            reply = {"id": request_id, "ok": False, "error": {"kind": "vm_died", "message": str(exc)}}
+            reply = {
+                "id": request_id,
+                "ok": False,
+                "error": {"kind": "vm_died", "message": str(exc)},
+            }
         except (ValueError, TypeError) as exc:
-            reply = {"id": request_id, "ok": False, "error": {"kind": "bad_request", "message": str(exc)}}
+            reply = {
+                "id": request_id,
+                "ok": False,
+                "error": {"kind": "bad_request", "message": str(exc)},
+            }
         async with lock:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.write(encode_frame(reply))
