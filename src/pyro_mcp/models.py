@@ -43,6 +43,7 @@ class VmRecord:
     supervisor_pid: int | None = None
     boot_ms: int | None = None
     last_error: str | None = None
+    workspace_disk: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

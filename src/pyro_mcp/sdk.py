@@ -13,6 +13,7 @@ from typing import Any
 
 from pyro_mcp import config, doctor
 from pyro_mcp.vms import VmService
+from pyro_mcp.workspaces.service import WorkspaceService
 
 Progress = Callable[[str], None]
 
@@ -52,6 +53,7 @@ class Pyro:
         )
         self._progress = progress or _quiet
         self._vms = VmService(self.paths)
+        self._workspaces = WorkspaceService(self._vms)
 
     # ------------------------------------------------------------- one-shot
 
@@ -157,6 +159,89 @@ class Pyro:
     def reap_expired(self) -> dict[str, Any]:
         """Delete VMs past their TTL and one-shot VMs whose owner died."""
         return {"reaped": self._vms.reap_expired()}
+
+    # ------------------------------------------------------------ workspaces
+
+    def create_workspace(
+        self,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        *,
+        seed_path: str | Path | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        ttl_seconds: int | None = None,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        network: bool = False,
+    ) -> dict[str, Any]:
+        """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
+
+        Returns:
+            The workspace status: ``workspace_id``, ``name``, ``labels``, ``state``,
+            ``seed`` (kind, source, file_count, bytes), ``expires_at``...
+        """
+        return self._workspaces.create(
+            environment,
+            seed_path=seed_path,
+            name=name,
+            labels=labels,
+            ttl_seconds=ttl_seconds,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            network=network,
+            progress=self._progress,
+        )
+
+    def list_workspaces(self) -> list[dict[str, Any]]:
+        """Every workspace, most recently active first (expired ones are reaped)."""
+        return self._workspaces.list_all()
+
+    def status_workspace(self, workspace: str) -> dict[str, Any]:
+        """A workspace's status by id or name."""
+        return self._workspaces.status(workspace)
+
+    def update_workspace(
+        self,
+        workspace: str,
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        clear_labels: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Rename, add or change labels, or clear labels by key."""
+        return self._workspaces.update(
+            workspace, name=name, labels=labels, clear_labels=clear_labels
+        )
+
+    def exec_workspace(
+        self,
+        workspace: str,
+        command: str | Sequence[str],
+        *,
+        timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Run a command in /workspace (``cwd`` is relative to it); same fields as ``run_in_vm``."""
+        return self._workspaces.exec(
+            workspace, command, timeout_seconds=timeout_seconds, cwd=cwd, env=env
+        )
+
+    def logs_workspace(self, workspace: str) -> dict[str, Any]:
+        """The command journal: command, cwd, exit code, duration, start time, bounded output."""
+        return self._workspaces.logs(workspace)
+
+    def stop_workspace(self, workspace: str) -> dict[str, Any]:
+        """Stop the VM, keeping /workspace and the root disk."""
+        return self._workspaces.stop(workspace)
+
+    def start_workspace(self, workspace: str) -> dict[str, Any]:
+        """Boot a stopped workspace again, /workspace intact."""
+        return self._workspaces.start(workspace)
+
+    def delete_workspace(self, workspace: str) -> dict[str, Any]:
+        """Stop the workspace and remove its disks, record and journal."""
+        return self._workspaces.delete(workspace)
 
     # ---------------------------------------------------------- environments
 

@@ -62,6 +62,7 @@ class VmService:
         ttl_seconds: int | None = None,
         progress: Progress = _quiet,
         owner_bound: bool = False,
+        workspace_disk: Path | None = None,
     ) -> VmRecord:
         """Record a new VM and give it a root overlay; it is not booted yet.
 
@@ -88,6 +89,7 @@ class VmService:
             build_dir=str(installed.build_dir),
             created_at=now,
             expires_at=now + ttl_seconds if ttl_seconds else None,
+            workspace_disk=str(workspace_disk) if workspace_disk else None,
         )
         files.dir.mkdir(parents=True, mode=0o700)
         try:
@@ -365,6 +367,7 @@ class VmService:
             console_socket=Path(files.console_socket.name),
             hostname="pyro",
             network=record.network,
+            workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
         )
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pyro_mcp import __version__
-from pyro_mcp.cli import doctor, env, run, vm
+from pyro_mcp.cli import doctor, env, run, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
 
 EPILOG = """\
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.register(commands)
     env.register(commands)
     vm.register(commands)
+    workspace.register(commands)
     return parser
 
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "cmd"):
         args.cmd = list(args.cmd) + command
     elif command:
-        parser.error("`--` and a command only go with `pyro run` and `pyro vm exec`")
+        parser.error("`--` and a command only go with run, vm exec and workspace exec")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -11,6 +11,7 @@
 # Kernel command line:
 #   pyro.net=1            bring up eth0 for QEMU user-mode networking
 #   pyro.hostname=NAME    the guest's hostname
+#   pyro.workspace=1      mount the disk labelled pyro-workspace on /workspace
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -27,10 +28,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 net=0
+workspace=0
 name=pyro
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         pyro.net=1) net=1 ;;
+        pyro.workspace=1) workspace=1 ;;
         pyro.hostname=*) name="${arg#pyro.hostname=}" ;;
     esac
 done
@@ -53,6 +56,17 @@ done
 
 mkdir -p /newroot
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
+
+if [ "$workspace" = 1 ]; then
+    tries=0
+    until disk=$(findfs LABEL=pyro-workspace 2>/dev/null); do
+        tries=$((tries + 1))
+        [ "$tries" -gt 2000 ] && fail "no workspace disk (label pyro-workspace)"
+        usleep 5000
+    done
+    mkdir -p /newroot/workspace
+    mount -t ext4 -o rw,noatime "$disk" /newroot/workspace || fail "cannot mount $disk on /workspace"
+fi
 
 hostname "$name"
 ip link set lo up

@@ -7,6 +7,7 @@ multi-step change is one transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp.errors import StoreError
+from pyro_mcp.errors import InvalidArgument, StoreError
 from pyro_mcp.models import VmRecord, VmState
 
 MIGRATIONS: tuple[str, ...] = (
@@ -36,6 +37,28 @@ MIGRATIONS: tuple[str, ...] = (
         boot_ms INTEGER,
         last_error TEXT
     );
+    """,
+    """
+    ALTER TABLE vms ADD COLUMN workspace_disk TEXT;
+    CREATE TABLE workspaces (
+        workspace_id TEXT PRIMARY KEY,
+        name TEXT UNIQUE,
+        labels TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        vm_id TEXT NOT NULL,
+        seed TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_activity_at REAL NOT NULL,
+        expires_at REAL
+    );
+    CREATE TABLE journal (
+        entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX journal_by_workspace ON journal (workspace_id, entry_id);
     """,
 )
 
@@ -118,6 +141,89 @@ class Store:
     def delete_vm(self, vm_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
+
+    # ----------------------------------------------------------- workspaces
+
+    def insert_workspace(self, row: dict[str, Any]) -> None:
+        row = _encode_workspace(row)
+        placeholders = ", ".join("?" for _ in row)
+        with self.transaction() as db:
+            try:
+                db.execute(
+                    f"INSERT INTO workspaces ({', '.join(row)}) VALUES ({placeholders})",
+                    tuple(row.values()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise InvalidArgument("name", f"a workspace called {row['name']!r} exists") from exc
+
+    def find_workspace(self, ref: str) -> dict[str, Any] | None:
+        """The workspace whose id or name is ``ref``."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM workspaces WHERE workspace_id = ? OR name = ?", (ref, ref)
+            ).fetchone()
+        return _decode_workspace(row) if row else None
+
+    def list_workspaces(self) -> list[dict[str, Any]]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT * FROM workspaces ORDER BY last_activity_at DESC").fetchall()
+        return [_decode_workspace(row) for row in rows]
+
+    def update_workspace(self, workspace_id: str, **fields: Any) -> None:
+        encoded = _encode_workspace(fields)
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        with self.transaction() as db:
+            try:
+                db.execute(
+                    f"UPDATE workspaces SET {assignments} WHERE workspace_id = ?",
+                    (*encoded.values(), workspace_id),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise InvalidArgument(
+                    "name", f"a workspace called {fields.get('name')!r} exists"
+                ) from exc
+
+    def delete_workspace(self, workspace_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM journal WHERE workspace_id = ?", (workspace_id,))
+            db.execute("DELETE FROM workspaces WHERE workspace_id = ?", (workspace_id,))
+
+    def add_journal(
+        self, workspace_id: str, kind: str, started_at: float, data: dict[str, Any]
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO journal (workspace_id, kind, started_at, data) VALUES (?, ?, ?, ?)",
+                (workspace_id, kind, started_at, json.dumps(data)),
+            )
+
+    def journal(self, workspace_id: str) -> list[dict[str, Any]]:
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT entry_id, kind, started_at, data FROM journal WHERE workspace_id = ? "
+                "ORDER BY entry_id",
+                (workspace_id,),
+            ).fetchall()
+        return [
+            {
+                "entry_id": r["entry_id"],
+                "kind": r["kind"],
+                "started_at": r["started_at"],
+                **json.loads(r["data"]),
+            }
+            for r in rows
+        ]
+
+
+_JSON_WORKSPACE_FIELDS = ("labels", "seed")
+
+
+def _encode_workspace(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if k in _JSON_WORKSPACE_FIELDS else v for k, v in row.items()}
+
+
+def _decode_workspace(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: json.loads(row[k]) if k in _JSON_WORKSPACE_FIELDS else row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row iterates values)
 
 
 def _vm_row(record: VmRecord) -> dict[str, Any]:

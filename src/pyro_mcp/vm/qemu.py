@@ -28,6 +28,7 @@ class MachineSpec:
     console_socket: Path
     hostname: str
     network: bool
+    workspace_disk: Path | None = None
 
     def argv(self) -> list[str]:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
@@ -35,6 +36,8 @@ class MachineSpec:
             append += tcg_clock_arguments()
         if self.network:
             append += " pyro.net=1"
+        if self.workspace_disk is not None:
+            append += " pyro.workspace=1"
         argv = [
             str(self.qemu),
             "-M",
@@ -72,6 +75,13 @@ class MachineSpec:
             "-device",
             f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
         ]
+        if self.workspace_disk is not None:
+            argv += [
+                "-drive",
+                f"id=ws,file={self.workspace_disk},format=qcow2,if=none",
+                "-device",
+                "virtio-blk-device,drive=ws",
+            ]
         if self.accel == "kvm":
             argv += ["-cpu", "host"]
         if self.network:
