@@ -17,6 +17,7 @@ def test_the_public_surface_is_declared_and_importable() -> None:
         "vm",
         "agent",
         "guest",
+        "workspaces",
     }
     assert public - modules <= exported
     for name in exported:
