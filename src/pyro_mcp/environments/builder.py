@@ -20,7 +20,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -362,7 +362,7 @@ def _run_with_progress(argv: list[str], progress: Progress, log: Path) -> None:
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         assert process.stdout is not None
-        for line in _lines(process.stdout):
+        for line in process.stdout:
             log_file.write(line)
             tail = [*tail[-14:], line.rstrip()]
             for key in counts:
@@ -378,10 +378,6 @@ def _run_with_progress(argv: list[str], progress: Progress, log: Path) -> None:
         raise EnvironmentBuildError(
             f"debootstrap failed (exit {code}); last lines:\n{joined}\nFull log: {log}"
         )
-
-
-def _lines(stream: Iterable[str]) -> Iterable[str]:
-    yield from stream
 
 
 def sha256_file(path: Path) -> str:
