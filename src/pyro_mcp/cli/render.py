@@ -36,3 +36,14 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def write_command_output(result: dict[str, Any], tag: str, timeout_seconds: float) -> None:
+    """A guest command's output on ours: stdout to stdout, stderr to stderr, then notes."""
+    sys.stdout.write(result["stdout"])
+    sys.stdout.flush()
+    sys.stderr.write(result["stderr"])
+    if result["truncated"]:
+        sys.stderr.write(f"[{tag}] output truncated to 1 MiB per stream\n")
+    if result["timed_out"]:
+        sys.stderr.write(f"[{tag}] timed out after {timeout_seconds:g} s; the command was killed\n")

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pyro_mcp import config
-from pyro_mcp.cli.render import print_json, progress_printer
+from pyro_mcp.cli.render import print_json, progress_printer, write_command_output
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
 
@@ -81,19 +81,7 @@ def handle_run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        sys.stdout.write(result["stdout"])
-        sys.stdout.flush()
-        sys.stderr.write(result["stderr"])
-        if result["truncated"]:
-            print(
-                f"[run] output truncated to {config.MAX_OUTPUT_BYTES} bytes per stream",
-                file=sys.stderr,
-            )
-        if result["timed_out"]:
-            print(
-                f"[run] timed out after {args.timeout_seconds:g} s; the command was killed",
-                file=sys.stderr,
-            )
+        write_command_output(result, "run", args.timeout_seconds)
         print(
             f"[run] exit_code={result['exit_code']} accel={result['accel']} "
             f"boot_ms={result['boot_ms']} total_ms={result['total_ms']}",

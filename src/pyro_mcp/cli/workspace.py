@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 from pyro_mcp import config
-from pyro_mcp.cli.render import print_json, progress_printer, table
+from pyro_mcp.cli.render import print_json, progress_printer, table, write_command_output
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
@@ -178,11 +177,7 @@ def handle_exec(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        sys.stdout.write(result["stdout"])
-        sys.stdout.flush()
-        sys.stderr.write(result["stderr"])
-        if result["timed_out"]:
-            print(f"[workspace] timed out after {args.timeout_seconds:g} s", file=sys.stderr)
+        write_command_output(result, "workspace", args.timeout_seconds)
     return int(result["exit_code"])
 
 
