@@ -10,6 +10,7 @@ name what went wrong, the evidence, and the next step.
      +-- NotFound                  unknown environment, VM or workspace
      +-- InvalidArgument           a bad value for a named field
      +-- StateError                an operation the current lifecycle state forbids
+ +-- PatchConflict             a patch hunk does not match; nothing was changed
      +-- HostSetupError            a host tool or capability is missing
      +-- EnvironmentBuildError     building or repairing an environment failed
      +-- StoreError                the state database could not be used
@@ -45,6 +46,10 @@ class StateError(PyroError):
         super().__init__(f"{what} is {state}; this needs it {required}. {fix}")
         self.state = state
         self.required = required
+
+
+class PatchConflict(PyroError):
+    """A hunk whose context does not match the file; nothing was changed."""
 
 
 class HostSetupError(PyroError):

@@ -44,6 +44,7 @@ class VmRecord:
     boot_ms: int | None = None
     last_error: str | None = None
     workspace_disk: str | None = None
+    baseline_disk: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -231,6 +231,56 @@ class Pyro:
         """The command journal: command, cwd, exit code, duration, start time, bounded output."""
         return self._workspaces.logs(workspace)
 
+    def push_workspace_sync(
+        self, workspace: str, source: str | Path, *, dest: str = "."
+    ) -> dict[str, Any]:
+        """Copy a host directory or .tar/.tgz into /workspace/<dest>; escaping links are skipped."""
+        return self._workspaces.sync_push(workspace, source, dest=dest)
+
+    def list_workspace_files(
+        self, workspace: str, path: str = ".", *, recursive: bool = False
+    ) -> dict[str, Any]:
+        """Entries (path, type, size, mode, link_target) under a /workspace directory."""
+        return self._workspaces.file_list(workspace, path, recursive=recursive)
+
+    def read_workspace_file(
+        self, workspace: str, path: str, *, max_bytes: int = 65536
+    ) -> dict[str, Any]:
+        """A file's text (``content``), or ``content_base64`` when it is binary; bounded."""
+        return self._workspaces.file_read(workspace, path, max_bytes=max_bytes)
+
+    def write_workspace_file(
+        self, workspace: str, path: str, content: str | bytes
+    ) -> dict[str, Any]:
+        """Create or replace a file under /workspace (parents are created)."""
+        return self._workspaces.file_write(workspace, path, content)
+
+    def apply_workspace_patch(self, workspace: str, patch: str) -> dict[str, Any]:
+        """Apply a unified diff all or nothing.
+
+        Raises:
+            PatchConflict: a hunk does not match; nothing was changed.
+        """
+        return self._workspaces.patch_apply(workspace, patch)
+
+    def diff_workspace(self, workspace: str) -> dict[str, Any]:
+        """Changes against the create-time baseline: ``changes`` list and unified ``patch``."""
+        return self._workspaces.diff(workspace)
+
+    def export_workspace(
+        self, workspace: str, path: str, output: str | Path, *, overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Copy a file or directory under /workspace to ``output`` on the host."""
+        return self._workspaces.export(workspace, path, output, overwrite=overwrite)
+
+    def summarize_workspace(self, workspace: str) -> dict[str, Any]:
+        """Commands, file operations and changed files since the last reset."""
+        return self._workspaces.summary(workspace)
+
+    def reset_workspace(self, workspace: str) -> dict[str, Any]:
+        """Recreate the sandbox: fresh root disk, /workspace back to the baseline."""
+        return self._workspaces.reset(workspace)
+
     def stop_workspace(self, workspace: str) -> dict[str, Any]:
         """Stop the VM, keeping /workspace and the root disk."""
         return self._workspaces.stop(workspace)

@@ -63,6 +63,7 @@ class VmService:
         progress: Progress = _quiet,
         owner_bound: bool = False,
         workspace_disk: Path | None = None,
+        baseline_disk: Path | None = None,
     ) -> VmRecord:
         """Record a new VM and give it a root overlay; it is not booted yet.
 
@@ -90,6 +91,7 @@ class VmService:
             created_at=now,
             expires_at=now + ttl_seconds if ttl_seconds else None,
             workspace_disk=str(workspace_disk) if workspace_disk else None,
+            baseline_disk=str(baseline_disk) if baseline_disk else None,
         )
         files.dir.mkdir(parents=True, mode=0o700)
         try:
@@ -173,6 +175,23 @@ class VmService:
             stderr_truncated=output.stderr_truncated,
             duration_ms=output.duration_ms,
         )
+
+    def connect(self, vm_id: str, fix: str) -> SupervisorClient:
+        """A client of the running VM; ``StateError`` (with ``fix``) when it is not running."""
+        record = self.status_vm(vm_id)
+        require_state(vm_id, record.state, (VmState.RUNNING,), fix)
+        return SupervisorClient(self._files(vm_id).control_socket)
+
+    def reset_root_disk(self, vm_id: str) -> None:
+        """Give a stopped VM a fresh root overlay on its environment build."""
+        record = self.status_vm(vm_id)
+        require_state(vm_id, record.state, (VmState.CREATED, VmState.STOPPED), "Stop it first.")
+        files = self._files(vm_id)
+        installed = self._installed_for(record)
+        fresh = files.root_disk.with_name("root.qcow2.new")
+        fresh.unlink(missing_ok=True)
+        disks.create_overlay(installed.rootfs, fresh)
+        fresh.replace(files.root_disk)
 
     def stop_vm(self, vm_id: str) -> VmRecord:
         """Stop the VM, keeping its disk; stopping a stopped VM is fine."""
@@ -368,6 +387,7 @@ class VmService:
             hostname="pyro",
             network=record.network,
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
+            baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
         )
 
 

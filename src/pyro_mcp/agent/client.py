@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
-from pyro_mcp.errors import AgentError, AgentProtocolError, AgentTimeout, VMError
+from pyro_mcp.errors import AgentError, AgentProtocolError, AgentTimeout, InvalidArgument, VMError
 
 # Time the guest may take beyond an operation's own timeout (killing the
 # command, sending its output) before the supervisor gives up on it; the
@@ -120,7 +120,24 @@ def _unwrap(message: dict[str, Any]) -> dict[str, Any]:
         raise VMError(text)
     if kind == "timeout":
         raise AgentTimeout(text)
+    if kind in _PATH_ERRORS:
+        raise InvalidArgument("path", text)
+    if kind in ("bad_cwd", "bad_args", "spawn_failed"):
+        raise InvalidArgument("command" if kind == "spawn_failed" else "args", text)
     raise AgentError(f"guest agent: {text}")
+
+
+# Guest error kinds that mean the caller named a bad path, not that the guest failed.
+_PATH_ERRORS = frozenset(
+    {
+        "bad_path",
+        "outside_workspace",
+        "not_found",
+        "is_a_directory",
+        "not_a_directory",
+        "not_a_file",
+    }
+)
 
 
 @dataclass(frozen=True)

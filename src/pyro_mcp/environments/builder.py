@@ -186,6 +186,7 @@ def guest_files() -> dict[str, bytes]:
         "init": guest.joinpath("init.sh").read_bytes(),
         "pyro/agent.py": guest.joinpath("agent.py").read_bytes(),
         "pyro/protocol.py": agent.joinpath("protocol.py").read_bytes(),
+        "pyro/fileops.py": guest.joinpath("fileops.py").read_bytes(),
     }
 
 

@@ -32,8 +32,12 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-except ImportError:  # inside the guest, protocol.py sits beside this file
+    from pyro_mcp.guest import fileops
+except ImportError:  # inside the guest, these files sit beside this one
+    import fileops  # type: ignore[import-not-found,no-redef]
     import protocol  # type: ignore[import-not-found,no-redef]
+
+RequestError = fileops.RequestError
 
 AGENT_VERSION = "1"
 
@@ -49,14 +53,6 @@ BASE_ENV = {
 # After the command exits, background children may keep its pipes open. Read
 # what is already there, then stop instead of waiting for them.
 DRAIN_AFTER_EXIT_SECONDS = 0.05
-
-
-class RequestError(Exception):
-    """A request the agent refuses; becomes an error reply, not a crash."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class Agent:
@@ -287,6 +283,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "info": op_info,
     "sync": op_sync,
     "exec": op_exec,
+    **fileops.OPERATIONS,
 }
 
 

@@ -11,10 +11,29 @@
 # Kernel command line:
 #   pyro.net=1            bring up eth0 for QEMU user-mode networking
 #   pyro.hostname=NAME    the guest's hostname
-#   pyro.workspace=1      mount the disk labelled pyro-workspace on /workspace
+#   pyro.workspace=1      mount the disk with serial pyro-workspace on /workspace
+#   pyro.baseline=1       mount the disk with serial pyro-baseline read-only on
+#                         /run/pyro/baseline (what `workspace diff` compares to)
 
 /bin/busybox --install -s /bin
 export PATH=/bin
+
+# The disk whose virtio serial is $1 (the workspace and its baseline share an
+# ext4 label, so labels cannot tell them apart).
+wait_for_disk() {
+    tries=0
+    while :; do
+        for dev in /sys/block/vd*; do
+            if [ "$(cat "$dev/serial" 2>/dev/null)" = "$1" ]; then
+                echo "/dev/${dev##*/}"
+                return 0
+            fi
+        done
+        tries=$((tries + 1))
+        [ "$tries" -gt 2000 ] && return 1
+        usleep 5000
+    done
+}
 
 fail() {
     echo "pyro-init: $*" >&2
@@ -29,11 +48,13 @@ mount -t devtmpfs devtmpfs /dev
 
 net=0
 workspace=0
+baseline=0
 name=pyro
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         pyro.net=1) net=1 ;;
         pyro.workspace=1) workspace=1 ;;
+        pyro.baseline=1) baseline=1 ;;
         pyro.hostname=*) name="${arg#pyro.hostname=}" ;;
     esac
 done
@@ -58,12 +79,7 @@ mkdir -p /newroot
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
 
 if [ "$workspace" = 1 ]; then
-    tries=0
-    until disk=$(findfs LABEL=pyro-workspace 2>/dev/null); do
-        tries=$((tries + 1))
-        [ "$tries" -gt 2000 ] && fail "no workspace disk (label pyro-workspace)"
-        usleep 5000
-    done
+    disk=$(wait_for_disk pyro-workspace) || fail "no workspace disk (serial pyro-workspace)"
     mkdir -p /newroot/workspace
     mount -t ext4 -o rw,noatime "$disk" /newroot/workspace || fail "cannot mount $disk on /workspace"
 fi
@@ -86,7 +102,12 @@ echo "$name" > /newroot/etc/hostname
 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mkdir -p /newroot/run/pyro /newroot/tmp /newroot/dev
-cp /pyro/agent.py /pyro/protocol.py /newroot/run/pyro/
+cp /pyro/agent.py /pyro/protocol.py /pyro/fileops.py /newroot/run/pyro/
+if [ "$baseline" = 1 ]; then
+    disk=$(wait_for_disk pyro-baseline) || fail "no baseline disk (serial pyro-baseline)"
+    mkdir -p /newroot/run/pyro/baseline
+    mount -t ext4 -o ro,noload "$disk" /newroot/run/pyro/baseline || fail "cannot mount the baseline"
+fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 
 umount /proc

@@ -60,6 +60,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX journal_by_workspace ON journal (workspace_id, entry_id);
     """,
+    """
+    ALTER TABLE vms ADD COLUMN baseline_disk TEXT;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)

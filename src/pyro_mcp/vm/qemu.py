@@ -29,6 +29,7 @@ class MachineSpec:
     hostname: str
     network: bool
     workspace_disk: Path | None = None
+    baseline_disk: Path | None = None
 
     def argv(self) -> list[str]:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
@@ -38,6 +39,8 @@ class MachineSpec:
             append += " pyro.net=1"
         if self.workspace_disk is not None:
             append += " pyro.workspace=1"
+        if self.baseline_disk is not None:
+            append += " pyro.baseline=1"
         argv = [
             str(self.qemu),
             "-M",
@@ -80,7 +83,14 @@ class MachineSpec:
                 "-drive",
                 f"id=ws,file={self.workspace_disk},format=qcow2,if=none",
                 "-device",
-                "virtio-blk-device,drive=ws",
+                "virtio-blk-device,drive=ws,serial=pyro-workspace",
+            ]
+        if self.baseline_disk is not None:
+            argv += [
+                "-drive",
+                f"id=base,file={self.baseline_disk},format=raw,if=none,readonly=on",
+                "-device",
+                "virtio-blk-device,drive=base,serial=pyro-baseline",
             ]
         if self.accel == "kvm":
             argv += ["-cpu", "host"]

@@ -11,11 +11,13 @@ sockets, logs) in ``<state>/vms/<vm_id>/``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,10 +25,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyro_mcp import config, host_tools
+from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
+from pyro_mcp.workspaces import files, transfer
+from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
 # Every workspace disk has the same virtual size (memory snapshots rely on it);
@@ -90,6 +95,7 @@ class WorkspaceService:
                 network=network,
                 progress=progress,
                 workspace_disk=folder / "workspace.qcow2",
+                baseline_disk=folder / "baseline.ext4",
             )
             vm_id = record.vm_id
             now = time.time()
@@ -200,6 +206,163 @@ class WorkspaceService:
         )
         return {"workspace_id": workspace["workspace_id"], **data}
 
+    # -------------------------------------------------------------- files
+
+    def file_list(self, ref: str, path: str = ".", *, recursive: bool = False) -> dict[str, Any]:
+        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        with self._connect(workspace) as client:
+            reply = client.agent("file_list", {"path": guest_path, "recursive": recursive}, 60)
+        return {"workspace_id": workspace["workspace_id"], **files.check_listing(reply)}
+
+    def file_read(
+        self, ref: str, path: str, *, max_bytes: int = files.DEFAULT_READ_BYTES
+    ) -> dict[str, Any]:
+        if isinstance(max_bytes, bool) or not 1 <= max_bytes <= files.MAX_READ_BYTES:
+            raise InvalidArgument("max_bytes", f"must be from 1 to {files.MAX_READ_BYTES}")
+        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        with self._connect(workspace) as client:
+            reply = client.agent("file_read", {"path": guest_path, "max_bytes": max_bytes}, 60)
+        return {"workspace_id": workspace["workspace_id"], **files.check_read(reply, max_bytes)}
+
+    def file_write(self, ref: str, path: str, content: str | bytes) -> dict[str, Any]:
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        if len(data) > files.MAX_READ_BYTES:
+            raise InvalidArgument(
+                "content", f"is larger than {files.MAX_READ_BYTES} bytes; use sync push"
+            )
+        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        encoded = base64.b64encode(data).decode("ascii")
+        with self._connect(workspace) as client:
+            client.agent("file_write", {"path": guest_path, "content": encoded}, 60)
+        relative = _relative(guest_path)
+        self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
+        return {"workspace_id": workspace["workspace_id"], "path": relative, "bytes": len(data)}
+
+    def patch_apply(self, ref: str, patch: str) -> dict[str, Any]:
+        """Apply a unified diff: every hunk is checked first, then all files change at once."""
+        file_patches = parse_patch(patch)
+        workspace = self._find(ref)
+        writes, deletes, summary = [], [], []
+        with self._connect(workspace) as client:
+            for file_patch in file_patches:
+                guest_path = str(resolve_workspace_path(file_patch.path))
+                original = self._read_text(client, guest_path) if file_patch.old_path else None
+                if file_patch.old_path is None and self._exists(client, guest_path):
+                    original = self._read_text(client, guest_path)
+                result = apply_file_patch(file_patch, original)
+                relative = _relative(guest_path)
+                if result is None:
+                    deletes.append(guest_path)
+                    summary.append({"path": relative, "status": "deleted"})
+                else:
+                    encoded = base64.b64encode(result.encode("utf-8")).decode("ascii")
+                    writes.append({"path": guest_path, "content": encoded})
+                    status = "added" if file_patch.old_path is None else "modified"
+                    summary.append({"path": relative, "status": status})
+            client.agent("files_apply", {"writes": writes, "deletes": deletes}, 120)
+        self._journal(workspace, "patch", {"files": summary})
+        return {"workspace_id": workspace["workspace_id"], "applied": True, "files": summary}
+
+    def diff(self, ref: str) -> dict[str, Any]:
+        """Changes against the immutable create-time baseline."""
+        workspace = self._find(ref)
+        with self._connect(workspace) as client:
+            reply = client.agent("diff", {}, 300)
+        return {"workspace_id": workspace["workspace_id"], **files.check_diff(reply)}
+
+    def sync_push(self, ref: str, source: str | Path, *, dest: str = ".") -> dict[str, Any]:
+        """Copy a host directory or archive into /workspace/<dest>."""
+        workspace, guest_dest = self._find(ref), str(resolve_workspace_path(dest))
+        with self._connect(workspace) as client:
+            info, _ = transfer.push_tree(client, Path(source), guest_dest)
+        record = {
+            "source": info.source,
+            "dest": _relative(guest_dest),
+            "files": info.file_count,
+            "bytes": info.bytes,
+            "skipped_links": info.skipped_links,
+        }
+        self._journal(workspace, "sync", record)
+        return {"workspace_id": workspace["workspace_id"], **record}
+
+    def export(
+        self, ref: str, path: str, output: str | Path, *, overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Copy a file or directory under /workspace to ``output`` on the host."""
+        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        target = transfer.check_output(Path(output), overwrite)  # before any guest work
+        with (
+            self._connect(workspace) as client,
+            tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
+        ):
+            archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp))
+            result = transfer.extract_export(archive, kind, target, overwrite)
+        record = {"path": _relative(guest_path), **result}
+        self._journal(workspace, "export", record)
+        return {"workspace_id": workspace["workspace_id"], **record}
+
+    def reset(self, ref: str) -> dict[str, Any]:
+        """Recreate the whole sandbox: fresh root disk, /workspace back to the baseline."""
+        workspace = self._find(ref)
+        folder = self.root / workspace["workspace_id"]
+        self.vms.stop_vm(workspace["vm_id"])
+        self.vms.reset_root_disk(workspace["vm_id"])
+        fresh = folder / "workspace.qcow2.new"
+        fresh.unlink(missing_ok=True)
+        disks.create_overlay(folder / "baseline.ext4", fresh)
+        fresh.replace(folder / "workspace.qcow2")
+        self.vms.start_vm(workspace["vm_id"])
+        self._journal(workspace, "reset", {"to": "baseline"})
+        return self.status(workspace["workspace_id"])
+
+    def summary(self, ref: str) -> dict[str, Any]:
+        """What ran and changed since the last reset, short enough to paste."""
+        workspace = self._find(ref)
+        entries = self.store.journal(workspace["workspace_id"])
+        resets = [e for e in entries if e["kind"] == "reset"]
+        since = [e for e in entries if not resets or e["entry_id"] > resets[-1]["entry_id"]]
+        commands = [
+            {
+                "command": e["command"],
+                "exit_code": e["exit_code"],
+                "timed_out": e["timed_out"],
+                "duration_ms": e["duration_ms"],
+            }
+            for e in since
+            if e["kind"] == "exec"
+        ]
+        operations = {
+            kind: [
+                {k: v for k, v in e.items() if k not in ("entry_id", "kind")}
+                for e in since
+                if e["kind"] == kind
+            ]
+            for kind in ("write", "patch", "sync", "export")
+        }
+        status = self.status(workspace["workspace_id"])
+        changes: dict[str, Any] | None = None
+        note = None
+        if status["state"] == "running":
+            diff = self.diff(workspace["workspace_id"])
+            changes = {
+                "counts": diff["counts"],
+                "files": [{"path": c["path"], "status": c["status"]} for c in diff["changes"]],
+            }
+        else:
+            note = f"the workspace is {status['state']}; start it to see file changes"
+        return {
+            "workspace_id": workspace["workspace_id"],
+            "name": workspace["name"],
+            "state": status["state"],
+            "since": resets[-1]["started_at"] if resets else workspace["created_at"],
+            "resets": len(resets),
+            "commands": commands,
+            "failed_commands": sum(1 for c in commands if c["exit_code"] != 0),
+            "operations": operations,
+            "changes": changes,
+            "note": note,
+        }
+
     def stop(self, ref: str) -> dict[str, Any]:
         workspace = self._find(ref)
         self.vms.stop_vm(workspace["vm_id"])
@@ -230,6 +393,32 @@ class WorkspaceService:
                     reaped.append(workspace["workspace_id"])
         return reaped
 
+    def _connect(self, workspace: dict[str, Any]) -> SupervisorClient:
+        self.store.update_workspace(workspace["workspace_id"], last_activity_at=time.time())
+        ref = workspace["name"] or workspace["workspace_id"]
+        return self.vms.connect(workspace["vm_id"], f"Start it with `pyro workspace start {ref}`.")
+
+    def _journal(self, workspace: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+        self.store.add_journal(workspace["workspace_id"], kind, time.time(), data)
+
+    def _read_text(self, client: SupervisorClient, guest_path: str) -> str:
+        reply = files.check_read(
+            client.agent("file_read", {"path": guest_path, "max_bytes": files.MAX_READ_BYTES}, 60),
+            files.MAX_READ_BYTES,
+        )
+        if reply["binary"] or reply["truncated"]:
+            raise InvalidArgument(
+                "patch", f"{_relative(guest_path)} is binary or too large to patch"
+            )
+        return str(reply["content"])
+
+    def _exists(self, client: SupervisorClient, guest_path: str) -> bool:
+        parent = str(PurePosixPath(guest_path).parent)
+        with contextlib.suppress(InvalidArgument):
+            listing = client.agent("file_list", {"path": parent}, 60)
+            return any(e.get("path") == _relative(guest_path) for e in listing.get("entries", []))
+        return False
+
     def _find(self, ref: str) -> dict[str, Any]:
         workspace = self.store.find_workspace(ref)
         if workspace is None:
@@ -258,6 +447,11 @@ def resolve_workspace_path(path: str) -> PurePosixPath:
     if resolved != WORKSPACE_ROOT and WORKSPACE_ROOT not in resolved.parents:
         raise InvalidArgument("path", f"{path!r} is outside /workspace")
     return resolved
+
+
+def _relative(guest_path: str) -> str:
+    relative = str(PurePosixPath(guest_path).relative_to(WORKSPACE_ROOT))
+    return relative or "."
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,196 @@
+"""Moving trees between host and guest as tar archives, in bounded chunks.
+
+Host to guest (``sync push``): the source is staged with the seed rules
+(links escaping the source are not followed), packed, and sent in chunks.
+
+Guest to host (``export``): the guest packs, the host reads at most
+``MAX_EXPORT_BYTES`` and checks every member before extracting: no absolute
+names, no ``..``, no links leaving the output, no devices or fifos. Nothing is
+written to the named output until the whole archive has passed, and nothing
+is ever written through an existing symlink.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.errors import AgentProtocolError, InvalidArgument
+from pyro_mcp.workspaces.seed import SeedInfo, stage_seed
+
+CHUNK_BYTES = 4 * 1024 * 1024
+MAX_EXPORT_BYTES = 2 * 1024 * 1024 * 1024
+MAX_EXPORT_MEMBERS = 200_000
+TRANSFER_TIMEOUT = 120.0
+
+
+def push_tree(client: SupervisorClient, source: Path, dest: str) -> tuple[SeedInfo, dict[str, Any]]:
+    """Copy a host directory or archive into ``dest`` (a /workspace path)."""
+    with tempfile.TemporaryDirectory(prefix="pyro-push-") as tmp:
+        staging = Path(tmp) / "tree"
+        info = stage_seed(source, staging)
+        archive = Path(tmp) / "push.tar"
+        with tarfile.open(archive, "w") as tar:
+            for child in sorted(staging.iterdir()):
+                tar.add(child, arcname=child.name)
+        remote = str(client.agent("staging_create", {}, 30)["staging"])
+        try:
+            with archive.open("rb") as handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    data = base64.b64encode(chunk).decode("ascii")
+                    client.agent("chunk_write", {"staging": remote, "data": data}, TRANSFER_TIMEOUT)
+            unpacked = client.agent("unpack", {"staging": remote, "dest": dest}, TRANSFER_TIMEOUT)
+        finally:
+            with contextlib.suppress(Exception):
+                client.agent("staging_remove", {"staging": remote}, 30)
+    return info, unpacked
+
+
+def fetch_tree(client: SupervisorClient, path: str, work: Path) -> tuple[Path, str]:
+    """Have the guest pack ``path``; return the local archive and its kind (file|directory)."""
+    packed = client.agent("pack", {"path": path}, TRANSFER_TIMEOUT)
+    remote, kind = packed.get("staging"), packed.get("kind")
+    if not isinstance(remote, str) or kind not in ("file", "directory"):
+        raise AgentProtocolError("the guest answered pack without a staging file and kind")
+    archive = work / "export.tar"
+    received = 0
+    try:
+        with archive.open("wb") as handle:
+            while True:
+                reply = client.agent(
+                    "chunk_read",
+                    {"staging": remote, "offset": received, "length": CHUNK_BYTES},
+                    TRANSFER_TIMEOUT,
+                )
+                try:
+                    data = base64.b64decode(str(reply.get("data", "")), validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise AgentProtocolError("the guest sent a chunk that is not base64") from exc
+                if not data:
+                    break
+                if len(data) > CHUNK_BYTES:
+                    raise AgentProtocolError("the guest sent a chunk larger than asked for")
+                received += len(data)
+                if received > MAX_EXPORT_BYTES:
+                    raise InvalidArgument(
+                        "path", f"the export is larger than {MAX_EXPORT_BYTES // 2**30} GiB"
+                    )
+                handle.write(data)
+    finally:
+        with contextlib.suppress(Exception):
+            client.agent("staging_remove", {"staging": remote}, 30)
+    return archive, str(kind)
+
+
+def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> dict[str, Any]:
+    """Check every member, then place the export at ``output``.
+
+    Raises:
+        InvalidArgument: the output exists (without ``overwrite``) or is a symlink.
+        AgentProtocolError: the archive breaks the rules above.
+    """
+    output = check_output(output, overwrite)
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            members = tar.getmembers()
+            total = _check_members(members)
+            if kind == "file":
+                files = [m for m in members if m.isfile()]
+                if len(members) != 1 or len(files) != 1:
+                    raise AgentProtocolError("a file export must hold exactly one regular file")
+            with tempfile.TemporaryDirectory(prefix=".pyro-export-", dir=output.parent) as tmp:
+                tar.extractall(tmp, members=members, filter="data")
+                produced = Path(tmp) / members[0].name if kind == "file" else Path(tmp)
+                _replace(produced, output, keep_tmp=kind == "directory")
+    except tarfile.TarError as exc:
+        raise AgentProtocolError(f"the guest sent an unreadable archive: {exc}") from exc
+    return {
+        "output": str(output),
+        "kind": kind,
+        "files": sum(m.isfile() for m in members),
+        "bytes": total,
+    }
+
+
+def check_output(output: Path, overwrite: bool) -> Path:
+    """``output`` made absolute, if pyro may write there.
+
+    Raises:
+        InvalidArgument: it is a symlink, exists without ``overwrite``, or its
+            directory does not exist.
+    """
+    output = output.expanduser().absolute()
+    if output.is_symlink():
+        raise InvalidArgument("output", f"{output} is a symlink; pyro never writes through one")
+    if output.exists() and not overwrite:
+        raise InvalidArgument(
+            "output", f"{output} exists; pass --overwrite (overwrite=True) to replace it"
+        )
+    if not output.parent.is_dir():
+        raise InvalidArgument("output", f"the directory {output.parent} does not exist")
+    return output
+
+
+def _check_members(members: list[tarfile.TarInfo]) -> int:
+    if len(members) > MAX_EXPORT_MEMBERS:
+        raise AgentProtocolError(f"the export has more than {MAX_EXPORT_MEMBERS} entries")
+    total = 0
+    for member in members:
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts or not member.name:
+            raise AgentProtocolError(f"archive member {member.name!r} points outside the output")
+        if member.isdev() or member.isfifo():
+            raise AgentProtocolError(f"archive member {member.name!r} is a device or fifo")
+        if member.issym() or member.islnk():
+            target = PurePosixPath(member.linkname)
+            joined = (name.parent if member.issym() else PurePosixPath()) / target
+            if target.is_absolute() or not _stays_inside(joined):
+                raise AgentProtocolError(
+                    f"archive link {member.name!r} -> {member.linkname!r} leaves the output"
+                )
+        total += max(member.size, 0)
+        if total > MAX_EXPORT_BYTES:
+            raise AgentProtocolError("the export is larger than allowed")
+    return total
+
+
+def _stays_inside(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part in (".", "") else 1
+        if depth < 0:
+            return False
+    return True
+
+
+def _replace(produced: Path, output: Path, keep_tmp: bool) -> None:
+    """Move ``produced`` to ``output``, replacing what is there (never following a link)."""
+    if keep_tmp:
+        # The temporary directory itself is removed by its context manager: move
+        # its contents into a sibling first.
+        staged = output.with_name(f".{output.name}.pyro-new")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(produced, staged, symlinks=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o777 & ~umask)  # not the private mode of the temporary directory
+        produced = staged
+    if output.exists() and (output.is_dir() or produced.is_dir()):
+        # os.replace cannot swap a directory with a file or a non-empty directory.
+        old = output.with_name(f".{output.name}.pyro-old")
+        os.replace(output, old)
+        os.replace(produced, output)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        os.replace(produced, output)
