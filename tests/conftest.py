@@ -43,6 +43,8 @@ def pyro(
     """An SDK object with its own state; fails the test if a VM process outlives it."""
     client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
     yield client
+    for workspace in client.list_workspaces():
+        client.delete_workspace(workspace["workspace_id"])
     for record in client.list_vms():
         client.delete_vm(record["vm_id"])
     assert leaked_processes(state_dir) == []
@@ -55,6 +57,13 @@ def cli_env(
     """Environment variables for running the real `pyro` CLI against this state."""
     env = dict(os.environ, PYRO_HOME=str(state_dir), PYRO_CACHE_DIR=str(cache_dir))
     yield env
+    # Remove what a failed test left, then prove no VM process outlives it.
+    if state_dir.exists():
+        leftovers = Pyro(state_dir=state_dir, cache_dir=cache_dir)
+        for workspace in leftovers.list_workspaces():
+            leftovers.delete_workspace(workspace["workspace_id"])
+        for record in leftovers.list_vms():
+            leftovers.delete_vm(record["vm_id"])
     assert leaked_processes(state_dir) == []
 
 

@@ -54,6 +54,8 @@ class Pyro:
         self._progress = progress or _quiet
         self._vms = VmService(self.paths)
         self._workspaces = WorkspaceService(self._vms)
+        # Expired workspaces are reaped lazily, by whichever pyro call comes next.
+        self._workspaces.reap_expired()
 
     # ------------------------------------------------------------- one-shot
 

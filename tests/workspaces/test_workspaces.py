@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,18 @@ def test_bad_input_is_refused_and_leaves_nothing_behind(
     with pytest.raises(NotFound, match="pyro workspace list"):
         pyro.exec_workspace("ws-nope", "true")
     pyro.delete_workspace(ws)
+
+
+def test_expired_workspaces_are_reaped_by_the_next_pyro_call(
+    pyro: Pyro, state_dir: Path, cache_dir: Path
+) -> None:
+    ws = pyro.create_workspace(ttl_seconds=3600)["workspace_id"]
+    keep = pyro.create_workspace()["workspace_id"]
+    assert pyro.status_workspace(ws)["expires_at"] is not None
+    # Let the hour pass: backdate the expiry instead of waiting.
+    pyro._workspaces.store.update_workspace(ws, expires_at=time.time() - 1)
+    Pyro(state_dir=state_dir, cache_dir=cache_dir)
+    assert not (state_dir / "workspaces" / ws).exists()
+    assert [w["workspace_id"] for w in pyro.list_workspaces()] == [keep]
+    with pytest.raises(NotFound):
+        pyro.status_workspace(ws)

@@ -363,7 +363,7 @@ def handle_export(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(
-            f"exported {result['kind']} {result['path']} to {result['output']} "
+            f"exported {result['type']} {result['path']} to {result['output']} "
             f"({result['files']} file(s))"
         )
     return 0

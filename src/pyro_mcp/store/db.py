@@ -209,10 +209,11 @@ class Store:
             ).fetchall()
         return [
             {
+                # The entry's own keys win over anything stored in its data.
+                **json.loads(r["data"]),
                 "entry_id": r["entry_id"],
                 "kind": r["kind"],
                 "started_at": r["started_at"],
-                **json.loads(r["data"]),
             }
             for r in rows
         ]

@@ -114,7 +114,7 @@ def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> d
         raise AgentProtocolError(f"the guest sent an unreadable archive: {exc}") from exc
     return {
         "output": str(output),
-        "kind": kind,
+        "type": kind,
         "files": sum(m.isfile() for m in members),
         "bytes": total,
     }
