@@ -164,3 +164,17 @@ def test_expired_workspaces_are_reaped_by_the_next_pyro_call(
     assert [w["workspace_id"] for w in pyro.list_workspaces()] == [keep]
     with pytest.raises(NotFound):
         pyro.status_workspace(ws)
+
+
+def test_the_remains_of_a_killed_create_are_cleaned_up(pyro: Pyro, state_dir: Path) -> None:
+    # What a create killed after making its disks and VM record leaves behind.
+    folder = state_dir / "workspaces" / "ws-killed"
+    folder.mkdir(parents=True)
+    (folder / "workspace.qcow2").write_bytes(b"")
+    orphan = pyro._vms.create_vm(workspace_disk=folder / "workspace.qcow2")
+    later = time.time() + 2 * 3600
+    pyro._workspaces.reap_expired(now=later)
+    assert not folder.exists()
+    assert pyro.list_vms() == []
+    with pytest.raises(NotFound):
+        pyro.status_vm(orphan.vm_id)

@@ -40,6 +40,8 @@ WORKSPACE_DISK_MIB = 8192
 WORKSPACE_LABEL = "pyro-workspace"
 WORKSPACE_ROOT = PurePosixPath("/workspace")
 JOURNAL_OUTPUT_BYTES = 64 * 1024
+# Longer than any create takes (a cold build of an environment included).
+ORPHAN_GRACE_SECONDS = 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
@@ -383,15 +385,39 @@ class WorkspaceService:
         return {"workspace_id": workspace["workspace_id"], "deleted": True}
 
     def reap_expired(self, now: float | None = None) -> list[str]:
+        """Delete expired workspaces, and the remains of creates that were killed midway."""
         now = time.time() if now is None else now
         reaped = []
-        for workspace in self.store.list_workspaces():
+        workspaces = self.store.list_workspaces()
+        for workspace in workspaces:
             expires = workspace["expires_at"]
             if expires is not None and expires <= now:
                 with contextlib.suppress(PyroError):
                     self.delete(workspace["workspace_id"])
                     reaped.append(workspace["workspace_id"])
+        self._remove_orphans(
+            {w["workspace_id"] for w in workspaces}, {w["vm_id"] for w in workspaces}, now
+        )
         return reaped
+
+    def _remove_orphans(self, workspace_ids: set[str], vm_ids: set[str], now: float) -> None:
+        # A create killed between its steps leaves a workspace VM or folder with
+        # no record. Wait out the grace period so a create in progress is safe.
+        for vm in self.store.list_vms():
+            if (
+                vm.workspace_disk
+                and vm.vm_id not in vm_ids
+                and now - vm.created_at > ORPHAN_GRACE_SECONDS
+            ):
+                with contextlib.suppress(PyroError):
+                    self.vms.delete_vm(vm.vm_id)
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if (
+                    folder.name not in workspace_ids
+                    and now - folder.stat().st_mtime > ORPHAN_GRACE_SECONDS
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _connect(self, workspace: dict[str, Any]) -> SupervisorClient:
         self.store.update_workspace(workspace["workspace_id"], last_activity_at=time.time())
