@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -79,3 +80,11 @@ def _qemu_pid(pyro: Pyro, vm_id: str) -> int:
     supervisor = pyro.status_vm(vm_id)["supervisor_pid"]
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     return int(children[0])
+
+
+def test_a_vm_whose_directory_is_removed_stops_by_itself(pyro: Pyro, state_dir: Path) -> None:
+    vm_id = pyro.create_vm()["vm_id"]
+    supervisor = pyro.start_vm(vm_id)["supervisor_pid"]
+    shutil.rmtree(state_dir / "vms" / vm_id)
+    assert wait_for_exit(supervisor, 30)
+    assert pyro.status_vm(vm_id)["state"] == "stopped"

@@ -41,6 +41,10 @@ OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
 OWNER_GONE = "the owning process went away"
 NO_OWNER = "no owner connected"
 OWNER_GONE_REASONS = (OWNER_GONE, NO_OWNER)
+# How often the supervisor checks that its VM directory still exists: if it
+# was removed (by hand, or with a whole state directory), nobody can reach or
+# delete this VM any more, so it stops instead of running forever.
+DIRECTORY_CHECK_SECONDS = 5.0
 
 
 class VmFiles:
@@ -146,6 +150,7 @@ class Supervisor:
             )
             if self.owner_bound:
                 loop.call_later(OWNER_CONNECT_TIMEOUT_SECONDS, self._check_owner_arrived)
+            loop.call_later(DIRECTORY_CHECK_SECONDS, self._check_directory)
             async with control_server:
                 await self.stopping.wait()
             return 0
@@ -366,6 +371,12 @@ class Supervisor:
         if not self.stopping.is_set():
             self.stop_reason = reason
             self.stopping.set()
+
+    def _check_directory(self) -> None:
+        if not self.files.dir.is_dir():
+            self.request_stop("the VM directory was removed")
+        elif not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(DIRECTORY_CHECK_SECONDS, self._check_directory)
 
     def _check_owner_arrived(self) -> None:
         if not self.owner_seen:
