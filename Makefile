@@ -5,7 +5,7 @@
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: setup environment demo test check lint typecheck bench clean
+.PHONY: setup environment inspector demo test check lint typecheck bench clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -16,7 +16,12 @@ environment: setup
 demo: environment
 	$(UV) run pyro demo
 
-test: environment
+# The MCP Inspector (pinned in tools/mcp-inspector) is a third-party MCP client
+# the tests drive the server with.
+inspector:
+	cd tools/mcp-inspector && npm ci --no-audit --no-fund --loglevel=error
+
+test: environment inspector
 	$(UV) run pytest -n 2 $(PYTEST_ARGS)
 
 check: setup
@@ -30,4 +35,4 @@ bench: environment
 	$(UV) run python benchmarks/runtime.py
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache tools/mcp-inspector/node_modules

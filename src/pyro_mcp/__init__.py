@@ -17,7 +17,7 @@ from pyro_mcp.errors import (
     StoreError,
     VMError,
 )
-from pyro_mcp.sdk import Pyro
+from pyro_mcp.sdk import Pyro, create_server
 
 __version__ = "0.1.0"
 
@@ -36,4 +36,5 @@ __all__ = [
     "StoreError",
     "VMError",
     "__version__",
+    "create_server",
 ]

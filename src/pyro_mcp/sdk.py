@@ -169,14 +169,20 @@ class Pyro:
         environment: str = config.DEFAULT_ENVIRONMENT,
         *,
         seed_path: str | Path | None = None,
+        project_path: str | Path | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
+        origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
+
+        ``project_path`` seeds it with the Git-tracked files of a checkout instead
+        (as in the working tree; ignored and untracked files stay out). ``origin``
+        overrides the reported ``origin_kind``/``origin_ref``.
 
         Returns:
             The workspace status: ``workspace_id``, ``name``, ``labels``, ``state``,
@@ -185,6 +191,8 @@ class Pyro:
         return self._workspaces.create(
             environment,
             seed_path=seed_path,
+            project_path=project_path,
+            origin=origin,
             name=name,
             labels=labels,
             ttl_seconds=ttl_seconds,
@@ -324,8 +332,44 @@ class Pyro:
         in_use = {Path(record.build_dir) for record in self._vms.store.list_vms()}
         return self._vms.environments.prune(remove_installed=all, keep_builds=in_use)
 
+    # ------------------------------------------------------------------ MCP
+
+    def create_server(
+        self,
+        profile: str | None = None,
+        mode: str | None = None,
+        *,
+        project_path: str | Path | None = None,
+        repo_url: str | None = None,
+        repo_ref: str | None = None,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+    ) -> Any:
+        """The MCP server object (``mcp.server.mcpserver.MCPServer``) over this SDK.
+
+        ``project_path`` or ``repo_url`` become the default seed of ``workspace_create``;
+        without them, new workspaces start empty unless the tool is given a seed_path.
+        Run it with ``server.run()`` (stdio).
+        """
+        from pyro_mcp.mcp.server import create_server
+        from pyro_mcp.workspaces import project_source
+
+        source = project_source.resolve(
+            cwd=Path.cwd(),
+            cache_dir=self.paths.cache_dir,
+            project_path=str(project_path) if project_path is not None else None,
+            repo_url=repo_url,
+            repo_ref=repo_ref,
+            no_project_source=project_path is None and repo_url is None,
+        )
+        return create_server(profile, mode, pyro=self, project=source, environment=environment)
+
     # ---------------------------------------------------------------- host
 
     def doctor(self) -> dict[str, Any]:
         """Whether this host can run guests, and what to do if not."""
         return doctor.diagnose(self.paths)
+
+
+def create_server(profile: str | None = None, mode: str | None = None, **options: Any) -> Any:
+    """``Pyro().create_server(...)``: the MCP server with default state and cache dirs."""
+    return Pyro().create_server(profile, mode, **options)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pyro_mcp import __version__
-from pyro_mcp.cli import doctor, env, run, vm, workspace
+from pyro_mcp.cli import doctor, env, mcp, run, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
 
 EPILOG = """\
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.register(commands)
     vm.register(commands)
     workspace.register(commands)
+    mcp.register(commands)
     return parser
 
 

@@ -12,6 +12,7 @@ from pyro_mcp.cli.render import print_json, progress_printer, table, write_comma
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.workspaces.summary import render_summary
 
 EPILOG = """\
 examples:
@@ -375,24 +376,3 @@ def read_host_file(path: str, flag: str) -> bytes:
             return handle.read()
     except OSError as exc:
         raise InvalidArgument(flag, f"cannot read {path}: {exc.strerror}") from exc
-
-
-def render_summary(summary: dict[str, Any]) -> str:
-    lines = [f"workspace {summary['name'] or summary['workspace_id']} ({summary['state']})"]
-    commands = summary["commands"]
-    lines.append(f"commands: {len(commands)} run, {summary['failed_commands']} failed")
-    for command in commands[-10:]:
-        lines.append(f"  [{command['exit_code']}] {command['command']}")
-    for kind, entries in summary["operations"].items():
-        if entries:
-            lines.append(f"{kind}: {len(entries)}")
-    if summary["changes"] is not None:
-        files = summary["changes"]["files"]
-        lines.append(f"files changed: {len(files)}")
-        for change in files[:20]:
-            lines.append(f"  {change['status']:<9} {change['path']}")
-        if len(files) > 20:
-            lines.append(f"  ... and {len(files) - 20} more")
-    elif summary["note"]:
-        lines.append(summary["note"])
-    return "\n".join(lines)

@@ -27,18 +27,23 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 class SeedInfo:
     """What went into a workspace at create time (shown in its status)."""
 
-    kind: str  # "empty", "directory" or "archive"
+    kind: str  # "empty", "directory", "archive" or "project"
     source: str | None
     file_count: int
     bytes: int
     skipped_links: int = 0
+    skipped_unreadable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def stage_seed(source: Path | None, staging: Path) -> SeedInfo:
+def stage_seed(source: Path | None, staging: Path, only: list[str] | None = None) -> SeedInfo:
     """Copy ``source`` into the empty directory ``staging``.
+
+    ``only`` limits a directory seed to those relative paths (a project's
+    Git-tracked files); listed files that are missing or unreadable in the
+    working tree are skipped and counted, never fatal.
 
     Raises:
         InvalidArgument: the seed is missing, of an unsupported kind, too large,
@@ -52,6 +57,8 @@ def stage_seed(source: Path | None, staging: Path) -> SeedInfo:
     if not source.exists():
         raise InvalidArgument("seed_path", f"{source} does not exist")
     if source.is_dir():
+        if only is not None:
+            return _stage_listed(source, staging, only)
         return _stage_directory(source, staging)
     if source.is_file() and source.name.endswith(ARCHIVE_SUFFIXES):
         return _stage_archive(source, staging)
@@ -92,6 +99,35 @@ def _stage_directory(root: Path, staging: Path) -> SeedInfo:
                 shutil.copy2(path, target_dir / name, follow_symlinks=False)
             # sockets, fifos and devices are not seed material: skipped
     return SeedInfo("directory", str(root), files, total, skipped)
+
+
+def _stage_listed(root: Path, staging: Path, paths: list[str]) -> SeedInfo:
+    real_root = root.resolve()
+    files = total = skipped_links = unreadable = 0
+    for relative in paths:
+        parts = PurePosixPath(relative).parts
+        if not parts or ".." in parts or PurePosixPath(relative).is_absolute():
+            continue
+        source, target = root / relative, staging / relative
+        try:
+            mode = source.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                resolved = (source.parent / os.readlink(source)).resolve()
+                if resolved != real_root and real_root not in resolved.parents:
+                    skipped_links += 1
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(os.readlink(source))
+                files += 1
+            elif stat.S_ISREG(mode):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target, follow_symlinks=False)
+                files, total = files + 1, total + source.lstat().st_size
+                _check_bounds(files, total)
+            # a submodule (a directory) or anything else is not seed material
+        except (FileNotFoundError, PermissionError):
+            unreadable += 1
+    return SeedInfo("project", str(root), files, total, skipped_links, unreadable)
 
 
 def _stage_archive(archive: Path, staging: Path) -> SeedInfo:

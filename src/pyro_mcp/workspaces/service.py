@@ -30,7 +30,7 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
-from pyro_mcp.workspaces import files, transfer
+from pyro_mcp.workspaces import files, project_source, transfer
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
@@ -63,6 +63,8 @@ class WorkspaceService:
         environment: str = config.DEFAULT_ENVIRONMENT,
         *,
         seed_path: str | Path | None = None,
+        project_path: str | Path | None = None,
+        origin: tuple[str, str] | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
@@ -71,7 +73,16 @@ class WorkspaceService:
         network: bool = False,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
-        """Seed a workspace and boot it. On any failure nothing is left behind."""
+        """Seed a workspace and boot it. On any failure nothing is left behind.
+
+        Args:
+            seed_path: a directory or archive copied whole into /workspace.
+            project_path: a Git checkout whose tracked files are copied instead.
+            origin: how to report where the files came from (kind, ref); by default
+                derived from the seed.
+        """
+        if seed_path is not None and project_path is not None:
+            raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
         if name is not None and not _NAME.match(name):
             raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         labels = check_labels(labels or {})
@@ -85,7 +96,19 @@ class WorkspaceService:
         try:
             progress("phase=seed staging the seed")
             staging = folder / "seed"
-            seed = stage_seed(Path(seed_path) if seed_path is not None else None, staging)
+            if project_path is not None:
+                root = project_source.git_toplevel(Path(project_path).expanduser())
+                if root is None:
+                    raise InvalidArgument(
+                        "project_path", f"{project_path} is not inside a Git checkout"
+                    )
+                seed = stage_seed(root, staging, only=project_source.tracked_files(root))
+                kind, ref = origin or ("project_path", str(root))
+            else:
+                seed = stage_seed(Path(seed_path) if seed_path is not None else None, staging)
+                kind, ref = origin or (
+                    ("seed_path", str(seed.source)) if seed.source else ("none", "")
+                )
             _make_ext4(staging, folder / "baseline.ext4")
             shutil.rmtree(staging)
             os.chmod(folder / "baseline.ext4", 0o444)
@@ -108,7 +131,7 @@ class WorkspaceService:
                     "labels": labels,
                     "environment": environment,
                     "vm_id": vm_id,
-                    "seed": seed.to_dict(),
+                    "seed": {**seed.to_dict(), "origin_kind": kind, "origin_ref": ref},
                     "created_at": now,
                     "last_activity_at": now,
                     "expires_at": now + ttl_seconds if ttl_seconds else None,
@@ -131,6 +154,10 @@ class WorkspaceService:
         vm = self.vms.status_vm(workspace["vm_id"])
         return {
             **{k: v for k, v in workspace.items() if k != "vm_id"},
+            "origin_kind": workspace["seed"].get("origin_kind", "seed_path"),
+            "origin_ref": workspace["seed"].get(
+                "origin_ref", workspace["seed"].get("source") or ""
+            ),
             "state": vm.state.value,
             "accel": vm.accel,
             "vm_id": vm.vm_id,

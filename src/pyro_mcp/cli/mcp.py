@@ -1,0 +1,91 @@
+"""``pyro mcp serve``: the MCP server over stdio."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import config
+from pyro_mcp.mcp import profiles
+
+EPILOG = f"""\
+profiles (how many tools):
+  vm-run            vm_run only: one-shot commands in a fresh VM
+  workspace-core    the workspace loop (default): create, exec, files, patch, diff, export, reset...
+  workspace-full    everything: adds workspace_stop/start and the raw vm_* tools
+
+modes (a narrower tool set with job-specific descriptions; wins over --profile):
+{chr(10).join(f"  {name:<17} {purpose}" for name, purpose in profiles.MODE_PURPOSE.items())}
+
+project source (the default seed of workspace_create):
+  started inside a Git checkout, its tracked files (as in the working tree) seed new
+  workspaces; --project-path names the checkout when the host starts the server
+  elsewhere; --repo-url clones a repository on the host (file:// works);
+  --no-project-source starts workspaces empty.
+
+examples:
+  pyro mcp serve
+  pyro mcp serve --mode repro-fix --project-path /abs/repo
+  pyro mcp serve --profile workspace-full --environment debian:12-build
+  pyro mcp serve --repo-url https://git.example/repo.git --repo-ref v1.2
+  claude mcp add pyro -- pyro mcp serve         # see docs/integrations.md
+
+stdout carries only MCP protocol; logs go to stderr (or --log-file).
+"""
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "mcp",
+        help="serve the MCP tools to a chat host",
+        description="The MCP server chat hosts (Claude Code, Codex, OpenCode) start over stdio.",
+    )
+    sub = parser.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the MCP server on stdio",
+        description="Run the pyro MCP server on stdin/stdout.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--profile", choices=list(profiles.PROFILES), default=None)
+    serve.add_argument("--mode", choices=list(profiles.MODES), default=None)
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--project-path", help="a Git checkout whose tracked files seed workspaces")
+    source.add_argument("--repo-url", help="a repository to clone on the host as the seed")
+    source.add_argument("--no-project-source", action="store_true", help="start workspaces empty")
+    serve.add_argument("--repo-ref", help="branch, tag or commit of --repo-url")
+    serve.add_argument("--environment", default=config.DEFAULT_ENVIRONMENT)
+    serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
+    serve.set_defaults(handler=handle_serve)
+
+
+def handle_serve(args: argparse.Namespace) -> int:
+    from pyro_mcp.errors import InvalidArgument
+    from pyro_mcp.mcp.server import create_server, serve
+    from pyro_mcp.sdk import Pyro
+    from pyro_mcp.workspaces import project_source
+
+    if args.repo_ref and not args.repo_url:
+        raise InvalidArgument("--repo-ref", "goes with --repo-url")
+    pyro = Pyro(progress=_log_progress)
+    source = project_source.resolve(
+        cwd=Path.cwd(),
+        cache_dir=pyro.paths.cache_dir,
+        project_path=args.project_path,
+        repo_url=args.repo_url,
+        repo_ref=args.repo_ref,
+        no_project_source=args.no_project_source,
+    )
+    server = create_server(
+        args.profile, args.mode, pyro=pyro, project=source, environment=args.environment
+    )
+    serve(server, log_file=args.log_file)
+    return 0
+
+
+def _log_progress(message: str) -> None:
+    import logging
+
+    logging.getLogger("pyro.mcp").info(message)

@@ -1,0 +1,238 @@
+"""Which tools a server exposes: profiles (how much) and modes (for which job).
+
+A profile is a tool set by breadth. A mode is a narrower set for one use case,
+with descriptions that say how to use each tool for that job. Every mode
+includes the lifecycle tools a conversation needs to begin and end.
+"""
+
+from __future__ import annotations
+
+from pyro_mcp.errors import InvalidArgument
+
+VM_RUN = ("vm_run",)
+
+WORKSPACE_CORE = (
+    "workspace_create",
+    "workspace_list",
+    "workspace_update",
+    "workspace_status",
+    "workspace_exec",
+    "workspace_logs",
+    "workspace_summary",
+    "workspace_sync_push",
+    "workspace_file_list",
+    "workspace_file_read",
+    "workspace_file_write",
+    "workspace_patch_apply",
+    "workspace_diff",
+    "workspace_export",
+    "workspace_reset",
+    "workspace_delete",
+)
+
+WORKSPACE_FULL = (
+    *WORKSPACE_CORE,
+    "workspace_stop",
+    "workspace_start",
+    "vm_run",
+    "vm_create",
+    "vm_start",
+    "vm_exec",
+    "vm_stop",
+    "vm_delete",
+    "vm_status",
+    "vm_list",
+)
+
+PROFILES: dict[str, tuple[str, ...]] = {
+    "vm-run": VM_RUN,
+    "workspace-core": WORKSPACE_CORE,
+    "workspace-full": WORKSPACE_FULL,
+}
+DEFAULT_PROFILE = "workspace-core"
+
+# Every mode can start, inspect and end a workspace.
+LIFECYCLE = ("workspace_create", "workspace_list", "workspace_status", "workspace_delete")
+
+MODES: dict[str, tuple[str, ...]] = {
+    "repro-fix": (
+        *LIFECYCLE,
+        "workspace_file_list",
+        "workspace_file_read",
+        "workspace_file_write",
+        "workspace_patch_apply",
+        "workspace_exec",
+        "workspace_diff",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    ),
+    "inspect": (
+        *LIFECYCLE,
+        "workspace_file_list",
+        "workspace_file_read",
+        "workspace_exec",
+        "workspace_export",
+        "workspace_summary",
+    ),
+    "cold-start": (
+        *LIFECYCLE,
+        "workspace_exec",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    ),
+    "review-eval": (
+        *LIFECYCLE,
+        "workspace_diff",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    ),
+}
+
+MODE_PURPOSE: dict[str, str] = {
+    "repro-fix": "reproduce a failure, fix it with file edits or patches, prove the fix, hand it back",
+    "inspect": "look around a project and run read-only checks; nothing in /workspace is changed",
+    "cold-start": "set a project up from nothing (install, build, first run) and report what it took",
+    "review-eval": "review or evaluate a change: see the diff, reset to try again, export results",
+}
+
+
+def tool_names(profile: str | None, mode: str | None) -> tuple[str, ...]:
+    """The tools a server with this profile or mode exposes.
+
+    Raises:
+        InvalidArgument: an unknown profile or mode (the message lists the valid ones).
+    """
+    if mode is not None:
+        if mode not in MODES:
+            raise InvalidArgument("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        return MODES[mode]
+    chosen = profile or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise InvalidArgument("profile", f"{chosen!r} is not one of {', '.join(PROFILES)}")
+    return PROFILES[chosen]
+
+
+# ------------------------------------------------------------ descriptions
+
+DESCRIPTIONS: dict[str, str] = {
+    "vm_run": (
+        "Run one shell command in a brand-new disposable Linux microVM (Debian 12) and delete "
+        "the VM afterwards. Use it for a quick, isolated check that needs no files from the "
+        "project; for anything that takes several steps, create a workspace instead. Returns "
+        "exit_code, stdout, stderr (each at most 1 MiB, truncated flags say when cut), "
+        "timed_out and duration_ms. A cold boot takes a few seconds."
+    ),
+    "workspace_create": (
+        "Create a sandbox workspace: a Linux microVM whose /workspace holds a copy of the "
+        "project (by default the Git-tracked files of the project this server was started "
+        "in). Call it once at the start, then use the returned workspace_id with the other "
+        "workspace tools. Nothing you do in it touches the user's machine. Returns "
+        "workspace_id, state, origin_kind/origin_ref (where the files came from) and seed "
+        "counts."
+    ),
+    "workspace_list": "List workspaces (id, name, labels, state, last activity, expiry), most recent first.",
+    "workspace_update": "Rename a workspace or change its labels (labels to set, clear_labels to remove).",
+    "workspace_status": (
+        "State of one workspace: running or stopped (with last_error when its VM died), "
+        "origin of its files, seed counts, number of commands run, expiry."
+    ),
+    "workspace_exec": (
+        "Run a shell command inside the workspace, in /workspace (or cwd, relative to it), "
+        "like typing it in a terminal: build, test, grep, git, install packages. Returns "
+        "exit_code, stdout, stderr (each at most 1 MiB), timed_out. Prefer the file tools "
+        "over shell quoting to read or change files. Commands past timeout_seconds are killed "
+        "and the workspace stays usable."
+    ),
+    "workspace_logs": "The journal of commands run in the workspace: command, cwd, exit code, duration, output.",
+    "workspace_summary": (
+        "What happened since the workspace was created or last reset: commands with exit "
+        "codes, file writes, patches, syncs, exports, and the files changed. Short enough to "
+        "paste into a reply."
+    ),
+    "workspace_sync_push": (
+        "Copy a directory or .tar/.tgz from the user's machine into /workspace (at dest). "
+        "Only paths the server allows can be read."
+    ),
+    "workspace_file_list": "List files under a /workspace directory (recursive optional): path, type, size, mode.",
+    "workspace_file_read": (
+        "Read a file under /workspace. Returns its text (content); binary files come back as "
+        "binary=true with content_base64. max_bytes bounds the answer (truncated says when "
+        "cut). Use this instead of `cat` through workspace_exec."
+    ),
+    "workspace_file_write": (
+        "Create or replace a file under /workspace with the given text (parents are created, "
+        "an existing file keeps its mode). Use this instead of shell redirection or heredocs."
+    ),
+    "workspace_patch_apply": (
+        "Apply a unified diff (as git diff or diff -u write it; paths relative to /workspace, "
+        "a/ b/ prefixes fine) to the workspace. Every hunk is checked before anything "
+        "changes: on a mismatch nothing is modified and the error shows the file, the hunk, "
+        "and the expected versus actual lines. Prefer this for edits to existing files."
+    ),
+    "workspace_diff": (
+        "Everything that changed in /workspace since it was created: a list of changed paths "
+        "(added, modified, deleted, mode or type changes, binary flag) and a unified patch."
+    ),
+    "workspace_export": (
+        "Copy a file or directory from /workspace to the user's machine at output. Refuses to "
+        "overwrite an existing output unless overwrite=true; only allowed paths can be written."
+    ),
+    "workspace_reset": (
+        "Throw the sandbox away and start again from the files it was created with: processes, "
+        "installed packages, /tmp and every change in /workspace are gone. The workspace_id stays."
+    ),
+    "workspace_delete": "Delete the workspace and its disks. Call it when the task is finished.",
+    "workspace_stop": "Stop the workspace's VM, keeping /workspace; workspace_start boots it again.",
+    "workspace_start": "Boot a stopped workspace again with /workspace intact.",
+    "vm_create": "Create a raw VM (not booted yet) from an environment. Lower level than workspaces: no /workspace, no file tools, no journal; prefer workspace_create unless you need a bare machine. Returns vm_id and state.",
+    "vm_start": "Boot a raw VM made with vm_create (or stopped with vm_stop) and wait until it answers. Returns the VM record with state running and accel (kvm or tcg).",
+    "vm_exec": "Run a shell command in a running raw VM (cwd /root). Returns exit_code, stdout, stderr (each at most 1 MiB), timed_out, duration_ms.",
+    "vm_stop": "Stop a raw VM, keeping its root disk so vm_start can boot it again with its files intact.",
+    "vm_delete": "Delete a raw VM and its disk. Call it when you are done with a VM from vm_create.",
+    "vm_status": "State of a raw VM (created, running or stopped, with last_error when it died on its own).",
+    "vm_list": "List raw VMs made with vm_create: vm_id, environment, state. Workspaces have their own list.",
+}
+
+MODE_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "repro-fix": {
+        "workspace_exec": (
+            "Run the failing test or the command that reproduces the bug inside /workspace, and "
+            "run it again after the fix to prove it. Returns exit_code, stdout, stderr, timed_out."
+        ),
+        "workspace_patch_apply": (
+            "Apply the fix as a unified diff. All hunks are checked first; on a mismatch nothing "
+            "changes and the error shows expected versus actual lines, so re-read the file and retry."
+        ),
+        "workspace_diff": "The complete fix so far, as a unified patch against the original files.",
+        "workspace_export": "Hand fixed files back to the user's machine (output path on the host).",
+    },
+    "inspect": {
+        "workspace_exec": (
+            "Run read-only commands (grep, ls, git log, test runs that write nothing important) "
+            "in /workspace to answer questions about the project."
+        ),
+        "workspace_file_read": "Read a project file under /workspace (text, bounded by max_bytes).",
+    },
+    "cold-start": {
+        "workspace_exec": (
+            "Run setup steps from a clean machine (install dependencies, build, start the first "
+            "run) and note what each step needed. Returns exit_code, stdout, stderr, timed_out."
+        ),
+        "workspace_reset": "Start the set-up again from a clean machine with the original files.",
+    },
+    "review-eval": {
+        "workspace_diff": "The change under review as a unified patch plus the list of changed files.",
+        "workspace_reset": "Discard everything and return to the original files, to evaluate again.",
+    },
+}
+
+
+def describe(tool: str, mode: str | None) -> str:
+    """The description of ``tool``, specialised for ``mode`` where it has one."""
+    base = MODE_DESCRIPTIONS.get(mode or "", {}).get(tool, DESCRIPTIONS[tool])
+    if mode is not None and tool == "workspace_create":
+        base += f" This server is in {mode} mode: {MODE_PURPOSE[mode]}."
+    return base

@@ -1,0 +1,146 @@
+"""Output schemas of the MCP tools.
+
+Each model names the fields a model can rely on; more may follow (``extra`` is
+allowed, so adding a field never breaks a client). The same fields come back
+from the SDK and the CLI's ``--json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class CommandResult(_Open):
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+
+
+class RunResult(CommandResult):
+    environment: str
+    accel: str
+    vm_id: str
+
+
+class ExecResult(CommandResult):
+    workspace_id: str
+
+
+class VmExecResult(CommandResult):
+    vm_id: str
+
+
+class Workspace(_Open):
+    workspace_id: str
+    name: str | None
+    labels: dict[str, str]
+    environment: str
+    state: str
+    origin_kind: str
+    origin_ref: str
+    seed: dict[str, Any]
+    created_at: float
+    last_activity_at: float
+    expires_at: float | None
+    last_error: str | None
+    command_count: int
+
+
+class WorkspaceList(_Open):
+    workspaces: list[Workspace]
+
+
+class Journal(_Open):
+    workspace_id: str
+    entries: list[dict[str, Any]]
+
+
+class Summary(_Open):
+    workspace_id: str
+    state: str
+    commands: list[dict[str, Any]]
+    failed_commands: int
+    operations: dict[str, list[dict[str, Any]]]
+    changes: dict[str, Any] | None
+    note: str | None
+
+
+class SyncResult(_Open):
+    workspace_id: str
+    dest: str
+    files: int
+    bytes: int
+
+
+class FileList(_Open):
+    workspace_id: str
+    path: str
+    entries: list[dict[str, Any]]
+    truncated: bool
+
+
+class FileContent(_Open):
+    workspace_id: str
+    path: str
+    size: int
+    binary: bool
+    truncated: bool
+    content: str | None
+    content_base64: str | None
+
+
+class FileWritten(_Open):
+    workspace_id: str
+    path: str
+    bytes: int
+
+
+class PatchResult(_Open):
+    workspace_id: str
+    applied: bool
+    files: list[dict[str, Any]]
+
+
+class Diff(_Open):
+    workspace_id: str
+    changed: bool
+    changes: list[dict[str, Any]]
+    counts: dict[str, int]
+    patch: str
+    patch_truncated: bool
+
+
+class Exported(_Open):
+    workspace_id: str
+    path: str
+    output: str
+    type: str
+    files: int
+    bytes: int
+
+
+class Deleted(_Open):
+    deleted: bool
+
+
+class Vm(_Open):
+    vm_id: str
+    environment: str
+    state: str
+    accel: str | None
+    last_error: str | None
+
+
+class VmList(_Open):
+    vms: list[Vm]

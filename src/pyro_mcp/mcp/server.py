@@ -1,0 +1,448 @@
+"""``pyro mcp serve``: the MCP server a chat host starts over stdio.
+
+Tools are thin: they validate arguments (pydantic, from the signatures),
+call the SDK, and return structured content plus a short text rendering.
+Every ``PyroError`` becomes a tool error with its actionable message; the
+server never dies on bad input and writes nothing but protocol to stdout.
+"""
+
+# No `from __future__ import annotations`: the MCP SDK reads these signatures
+# at runtime to build each tool's input and output schema.
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+from pydantic import Field
+
+from pyro_mcp import __version__, config
+from pyro_mcp.errors import PyroError
+from pyro_mcp.mcp import profiles, schemas
+from pyro_mcp.sdk import Pyro
+from pyro_mcp.workspaces.project_source import ProjectSource
+from pyro_mcp.workspaces.summary import render_summary
+
+log = logging.getLogger("pyro.mcp")
+
+# How much of each output stream the text rendering shows; the structured
+# content carries up to pyro's full bound (1 MiB).
+TEXT_STREAM_CHARS = 16 * 1024
+
+WorkspaceId = Annotated[
+    str, Field(description="The workspace_id returned by workspace_create (its name works too).")
+]
+VmId = Annotated[str, Field(description="The vm_id returned by vm_create.")]
+Command = Annotated[
+    str, Field(description="A shell command line, run with /bin/sh -c (pipes, &&, redirects work).")
+]
+Timeout = Annotated[
+    float, Field(description="Kill the command after this many seconds.", gt=0, le=86400)
+]
+WorkspacePath = Annotated[
+    str, Field(description="A path relative to /workspace (or absolute inside it).")
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class PyroMCPServer(MCPServer):
+    """MCPServer that refuses arguments a tool does not have, instead of ignoring them."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            known = set(tool.parameters.get("properties", {}))
+            unknown = sorted(set(arguments) - known)
+            if unknown:
+                raise ToolError(
+                    f"{name} has no argument(s) {', '.join(unknown)}; "
+                    f"its arguments are: {', '.join(sorted(known)) or 'none'}"
+                )
+        return await super().call_tool(name, arguments, context)
+
+
+def create_server(
+    profile: str | None = None,
+    mode: str | None = None,
+    *,
+    pyro: Pyro | None = None,
+    project: ProjectSource | None = None,
+    environment: str = config.DEFAULT_ENVIRONMENT,
+) -> MCPServer:
+    """The pyro MCP server with the tools of ``profile`` (or ``mode``).
+
+    Args:
+        profile: ``vm-run``, ``workspace-core`` (default) or ``workspace-full``.
+        mode: ``repro-fix``, ``inspect``, ``cold-start`` or ``review-eval``; a
+            narrower tool set with job-specific descriptions (wins over profile).
+        pyro: the SDK object to use (default: ``Pyro()`` with progress on stderr).
+        project: the default seed of ``workspace_create`` (default: none).
+        environment: the default environment of ``workspace_create`` and ``vm_run``.
+    """
+    names = profiles.tool_names(profile, mode)
+    client = pyro or Pyro(progress=_log_progress)
+    source = project or ProjectSource.none()
+    tools = _tools(client, source, environment)
+    purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
+    server = PyroMCPServer(
+        "pyro",
+        version=__version__,
+        instructions=(
+            "pyro gives you a disposable Linux microVM sandbox. Create a workspace (its "
+            "/workspace holds the project's files), work in it with the workspace tools, "
+            "review with workspace_diff/workspace_summary, and delete it when done. Nothing "
+            "you run touches the user's machine." + purpose
+        ),
+    )
+    for name in names:
+        server.add_tool(tools[name], name=name, description=profiles.describe(name, mode))
+    return server
+
+
+def _tools(
+    pyro: Pyro, source: ProjectSource, default_environment: str
+) -> dict[str, Callable[..., Any]]:
+    """Every tool function, by name; profiles and modes pick from these."""
+
+    def vm_run(
+        command: Command,
+        environment: Annotated[
+            str, Field(description="debian:12-base, debian:12 or debian:12-build.")
+        ] = default_environment,
+        timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS,
+        network: Annotated[
+            bool, Field(description="Give the VM outbound network access (NAT).")
+        ] = False,
+        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
+        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+    ) -> Annotated[CallToolResult, schemas.RunResult]:
+        result = pyro.run_in_vm(
+            environment,
+            command,
+            timeout_seconds=timeout_seconds,
+            network=network,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+        )
+        return _reply(_render_command(result), result)
+
+    def workspace_create(
+        environment: Annotated[
+            str,
+            Field(description="debian:12-base, debian:12 (git) or debian:12-build (compilers)."),
+        ] = default_environment,
+        seed_path: Annotated[
+            str | None,
+            Field(
+                description="A host directory or .tar/.tgz to copy into /workspace "
+                "instead of the project's files."
+            ),
+        ] = None,
+        name: Annotated[
+            str | None, Field(description="A unique name to refer to the workspace by.")
+        ] = None,
+        labels: Annotated[dict[str, str] | None, Field(description="Key/value labels.")] = None,
+        ttl_seconds: Annotated[
+            int | None,
+            Field(description="Delete the workspace this many seconds after creation.", ge=1),
+        ] = None,
+        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
+        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+        network: Annotated[
+            bool, Field(description="Give the workspace outbound network access (NAT).")
+        ] = False,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        common: dict[str, Any] = dict(
+            name=name,
+            labels=labels,
+            ttl_seconds=ttl_seconds,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            network=network,
+        )
+        if seed_path is not None:
+            workspace = pyro.create_workspace(environment, seed_path=seed_path, **common)
+        elif source.root is not None:
+            workspace = pyro.create_workspace(
+                environment,
+                project_path=source.root,
+                origin=(source.origin_kind, source.origin_ref),
+                **common,
+            )
+        else:
+            workspace = pyro.create_workspace(environment, **common)
+        return _reply(_render_workspace(workspace), workspace)
+
+    def workspace_list() -> Annotated[CallToolResult, schemas.WorkspaceList]:
+        workspaces = pyro.list_workspaces()
+        text = (
+            "\n".join(f"{w['workspace_id']} {w['name'] or '-'} {w['state']}" for w in workspaces)
+            or "no workspaces"
+        )
+        return _reply(text, {"workspaces": workspaces})
+
+    def workspace_update(
+        workspace_id: WorkspaceId,
+        name: Annotated[str | None, Field(description="A new name.")] = None,
+        labels: Annotated[
+            dict[str, str] | None, Field(description="Labels to add or change.")
+        ] = None,
+        clear_labels: Annotated[
+            list[str] | None, Field(description="Label keys to remove.")
+        ] = None,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.update_workspace(
+            workspace_id, name=name, labels=labels, clear_labels=clear_labels or ()
+        )
+        return _reply(_render_workspace(workspace), workspace)
+
+    def workspace_status(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.status_workspace(workspace_id)
+        return _reply(_render_workspace(workspace), workspace)
+
+    def workspace_exec(
+        workspace_id: WorkspaceId,
+        command: Command,
+        timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS,
+        cwd: Annotated[
+            str | None, Field(description="Directory to run in, relative to /workspace.")
+        ] = None,
+    ) -> Annotated[CallToolResult, schemas.ExecResult]:
+        result = pyro.exec_workspace(
+            workspace_id, command, timeout_seconds=timeout_seconds, cwd=cwd
+        )
+        return _reply(_render_command(result), result)
+
+    def workspace_logs(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Journal]:
+        journal = pyro.logs_workspace(workspace_id)
+        lines = [
+            f"[{e.get('exit_code', '-')}] {e.get('command', e['kind'])}" for e in journal["entries"]
+        ]
+        return _reply("\n".join(lines) or "nothing has run yet", journal)
+
+    def workspace_summary(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Summary]:
+        summary = pyro.summarize_workspace(workspace_id)
+        return _reply(render_summary(summary), summary)
+
+    def workspace_sync_push(
+        workspace_id: WorkspaceId,
+        source: Annotated[
+            str, Field(description="A directory or .tar/.tgz on the user's machine.")
+        ],
+        dest: Annotated[str, Field(description="Where to put it, relative to /workspace.")] = ".",
+    ) -> Annotated[CallToolResult, schemas.SyncResult]:
+        result = pyro.push_workspace_sync(workspace_id, source, dest=dest)
+        return _reply(f"pushed {result['files']} file(s) to /workspace/{result['dest']}", result)
+
+    def workspace_file_list(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath = ".",
+        recursive: Annotated[
+            bool, Field(description="Include everything below, not just direct entries.")
+        ] = False,
+    ) -> Annotated[CallToolResult, schemas.FileList]:
+        listing = pyro.list_workspace_files(workspace_id, path, recursive=recursive)
+        lines = [e["path"] + ("/" if e["type"] == "directory" else "") for e in listing["entries"]]
+        return _reply("\n".join(lines) or "(empty)", listing)
+
+    def workspace_file_read(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath,
+        max_bytes: Annotated[
+            int, Field(description="Return at most this many bytes.", ge=1, le=4 * 1024 * 1024)
+        ] = 65536,
+    ) -> Annotated[CallToolResult, schemas.FileContent]:
+        content = pyro.read_workspace_file(workspace_id, path, max_bytes=max_bytes)
+        if content["binary"]:
+            text = f"{content['path']} is a binary file of {content['size']} bytes (content_base64)"
+        else:
+            text = content["content"] + ("\n[truncated]" if content["truncated"] else "")
+        return _reply(text, content)
+
+    def workspace_file_write(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath,
+        content: Annotated[str, Field(description="The complete new text of the file.")],
+    ) -> Annotated[CallToolResult, schemas.FileWritten]:
+        result = pyro.write_workspace_file(workspace_id, path, content)
+        return _reply(f"wrote {result['bytes']} bytes to {result['path']}", result)
+
+    def workspace_patch_apply(
+        workspace_id: WorkspaceId,
+        patch: Annotated[str, Field(description="A unified diff (git diff / diff -u format).")],
+    ) -> Annotated[CallToolResult, schemas.PatchResult]:
+        result = pyro.apply_workspace_patch(workspace_id, patch)
+        text = "\n".join(f"{f['status']}: {f['path']}" for f in result["files"])
+        return _reply(text, result)
+
+    def workspace_diff(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Diff]:
+        diff = pyro.diff_workspace(workspace_id)
+        return _reply(diff["patch"] if diff["changed"] else "no changes", diff)
+
+    def workspace_export(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath,
+        output: Annotated[str, Field(description="Where to write it on the user's machine.")],
+        overwrite: Annotated[bool, Field(description="Replace an existing output.")] = False,
+    ) -> Annotated[CallToolResult, schemas.Exported]:
+        result = pyro.export_workspace(workspace_id, path, output, overwrite=overwrite)
+        return _reply(f"exported {result['path']} to {result['output']}", result)
+
+    def workspace_reset(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.reset_workspace(workspace_id)
+        return _reply("reset to the original files\n" + _render_workspace(workspace), workspace)
+
+    def workspace_delete(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Deleted]:
+        result = pyro.delete_workspace(workspace_id)
+        return _reply(f"deleted {result['workspace_id']}", result)
+
+    def workspace_stop(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.stop_workspace(workspace_id)
+        return _reply(_render_workspace(workspace), workspace)
+
+    def workspace_start(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.start_workspace(workspace_id)
+        return _reply(_render_workspace(workspace), workspace)
+
+    def vm_create(
+        environment: Annotated[
+            str, Field(description="debian:12-base, debian:12 or debian:12-build.")
+        ] = default_environment,
+        network: bool = False,
+        ttl_seconds: Annotated[int | None, Field(ge=1)] = None,
+    ) -> Annotated[CallToolResult, schemas.Vm]:
+        vm = pyro.create_vm(environment, network=network, ttl_seconds=ttl_seconds)
+        return _reply(f"{vm['vm_id']} {vm['state']}", vm)
+
+    def vm_start(vm_id: VmId) -> Annotated[CallToolResult, schemas.Vm]:
+        vm = pyro.start_vm(vm_id)
+        return _reply(f"{vm['vm_id']} {vm['state']}", vm)
+
+    def vm_exec(
+        vm_id: VmId, command: Command, timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS
+    ) -> Annotated[CallToolResult, schemas.VmExecResult]:
+        result = pyro.exec_vm(vm_id, command, timeout_seconds=timeout_seconds)
+        return _reply(_render_command(result), result)
+
+    def vm_stop(vm_id: VmId) -> Annotated[CallToolResult, schemas.Vm]:
+        vm = pyro.stop_vm(vm_id)
+        return _reply(f"{vm['vm_id']} {vm['state']}", vm)
+
+    def vm_delete(vm_id: VmId) -> Annotated[CallToolResult, schemas.Deleted]:
+        result = pyro.delete_vm(vm_id)
+        return _reply(f"deleted {vm_id}", result)
+
+    def vm_status(vm_id: VmId) -> Annotated[CallToolResult, schemas.Vm]:
+        vm = pyro.status_vm(vm_id)
+        return _reply(f"{vm['vm_id']} {vm['state']}", vm)
+
+    def vm_list() -> Annotated[CallToolResult, schemas.VmList]:
+        vms = pyro.list_vms()
+        return _reply(
+            "\n".join(f"{v['vm_id']} {v['state']}" for v in vms) or "no VMs", {"vms": vms}
+        )
+
+    functions: list[Callable[..., Any]] = [
+        vm_run,
+        workspace_create,
+        workspace_list,
+        workspace_update,
+        workspace_status,
+        workspace_exec,
+        workspace_logs,
+        workspace_summary,
+        workspace_sync_push,
+        workspace_file_list,
+        workspace_file_read,
+        workspace_file_write,
+        workspace_patch_apply,
+        workspace_diff,
+        workspace_export,
+        workspace_reset,
+        workspace_delete,
+        workspace_stop,
+        workspace_start,
+        vm_create,
+        vm_start,
+        vm_exec,
+        vm_stop,
+        vm_delete,
+        vm_status,
+        vm_list,
+    ]
+    return {fn.__name__: _as_tool_errors(fn) for fn in functions}
+
+
+def _as_tool_errors(fn: _F) -> _F:
+    """A ``PyroError`` reaches the model as a tool error carrying its message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PyroError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _reply(text: str, data: dict[str, Any]) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _render_command(result: dict[str, Any]) -> str:
+    head = f"exit_code={result['exit_code']} duration_ms={result['duration_ms']}"
+    if result["timed_out"]:
+        head += " TIMED OUT (killed)"
+    parts = [head]
+    for stream in ("stdout", "stderr"):
+        text = result[stream]
+        if not text:
+            continue
+        note = ""
+        if len(text) > TEXT_STREAM_CHARS:
+            text = text[-TEXT_STREAM_CHARS:]
+            note = f" (last {TEXT_STREAM_CHARS} characters; the structured result has more)"
+        elif result[f"{stream}_truncated"]:
+            note = " (truncated at 1 MiB)"
+        parts.append(f"--- {stream}{note} ---\n{text}")
+    return "\n".join(parts)
+
+
+def _render_workspace(workspace: dict[str, Any]) -> str:
+    seed = workspace["seed"]
+    origin = workspace["origin_kind"] + (
+        f" {workspace['origin_ref']}" if workspace["origin_ref"] else ""
+    )
+    line = (
+        f"workspace {workspace['workspace_id']} ({workspace['name'] or 'unnamed'}): "
+        f"{workspace['state']}, "
+        f"{workspace['environment']}, files from {origin} ({seed['file_count']} files)"
+    )
+    if workspace.get("last_error"):
+        line += f"\nlast error: {workspace['last_error']}"
+    return line
+
+
+def _log_progress(message: str) -> None:
+    log.info(message)
+
+
+def serve(server: MCPServer, log_file: Path | None = None) -> None:
+    """Run ``server`` on stdio. Logs go to stderr (or ``log_file``), never stdout."""
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    log.info("serving %s", json.dumps({"version": __version__}))
+    server.run()

@@ -1,0 +1,304 @@
+"""The MCP server through a real MCP client over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pyro_mcp import Pyro
+from tests.mcp.conftest import APP, call, call_error, mcp_client
+
+pytestmark = pytest.mark.vm
+
+CORE = {
+    "workspace_create",
+    "workspace_list",
+    "workspace_update",
+    "workspace_status",
+    "workspace_exec",
+    "workspace_logs",
+    "workspace_summary",
+    "workspace_sync_push",
+    "workspace_file_list",
+    "workspace_file_read",
+    "workspace_file_write",
+    "workspace_patch_apply",
+    "workspace_diff",
+    "workspace_export",
+    "workspace_reset",
+    "workspace_delete",
+}
+LIFECYCLE = {"workspace_create", "workspace_list", "workspace_status", "workspace_delete"}
+EXPECTED = {
+    ("--profile", "vm-run"): {"vm_run"},
+    ("--profile", "workspace-core"): CORE,
+    ("--profile", "workspace-full"): CORE
+    | {
+        "workspace_stop",
+        "workspace_start",
+        "vm_run",
+        "vm_create",
+        "vm_start",
+        "vm_exec",
+        "vm_stop",
+        "vm_delete",
+        "vm_status",
+        "vm_list",
+    },
+    ("--mode", "repro-fix"): LIFECYCLE
+    | {
+        "workspace_file_list",
+        "workspace_file_read",
+        "workspace_file_write",
+        "workspace_patch_apply",
+        "workspace_exec",
+        "workspace_diff",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    },
+    ("--mode", "inspect"): LIFECYCLE
+    | {
+        "workspace_file_list",
+        "workspace_file_read",
+        "workspace_exec",
+        "workspace_export",
+        "workspace_summary",
+    },
+    ("--mode", "cold-start"): LIFECYCLE
+    | {
+        "workspace_exec",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    },
+    ("--mode", "review-eval"): LIFECYCLE
+    | {
+        "workspace_diff",
+        "workspace_export",
+        "workspace_reset",
+        "workspace_summary",
+    },
+}
+
+
+@pytest.mark.parametrize("flags", list(EXPECTED), ids=lambda f: f[1])
+def test_each_profile_and_mode_lists_exactly_its_tools(
+    mcp_env: dict[str, str], flags: tuple[str, str]
+) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, *flags, "--no-project-source") as client:
+            tools = (await client.list_tools()).tools
+            assert {tool.name for tool in tools} == EXPECTED[flags]
+            for tool in tools:
+                assert len(tool.description or "") > 40, tool.name
+                assert tool.output_schema is not None, tool.name
+                for name, schema in tool.input_schema.get("properties", {}).items():
+                    assert schema.get("description") or name in (
+                        "vcpu_count",
+                        "mem_mib",
+                        "network",
+                        "ttl_seconds",
+                    ), (tool.name, name)
+
+    anyio.run(scenario)
+
+
+def test_modes_describe_tools_for_their_job(mcp_env: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--mode", "repro-fix", "--no-project-source") as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert "reproduces the bug" in (tools["workspace_exec"].description or "")
+        assert "repro-fix mode" in (tools["workspace_create"].description or "")
+
+    anyio.run(scenario)
+
+
+def test_a_repro_fix_conversation_from_the_project_checkout(
+    mcp_env: dict[str, str], project: Path, tmp_path: Path
+) -> None:
+    fix = (
+        "diff --git a/src/app.py b/src/app.py\n--- a/src/app.py\n+++ b/src/app.py\n"
+        "@@ -1,2 +1,2 @@\n def add(a, b):\n-    return a - b\n+    return a + b\n"
+    )
+
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--mode", "repro-fix", cwd=project) as client:
+            created = await call(client, "workspace_create", name="fix-add")
+            ws = created["workspace_id"]
+            assert (created["origin_kind"], created["origin_ref"]) == ("project_path", str(project))
+            assert created["seed"]["skipped_unreadable"] == 1  # gone.txt
+
+            listing = await call(client, "workspace_file_list", workspace_id=ws, recursive=True)
+            paths = {e["path"] for e in listing["entries"]}
+            assert {"src/app.py", "test.sh", ".gitignore"} <= paths
+            assert not paths & {"build", "untracked.txt", "gone.txt"}
+
+            failing = await call(client, "workspace_exec", workspace_id=ws, command="sh test.sh")
+            assert failing["exit_code"] == 1 and "AssertionError" in failing["stderr"]
+            read = await call(client, "workspace_file_read", workspace_id=ws, path="src/app.py")
+            assert read["content"] == APP
+            applied = await call(client, "workspace_patch_apply", workspace_id=ws, patch=fix)
+            assert applied["files"] == [{"path": "src/app.py", "status": "modified"}]
+            passing = await call(client, "workspace_exec", workspace_id=ws, command="sh test.sh")
+            assert passing["exit_code"] == 0
+            diff = await call(client, "workspace_diff", workspace_id=ws)
+            assert "+    return a + b" in diff["patch"]
+            output = tmp_path / "fixed_app.py"
+            await call(
+                client, "workspace_export", workspace_id=ws, path="src/app.py", output=str(output)
+            )
+            assert "a + b" in output.read_text()
+            summary = await call(client, "workspace_summary", workspace_id=ws)
+            assert [c["exit_code"] for c in summary["commands"]] == [1, 0]
+            status = await call(client, "workspace_status", workspace_id="fix-add")
+            assert status["origin_kind"] == "project_path"
+            await call(client, "workspace_reset", workspace_id=ws)
+            again = await call(client, "workspace_file_read", workspace_id=ws, path="src/app.py")
+            assert again["content"] == APP
+            await call(client, "workspace_delete", workspace_id=ws)
+            assert (await call(client, "workspace_list"))["workspaces"] == []
+
+    anyio.run(scenario)
+
+
+def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp_env: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--no-project-source") as client:
+            ws = (await call(client, "workspace_create"))["workspace_id"]
+            message = await call_error(
+                client, "workspace_exec", workspace_id=ws, command="true", shell="bash"
+            )
+            assert "no argument(s) shell" in message and "command" in message
+            message = await call_error(
+                client, "workspace_exec", workspace_id=ws, command="true", timeout_seconds="soon"
+            )
+            assert "timeout_seconds" in message
+            message = await call_error(client, "workspace_exec", workspace_id=ws)
+            assert "command" in message
+            message = await call_error(client, "workspace_status", workspace_id="ws-missing")
+            assert "NotFound" in message and "workspace list" in message
+            message = await call_error(
+                client, "workspace_file_read", workspace_id=ws, path="../../etc/passwd"
+            )
+            assert "outside /workspace" in message
+            message = await call_error(
+                client, "workspace_patch_apply", workspace_id=ws, patch="not a diff"
+            )
+            assert "unified diff" in message
+            assert (await call(client, "workspace_list"))["workspaces"][0]["workspace_id"] == ws
+            await call(client, "workspace_delete", workspace_id=ws)
+
+    anyio.run(scenario)
+
+
+def test_huge_output_and_a_call_during_another_on_the_same_workspace(
+    mcp_env: dict[str, str],
+) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--no-project-source") as client:
+            ws = (await call(client, "workspace_create"))["workspace_id"]
+            flood, quick = await asyncio.gather(
+                call(
+                    client,
+                    "workspace_exec",
+                    workspace_id=ws,
+                    command="sleep 1; head -c 20000000 /dev/zero | tr '\\0' y",
+                ),
+                call(client, "workspace_exec", workspace_id=ws, command="echo quick"),
+            )
+            assert flood["truncated"] is True and len(flood["stdout"]) == 1024 * 1024
+            assert quick["stdout"] == "quick\n"
+            result = await client.call_tool(
+                "workspace_exec", {"workspace_id": ws, "command": "yes | head -c 200000"}
+            )
+            text = result.content[0].text if result.content[0].type == "text" else ""
+            assert len(text) < 20000 and "structured result has more" in text
+            await call(client, "workspace_delete", workspace_id=ws)
+
+    anyio.run(scenario)
+
+
+def test_a_client_disconnecting_mid_call_leaves_the_workspace_consistent(
+    mcp_env: dict[str, str], state_dir: Path, cache_dir: Path
+) -> None:
+    pyro = Pyro(state_dir=state_dir, cache_dir=cache_dir)
+    ws = pyro.create_workspace(name="steady")["workspace_id"]
+
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--no-project-source") as client:
+            with anyio.move_on_after(3):
+                await client.call_tool(
+                    "workspace_exec",
+                    {"workspace_id": ws, "command": "sleep 20; echo late > late.txt"},
+                )
+
+    anyio.run(scenario)
+    status = pyro.status_workspace(ws)
+    assert status["state"] == "running"
+    assert pyro.exec_workspace(ws, "echo still here")["stdout"] == "still here\n"
+    pyro.delete_workspace(ws)
+
+
+def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
+    mcp_env: dict[str, str], project: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--repo-url", f"file://{project}", cwd=tmp_path) as client:
+            created = await call(client, "workspace_create")
+            assert (created["origin_kind"], created["origin_ref"]) == (
+                "repo_url",
+                f"file://{project}",
+            )
+            listing = await call(
+                client, "workspace_file_list", workspace_id=created["workspace_id"]
+            )
+            assert "gone.txt" in {e["path"] for e in listing["entries"]}  # the clone has it
+            await call(client, "workspace_delete", workspace_id=created["workspace_id"])
+
+    anyio.run(scenario)
+
+    for flags in (
+        ["--repo-url", f"file://{tmp_path}/no-such-repo"],
+        ["--repo-url", f"file://{project}", "--repo-ref", "no-such-branch"],
+        ["--project-path", str(tmp_path)],
+    ):
+        started = subprocess.run(
+            [sys.executable, "-m", "pyro_mcp.cli.main", "mcp", "serve", *flags],
+            env=mcp_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert started.returncode == 2, started.stderr
+        assert "--no-project-source" in started.stderr and "Traceback" not in started.stderr
+        assert started.stdout == ""
+
+
+def test_create_server_from_python_lists_the_same_tools(state_dir: Path, cache_dir: Path) -> None:
+    from pyro_mcp import create_server
+
+    server = Pyro(state_dir=state_dir, cache_dir=cache_dir).create_server(mode="inspect")
+    names = {tool.name for tool in anyio.run(server.list_tools)}
+    assert names == EXPECTED[("--mode", "inspect")]
+    assert callable(create_server)
+
+
+def test_help_explains_profiles_modes_and_project_flags() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_mcp.cli.main", "mcp", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for word in ("workspace-core", "repro-fix", "--project-path", "--repo-url", "examples:"):
+        assert word in done.stdout
+    assert json.dumps  # keep the json import honest for future schema checks
