@@ -442,7 +442,9 @@ def serve(server: MCPServer, log_file: Path | None = None) -> None:
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
+    # The SDK's constructor already gave the root logger a stderr handler; one
+    # destination only, so --log-file really moves the logs.
+    root.handlers = [handler]
     root.setLevel(logging.INFO)
     log.info("serving %s", json.dumps({"version": __version__}))
     server.run()
