@@ -41,9 +41,12 @@ class Paths:
         return self.cache_dir / "environments"
 
     def ensure(self) -> None:
-        """Create the directories private to the user (0700)."""
+        """Create the directories, private to the user (0700) whatever the umask."""
         for path in (self.state_dir, self.cache_dir, self.vms_dir, self.environments_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (self.state_dir, self.cache_dir):
+            if path.stat().st_mode & 0o777 != 0o700:
+                path.chmod(0o700)
 
 
 def default_paths() -> Paths:

@@ -70,6 +70,7 @@ def require(*tools: HostTool) -> dict[str, Path]:
         packages = " ".join(sorted({t.package for t in missing}))
         raise HostSetupError(
             f"missing host tools: {names}. Install them with: "
-            f"sudo apt-get install --no-install-recommends {packages}"
+            f"sudo apt-get install --no-install-recommends {packages} "
+            "(then `pyro doctor` checks the whole host)"
         )
     return found

@@ -173,9 +173,11 @@ class Pyro:
         name: str | None = None,
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
+        max_lifetime_seconds: int | None = None,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
+        host_ca: bool = True,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
@@ -183,6 +185,10 @@ class Pyro:
         ``project_path`` seeds it with the Git-tracked files of a checkout instead
         (as in the working tree; ignored and untracked files stay out). ``origin``
         overrides the reported ``origin_kind``/``origin_ref``.
+
+        ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
+        forward; ``max_lifetime_seconds`` caps the total. With ``network``, the
+        host's CA bundle is installed in the guest unless ``host_ca`` is False.
 
         Returns:
             The workspace status: ``workspace_id``, ``name``, ``labels``, ``state``,
@@ -196,9 +202,11 @@ class Pyro:
             name=name,
             labels=labels,
             ttl_seconds=ttl_seconds,
+            max_lifetime_seconds=max_lifetime_seconds,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
+            host_ca=host_ca,
             progress=self._progress,
         )
 
@@ -343,6 +351,7 @@ class Pyro:
         repo_url: str | None = None,
         repo_ref: str | None = None,
         environment: str = config.DEFAULT_ENVIRONMENT,
+        allow_host_paths: Sequence[str | Path] = (),
     ) -> Any:
         """The MCP server object (``mcp.server.mcpserver.MCPServer``) over this SDK.
 
@@ -361,7 +370,14 @@ class Pyro:
             repo_ref=repo_ref,
             no_project_source=project_path is None and repo_url is None,
         )
-        return create_server(profile, mode, pyro=self, project=source, environment=environment)
+        return create_server(
+            profile,
+            mode,
+            pyro=self,
+            project=source,
+            environment=environment,
+            allow_host_paths=[Path(p) for p in allow_host_paths],
+        )
 
     # ---------------------------------------------------------------- host
 

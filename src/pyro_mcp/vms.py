@@ -182,6 +182,17 @@ class VmService:
         require_state(vm_id, record.state, (VmState.RUNNING,), fix)
         return SupervisorClient(self._files(vm_id).control_socket)
 
+    def busy(self, vm_id: str) -> bool:
+        """True while the VM's agent has requests in flight (a command, a transfer)."""
+        record = self.store.get_vm(vm_id)
+        if record is None or not self._alive(record):
+            return False
+        try:
+            with SupervisorClient(self._files(vm_id).control_socket) as client:
+                return int(client.call("status", timeout=10).get("pending", 0)) > 0
+        except PyroError:
+            return False
+
     def reset_root_disk(self, vm_id: str) -> None:
         """Give a stopped VM a fresh root overlay on its environment build."""
         record = self.status_vm(vm_id)

@@ -31,6 +31,11 @@ examples:
   pyro mcp serve --repo-url https://git.example/repo.git --repo-ref v1.2
   claude mcp add pyro -- pyro mcp serve         # see docs/integrations.md
 
+host paths (seed_path, workspace_sync_push sources, workspace_export outputs):
+  only under the project root and --allow-host-path directories, symlinks resolved;
+  exports never overwrite. With --no-project-source and no --allow-host-path, none.
+  No tool, argument, profile or mode runs anything on the host: commands run in VMs.
+
 stdout carries only MCP protocol; logs go to stderr (or --log-file).
 """
 
@@ -57,6 +62,14 @@ def register(commands: Any) -> None:
     source.add_argument("--no-project-source", action="store_true", help="start workspaces empty")
     serve.add_argument("--repo-ref", help="branch, tag or commit of --repo-url")
     serve.add_argument("--environment", default=config.DEFAULT_ENVIRONMENT)
+    serve.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a host directory MCP tools may read seeds from and export to (repeatable); "
+        "the project root is always allowed",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.set_defaults(handler=handle_serve)
 
@@ -78,8 +91,19 @@ def handle_serve(args: argparse.Namespace) -> int:
         repo_ref=args.repo_ref,
         no_project_source=args.no_project_source,
     )
+    allowed = []
+    for directory in args.allow_host_path:
+        path = Path(directory).expanduser()
+        if not path.is_dir():
+            raise InvalidArgument("--allow-host-path", f"{directory} is not a directory")
+        allowed.append(path.resolve())
     server = create_server(
-        args.profile, args.mode, pyro=pyro, project=source, environment=args.environment
+        args.profile,
+        args.mode,
+        pyro=pyro,
+        project=source,
+        environment=args.environment,
+        allow_host_paths=allowed,
     )
     serve(server, log_file=args.log_file)
     return 0

@@ -53,7 +53,13 @@ def register(commands: Any) -> None:
     create.add_argument("--seed-path", help="a directory or .tar/.tar.gz/.tgz to put in /workspace")
     create.add_argument("--name")
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    create.add_argument("--ttl-seconds", type=int)
+    create.add_argument("--ttl-seconds", type=int, help="delete after this long without activity")
+    create.add_argument("--max-lifetime-seconds", type=int, help="delete this long after creation")
+    create.add_argument(
+        "--no-host-ca",
+        action="store_true",
+        help="with --network, do not install the host's CA bundle in the guest",
+    )
     create.add_argument("--vcpu-count", type=int, default=config.DEFAULT_VCPU_COUNT)
     create.add_argument("--mem-mib", type=int, default=config.DEFAULT_MEM_MIB)
     create.add_argument("--network", action="store_true")
@@ -156,6 +162,8 @@ def handle_create(args: argparse.Namespace) -> int:
         name=args.name,
         labels=parse_labels(args.label),
         ttl_seconds=args.ttl_seconds,
+        max_lifetime_seconds=args.max_lifetime_seconds,
+        host_ca=not args.no_host_ca,
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
         network=args.network,

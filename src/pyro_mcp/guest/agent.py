@@ -156,6 +156,47 @@ def op_info(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+HOST_CA_COPY = "/usr/local/share/ca-certificates/pyro-host-bundle.crt"
+CA_ENV = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+)
+
+
+def op_trust_ca(args: dict[str, Any]) -> dict[str, Any]:
+    """Add the host's CA bundle to the system trust store; point TLS clients at it."""
+    try:
+        bundle = base64.b64decode(str(args.get("bundle", "")), validate=True)
+    except ValueError as exc:
+        raise RequestError("bad_args", "bundle is not base64") from exc
+    if b"-----BEGIN CERTIFICATE-----" not in bundle:
+        raise RequestError("bad_args", "bundle holds no PEM certificate")
+    os.makedirs(os.path.dirname(HOST_CA_COPY), exist_ok=True)
+    with open(HOST_CA_COPY, "wb") as handle:
+        handle.write(bundle)
+    original = b""
+    if os.path.exists(SYSTEM_CA_BUNDLE + ".pyro-orig"):
+        with open(SYSTEM_CA_BUNDLE + ".pyro-orig", "rb") as handle:
+            original = handle.read()
+    elif os.path.exists(SYSTEM_CA_BUNDLE):
+        with open(SYSTEM_CA_BUNDLE, "rb") as handle:
+            original = handle.read()
+        with open(SYSTEM_CA_BUNDLE + ".pyro-orig", "wb") as handle:
+            handle.write(original)
+    os.makedirs(os.path.dirname(SYSTEM_CA_BUNDLE), exist_ok=True)
+    with open(SYSTEM_CA_BUNDLE + ".tmp", "wb") as handle:
+        handle.write(original.rstrip(b"\n") + b"\n" + bundle)
+    os.replace(SYSTEM_CA_BUNDLE + ".tmp", SYSTEM_CA_BUNDLE)
+    for name in CA_ENV:
+        BASE_ENV[name] = SYSTEM_CA_BUNDLE
+    return {"path": SYSTEM_CA_BUNDLE, "env": list(CA_ENV)}
+
+
 def op_sync(args: dict[str, Any]) -> dict[str, Any]:
     os.sync()
     return {}
@@ -283,6 +324,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "info": op_info,
     "sync": op_sync,
     "exec": op_exec,
+    "trust_ca": op_trust_ca,
     **fileops.OPERATIONS,
 }
 

@@ -177,8 +177,9 @@ DESCRIPTIONS: dict[str, str] = {
         "(added, modified, deleted, mode or type changes, binary flag) and a unified patch."
     ),
     "workspace_export": (
-        "Copy a file or directory from /workspace to the user's machine at output. Refuses to "
-        "overwrite an existing output unless overwrite=true; only allowed paths can be written."
+        "Copy a file or directory from /workspace to the user's machine at output, a new path "
+        "inside the project (or a directory the user allowed). Never overwrites an existing "
+        "file and never writes through a symlink: pick a fresh output path."
     ),
     "workspace_reset": (
         "Throw the sandbox away and start again from the files it was created with: processes, "

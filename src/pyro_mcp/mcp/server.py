@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +25,7 @@ from pydantic import Field
 from pyro_mcp import __version__, config
 from pyro_mcp.errors import PyroError
 from pyro_mcp.mcp import profiles, schemas
+from pyro_mcp.mcp.host_paths import HostPathPolicy
 from pyro_mcp.sdk import Pyro
 from pyro_mcp.workspaces.project_source import ProjectSource
 from pyro_mcp.workspaces.summary import render_summary
@@ -75,6 +76,7 @@ def create_server(
     pyro: Pyro | None = None,
     project: ProjectSource | None = None,
     environment: str = config.DEFAULT_ENVIRONMENT,
+    allow_host_paths: Sequence[Path] = (),
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -85,11 +87,15 @@ def create_server(
         pyro: the SDK object to use (default: ``Pyro()`` with progress on stderr).
         project: the default seed of ``workspace_create`` (default: none).
         environment: the default environment of ``workspace_create`` and ``vm_run``.
+        allow_host_paths: directories, besides the project root, that host-path
+            arguments (seed_path, sync sources, export outputs) may name.
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
     source = project or ProjectSource.none()
-    tools = _tools(client, source, environment)
+    roots = [source.root] if source.root is not None else []
+    policy = HostPathPolicy([*roots, *allow_host_paths])
+    tools = _tools(client, source, environment, policy)
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
     server = PyroMCPServer(
         "pyro",
@@ -107,7 +113,7 @@ def create_server(
 
 
 def _tools(
-    pyro: Pyro, source: ProjectSource, default_environment: str
+    pyro: Pyro, source: ProjectSource, default_environment: str, policy: HostPathPolicy
 ) -> dict[str, Callable[..., Any]]:
     """Every tool function, by name; profiles and modes pick from these."""
 
@@ -151,6 +157,12 @@ def _tools(
         labels: Annotated[dict[str, str] | None, Field(description="Key/value labels.")] = None,
         ttl_seconds: Annotated[
             int | None,
+            Field(
+                description="Delete the workspace after this many seconds without activity.", ge=1
+            ),
+        ] = None,
+        max_lifetime_seconds: Annotated[
+            int | None,
             Field(description="Delete the workspace this many seconds after creation.", ge=1),
         ] = None,
         vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
@@ -163,12 +175,14 @@ def _tools(
             name=name,
             labels=labels,
             ttl_seconds=ttl_seconds,
+            max_lifetime_seconds=max_lifetime_seconds,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
         )
         if seed_path is not None:
-            workspace = pyro.create_workspace(environment, seed_path=seed_path, **common)
+            seed = policy.readable(seed_path, "seed_path")
+            workspace = pyro.create_workspace(environment, seed_path=seed, **common)
         elif source.root is not None:
             workspace = pyro.create_workspace(
                 environment,
@@ -238,7 +252,9 @@ def _tools(
         ],
         dest: Annotated[str, Field(description="Where to put it, relative to /workspace.")] = ".",
     ) -> Annotated[CallToolResult, schemas.SyncResult]:
-        result = pyro.push_workspace_sync(workspace_id, source, dest=dest)
+        result = pyro.push_workspace_sync(
+            workspace_id, policy.readable(source, "source"), dest=dest
+        )
         return _reply(f"pushed {result['files']} file(s) to /workspace/{result['dest']}", result)
 
     def workspace_file_list(
@@ -289,10 +305,16 @@ def _tools(
     def workspace_export(
         workspace_id: WorkspaceId,
         path: WorkspacePath,
-        output: Annotated[str, Field(description="Where to write it on the user's machine.")],
-        overwrite: Annotated[bool, Field(description="Replace an existing output.")] = False,
+        output: Annotated[
+            str,
+            Field(
+                description="A new path on the user's machine (never an existing file), inside "
+                "the project or a directory the user allowed."
+            ),
+        ],
     ) -> Annotated[CallToolResult, schemas.Exported]:
-        result = pyro.export_workspace(workspace_id, path, output, overwrite=overwrite)
+        target = policy.writable(output, "output")
+        result = pyro.export_workspace(workspace_id, path, target, overwrite=False)
         return _reply(f"exported {result['path']} to {result['output']}", result)
 
     def workspace_reset(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:

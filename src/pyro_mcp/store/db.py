@@ -63,6 +63,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE vms ADD COLUMN baseline_disk TEXT;
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN ttl_seconds INTEGER;
+    ALTER TABLE workspaces ADD COLUMN max_lifetime_seconds INTEGER;
+    ALTER TABLE workspaces ADD COLUMN host_ca INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE tombstones (
+        workspace_id TEXT PRIMARY KEY,
+        name TEXT,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
@@ -190,6 +201,24 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM journal WHERE workspace_id = ?", (workspace_id,))
             db.execute("DELETE FROM workspaces WHERE workspace_id = ?", (workspace_id,))
+
+    def add_tombstone(self, workspace_id: str, name: str | None, reason: str, at: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tombstones (workspace_id, name, reason, at) "
+                "VALUES (?, ?, ?, ?)",
+                (workspace_id, name, reason, at),
+            )
+
+    def find_tombstone(self, ref: str) -> dict[str, Any] | None:
+        """The most recent tombstone whose id or name is ``ref``."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM tombstones WHERE workspace_id = ? OR name = ? "
+                "ORDER BY at DESC LIMIT 1",
+                (ref, ref),
+            ).fetchone()
+        return dict(row) if row else None
 
     def add_journal(
         self, workspace_id: str, kind: str, started_at: float, data: dict[str, Any]

@@ -363,6 +363,9 @@ class Supervisor:
             "qemu_pid": self.qemu.pid if self.qemu else None,
             "boot_ms": self.boot_ms,
             "info": self.info,
+            # Agent requests in flight (a running command, a transfer): a
+            # workspace that has any is never reaped.
+            "pending": sum(1 for f in self.pending.values() if not f.done()),
         }
 
     # ------------------------------------------------------------ stopping

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
-from pyro_mcp.workspaces import files, project_source, transfer
+from pyro_mcp.workspaces import ca_trust, files, lifetime, project_source, transfer
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
@@ -46,8 +47,30 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
 
+log = logging.getLogger("pyro.workspaces")
+
+
 def _quiet(_: str) -> None:
     pass
+
+
+# What the summary shows of each crossing of the host boundary.
+_CROSSING_FIELDS = (
+    "origin_kind",
+    "origin_ref",
+    "source",
+    "dest",
+    "path",
+    "output",
+    "files",
+    "bytes",
+)
+
+
+def _warning(workspace: dict[str, Any]) -> dict[str, Any]:
+    """``{"warning": ...}`` when the workspace is near its expiry, else nothing."""
+    described = lifetime.describe(workspace)
+    return {"warning": described["warning"]} if "warning" in described else {}
 
 
 class WorkspaceService:
@@ -68,9 +91,11 @@ class WorkspaceService:
         name: str | None = None,
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
+        max_lifetime_seconds: int | None = None,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
+        host_ca: bool = True,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
         """Seed a workspace and boot it. On any failure nothing is left behind.
@@ -83,6 +108,12 @@ class WorkspaceService:
         """
         if seed_path is not None and project_path is not None:
             raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
+        for field, value in (
+            ("ttl_seconds", ttl_seconds),
+            ("max_lifetime_seconds", max_lifetime_seconds),
+        ):
+            if value is not None and (isinstance(value, bool) or not 1 <= value <= 365 * 86400):
+                raise InvalidArgument(field, "must be a whole number of seconds from 1 to a year")
         if name is not None and not _NAME.match(name):
             raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         labels = check_labels(labels or {})
@@ -124,20 +155,34 @@ class WorkspaceService:
             )
             vm_id = record.vm_id
             now = time.time()
-            self.store.insert_workspace(
-                {
-                    "workspace_id": workspace_id,
-                    "name": name,
-                    "labels": labels,
-                    "environment": environment,
-                    "vm_id": vm_id,
-                    "seed": {**seed.to_dict(), "origin_kind": kind, "origin_ref": ref},
-                    "created_at": now,
-                    "last_activity_at": now,
-                    "expires_at": now + ttl_seconds if ttl_seconds else None,
-                }
-            )
+            row: dict[str, Any] = {
+                "workspace_id": workspace_id,
+                "name": name,
+                "labels": labels,
+                "environment": environment,
+                "vm_id": vm_id,
+                "seed": {**seed.to_dict(), "origin_kind": kind, "origin_ref": ref},
+                "created_at": now,
+                "last_activity_at": now,
+                "ttl_seconds": ttl_seconds,
+                "max_lifetime_seconds": max_lifetime_seconds,
+                "host_ca": int(host_ca),
+            }
+            row["expires_at"] = lifetime.expires_at(row)
+            self.store.insert_workspace(row)
             self.vms.start_vm(vm_id, progress=progress)
+            self._after_boot(row)
+            # Host crossings are journalled, so the summary shows them.
+            self._journal(
+                row,
+                "seed",
+                {
+                    "origin_kind": kind,
+                    "origin_ref": ref,
+                    "files": seed.file_count,
+                    "bytes": seed.bytes,
+                },
+            )
         except BaseException:
             if vm_id is not None:
                 with contextlib.suppress(PyroError):
@@ -149,8 +194,10 @@ class WorkspaceService:
 
     # ------------------------------------------------------------- queries
 
-    def status(self, ref: str) -> dict[str, Any]:
+    def status(self, ref: str, *, touch: bool = True) -> dict[str, Any]:
         workspace = self._find(ref)
+        if touch:
+            workspace = self._touch(workspace)
         vm = self.vms.status_vm(workspace["vm_id"])
         return {
             **{k: v for k, v in workspace.items() if k != "vm_id"},
@@ -162,12 +209,16 @@ class WorkspaceService:
             "accel": vm.accel,
             "vm_id": vm.vm_id,
             "last_error": vm.last_error,
-            "command_count": len(self.store.journal(workspace["workspace_id"])),
+            "command_count": sum(
+                1 for e in self.store.journal(workspace["workspace_id"]) if e["kind"] == "exec"
+            ),
+            "network": vm.network,
+            **lifetime.describe(workspace),
         }
 
     def list_all(self) -> list[dict[str, Any]]:
         self.reap_expired()
-        return [self.status(w["workspace_id"]) for w in self.store.list_workspaces()]
+        return [self.status(w["workspace_id"], touch=False) for w in self.store.list_workspaces()]
 
     def logs(self, ref: str) -> dict[str, Any]:
         workspace = self._find(ref)
@@ -209,7 +260,7 @@ class WorkspaceService:
         env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run a command in ``/workspace`` (or ``cwd`` under it); journal it."""
-        workspace = self._find(ref)
+        workspace = self._touch(self._find(ref))
         guest_cwd = str(resolve_workspace_path(cwd or "."))
         started = time.time()
         try:
@@ -217,7 +268,7 @@ class WorkspaceService:
                 workspace["vm_id"], command, timeout_seconds=timeout_seconds, env=env, cwd=guest_cwd
             )
         finally:
-            self.store.update_workspace(workspace["workspace_id"], last_activity_at=time.time())
+            workspace = self._touch(workspace)
         data = result.to_dict()
         self.store.add_journal(
             workspace["workspace_id"],
@@ -233,7 +284,7 @@ class WorkspaceService:
                 **_bounded("stderr", result.stderr, result.stderr_truncated),
             },
         )
-        return {"workspace_id": workspace["workspace_id"], **data}
+        return {"workspace_id": workspace["workspace_id"], **data, **_warning(workspace)}
 
     # -------------------------------------------------------------- files
 
@@ -241,7 +292,7 @@ class WorkspaceService:
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         with self._connect(workspace) as client:
             reply = client.agent("file_list", {"path": guest_path, "recursive": recursive}, 60)
-        return {"workspace_id": workspace["workspace_id"], **files.check_listing(reply)}
+        return self._done(workspace, {**files.check_listing(reply)})
 
     def file_read(
         self, ref: str, path: str, *, max_bytes: int = files.DEFAULT_READ_BYTES
@@ -251,7 +302,7 @@ class WorkspaceService:
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         with self._connect(workspace) as client:
             reply = client.agent("file_read", {"path": guest_path, "max_bytes": max_bytes}, 60)
-        return {"workspace_id": workspace["workspace_id"], **files.check_read(reply, max_bytes)}
+        return self._done(workspace, {**files.check_read(reply, max_bytes)})
 
     def file_write(self, ref: str, path: str, content: str | bytes) -> dict[str, Any]:
         data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
@@ -265,7 +316,7 @@ class WorkspaceService:
             client.agent("file_write", {"path": guest_path, "content": encoded}, 60)
         relative = _relative(guest_path)
         self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
-        return {"workspace_id": workspace["workspace_id"], "path": relative, "bytes": len(data)}
+        return self._done(workspace, {"path": relative, "bytes": len(data)})
 
     def patch_apply(self, ref: str, patch: str) -> dict[str, Any]:
         """Apply a unified diff: every hunk is checked first, then all files change at once."""
@@ -290,14 +341,14 @@ class WorkspaceService:
                     summary.append({"path": relative, "status": status})
             client.agent("files_apply", {"writes": writes, "deletes": deletes}, 120)
         self._journal(workspace, "patch", {"files": summary})
-        return {"workspace_id": workspace["workspace_id"], "applied": True, "files": summary}
+        return self._done(workspace, {"applied": True, "files": summary})
 
     def diff(self, ref: str) -> dict[str, Any]:
         """Changes against the immutable create-time baseline."""
         workspace = self._find(ref)
         with self._connect(workspace) as client:
             reply = client.agent("diff", {}, 300)
-        return {"workspace_id": workspace["workspace_id"], **files.check_diff(reply)}
+        return self._done(workspace, {**files.check_diff(reply)})
 
     def sync_push(self, ref: str, source: str | Path, *, dest: str = ".") -> dict[str, Any]:
         """Copy a host directory or archive into /workspace/<dest>."""
@@ -312,7 +363,7 @@ class WorkspaceService:
             "skipped_links": info.skipped_links,
         }
         self._journal(workspace, "sync", record)
-        return {"workspace_id": workspace["workspace_id"], **record}
+        return self._done(workspace, {**record})
 
     def export(
         self, ref: str, path: str, output: str | Path, *, overwrite: bool = False
@@ -328,7 +379,7 @@ class WorkspaceService:
             result = transfer.extract_export(archive, kind, target, overwrite)
         record = {"path": _relative(guest_path), **result}
         self._journal(workspace, "export", record)
-        return {"workspace_id": workspace["workspace_id"], **record}
+        return self._done(workspace, {**record})
 
     def reset(self, ref: str) -> dict[str, Any]:
         """Recreate the whole sandbox: fresh root disk, /workspace back to the baseline."""
@@ -341,6 +392,7 @@ class WorkspaceService:
         disks.create_overlay(folder / "baseline.ext4", fresh)
         fresh.replace(folder / "workspace.qcow2")
         self.vms.start_vm(workspace["vm_id"])
+        self._after_boot(workspace)
         self._journal(workspace, "reset", {"to": "baseline"})
         return self.status(workspace["workspace_id"])
 
@@ -368,6 +420,11 @@ class WorkspaceService:
             ]
             for kind in ("write", "patch", "sync", "export")
         }
+        crossings = [
+            {"kind": e["kind"], **{k: e[k] for k in _CROSSING_FIELDS if k in e}}
+            for e in entries
+            if e["kind"] in ("seed", "sync", "export")
+        ]
         status = self.status(workspace["workspace_id"])
         changes: dict[str, Any] | None = None
         note = None
@@ -389,7 +446,9 @@ class WorkspaceService:
             "failed_commands": sum(1 for c in commands if c["exit_code"] != 0),
             "operations": operations,
             "changes": changes,
+            "host_crossings": crossings,
             "note": note,
+            **_warning(self.store.find_workspace(workspace["workspace_id"]) or workspace),
         }
 
     def stop(self, ref: str) -> dict[str, Any]:
@@ -398,16 +457,17 @@ class WorkspaceService:
         return self.status(workspace["workspace_id"])
 
     def start(self, ref: str) -> dict[str, Any]:
-        workspace = self._find(ref)
+        workspace = self._touch(self._find(ref))
         self.vms.start_vm(workspace["vm_id"])
-        self.store.update_workspace(workspace["workspace_id"], last_activity_at=time.time())
+        self._after_boot(workspace)
         return self.status(workspace["workspace_id"])
 
-    def delete(self, ref: str) -> dict[str, Any]:
+    def delete(self, ref: str, *, reason: str = "deleted on request") -> dict[str, Any]:
         workspace = self._find(ref)
         with contextlib.suppress(NotFound):
             self.vms.delete_vm(workspace["vm_id"])
         shutil.rmtree(self.root / workspace["workspace_id"], ignore_errors=True)
+        self.store.add_tombstone(workspace["workspace_id"], workspace["name"], reason, time.time())
         self.store.delete_workspace(workspace["workspace_id"])
         return {"workspace_id": workspace["workspace_id"], "deleted": True}
 
@@ -418,10 +478,17 @@ class WorkspaceService:
         workspaces = self.store.list_workspaces()
         for workspace in workspaces:
             expires = workspace["expires_at"]
-            if expires is not None and expires <= now:
-                with contextlib.suppress(PyroError):
-                    self.delete(workspace["workspace_id"])
-                    reaped.append(workspace["workspace_id"])
+            if expires is None or expires > now or self.vms.busy(workspace["vm_id"]):
+                continue  # a command or transfer in flight is never cut off
+            cap = workspace.get("max_lifetime_seconds")
+            why = (
+                f"reaped at its max_lifetime_seconds ({cap} s)"
+                if cap and workspace["created_at"] + cap <= now
+                else f"reaped after {workspace['ttl_seconds']} s without activity (ttl_seconds)"
+            )
+            with contextlib.suppress(PyroError):
+                self.delete(workspace["workspace_id"], reason=why)
+                reaped.append(workspace["workspace_id"])
         self._remove_orphans(
             {w["workspace_id"] for w in workspaces}, {w["vm_id"] for w in workspaces}, now
         )
@@ -447,7 +514,7 @@ class WorkspaceService:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def _connect(self, workspace: dict[str, Any]) -> SupervisorClient:
-        self.store.update_workspace(workspace["workspace_id"], last_activity_at=time.time())
+        self._touch(workspace)
         ref = workspace["name"] or workspace["workspace_id"]
         return self.vms.connect(workspace["vm_id"], f"Start it with `pyro workspace start {ref}`.")
 
@@ -475,8 +542,44 @@ class WorkspaceService:
     def _find(self, ref: str) -> dict[str, Any]:
         workspace = self.store.find_workspace(ref)
         if workspace is None:
+            tombstone = self.store.find_tombstone(ref)
+            if tombstone is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(tombstone["at"]))
+                label = f" ({tombstone['name']})" if tombstone["name"] else ""
+                raise NotFound(
+                    f"workspace {tombstone['workspace_id']}{label} no longer exists: "
+                    f"{tombstone['reason']} at {when}. Create a new one with workspace_create."
+                )
             raise NotFound(f"no workspace {ref!r}; see `pyro workspace list`")
         return workspace
+
+    def _done(self, workspace: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """An operation's result: its data, plus a warning when expiry is near."""
+        current = self.store.find_workspace(workspace["workspace_id"]) or workspace
+        return {"workspace_id": workspace["workspace_id"], **data, **_warning(current)}
+
+    def _touch(self, workspace: dict[str, Any]) -> dict[str, Any]:
+        """Record activity now: moves an idle expiry forward."""
+        touched = {**workspace, "last_activity_at": time.time()}
+        touched["expires_at"] = lifetime.expires_at(touched)
+        self.store.update_workspace(
+            workspace["workspace_id"],
+            last_activity_at=touched["last_activity_at"],
+            expires_at=touched["expires_at"],
+        )
+        return touched
+
+    def _after_boot(self, workspace: dict[str, Any]) -> None:
+        """Per-boot guest set-up: the host's CAs for a workspace with egress."""
+        vm = self.vms.status_vm(workspace["vm_id"])
+        if not vm.network or not workspace.get("host_ca", 1):
+            return
+        bundle = ca_trust.host_ca_bundle()
+        if bundle is None:
+            log.warning("no CA bundle found on the host; guest TLS uses its own CAs only")
+            return
+        with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
+            client.agent("trust_ca", {"bundle": base64.b64encode(bundle).decode("ascii")}, 60)
 
 
 def resolve_workspace_path(path: str) -> PurePosixPath:

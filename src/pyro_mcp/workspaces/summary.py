@@ -14,6 +14,21 @@ def render_summary(summary: dict[str, Any]) -> str:
     for kind, entries in summary["operations"].items():
         if entries:
             lines.append(f"{kind}: {len(entries)}")
+    crossings = summary.get("host_crossings") or []
+    if crossings:
+        lines.append("host crossings:")
+        for crossing in crossings:
+            if crossing["kind"] == "seed":
+                origin = f"{crossing.get('origin_kind')} {crossing.get('origin_ref', '')}"
+                lines.append(f"  seed from {origin}".rstrip())
+            elif crossing["kind"] == "sync":
+                lines.append(
+                    f"  sync {crossing.get('source')} -> /workspace/{crossing.get('dest')}"
+                )
+            else:
+                lines.append(
+                    f"  export /workspace/{crossing.get('path')} -> {crossing.get('output')}"
+                )
     if summary["changes"] is not None:
         files = summary["changes"]["files"]
         lines.append(f"files changed: {len(files)}")
@@ -23,4 +38,6 @@ def render_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  ... and {len(files) - 20} more")
     elif summary["note"]:
         lines.append(summary["note"])
+    if summary.get("warning"):
+        lines.append(f"warning: {summary['warning']}")
     return "\n".join(lines)
