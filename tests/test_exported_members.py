@@ -18,6 +18,7 @@ def test_the_public_surface_is_declared_and_importable() -> None:
         "agent",
         "guest",
         "workspaces",
+        "mcp",
     }
     assert public - modules <= exported
     for name in exported:

@@ -150,9 +150,13 @@ def test_a_repro_fix_conversation_from_the_project_checkout(
             assert passing["exit_code"] == 0
             diff = await call(client, "workspace_diff", workspace_id=ws)
             assert "+    return a + b" in diff["patch"]
-            output = tmp_path / "fixed_app.py"
+            output = project / "fixed_app.py"  # host paths from MCP stay inside the project
             await call(
-                client, "workspace_export", workspace_id=ws, path="src/app.py", output=str(output)
+                client,
+                "workspace_export",
+                workspace_id=ws,
+                path="src/app.py",
+                output="fixed_app.py",
             )
             assert "a + b" in output.read_text()
             summary = await call(client, "workspace_summary", workspace_id=ws)

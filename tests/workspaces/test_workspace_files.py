@@ -148,7 +148,12 @@ def test_reset_recreates_the_whole_sandbox(pyro: Pyro) -> None:
     after = pyro.exec_workspace(ws, "ls /root /tmp; pgrep -c sleep || true")["stdout"]
     assert "installed" not in after and "scratch" not in after
     assert after.strip().endswith("0")
-    assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]] == ["exec", "reset", "exec"]
+    assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]] == [
+        "seed",
+        "exec",
+        "reset",
+        "exec",
+    ]
     pyro.delete_workspace(ws)
 
 
@@ -217,7 +222,7 @@ def test_stopped_deleted_and_killed_workspaces_give_clear_errors(pyro: Pyro) -> 
     assert pyro.exec_workspace(ws, "echo recovered")["stdout"] == "recovered\n"
 
     pyro.delete_workspace(ws)
-    with pytest.raises(NotFound, match="pyro workspace list"):
+    with pytest.raises(NotFound, match="no longer exists: deleted on request"):
         pyro.diff_workspace(ws)
 
 

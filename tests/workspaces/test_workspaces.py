@@ -65,12 +65,16 @@ def test_a_workspace_lives_across_separate_cli_calls(cli_env: dict[str, str], re
         "timed_out": False,
     }
 
-    entries = json.loads(pyro_cli(cli_env, "workspace", "logs", ws, "--json").stdout)["entries"]
+    journal = json.loads(pyro_cli(cli_env, "workspace", "logs", ws, "--json").stdout)["entries"]
+    assert journal[0]["kind"] == "seed" and journal[0]["origin_kind"] == "seed_path"
+    entries = [e for e in journal if e["kind"] == "exec"]
     assert [(e["command"], e["exit_code"], e["cwd"]) for e in entries] == [
         ("sh -c 'pwd; python3 src/app.py'", 0, "/workspace"),
         ("sh -c 'echo no >&2; exit 4'", 4, "/workspace"),
     ]
     assert entries[1]["stderr"] == "no\n" and entries[0]["duration_ms"] >= 0
+    human = pyro_cli(cli_env, "workspace", "logs", ws).stdout.splitlines()
+    assert "seed" in human[0] and "exit=4" in human[2]
 
     updated = json.loads(
         pyro_cli(
@@ -92,7 +96,7 @@ def test_a_workspace_lives_across_separate_cli_calls(cli_env: dict[str, str], re
 
     assert pyro_cli(cli_env, "workspace", "delete", ws).returncode == 0
     gone = pyro_cli(cli_env, "workspace", "status", ws)
-    assert gone.returncode == 1 and "pyro workspace list" in gone.stderr
+    assert gone.returncode == 1 and "no longer exists: deleted on request" in gone.stderr
 
 
 def test_workspace_survives_stop_and_start_and_timeouts(pyro: Pyro, repo: Path) -> None:
@@ -122,7 +126,7 @@ def test_two_execs_at_once_in_one_workspace_both_finish(pyro: Pyro) -> None:
     for thread in threads:
         thread.join()
     assert sorted(r["stdout"] for r in results) == ["1\n", "2\n"]
-    assert len(pyro.logs_workspace(ws)["entries"]) == 2
+    assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]] == ["seed", "exec", "exec"]
     pyro.delete_workspace(ws)
 
 

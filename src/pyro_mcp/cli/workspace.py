@@ -12,7 +12,7 @@ from pyro_mcp.cli.render import print_json, progress_printer, table, write_comma
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
-from pyro_mcp.workspaces.summary import render_summary
+from pyro_mcp.workspaces.summary import render_journal_entry, render_summary
 
 EPILOG = """\
 examples:
@@ -228,11 +228,7 @@ def handle_simple(args: argparse.Namespace) -> int:
         print_json(result)
     elif args.action == "logs":
         for entry in result["entries"]:
-            when = time.strftime("%H:%M:%S", time.localtime(entry["started_at"]))
-            print(
-                f"{when}  exit={entry['exit_code']:<3} {entry['duration_ms']:>6} ms  "
-                f"{entry['cwd']}$ {entry['command']}"
-            )
+            print(render_journal_entry(entry))
     elif args.action == "delete":
         print(f"deleted {result['workspace_id']}")
     elif args.action == "diff":

@@ -28,7 +28,7 @@ from pyro_mcp.mcp import profiles, schemas
 from pyro_mcp.mcp.host_paths import HostPathPolicy
 from pyro_mcp.sdk import Pyro
 from pyro_mcp.workspaces.project_source import ProjectSource
-from pyro_mcp.workspaces.summary import render_summary
+from pyro_mcp.workspaces.summary import render_journal_entry, render_summary
 
 log = logging.getLogger("pyro.mcp")
 
@@ -236,9 +236,7 @@ def _tools(
 
     def workspace_logs(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Journal]:
         journal = pyro.logs_workspace(workspace_id)
-        lines = [
-            f"[{e.get('exit_code', '-')}] {e.get('command', e['kind'])}" for e in journal["entries"]
-        ]
+        lines = [render_journal_entry(e) for e in journal["entries"]]
         return _reply("\n".join(lines) or "nothing has run yet", journal)
 
     def workspace_summary(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Summary]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -41,3 +42,24 @@ def render_summary(summary: dict[str, Any]) -> str:
     if summary.get("warning"):
         lines.append(f"warning: {summary['warning']}")
     return "\n".join(lines)
+
+
+def render_journal_entry(entry: dict[str, Any]) -> str:
+    """One journal line: commands with exit code and duration, other events by kind."""
+    when = time.strftime("%H:%M:%S", time.localtime(entry["started_at"]))
+    kind = entry["kind"]
+    if kind == "exec":
+        return (
+            f"{when}  exit={entry['exit_code']:<3} {entry['duration_ms']:>6} ms  "
+            f"{entry['cwd']}$ {entry['command']}"
+        )
+    details = {
+        "seed": lambda e: f"files from {e.get('origin_kind')} {e.get('origin_ref', '')}".rstrip(),
+        "write": lambda e: f"wrote {e.get('path')} ({e.get('bytes')} bytes)",
+        "patch": lambda e: "patched " + ", ".join(f["path"] for f in e.get("files", [])),
+        "sync": lambda e: f"pushed {e.get('source')} to /workspace/{e.get('dest')}",
+        "export": lambda e: f"exported /workspace/{e.get('path')} to {e.get('output')}",
+        "reset": lambda e: "reset to the baseline",
+    }
+    describe = details.get(kind, lambda e: kind)
+    return f"{when}  {kind:<8} {describe(entry)}"
