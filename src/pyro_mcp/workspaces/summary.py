@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -53,7 +54,7 @@ def render_journal_entry(entry: dict[str, Any]) -> str:
             f"{when}  exit={entry['exit_code']:<3} {entry['duration_ms']:>6} ms  "
             f"{entry['cwd']}$ {entry['command']}"
         )
-    details = {
+    details: dict[str, Callable[[dict[str, Any]], str]] = {
         "seed": lambda e: f"files from {e.get('origin_kind')} {e.get('origin_ref', '')}".rstrip(),
         "write": lambda e: f"wrote {e.get('path')} ({e.get('bytes')} bytes)",
         "patch": lambda e: "patched " + ", ".join(f["path"] for f in e.get("files", [])),
@@ -61,5 +62,5 @@ def render_journal_entry(entry: dict[str, Any]) -> str:
         "export": lambda e: f"exported /workspace/{e.get('path')} to {e.get('output')}",
         "reset": lambda e: "reset to the baseline",
     }
-    describe = details.get(kind, lambda e: kind)
-    return f"{when}  {kind:<8} {describe(entry)}"
+    describe = details.get(kind)
+    return f"{when}  {kind:<8} {describe(entry) if describe else kind}"
