@@ -177,6 +177,7 @@ class Pyro:
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
+        network_policy: str | None = None,
         host_ca: bool = True,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
@@ -185,6 +186,10 @@ class Pyro:
         ``project_path`` seeds it with the Git-tracked files of a checkout instead
         (as in the working tree; ignored and untracked files stay out). ``origin``
         overrides the reported ``origin_kind``/``origin_ref``.
+
+        ``network_policy`` is ``off`` (no NIC, the default), ``egress`` (user-mode
+        NAT; ``network=True`` means this) or ``egress+published-ports`` (services
+        may also publish ports on the host's 127.0.0.1).
 
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
         forward; ``max_lifetime_seconds`` caps the total. With ``network``, the
@@ -206,6 +211,7 @@ class Pyro:
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
+            network_policy=network_policy,
             host_ca=host_ca,
             progress=self._progress,
         )
@@ -298,6 +304,121 @@ class Pyro:
     def reset_workspace(self, workspace: str) -> dict[str, Any]:
         """Recreate the sandbox: fresh root disk, /workspace back to the baseline."""
         return self._workspaces.reset(workspace)
+
+    # --------------------------------------------------------------- shells
+
+    def open_shell(
+        self,
+        workspace: str,
+        *,
+        cwd: str | None = None,
+        cols: int = 120,
+        rows: int = 40,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Open an interactive bash on a real PTY in the guest; returns ``shell_id``."""
+        return self._workspaces.shells.open(workspace, cwd=cwd, cols=cols, rows=rows, env=env)
+
+    def write_shell(
+        self, workspace: str, shell_id: str, input: str, *, newline: bool = True
+    ) -> dict[str, Any]:
+        """Type ``input`` into the shell (followed by Enter unless ``newline`` is False)."""
+        return self._workspaces.shells.write(workspace, shell_id, input, newline=newline)
+
+    def read_shell(
+        self,
+        workspace: str,
+        shell_id: str,
+        *,
+        cursor: int | None = None,
+        plain: bool = False,
+        wait_for_idle_ms: int | None = None,
+        max_wait_ms: int = 10000,
+        max_chars: int = 65536,
+    ) -> dict[str, Any]:
+        """Output from ``cursor`` on; ``next_cursor`` resumes. ``plain`` strips ANSI and
+        applies CR/backspace; ``wait_for_idle_ms`` returns once output was quiet that long
+        (at most ``max_wait_ms``). ``missed_bytes`` > 0 means the cursor fell out of the ring.
+        """
+        return self._workspaces.shells.read(
+            workspace,
+            shell_id,
+            cursor=cursor,
+            plain=plain,
+            wait_for_idle_ms=wait_for_idle_ms,
+            max_wait_ms=max_wait_ms,
+            max_chars=max_chars,
+        )
+
+    def signal_shell(self, workspace: str, shell_id: str, signal: str = "INT") -> dict[str, Any]:
+        """Send INT, TERM, KILL, HUP or QUIT to the shell's foreground process."""
+        return self._workspaces.shells.signal(workspace, shell_id, signal)
+
+    def close_shell(self, workspace: str, shell_id: str) -> dict[str, Any]:
+        """End the shell and everything it started."""
+        return self._workspaces.shells.close(workspace, shell_id)
+
+    def list_shells(self, workspace: str) -> dict[str, Any]:
+        """The workspace's shells."""
+        return self._workspaces.shells.list(workspace)
+
+    # -------------------------------------------------------------- services
+
+    def service_start(
+        self,
+        workspace: str,
+        name: str,
+        command: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        ready_file: str | None = None,
+        ready_tcp: str | None = None,
+        ready_http: str | None = None,
+        ready_command: str | None = None,
+        ready_timeout_seconds: float = 60.0,
+        ready_interval_seconds: float = 0.2,
+        publish: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Start a named long-running process and wait for its readiness check.
+
+        Returns its status: ``state`` ready, or failed (with ``reason``; the process
+        is stopped) or exited (with ``exit_code``). ``publish`` entries
+        ``[HOST_PORT:]GUEST_PORT`` forward 127.0.0.1 host ports to the guest; the
+        mapping is in ``published_ports``.
+        """
+        return self._workspaces.services.start(
+            workspace,
+            name,
+            command,
+            cwd=cwd,
+            env=env,
+            ready_file=ready_file,
+            ready_tcp=ready_tcp,
+            ready_http=ready_http,
+            ready_command=ready_command,
+            ready_timeout_seconds=ready_timeout_seconds,
+            ready_interval_seconds=ready_interval_seconds,
+            publish=publish,
+        )
+
+    def service_list(self, workspace: str) -> dict[str, Any]:
+        """Every service of the workspace with its state and published ports."""
+        return self._workspaces.services.list(workspace)
+
+    def service_status(self, workspace: str, name: str) -> dict[str, Any]:
+        """One service's state, exit code, reason and published ports."""
+        return self._workspaces.services.status(workspace, name)
+
+    def service_logs(
+        self, workspace: str, name: str, *, tail_lines: int | None = 200, all: bool = False
+    ) -> dict[str, Any]:
+        """The service's output (kept outside /workspace), the last ``tail_lines`` or all."""
+        return self._workspaces.services.logs(workspace, name, tail_lines=tail_lines, all=all)
+
+    def service_stop(self, workspace: str, name: str) -> dict[str, Any]:
+        """Stop the service (TERM, then KILL) and withdraw its published ports."""
+        return self._workspaces.services.stop(workspace, name)
 
     def stop_workspace(self, workspace: str) -> dict[str, Any]:
         """Stop the VM, keeping /workspace and the root disk."""

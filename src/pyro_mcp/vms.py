@@ -395,6 +395,7 @@ class VmService:
             # Relative: QEMU runs in the VM directory (see the supervisor).
             agent_socket=Path(files.agent_socket.name),
             console_socket=Path(files.console_socket.name),
+            qmp_socket=Path(files.qmp_socket.name),
             hostname="pyro",
             network=record.network,
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,

@@ -14,6 +14,7 @@ def spec(**overrides: object) -> MachineSpec:
         root_disk=Path("r.qcow2"),
         agent_socket=Path("a.sock"),
         console_socket=Path("c.sock"),
+        qmp_socket=Path("q.sock"),
         hostname="pyro",
         network=False,
     )

@@ -32,9 +32,10 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-    from pyro_mcp.guest import fileops
+    from pyro_mcp.guest import fileops, processes
 except ImportError:  # inside the guest, these files sit beside this one
     import fileops  # type: ignore[import-not-found,no-redef]
+    import processes  # type: ignore[import-not-found,no-redef]
     import protocol  # type: ignore[import-not-found,no-redef]
 
 RequestError = fileops.RequestError
@@ -49,6 +50,7 @@ BASE_ENV = {
     "SHELL": "/bin/sh",
     "LANG": "C.UTF-8",
 }
+processes.BASE_ENV = BASE_ENV  # one environment for commands, services and shells
 
 # After the command exits, background children may keep its pipes open. Read
 # what is already there, then stop instead of waiting for them.
@@ -326,6 +328,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "exec": op_exec,
     "trust_ca": op_trust_ca,
     **fileops.OPERATIONS,
+    **processes.OPERATIONS,
 }
 
 

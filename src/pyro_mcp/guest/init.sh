@@ -102,7 +102,7 @@ echo "$name" > /newroot/etc/hostname
 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mkdir -p /newroot/run/pyro /newroot/tmp /newroot/dev
-cp /pyro/agent.py /pyro/protocol.py /pyro/fileops.py /newroot/run/pyro/
+cp /pyro/agent.py /pyro/protocol.py /pyro/fileops.py /pyro/processes.py /newroot/run/pyro/
 if [ "$baseline" = 1 ]; then
     disk=$(wait_for_disk pyro-baseline) || fail "no baseline disk (serial pyro-baseline)"
     mkdir -p /newroot/run/pyro/baseline

@@ -74,6 +74,15 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN network_policy TEXT NOT NULL DEFAULT 'off';
+    CREATE TABLE published_ports (
+        host_port INTEGER PRIMARY KEY,
+        workspace_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        guest_port INTEGER NOT NULL
+    );
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
@@ -201,6 +210,36 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM journal WHERE workspace_id = ?", (workspace_id,))
             db.execute("DELETE FROM workspaces WHERE workspace_id = ?", (workspace_id,))
+
+    def add_published_port(
+        self, workspace_id: str, service: str, host_port: int, guest_port: int
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO published_ports "
+                "(host_port, workspace_id, service, guest_port) VALUES (?, ?, ?, ?)",
+                (host_port, workspace_id, service, guest_port),
+            )
+
+    def published_ports(
+        self, workspace_id: str, service: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = "SELECT * FROM published_ports WHERE workspace_id = ?"
+        params: tuple[Any, ...] = (workspace_id,)
+        if service is not None:
+            query += " AND service = ?"
+            params += (service,)
+        with self.transaction() as db:
+            return [dict(row) for row in db.execute(query + " ORDER BY host_port", params)]
+
+    def delete_published_ports(self, workspace_id: str, service: str | None = None) -> None:
+        query = "DELETE FROM published_ports WHERE workspace_id = ?"
+        params: tuple[Any, ...] = (workspace_id,)
+        if service is not None:
+            query += " AND service = ?"
+            params += (service,)
+        with self.transaction() as db:
+            db.execute(query, params)
 
     def add_tombstone(self, workspace_id: str, name: str | None, reason: str, at: float) -> None:
         with self.transaction() as db:

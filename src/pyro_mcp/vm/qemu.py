@@ -26,6 +26,7 @@ class MachineSpec:
     root_disk: Path
     agent_socket: Path
     console_socket: Path
+    qmp_socket: Path
     hostname: str
     network: bool
     workspace_disk: Path | None = None
@@ -77,6 +78,11 @@ class MachineSpec:
             f"socket,id=agent,path={self.agent_socket}",
             "-device",
             f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+            # QMP, for runtime changes: published ports (hostfwd), pausing.
+            "-chardev",
+            f"socket,id=qmp,path={self.qmp_socket}",
+            "-mon",
+            "chardev=qmp,mode=control",
         ]
         if self.workspace_disk is not None:
             argv += [

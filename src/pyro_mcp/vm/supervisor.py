@@ -55,6 +55,7 @@ class VmFiles:
         self.spec = vm_dir / "supervisor.json"
         self.agent_socket = vm_dir / "agent.sock"
         self.console_socket = vm_dir / "console.sock"
+        self.qmp_socket = vm_dir / "qmp.sock"
         self.control_socket = vm_dir / "ctl.sock"
         self.console_log = vm_dir / "console.log"
         self.qemu_log = vm_dir / "qemu.log"
@@ -63,7 +64,7 @@ class VmFiles:
         self.root_disk = vm_dir / "root.qcow2"
 
     def sockets(self) -> tuple[Path, ...]:
-        return (self.agent_socket, self.console_socket, self.control_socket)
+        return (self.agent_socket, self.console_socket, self.qmp_socket, self.control_socket)
 
 
 def console_tail(files: VmFiles, limit: int = CONSOLE_TAIL_BYTES) -> str:
@@ -110,12 +111,17 @@ class Supervisor:
         self.boot_ms = 0
         self.owner_seen = False
         self.console_written = 0
+        self.qmp_reader: asyncio.StreamReader | None = None
+        self.qmp_writer: asyncio.StreamWriter | None = None
+        self.qmp_ready: asyncio.Future[None] | None = None
+        self.qmp_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ run
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.agent_ready = loop.create_future()
+        self.qmp_ready = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, f"supervisor got signal {sig.name}")
         started = time.monotonic()
@@ -129,6 +135,7 @@ class Supervisor:
         console_server = await asyncio.start_unix_server(
             self._on_console, self.files.console_socket.name
         )
+        qmp_server = await asyncio.start_unix_server(self._on_qmp, self.files.qmp_socket.name)
         try:
             try:
                 await self._boot(started)
@@ -157,6 +164,7 @@ class Supervisor:
         finally:
             agent_server.close()
             console_server.close()
+            qmp_server.close()
             await self._shutdown()
 
     async def _boot(self, started: float) -> None:
@@ -277,6 +285,53 @@ class Supervisor:
         finally:
             self.pending.pop(request_id, None)
 
+    # ----------------------------------------------------------------- QMP
+
+    async def _on_qmp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.qmp_reader, self.qmp_writer = reader, writer
+        await reader.readline()  # the greeting
+        writer.write(b'{"execute": "qmp_capabilities"}\n')
+        await self._qmp_response()
+        if self.qmp_ready is not None and not self.qmp_ready.done():
+            self.qmp_ready.set_result(None)
+
+    async def _qmp_response(self) -> dict[str, Any]:
+        assert self.qmp_reader is not None
+        while True:
+            line = await self.qmp_reader.readline()
+            if not line:
+                raise VMError("QEMU closed its monitor")
+            message = json.loads(line)
+            if "event" not in message:  # events are not answers
+                return dict(message)
+
+    async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """One QMP command; its ``return`` value, or VMError with QEMU's description."""
+        if self.qmp_ready is None:
+            raise VMError("QMP is not available")
+        await asyncio.wait_for(asyncio.shield(self.qmp_ready), 10)
+        assert self.qmp_writer is not None
+        async with self.qmp_lock:
+            request: dict[str, Any] = {"execute": command}
+            if arguments:
+                request["arguments"] = arguments
+            self.qmp_writer.write(json.dumps(request).encode() + b"\n")
+            response = await asyncio.wait_for(self._qmp_response(), 30)
+        if "error" in response:
+            raise VMError(f"QEMU refused {command}: {response['error'].get('desc')}")
+        return response.get("return")
+
+    async def hostfwd(self, action: str, host_port: int, guest_port: int) -> dict[str, Any]:
+        """Publish (or withdraw) a guest TCP port on 127.0.0.1 of the host."""
+        if action == "add":
+            line = f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{guest_port}"
+        else:
+            line = f"hostfwd_remove n0 tcp:127.0.0.1:{host_port}"
+        said = await self.qmp("human-monitor-command", {"command-line": line})
+        if said:  # HMP prints nothing on success
+            raise ValueError(str(said).strip())
+        return {"host": "127.0.0.1", "host_port": host_port, "guest_port": guest_port}
+
     # ------------------------------------------------------------- console
 
     async def _on_console(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -335,6 +390,11 @@ class Supervisor:
                 reply["id"] = request_id
             elif op in ("status", "own"):
                 reply = {"id": request_id, "ok": True, "result": self.status()}
+            elif op == "hostfwd":
+                result = await self.hostfwd(
+                    str(args.get("action")), int(args["host_port"]), int(args.get("guest_port", 0))
+                )
+                reply = {"id": request_id, "ok": True, "result": result}
             elif op == "shutdown":
                 reply = {"id": request_id, "ok": True, "result": {}}
                 self.request_stop("stopped on request")
@@ -346,7 +406,7 @@ class Supervisor:
                 "ok": False,
                 "error": {"kind": "vm_died", "message": str(exc)},
             }
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             reply = {
                 "id": request_id,
                 "ok": False,

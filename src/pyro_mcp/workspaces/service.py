@@ -31,7 +31,7 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
-from pyro_mcp.workspaces import ca_trust, files, lifetime, project_source, transfer
+from pyro_mcp.workspaces import ca_trust, files, lifetime, processes, project_source, transfer
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
@@ -78,6 +78,8 @@ class WorkspaceService:
         self.vms = vms
         self.store = vms.store
         self.root = vms.paths.state_dir / "workspaces"
+        self.services = processes.ServiceOps(self)
+        self.shells = processes.ShellOps(self)
 
     # -------------------------------------------------------------- create
 
@@ -95,6 +97,7 @@ class WorkspaceService:
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
+        network_policy: str | None = None,
         host_ca: bool = True,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
@@ -108,6 +111,9 @@ class WorkspaceService:
         """
         if seed_path is not None and project_path is not None:
             raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
+        # `network=True` is shorthand for the egress policy.
+        policy = processes.check_policy(network_policy or ("egress" if network else "off"))
+        network = policy != "off"
         for field, value in (
             ("ttl_seconds", ttl_seconds),
             ("max_lifetime_seconds", max_lifetime_seconds),
@@ -167,6 +173,7 @@ class WorkspaceService:
                 "ttl_seconds": ttl_seconds,
                 "max_lifetime_seconds": max_lifetime_seconds,
                 "host_ca": int(host_ca),
+                "network_policy": policy,
             }
             row["expires_at"] = lifetime.expires_at(row)
             self.store.insert_workspace(row)
@@ -199,6 +206,9 @@ class WorkspaceService:
         if touch:
             workspace = self._touch(workspace)
         vm = self.vms.status_vm(workspace["vm_id"])
+        if vm.state.value != "running":
+            # The VM died or stopped: QEMU took its port forwards with it.
+            self.store.delete_published_ports(workspace["workspace_id"])
         return {
             **{k: v for k, v in workspace.items() if k != "vm_id"},
             "origin_kind": workspace["seed"].get("origin_kind", "seed_path"),
@@ -213,6 +223,10 @@ class WorkspaceService:
                 1 for e in self.store.journal(workspace["workspace_id"]) if e["kind"] == "exec"
             ),
             "network": vm.network,
+            "network_policy": workspace.get("network_policy", "off"),
+            "services": self.services.counts(workspace)
+            if vm.state.value == "running"
+            else {"running": 0, "total": 0},
             **lifetime.describe(workspace),
         }
 
@@ -386,6 +400,7 @@ class WorkspaceService:
         workspace = self._find(ref)
         folder = self.root / workspace["workspace_id"]
         self.vms.stop_vm(workspace["vm_id"])
+        self.store.delete_published_ports(workspace["workspace_id"])
         self.vms.reset_root_disk(workspace["vm_id"])
         fresh = folder / "workspace.qcow2.new"
         fresh.unlink(missing_ok=True)
@@ -454,6 +469,7 @@ class WorkspaceService:
     def stop(self, ref: str) -> dict[str, Any]:
         workspace = self._find(ref)
         self.vms.stop_vm(workspace["vm_id"])
+        self.store.delete_published_ports(workspace["workspace_id"])
         return self.status(workspace["workspace_id"])
 
     def start(self, ref: str) -> dict[str, Any]:
@@ -467,6 +483,7 @@ class WorkspaceService:
         with contextlib.suppress(NotFound):
             self.vms.delete_vm(workspace["vm_id"])
         shutil.rmtree(self.root / workspace["workspace_id"], ignore_errors=True)
+        self.store.delete_published_ports(workspace["workspace_id"])
         self.store.add_tombstone(workspace["workspace_id"], workspace["name"], reason, time.time())
         self.store.delete_workspace(workspace["workspace_id"])
         return {"workspace_id": workspace["workspace_id"], "deleted": True}

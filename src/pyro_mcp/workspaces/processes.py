@@ -1,0 +1,384 @@
+"""Services and shells of a workspace, on the host side.
+
+The guest agent supervises the processes; this layer validates arguments,
+publishes service ports on the host (127.0.0.1 only, through QEMU's user-mode
+networking), records them, checks every reply, and renders shell output.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import re
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
+from pyro_mcp.workspaces.terminal import render_plain
+
+if TYPE_CHECKING:
+    from pyro_mcp.workspaces.service import WorkspaceService
+
+POLICIES = ("off", "egress", "egress+published-ports")
+READINESS = ("file", "tcp", "http", "command")
+SIGNALS = ("INT", "TERM", "KILL", "HUP", "QUIT")
+MAX_SHELL_READ = 1024 * 1024
+MAX_SERVICE_LOG = 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHELL_ID = re.compile(r"^[0-9a-f]{12}$")
+SERVICE_STATES = frozenset({"starting", "ready", "failed", "exited", "stopped"})
+
+
+def parse_publish(spec: str) -> tuple[int | None, int]:
+    """``[HOST_PORT:]GUEST_PORT`` as (host port or None, guest port)."""
+    host, _, guest = str(spec).rpartition(":")
+    try:
+        guest_port = int(guest)
+        host_port = int(host) if host else None
+    except ValueError:
+        raise InvalidArgument("publish", f"{spec!r} is not [HOST_PORT:]GUEST_PORT") from None
+    for port in (guest_port, host_port):
+        if port is not None and not 1 <= port <= 65535:
+            raise InvalidArgument("publish", f"{spec!r}: ports are 1-65535")
+    return host_port, guest_port
+
+
+def free_host_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def host_port_available(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ServiceOps:
+    """``service start|list|status|logs|stop`` of a workspace."""
+
+    def __init__(self, workspaces: WorkspaceService) -> None:
+        self.ws = workspaces
+
+    def start(
+        self,
+        ref: str,
+        name: str,
+        command: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        ready_file: str | None = None,
+        ready_tcp: str | None = None,
+        ready_http: str | None = None,
+        ready_command: str | None = None,
+        ready_timeout_seconds: float = 60.0,
+        ready_interval_seconds: float = 0.2,
+        publish: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Start a named service and wait until its readiness check passes (or fails)."""
+        if not _NAME.match(name or ""):
+            raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        checks = {
+            "file": ready_file,
+            "tcp": ready_tcp,
+            "http": ready_http,
+            "command": ready_command,
+        }
+        chosen = {kind: target for kind, target in checks.items() if target}
+        if len(chosen) > 1:
+            raise InvalidArgument("readiness", "give at most one of ready_file/tcp/http/command")
+        if not 0 < ready_timeout_seconds <= 3600:
+            raise InvalidArgument("ready_timeout_seconds", "must be more than 0 and at most 3600")
+        ports = [parse_publish(spec) for spec in publish]
+        workspace = self.ws._find(ref)
+        if ports and workspace.get("network_policy") != "egress+published-ports":
+            raise InvalidArgument(
+                "publish",
+                "this workspace cannot publish ports; create it with "
+                "--network-policy egress+published-ports",
+            )
+        for host_port, _ in ports:
+            if host_port is not None and not host_port_available(host_port):
+                raise InvalidArgument("publish", f"port {host_port} is already in use on the host")
+        args: dict[str, Any] = {"name": name, "cwd": self._cwd(cwd), "env": env or {}}
+        args.update({"shell": command} if isinstance(command, str) else {"argv": list(command)})
+        if chosen:
+            ((kind, target),) = chosen.items()
+            args["readiness"] = {
+                "type": kind,
+                "target": target,
+                "timeout_seconds": ready_timeout_seconds,
+                "interval_seconds": ready_interval_seconds,
+            }
+        with self.ws._connect(workspace) as client:
+            status = _check_service(client.agent("service_start", args, ready_timeout_seconds + 30))
+            published: list[dict[str, Any]] = []
+            if status["state"] == "ready":
+                try:
+                    for host_port, guest_port in ports:
+                        chosen_port = host_port or free_host_port()
+                        client.call(
+                            "hostfwd",
+                            {"action": "add", "host_port": chosen_port, "guest_port": guest_port},
+                        )
+                        published.append(
+                            {
+                                "host": "127.0.0.1",
+                                "host_port": chosen_port,
+                                "guest_port": guest_port,
+                            }
+                        )
+                        self.ws.store.add_published_port(
+                            workspace["workspace_id"], name, chosen_port, guest_port
+                        )
+                except PyroError as exc:
+                    self._release(client, workspace["workspace_id"], name)
+                    client.agent("service_stop", {"name": name}, 30)
+                    raise InvalidArgument(
+                        "publish", f"could not publish the port on the host: {exc}"
+                    ) from exc
+        self.ws._journal(
+            workspace, "service", {"name": name, "action": "start", "state": status["state"]}
+        )
+        return self.ws._done(workspace, {**status, "published_ports": published})
+
+    def list(self, ref: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            reply = client.agent("service_list", {}, 30)
+        services = reply.get("services")
+        if not isinstance(services, list) or len(services) > 64:
+            raise AgentProtocolError("the guest sent a malformed service list")
+        return self.ws._done(
+            workspace,
+            {"services": [self._with_ports(workspace, _check_service(s)) for s in services]},
+        )
+
+    def status(self, ref: str, name: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            status = _check_service(client.agent("service_status", {"name": name}, 30))
+        return self.ws._done(workspace, self._with_ports(workspace, status))
+
+    def logs(
+        self, ref: str, name: str, *, tail_lines: int | None = 200, all: bool = False
+    ) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        args: dict[str, Any] = {"name": name, "max_bytes": MAX_SERVICE_LOG}
+        if not all and tail_lines is not None:
+            if tail_lines < 0:
+                raise InvalidArgument("tail_lines", "must not be negative")
+            args["tail_lines"] = tail_lines
+        with self.ws._connect(workspace) as client:
+            reply = client.agent("service_logs", args, 30)
+        log = _decode(reply.get("log"), MAX_SERVICE_LOG)
+        return self.ws._done(
+            workspace,
+            {
+                "name": name,
+                "log": log.decode("utf-8", errors="replace"),
+                "truncated": bool(reply.get("truncated")),
+            },
+        )
+
+    def stop(self, ref: str, name: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            status = _check_service(client.agent("service_stop", {"name": name}, 60))
+            self._release(client, workspace["workspace_id"], name)
+        self.ws._journal(
+            workspace, "service", {"name": name, "action": "stop", "state": status["state"]}
+        )
+        return self.ws._done(workspace, {**status, "published_ports": []})
+
+    def counts(self, workspace: dict[str, Any]) -> dict[str, int]:
+        """Running and total services, for status; zero when the VM is not running."""
+        try:
+            with self.ws.vms.connect(workspace["vm_id"], "") as client:
+                services = client.agent("service_list", {}, 10).get("services") or []
+        except PyroError:
+            return {"running": 0, "total": 0}
+        running = sum(
+            1 for s in services if isinstance(s, dict) and s.get("state") in ("starting", "ready")
+        )
+        return {"running": running, "total": len(services)}
+
+    def _release(self, client: Any, workspace_id: str, name: str) -> None:
+        for row in self.ws.store.published_ports(workspace_id, name):
+            with contextlib.suppress(PyroError):
+                client.call("hostfwd", {"action": "remove", "host_port": row["host_port"]})
+        self.ws.store.delete_published_ports(workspace_id, name)
+
+    def _with_ports(self, workspace: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        ports = [
+            {"host": "127.0.0.1", "host_port": r["host_port"], "guest_port": r["guest_port"]}
+            for r in self.ws.store.published_ports(workspace["workspace_id"], status["name"])
+        ]
+        return {**status, "published_ports": ports}
+
+    @staticmethod
+    def _cwd(cwd: str | None) -> str:
+        from pyro_mcp.workspaces.service import resolve_workspace_path
+
+        return str(resolve_workspace_path(cwd or "."))
+
+
+class ShellOps:
+    """``shell open|write|read|signal|close|list`` of a workspace."""
+
+    def __init__(self, workspaces: WorkspaceService) -> None:
+        self.ws = workspaces
+
+    def open(
+        self,
+        ref: str,
+        *,
+        cwd: str | None = None,
+        cols: int = 120,
+        rows: int = 40,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        if not (10 <= cols <= 1000 and 2 <= rows <= 500):
+            raise InvalidArgument("cols", "cols must be 10-1000 and rows 2-500")
+        workspace = self.ws._find(ref)
+        args = {"cwd": ServiceOps._cwd(cwd), "cols": cols, "rows": rows, "env": env or {}}
+        with self.ws._connect(workspace) as client:
+            reply = client.agent("shell_open", args, 30)
+        return self.ws._done(workspace, _check_shell(reply))
+
+    def write(self, ref: str, shell_id: str, text: str, *, newline: bool = True) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            reply = client.agent(
+                "shell_write",
+                {"shell_id": _shell_id(shell_id), "input": text, "newline": newline},
+                30,
+            )
+        return self.ws._done(workspace, {"shell_id": shell_id, "bytes": int(reply.get("bytes", 0))})
+
+    def read(
+        self,
+        ref: str,
+        shell_id: str,
+        *,
+        cursor: int | None = None,
+        plain: bool = False,
+        wait_for_idle_ms: int | None = None,
+        max_wait_ms: int = 10000,
+        max_chars: int = 65536,
+    ) -> dict[str, Any]:
+        """Output since ``cursor`` (default: all still kept); ``plain`` renders it for reading."""
+        if not 1 <= max_chars <= MAX_SHELL_READ or not 0 <= max_wait_ms <= 120000:
+            raise InvalidArgument(
+                "max_chars", "max_chars must be 1-1048576 and max_wait_ms 0-120000"
+            )
+        workspace = self.ws._find(ref)
+        args: dict[str, Any] = {
+            "shell_id": _shell_id(shell_id),
+            "cursor": cursor,
+            "max_bytes": max_chars,
+            "wait_for_idle_ms": wait_for_idle_ms or 0,
+            "max_wait_ms": max_wait_ms,
+        }
+        with self.ws._connect(workspace) as client:
+            reply = client.agent("shell_read", args, max_wait_ms / 1000 + 30)
+        raw = _decode(reply.get("output"), MAX_SHELL_READ).decode("utf-8", errors="replace")
+        numbers = {}
+        for field in ("cursor", "next_cursor", "missed_bytes"):
+            value = reply.get(field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AgentProtocolError(f"shell read field {field} must be a non-negative integer")
+            numbers[field] = value
+        return self.ws._done(
+            workspace,
+            {
+                "shell_id": shell_id,
+                "output": render_plain(raw) if plain else raw,
+                "plain": plain,
+                **numbers,
+                "more": bool(reply.get("more")),
+                "closed": bool(reply.get("closed")),
+                "exit_code": reply.get("exit_code")
+                if isinstance(reply.get("exit_code"), int)
+                else None,
+            },
+        )
+
+    def signal(self, ref: str, shell_id: str, signal: str = "INT") -> dict[str, Any]:
+        name = str(signal).upper().removeprefix("SIG")
+        if name not in SIGNALS:
+            raise InvalidArgument("signal", f"must be one of {', '.join(SIGNALS)}")
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            client.agent("shell_signal", {"shell_id": _shell_id(shell_id), "signal": name}, 30)
+        return self.ws._done(workspace, {"shell_id": shell_id, "signal": name})
+
+    def close(self, ref: str, shell_id: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            client.agent("shell_close", {"shell_id": _shell_id(shell_id)}, 30)
+        return self.ws._done(workspace, {"shell_id": shell_id, "closed": True})
+
+    def list(self, ref: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        with self.ws._connect(workspace) as client:
+            shells = client.agent("shell_list", {}, 30).get("shells")
+        if not isinstance(shells, list) or len(shells) > 64:
+            raise AgentProtocolError("the guest sent a malformed shell list")
+        return self.ws._done(workspace, {"shells": [_check_shell(s) for s in shells]})
+
+
+def _shell_id(value: str) -> str:
+    if not isinstance(value, str) or not _SHELL_ID.match(value):
+        raise InvalidArgument("shell_id", f"{value!r} is not a shell id (see shell list)")
+    return value
+
+
+def _decode(value: Any, limit: int) -> bytes:
+    if not isinstance(value, str) or len(value) > limit * 4 // 3 + 8:
+        raise AgentProtocolError("the guest sent output that is not bounded base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise AgentProtocolError("the guest sent output that is not base64") from exc
+
+
+def _check_service(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict) or reply.get("state") not in SERVICE_STATES:
+        raise AgentProtocolError("the guest sent a malformed service status")
+    code = reply.get("exit_code")
+    return {
+        "name": str(reply.get("name", ""))[:64],
+        "state": reply["state"],
+        "pid": reply.get("pid") if isinstance(reply.get("pid"), int) else None,
+        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        "reason": str(reply.get("reason") or "")[:2000],
+        "started_at": reply.get("started_at")
+        if isinstance(reply.get("started_at"), float)
+        else None,
+        "ready_at": reply.get("ready_at") if isinstance(reply.get("ready_at"), float) else None,
+    }
+
+
+def _check_shell(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict) or not _SHELL_ID.match(str(reply.get("shell_id", ""))):
+        raise AgentProtocolError("the guest sent a malformed shell record")
+    return {
+        "shell_id": reply["shell_id"],
+        "closed": bool(reply.get("closed")),
+        "exit_code": reply.get("exit_code") if isinstance(reply.get("exit_code"), int) else None,
+        "cursor": reply.get("cursor") if isinstance(reply.get("cursor"), int) else 0,
+    }
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise InvalidArgument("network_policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+    return policy
