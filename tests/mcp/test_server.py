@@ -35,10 +35,14 @@ CORE = {
     "workspace_delete",
 }
 LIFECYCLE = {"workspace_create", "workspace_list", "workspace_status", "workspace_delete"}
+SHELLS = {"shell_open", "shell_read", "shell_write", "shell_signal", "shell_close"}
+SERVICES = {"service_start", "service_list", "service_status", "service_logs", "service_stop"}
 EXPECTED = {
     ("--profile", "vm-run"): {"vm_run"},
     ("--profile", "workspace-core"): CORE,
     ("--profile", "workspace-full"): CORE
+    | SHELLS
+    | SERVICES
     | {
         "workspace_stop",
         "workspace_start",
@@ -72,6 +76,7 @@ EXPECTED = {
         "workspace_summary",
     },
     ("--mode", "cold-start"): LIFECYCLE
+    | SERVICES
     | {
         "workspace_exec",
         "workspace_export",
@@ -79,6 +84,7 @@ EXPECTED = {
         "workspace_summary",
     },
     ("--mode", "review-eval"): LIFECYCLE
+    | SHELLS
     | {
         "workspace_diff",
         "workspace_export",

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
-from pyro_mcp.errors import AgentError, AgentProtocolError, AgentTimeout, InvalidArgument, VMError
+from pyro_mcp.errors import (
+    AgentError,
+    AgentProtocolError,
+    AgentTimeout,
+    InvalidArgument,
+    NotFound,
+    VMError,
+)
 
 # Time the guest may take beyond an operation's own timeout (killing the
 # command, sending its output) before the supervisor gives up on it; the
@@ -122,6 +129,10 @@ def _unwrap(message: dict[str, Any]) -> dict[str, Any]:
         raise AgentTimeout(text)
     if kind in _PATH_ERRORS:
         raise InvalidArgument("path", text)
+    if kind == "no_such":
+        raise NotFound(text)
+    if kind in ("service_exists", "shell_closed", "too_many"):
+        raise InvalidArgument(kind, text)
     if kind in ("bad_cwd", "bad_args", "spawn_failed"):
         raise InvalidArgument("command" if kind == "spawn_failed" else "args", text)
     raise AgentError(f"guest agent: {text}")

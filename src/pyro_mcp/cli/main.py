@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "cmd"):
         args.cmd = list(args.cmd) + command
     elif command:
-        parser.error("`--` and a command only go with run, vm exec and workspace exec")
+        parser.error(
+            "`--` and a command only go with run, vm exec, workspace exec and service start"
+        )
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.cli import processes
 from pyro_mcp.cli.render import print_json, progress_printer, table, write_command_output
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
@@ -62,7 +63,14 @@ def register(commands: Any) -> None:
     )
     create.add_argument("--vcpu-count", type=int, default=config.DEFAULT_VCPU_COUNT)
     create.add_argument("--mem-mib", type=int, default=config.DEFAULT_MEM_MIB)
-    create.add_argument("--network", action="store_true")
+    create.add_argument(
+        "--network", action="store_true", help="shorthand for --network-policy egress"
+    )
+    create.add_argument(
+        "--network-policy",
+        choices=["off", "egress", "egress+published-ports"],
+        help="off: no NIC (default); egress: NAT; egress+published-ports: services may publish",
+    )
     create.add_argument("--id-only", action="store_true", help="print only the workspace id")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=handle_create)
@@ -145,6 +153,8 @@ def register(commands: Any) -> None:
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=handle_export)
 
+    processes.register(sub)
+
     execute = sub.add_parser("exec", help="run a command in /workspace")
     execute.add_argument("workspace")
     execute.add_argument("--timeout-seconds", type=float, default=config.DEFAULT_TIMEOUT_SECONDS)
@@ -167,6 +177,7 @@ def handle_create(args: argparse.Namespace) -> int:
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
         network=args.network,
+        network_policy=args.network_policy,
     )
     if args.id_only:
         print(workspace["workspace_id"])

@@ -248,7 +248,7 @@ _CHECKS = {"file": _file_ready, "tcp": _tcp_ready, "http": _http_ready, "command
 def _service(args: dict[str, Any]) -> Service:
     service = SERVICES.get(str(args.get("name")))
     if service is None:
-        raise RequestError("not_found", f"no service {args.get('name')!r}")
+        raise RequestError("no_such", f"no service {args.get('name')!r}; see service list")
     return service
 
 
@@ -373,7 +373,7 @@ def _pump_shell(shell: Shell) -> None:
 def _shell(args: dict[str, Any]) -> Shell:
     shell = SHELLS.get(str(args.get("shell_id")))
     if shell is None:
-        raise RequestError("not_found", f"no shell {args.get('shell_id')!r}")
+        raise RequestError("no_such", f"no shell {args.get('shell_id')!r}; see shell list")
     return shell
 
 

@@ -30,8 +30,13 @@ WORKSPACE_CORE = (
     "workspace_delete",
 )
 
+SHELLS = ("shell_open", "shell_read", "shell_write", "shell_signal", "shell_close")
+SERVICES = ("service_start", "service_list", "service_status", "service_logs", "service_stop")
+
 WORKSPACE_FULL = (
     *WORKSPACE_CORE,
+    *SHELLS,
+    *SERVICES,
     "workspace_stop",
     "workspace_start",
     "vm_run",
@@ -81,9 +86,11 @@ MODES: dict[str, tuple[str, ...]] = {
         "workspace_export",
         "workspace_reset",
         "workspace_summary",
+        *SERVICES,
     ),
     "review-eval": (
         *LIFECYCLE,
+        *SHELLS,
         "workspace_diff",
         "workspace_export",
         "workspace_reset",
@@ -188,6 +195,16 @@ DESCRIPTIONS: dict[str, str] = {
     "workspace_delete": "Delete the workspace and its disks. Call it when the task is finished.",
     "workspace_stop": "Stop the workspace's VM, keeping /workspace; workspace_start boots it again.",
     "workspace_start": "Boot a stopped workspace again with /workspace intact.",
+    "shell_open": "Open an interactive bash on a real terminal (PTY) inside the workspace, for programs that need one: REPLs, debuggers, curses tools, anything that asks questions. For one-off commands prefer workspace_exec. Returns shell_id; the shell lives until shell_close, reset or delete.",
+    "shell_write": "Type input into a shell (Enter is pressed after it unless newline=false). Then call shell_read to see what happened.",
+    "shell_read": "Read a shell's output from cursor on (omit cursor for everything still kept; pass next_cursor from the last read to continue). plain=true (default) strips colours and applies carriage returns so the text reads like the screen; wait_for_idle_ms waits until the output has been quiet that long (bounded by max_wait_ms), which is how to wait for a command to finish. missed_bytes > 0 means older output left the 1 MiB buffer.",
+    "shell_signal": "Send a signal (INT like Ctrl-C, TERM, KILL, HUP, QUIT) to the program running in the foreground of a shell.",
+    "shell_close": "Close a shell and end everything it started.",
+    "service_start": "Start a named long-running process (a dev server, a database, a worker) and wait until it is ready: ready_http (URL answers 2xx/3xx), ready_tcp (HOST:PORT accepts), ready_file (path appears) or ready_command (exits 0). Returns state ready, or failed with the reason (the process is stopped), or exited with its exit code. publish ([HOST_PORT:]GUEST_PORT) makes a port reachable on the user's machine at 127.0.0.1, if the workspace was created with network_policy egress+published-ports.",
+    "service_list": "List the workspace's services with state (starting, ready, failed, exited, stopped), exit code and published ports.",
+    "service_status": "One service's state, exit code, failure reason and published ports.",
+    "service_logs": "A service's output (stdout and stderr), the last tail_lines lines or all; kept outside /workspace so it never shows in diffs or exports.",
+    "service_stop": "Stop a service (TERM, then KILL) and withdraw its published ports.",
     "vm_create": "Create a raw VM (not booted yet) from an environment. Lower level than workspaces: no /workspace, no file tools, no journal; prefer workspace_create unless you need a bare machine. Returns vm_id and state.",
     "vm_start": "Boot a raw VM made with vm_create (or stopped with vm_stop) and wait until it answers. Returns the VM record with state running and accel (kvm or tcg).",
     "vm_exec": "Run a shell command in a running raw VM (cwd /root). Returns exit_code, stdout, stderr (each at most 1 MiB), timed_out, duration_ms.",
@@ -218,6 +235,7 @@ MODE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "workspace_file_read": "Read a project file under /workspace (text, bounded by max_bytes).",
     },
     "cold-start": {
+        "service_start": "Start the project's server or daemon the way a new developer would and wait until it answers (ready_http/ready_tcp/ready_file/ready_command); a failed start returns the reason, then read service_logs.",
         "workspace_exec": (
             "Run setup steps from a clean machine (install dependencies, build, start the first "
             "run) and note what each step needed. Returns exit_code, stdout, stderr, timed_out."
@@ -225,6 +243,7 @@ MODE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "workspace_reset": "Start the set-up again from a clean machine with the original files.",
     },
     "review-eval": {
+        "shell_open": "Open an interactive terminal to try the change by hand (REPL, CLI prompts); read it with shell_read.",
         "workspace_diff": "The change under review as a unified patch plus the list of changed files.",
         "workspace_reset": "Discard everything and return to the original files, to evaluate again.",
     },

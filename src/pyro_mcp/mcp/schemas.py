@@ -144,3 +144,41 @@ class Vm(_Open):
 
 class VmList(_Open):
     vms: list[Vm]
+
+
+class Shell(_Open):
+    workspace_id: str
+    shell_id: str
+
+
+class ShellOutput(_Open):
+    workspace_id: str
+    shell_id: str
+    output: str
+    cursor: int
+    next_cursor: int
+    missed_bytes: int
+    more: bool
+    closed: bool
+    exit_code: int | None
+
+
+class Service(_Open):
+    workspace_id: str
+    name: str
+    state: str
+    exit_code: int | None
+    reason: str
+    published_ports: list[dict[str, Any]]
+
+
+class ServiceList(_Open):
+    workspace_id: str
+    services: list[dict[str, Any]]
+
+
+class ServiceLogs(_Open):
+    workspace_id: str
+    name: str
+    log: str
+    truncated: bool

@@ -170,8 +170,16 @@ def _tools(
         network: Annotated[
             bool, Field(description="Give the workspace outbound network access (NAT).")
         ] = False,
+        network_policy: Annotated[
+            str | None,
+            Field(
+                description="off (no network), egress (outbound NAT) or egress+published-ports "
+                "(services may also publish ports on the user's 127.0.0.1). Overrides network."
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
         common: dict[str, Any] = dict(
+            network_policy=network_policy,
             name=name,
             labels=labels,
             ttl_seconds=ttl_seconds,
@@ -323,6 +331,149 @@ def _tools(
         result = pyro.delete_workspace(workspace_id)
         return _reply(f"deleted {result['workspace_id']}", result)
 
+    ShellId = Annotated[str, Field(description="The shell_id returned by shell_open.")]
+    ServiceName = Annotated[str, Field(description="The service's name.")]
+
+    def shell_open(
+        workspace_id: WorkspaceId,
+        cwd: Annotated[
+            str | None, Field(description="Directory to start in, relative to /workspace.")
+        ] = None,
+        cols: Annotated[int, Field(description="Terminal width.", ge=10, le=1000)] = 120,
+        rows: Annotated[int, Field(description="Terminal height.", ge=2, le=500)] = 40,
+    ) -> Annotated[CallToolResult, schemas.Shell]:
+        shell = pyro.open_shell(workspace_id, cwd=cwd, cols=cols, rows=rows)
+        return _reply(f"opened shell {shell['shell_id']}", shell)
+
+    def shell_write(
+        workspace_id: WorkspaceId,
+        shell_id: ShellId,
+        input: Annotated[str, Field(description="What to type.")],
+        newline: Annotated[bool, Field(description="Press Enter after the input.")] = True,
+    ) -> Annotated[CallToolResult, schemas.Shell]:
+        result = pyro.write_shell(workspace_id, shell_id, input, newline=newline)
+        return _reply(f"typed {result['bytes']} bytes", result)
+
+    def shell_read(
+        workspace_id: WorkspaceId,
+        shell_id: ShellId,
+        cursor: Annotated[
+            int | None, Field(description="Read from here (next_cursor of the last read).", ge=0)
+        ] = None,
+        plain: Annotated[
+            bool, Field(description="Render as plain text (no colours, CR applied).")
+        ] = True,
+        wait_for_idle_ms: Annotated[
+            int | None, Field(description="Wait until output is quiet this long.", ge=0, le=60000)
+        ] = 300,
+        max_wait_ms: Annotated[
+            int, Field(description="Never wait longer than this.", ge=0, le=120000)
+        ] = 10000,
+        max_chars: Annotated[
+            int, Field(description="Return at most this much output.", ge=1, le=1048576)
+        ] = 65536,
+    ) -> Annotated[CallToolResult, schemas.ShellOutput]:
+        result = pyro.read_shell(
+            workspace_id,
+            shell_id,
+            cursor=cursor,
+            plain=plain,
+            wait_for_idle_ms=wait_for_idle_ms,
+            max_wait_ms=max_wait_ms,
+            max_chars=max_chars,
+        )
+        note = (
+            f"\n[next_cursor={result['next_cursor']}"
+            + (" closed" if result["closed"] else "")
+            + "]"
+        )
+        return _reply(result["output"] + note, result)
+
+    def shell_signal(
+        workspace_id: WorkspaceId,
+        shell_id: ShellId,
+        signal: Annotated[str, Field(description="INT, TERM, KILL, HUP or QUIT.")] = "INT",
+    ) -> Annotated[CallToolResult, schemas.Shell]:
+        result = pyro.signal_shell(workspace_id, shell_id, signal)
+        return _reply(f"sent {result['signal']}", result)
+
+    def shell_close(
+        workspace_id: WorkspaceId, shell_id: ShellId
+    ) -> Annotated[CallToolResult, schemas.Shell]:
+        result = pyro.close_shell(workspace_id, shell_id)
+        return _reply(f"closed shell {shell_id}", result)
+
+    def service_start(
+        workspace_id: WorkspaceId,
+        name: ServiceName,
+        command: Command,
+        cwd: Annotated[
+            str | None, Field(description="Directory to run in, relative to /workspace.")
+        ] = None,
+        ready_http: Annotated[
+            str | None, Field(description="Ready when this URL (inside the VM) answers 2xx/3xx.")
+        ] = None,
+        ready_tcp: Annotated[
+            str | None,
+            Field(description="Ready when HOST:PORT (inside the VM) accepts connections."),
+        ] = None,
+        ready_file: Annotated[
+            str | None, Field(description="Ready when this file exists (relative to cwd).")
+        ] = None,
+        ready_command: Annotated[
+            str | None, Field(description="Ready when this shell command exits 0.")
+        ] = None,
+        ready_timeout_seconds: Annotated[
+            float,
+            Field(description="Give up (and stop the service) after this long.", gt=0, le=3600),
+        ] = 60.0,
+        publish: Annotated[
+            list[str] | None,
+            Field(description="Ports to publish on the user's 127.0.0.1: [HOST_PORT:]GUEST_PORT."),
+        ] = None,
+    ) -> Annotated[CallToolResult, schemas.Service]:
+        status = pyro.service_start(
+            workspace_id,
+            name,
+            command,
+            cwd=cwd,
+            ready_http=ready_http,
+            ready_tcp=ready_tcp,
+            ready_file=ready_file,
+            ready_command=ready_command,
+            ready_timeout_seconds=ready_timeout_seconds,
+            publish=publish or (),
+        )
+        return _reply(_render_service(status), status)
+
+    def service_list(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.ServiceList]:
+        result = pyro.service_list(workspace_id)
+        text = "\n".join(_render_service(s) for s in result["services"]) or "no services"
+        return _reply(text, result)
+
+    def service_status(
+        workspace_id: WorkspaceId, name: ServiceName
+    ) -> Annotated[CallToolResult, schemas.Service]:
+        status = pyro.service_status(workspace_id, name)
+        return _reply(_render_service(status), status)
+
+    def service_logs(
+        workspace_id: WorkspaceId,
+        name: ServiceName,
+        tail_lines: Annotated[
+            int, Field(description="How many of the last lines.", ge=0, le=100000)
+        ] = 200,
+        all: Annotated[bool, Field(description="The whole kept log instead of the tail.")] = False,
+    ) -> Annotated[CallToolResult, schemas.ServiceLogs]:
+        result = pyro.service_logs(workspace_id, name, tail_lines=tail_lines, all=all)
+        return _reply(result["log"] or "(no output)", result)
+
+    def service_stop(
+        workspace_id: WorkspaceId, name: ServiceName
+    ) -> Annotated[CallToolResult, schemas.Service]:
+        status = pyro.service_stop(workspace_id, name)
+        return _reply(_render_service(status), status)
+
     def workspace_stop(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.stop_workspace(workspace_id)
         return _reply(_render_workspace(workspace), workspace)
@@ -396,6 +547,16 @@ def _tools(
         vm_delete,
         vm_status,
         vm_list,
+        shell_open,
+        shell_read,
+        shell_write,
+        shell_signal,
+        shell_close,
+        service_start,
+        service_list,
+        service_status,
+        service_logs,
+        service_stop,
     ]
     return {fn.__name__: _as_tool_errors(fn) for fn in functions}
 
@@ -434,6 +595,18 @@ def _render_command(result: dict[str, Any]) -> str:
             note = " (truncated at 1 MiB)"
         parts.append(f"--- {stream}{note} ---\n{text}")
     return "\n".join(parts)
+
+
+def _render_service(status: dict[str, Any]) -> str:
+    line = f"service {status['name']}: {status['state']}"
+    if status.get("exit_code") is not None:
+        line += f" (exit code {status['exit_code']})"
+    if status.get("reason"):
+        line += f": {status['reason']}"
+    for port in status.get("published_ports", []):
+        address = f"http://{port['host']}:{port['host_port']}"
+        line += f"; published at {address} (guest port {port['guest_port']})"
+    return line
 
 
 def _render_workspace(workspace: dict[str, Any]) -> str:
