@@ -6,13 +6,16 @@ fields the CLI prints with ``--json``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyro_mcp import config, doctor
+from pyro_mcp.errors import PyroError
 from pyro_mcp.vms import VmService
+from pyro_mcp.workspaces.secrets import Redactor
 from pyro_mcp.workspaces.service import WorkspaceService
 
 Progress = Callable[[str], None]
@@ -20,6 +23,36 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _redacting(method: _Method) -> _Method:
+    """Every value and error message of a workspace method, with its secrets redacted."""
+
+    @functools.wraps(method)
+    def wrapper(self: Pyro, workspace: str, *args: Any, **kwargs: Any) -> Any:
+        redactor = self._workspaces.redactor(workspace)
+        try:
+            result = method(self, workspace, *args, **kwargs)
+        except PyroError as exc:
+            if redactor:
+                exc.args = (redactor.redact_text(str(exc)),)
+            raise
+        return _redact_deep(result, redactor) if redactor else result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _redact_deep(value: Any, redactor: Redactor) -> Any:
+    if isinstance(value, str):
+        return redactor.redact_text(value)
+    if isinstance(value, dict):
+        return {key: _redact_deep(item, redactor) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_deep(item, redactor) for item in value]
+    return value
 
 
 class Pyro:
@@ -179,6 +212,8 @@ class Pyro:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
+        secrets: dict[str, str] | None = None,
+        secret_files: dict[str, str | Path] | None = None,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
@@ -190,6 +225,10 @@ class Pyro:
         ``network_policy`` is ``off`` (no NIC, the default), ``egress`` (user-mode
         NAT; ``network=True`` means this) or ``egress+published-ports`` (services
         may also publish ports on the host's 127.0.0.1).
+
+        ``secrets`` (NAME: value) and ``secret_files`` (NAME: host path) are stored
+        0600 on the host, materialized under /run/pyro-secrets in the guest, mapped
+        into commands with ``secret_env``, and redacted from every result.
 
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
         forward; ``max_lifetime_seconds`` caps the total. With ``network``, the
@@ -213,6 +252,8 @@ class Pyro:
             network=network,
             network_policy=network_policy,
             host_ca=host_ca,
+            secrets=secrets,
+            secret_files=secret_files,
             progress=self._progress,
         )
 
@@ -220,10 +261,12 @@ class Pyro:
         """Every workspace, most recently active first (expired ones are reaped)."""
         return self._workspaces.list_all()
 
+    @_redacting
     def status_workspace(self, workspace: str) -> dict[str, Any]:
         """A workspace's status by id or name."""
         return self._workspaces.status(workspace)
 
+    @_redacting
     def update_workspace(
         self,
         workspace: str,
@@ -237,6 +280,7 @@ class Pyro:
             workspace, name=name, labels=labels, clear_labels=clear_labels
         )
 
+    @_redacting
     def exec_workspace(
         self,
         workspace: str,
@@ -245,40 +289,56 @@ class Pyro:
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Run a command in /workspace (``cwd`` is relative to it); same fields as ``run_in_vm``."""
+        """Run a command in /workspace (``cwd`` is relative to it); same fields as ``run_in_vm``.
+
+        ``secret_env`` entries ``NAME[:ENV_VAR]`` put a workspace secret in the
+        command's environment (as ``NAME`` unless ``ENV_VAR`` is given).
+        """
         return self._workspaces.exec(
-            workspace, command, timeout_seconds=timeout_seconds, cwd=cwd, env=env
+            workspace,
+            command,
+            timeout_seconds=timeout_seconds,
+            cwd=cwd,
+            env=env,
+            secret_env=secret_env,
         )
 
+    @_redacting
     def logs_workspace(self, workspace: str) -> dict[str, Any]:
         """The command journal: command, cwd, exit code, duration, start time, bounded output."""
         return self._workspaces.logs(workspace)
 
+    @_redacting
     def push_workspace_sync(
         self, workspace: str, source: str | Path, *, dest: str = "."
     ) -> dict[str, Any]:
         """Copy a host directory or .tar/.tgz into /workspace/<dest>; escaping links are skipped."""
         return self._workspaces.sync_push(workspace, source, dest=dest)
 
+    @_redacting
     def list_workspace_files(
         self, workspace: str, path: str = ".", *, recursive: bool = False
     ) -> dict[str, Any]:
         """Entries (path, type, size, mode, link_target) under a /workspace directory."""
         return self._workspaces.file_list(workspace, path, recursive=recursive)
 
+    @_redacting
     def read_workspace_file(
         self, workspace: str, path: str, *, max_bytes: int = 65536
     ) -> dict[str, Any]:
         """A file's text (``content``), or ``content_base64`` when it is binary; bounded."""
         return self._workspaces.file_read(workspace, path, max_bytes=max_bytes)
 
+    @_redacting
     def write_workspace_file(
         self, workspace: str, path: str, content: str | bytes
     ) -> dict[str, Any]:
         """Create or replace a file under /workspace (parents are created)."""
         return self._workspaces.file_write(workspace, path, content)
 
+    @_redacting
     def apply_workspace_patch(self, workspace: str, patch: str) -> dict[str, Any]:
         """Apply a unified diff all or nothing.
 
@@ -287,26 +347,31 @@ class Pyro:
         """
         return self._workspaces.patch_apply(workspace, patch)
 
+    @_redacting
     def diff_workspace(self, workspace: str) -> dict[str, Any]:
         """Changes against the create-time baseline: ``changes`` list and unified ``patch``."""
         return self._workspaces.diff(workspace)
 
+    @_redacting
     def export_workspace(
         self, workspace: str, path: str, output: str | Path, *, overwrite: bool = False
     ) -> dict[str, Any]:
         """Copy a file or directory under /workspace to ``output`` on the host."""
         return self._workspaces.export(workspace, path, output, overwrite=overwrite)
 
+    @_redacting
     def summarize_workspace(self, workspace: str) -> dict[str, Any]:
         """Commands, file operations and changed files since the last reset."""
         return self._workspaces.summary(workspace)
 
+    @_redacting
     def reset_workspace(self, workspace: str) -> dict[str, Any]:
         """Recreate the sandbox: fresh root disk, /workspace back to the baseline."""
         return self._workspaces.reset(workspace)
 
     # --------------------------------------------------------------- shells
 
+    @_redacting
     def open_shell(
         self,
         workspace: str,
@@ -315,16 +380,21 @@ class Pyro:
         cols: int = 120,
         rows: int = 40,
         env: dict[str, str] | None = None,
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Open an interactive bash on a real PTY in the guest; returns ``shell_id``."""
-        return self._workspaces.shells.open(workspace, cwd=cwd, cols=cols, rows=rows, env=env)
+        return self._workspaces.shells.open(
+            workspace, cwd=cwd, cols=cols, rows=rows, env=env, secret_env=secret_env
+        )
 
+    @_redacting
     def write_shell(
         self, workspace: str, shell_id: str, input: str, *, newline: bool = True
     ) -> dict[str, Any]:
         """Type ``input`` into the shell (followed by Enter unless ``newline`` is False)."""
         return self._workspaces.shells.write(workspace, shell_id, input, newline=newline)
 
+    @_redacting
     def read_shell(
         self,
         workspace: str,
@@ -350,20 +420,24 @@ class Pyro:
             max_chars=max_chars,
         )
 
+    @_redacting
     def signal_shell(self, workspace: str, shell_id: str, signal: str = "INT") -> dict[str, Any]:
         """Send INT, TERM, KILL, HUP or QUIT to the shell's foreground process."""
         return self._workspaces.shells.signal(workspace, shell_id, signal)
 
+    @_redacting
     def close_shell(self, workspace: str, shell_id: str) -> dict[str, Any]:
         """End the shell and everything it started."""
         return self._workspaces.shells.close(workspace, shell_id)
 
+    @_redacting
     def list_shells(self, workspace: str) -> dict[str, Any]:
         """The workspace's shells."""
         return self._workspaces.shells.list(workspace)
 
     # -------------------------------------------------------------- services
 
+    @_redacting
     def service_start(
         self,
         workspace: str,
@@ -379,6 +453,7 @@ class Pyro:
         ready_timeout_seconds: float = 60.0,
         ready_interval_seconds: float = 0.2,
         publish: Sequence[str] = (),
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a named long-running process and wait for its readiness check.
 
@@ -400,34 +475,42 @@ class Pyro:
             ready_timeout_seconds=ready_timeout_seconds,
             ready_interval_seconds=ready_interval_seconds,
             publish=publish,
+            secret_env=secret_env,
         )
 
+    @_redacting
     def service_list(self, workspace: str) -> dict[str, Any]:
         """Every service of the workspace with its state and published ports."""
         return self._workspaces.services.list(workspace)
 
+    @_redacting
     def service_status(self, workspace: str, name: str) -> dict[str, Any]:
         """One service's state, exit code, reason and published ports."""
         return self._workspaces.services.status(workspace, name)
 
+    @_redacting
     def service_logs(
         self, workspace: str, name: str, *, tail_lines: int | None = 200, all: bool = False
     ) -> dict[str, Any]:
         """The service's output (kept outside /workspace), the last ``tail_lines`` or all."""
         return self._workspaces.services.logs(workspace, name, tail_lines=tail_lines, all=all)
 
+    @_redacting
     def service_stop(self, workspace: str, name: str) -> dict[str, Any]:
         """Stop the service (TERM, then KILL) and withdraw its published ports."""
         return self._workspaces.services.stop(workspace, name)
 
+    @_redacting
     def stop_workspace(self, workspace: str) -> dict[str, Any]:
         """Stop the VM, keeping /workspace and the root disk."""
         return self._workspaces.stop(workspace)
 
+    @_redacting
     def start_workspace(self, workspace: str) -> dict[str, Any]:
         """Boot a stopped workspace again, /workspace intact."""
         return self._workspaces.start(workspace)
 
+    @_redacting
     def delete_workspace(self, workspace: str) -> dict[str, Any]:
         """Stop the workspace and remove its disks, record and journal."""
         return self._workspaces.delete(workspace)

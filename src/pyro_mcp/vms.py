@@ -144,9 +144,15 @@ class VmService:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         client: SupervisorClient | None = None,
+        secret_env: dict[str, str] | None = None,
     ) -> ExecResult:
-        """Run ``command`` (a shell string, or an argv list) in a running VM."""
+        """Run ``command`` (a shell string, or an argv list) in a running VM.
+
+        ``secret_env`` maps variables to secret names materialized in the guest.
+        """
         args = _exec_args(command, timeout_seconds, env, cwd)
+        if secret_env:
+            args["secret_env"] = dict(secret_env)
         record = self.status_vm(vm_id)
         require_state(
             vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`."

@@ -213,6 +213,7 @@ def op_exec(args: dict[str, Any]) -> dict[str, Any]:
     ):
         raise RequestError("bad_args", "env must map names to strings")
     env.update(extra_env)
+    env.update(processes.secret_environment(args))
     cwd = args.get("cwd") or "/root"
     if not isinstance(cwd, str) or not os.path.isdir(cwd):
         raise RequestError("bad_cwd", f"working directory {cwd!r} does not exist in the guest")

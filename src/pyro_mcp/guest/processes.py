@@ -47,6 +47,9 @@ _lock = threading.Lock()
 BASE_ENV: dict[str, str] = {}
 
 
+SECRETS_DIR = "/run/pyro-secrets"
+
+
 def _env(args: dict[str, Any]) -> dict[str, str]:
     env = dict(BASE_ENV)
     extra = args.get("env") or {}
@@ -55,7 +58,42 @@ def _env(args: dict[str, Any]) -> dict[str, str]:
     ):
         raise RequestError("bad_args", "env must map names to strings")
     env.update(extra)
+    env.update(secret_environment(args))
     return env
+
+
+def secret_environment(args: dict[str, Any]) -> dict[str, str]:
+    """``secret_env`` {ENV_VAR: SECRET_NAME} resolved from /run/pyro-secrets."""
+    mapping = args.get("secret_env") or {}
+    if not isinstance(mapping, dict):
+        raise RequestError("bad_args", "secret_env must map variables to secret names")
+    env = {}
+    for variable, name in mapping.items():
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise RequestError("bad_args", "bad secret name")
+        try:
+            with open(os.path.join(SECRETS_DIR, name), "rb") as handle:
+                env[str(variable)] = handle.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise RequestError("no_such", f"no secret {name!r} in this workspace") from exc
+    return env
+
+
+def op_secrets_put(args: dict[str, Any]) -> dict[str, Any]:
+    """Materialize secrets on the tmpfs /run/pyro-secrets (0700, files 0600)."""
+    values = args.get("secrets") or {}
+    if not isinstance(values, dict):
+        raise RequestError("bad_args", "secrets must map names to base64 values")
+    os.makedirs(SECRETS_DIR, mode=0o700, exist_ok=True)
+    os.chmod(SECRETS_DIR, 0o700)
+    for name, encoded in values.items():
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise RequestError("bad_args", "bad secret name")
+        path = os.path.join(SECRETS_DIR, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(base64.b64decode(str(encoded), validate=True))
+    return {"names": sorted(values)}
 
 
 def _argv(args: dict[str, Any]) -> list[str]:
@@ -453,6 +491,7 @@ def op_shell_list(args: dict[str, Any]) -> dict[str, Any]:
 
 
 OPERATIONS = {
+    "secrets_put": op_secrets_put,
     "service_start": op_service_start,
     "service_list": op_service_list,
     "service_status": op_service_status,

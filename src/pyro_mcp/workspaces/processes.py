@@ -81,6 +81,7 @@ class ServiceOps:
         ready_timeout_seconds: float = 60.0,
         ready_interval_seconds: float = 0.2,
         publish: Sequence[str] = (),
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a named service and wait until its readiness check passes (or fails)."""
         if not _NAME.match(name or ""):
@@ -107,7 +108,12 @@ class ServiceOps:
         for host_port, _ in ports:
             if host_port is not None and not host_port_available(host_port):
                 raise InvalidArgument("publish", f"port {host_port} is already in use on the host")
-        args: dict[str, Any] = {"name": name, "cwd": self._cwd(cwd), "env": env or {}}
+        args: dict[str, Any] = {
+            "name": name,
+            "cwd": self._cwd(cwd),
+            "env": env or {},
+            "secret_env": self.ws.secret_env(workspace, secret_env),
+        }
         args.update({"shell": command} if isinstance(command, str) else {"argv": list(command)})
         if chosen:
             ((kind, target),) = chosen.items()
@@ -178,7 +184,8 @@ class ServiceOps:
             args["tail_lines"] = tail_lines
         with self.ws._connect(workspace) as client:
             reply = client.agent("service_logs", args, 30)
-        log = _decode(reply.get("log"), MAX_SERVICE_LOG)
+        redact = self.ws.redactor(workspace["workspace_id"])
+        log = redact.redact_bytes(_decode(reply.get("log"), MAX_SERVICE_LOG))
         return self.ws._done(
             workspace,
             {
@@ -244,11 +251,18 @@ class ShellOps:
         cols: int = 120,
         rows: int = 40,
         env: dict[str, str] | None = None,
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         if not (10 <= cols <= 1000 and 2 <= rows <= 500):
             raise InvalidArgument("cols", "cols must be 10-1000 and rows 2-500")
         workspace = self.ws._find(ref)
-        args = {"cwd": ServiceOps._cwd(cwd), "cols": cols, "rows": rows, "env": env or {}}
+        args = {
+            "cwd": ServiceOps._cwd(cwd),
+            "cols": cols,
+            "rows": rows,
+            "env": env or {},
+            "secret_env": self.ws.secret_env(workspace, secret_env),
+        }
         with self.ws._connect(workspace) as client:
             reply = client.agent("shell_open", args, 30)
         return self.ws._done(workspace, _check_shell(reply))
@@ -289,13 +303,22 @@ class ShellOps:
         }
         with self.ws._connect(workspace) as client:
             reply = client.agent("shell_read", args, max_wait_ms / 1000 + 30)
-        raw = _decode(reply.get("output"), MAX_SHELL_READ).decode("utf-8", errors="replace")
+        data = _decode(reply.get("output"), MAX_SHELL_READ)
         numbers = {}
         for field in ("cursor", "next_cursor", "missed_bytes"):
             value = reply.get(field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise AgentProtocolError(f"shell read field {field} must be a non-negative integer")
             numbers[field] = value
+        redact = self.ws.redactor(workspace["workspace_id"])
+        if redact and not reply.get("closed"):
+            # A secret split across two reads: keep back a tail that could begin
+            # one; the next read starts there and sees the whole value.
+            held = redact.held_back(data)
+            if held:
+                data = data[: len(data) - held]
+                numbers["next_cursor"] -= held
+        raw = redact.redact_bytes(data).decode("utf-8", errors="replace")
         return self.ws._done(
             workspace,
             {

@@ -32,6 +32,7 @@ from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
 from pyro_mcp.workspaces import ca_trust, files, lifetime, processes, project_source, transfer
+from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
@@ -99,6 +100,8 @@ class WorkspaceService:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
+        secrets: dict[str, str] | None = None,
+        secret_files: dict[str, str | Path] | None = None,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
         """Seed a workspace and boot it. On any failure nothing is left behind.
@@ -111,6 +114,7 @@ class WorkspaceService:
         """
         if seed_path is not None and project_path is not None:
             raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
+        secret_values = secret_store.collect(secrets, secret_files)
         # `network=True` is shorthand for the egress policy.
         policy = processes.check_policy(network_policy or ("egress" if network else "off"))
         network = policy != "off"
@@ -131,6 +135,8 @@ class WorkspaceService:
         folder.mkdir(parents=True, mode=0o700)
         vm_id: str | None = None
         try:
+            if secret_values:
+                secret_store.store(folder / "secrets", secret_values)
             progress("phase=seed staging the seed")
             staging = folder / "seed"
             if project_path is not None:
@@ -224,6 +230,7 @@ class WorkspaceService:
             ),
             "network": vm.network,
             "network_policy": workspace.get("network_policy", "off"),
+            "secrets": sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets")),
             "services": self.services.counts(workspace)
             if vm.state.value == "running"
             else {"running": 0, "total": 0},
@@ -272,30 +279,42 @@ class WorkspaceService:
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Run a command in ``/workspace`` (or ``cwd`` under it); journal it."""
         workspace = self._touch(self._find(ref))
+        secret_vars = self.secret_env(workspace, secret_env)
         guest_cwd = str(resolve_workspace_path(cwd or "."))
         started = time.time()
         try:
             result = self.vms.exec_vm(
-                workspace["vm_id"], command, timeout_seconds=timeout_seconds, env=env, cwd=guest_cwd
+                workspace["vm_id"],
+                command,
+                timeout_seconds=timeout_seconds,
+                env=env,
+                cwd=guest_cwd,
+                secret_env=secret_vars,
             )
         finally:
             workspace = self._touch(workspace)
+        redact = self.redactor(workspace["workspace_id"])
         data = result.to_dict()
+        data["stdout"], data["stderr"] = (
+            redact.redact_text(data["stdout"]),
+            redact.redact_text(data["stderr"]),
+        )
         self.store.add_journal(
             workspace["workspace_id"],
             "exec",
             started,
             {
-                "command": describe_command(command),
+                "command": redact.redact_text(describe_command(command)),
                 "cwd": guest_cwd,
                 "exit_code": result.exit_code,
                 "duration_ms": result.duration_ms,
                 "timed_out": result.timed_out,
-                **_bounded("stdout", result.stdout, result.stdout_truncated),
-                **_bounded("stderr", result.stderr, result.stderr_truncated),
+                **_bounded("stdout", data["stdout"], result.stdout_truncated),
+                **_bounded("stderr", data["stderr"], result.stderr_truncated),
             },
         )
         return {"workspace_id": workspace["workspace_id"], **data, **_warning(workspace)}
@@ -570,6 +589,20 @@ class WorkspaceService:
             raise NotFound(f"no workspace {ref!r}; see `pyro workspace list`")
         return workspace
 
+    def redactor(self, ref: str) -> secret_store.Redactor:
+        """Replaces the workspace's secret values in text (empty if it has none)."""
+        workspace = self.store.find_workspace(ref)
+        if workspace is None:
+            return secret_store.Redactor({})
+        return secret_store.Redactor(
+            secret_store.load(self.root / workspace["workspace_id"] / "secrets")
+        )
+
+    def secret_env(self, workspace: dict[str, Any], specs: Sequence[str]) -> dict[str, str]:
+        """``NAME[:ENV_VAR]`` specs checked against the workspace's secrets."""
+        known = sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets"))
+        return secret_store.parse_secret_env(specs, known)
+
     def _done(self, workspace: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """An operation's result: its data, plus a warning when expiry is near."""
         current = self.store.find_workspace(workspace["workspace_id"]) or workspace
@@ -587,7 +620,14 @@ class WorkspaceService:
         return touched
 
     def _after_boot(self, workspace: dict[str, Any]) -> None:
-        """Per-boot guest set-up: the host's CAs for a workspace with egress."""
+        """Per-boot guest set-up: secrets, and the host's CAs for a workspace with egress."""
+        values = secret_store.load(self.root / workspace["workspace_id"] / "secrets")
+        if values:
+            encoded = {
+                name: base64.b64encode(value).decode("ascii") for name, value in values.items()
+            }
+            with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
+                client.agent("secrets_put", {"secrets": encoded}, 60)
         vm = self.vms.status_vm(workspace["vm_id"])
         if not vm.network or not workspace.get("host_ca", 1):
             return

@@ -1,0 +1,121 @@
+"""Workspace secrets: stored 0600 on the host, redacted from everything shown.
+
+Values live only in files under the workspace folder (``secrets/NAME``, 0600
+in a 0700 directory) and, inside the guest, on the tmpfs ``/run/pyro-secrets``.
+They never go into SQLite, the journal, logs or events. Every output that
+leaves the service layer passes through ``Redactor``, which replaces each
+value with ``[REDACTED:NAME]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pyro_mcp.errors import InvalidArgument
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_SECRET_BYTES = 64 * 1024
+MAX_SECRETS = 64
+# Shorter values would redact ordinary text everywhere; they are refused.
+MIN_SECRET_BYTES = 4
+
+
+def check_name(name: str, field: str = "secret") -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise InvalidArgument(
+            field, f"{name!r} is not a valid name: letters, digits and _, not starting with a digit"
+        )
+    return name
+
+
+def collect(
+    literal: Mapping[str, str] | None, files: Mapping[str, str | Path] | None
+) -> dict[str, bytes]:
+    """Secret values from literals and host files, validated."""
+    values: dict[str, bytes] = {}
+    for name, literal_value in (literal or {}).items():
+        values[check_name(name)] = str(literal_value).encode("utf-8")
+    for name, path in (files or {}).items():
+        check_name(name, "secret_file")
+        if name in values:
+            raise InvalidArgument("secret_file", f"secret {name} is given twice")
+        try:
+            values[name] = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise InvalidArgument("secret_file", f"cannot read {path}: {exc.strerror}") from exc
+    if len(values) > MAX_SECRETS:
+        raise InvalidArgument("secret", f"at most {MAX_SECRETS} secrets")
+    for name, secret in values.items():
+        if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
+            raise InvalidArgument(
+                "secret", f"{name}: a secret must be {MIN_SECRET_BYTES} bytes to 64 KiB long"
+            )
+    return values
+
+
+def store(folder: Path, values: Mapping[str, bytes]) -> None:
+    """Write values as 0600 files in a 0700 directory (created with those modes)."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    for name, value in values.items():
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(value)
+
+
+def load(folder: Path) -> dict[str, bytes]:
+    if not folder.is_dir():
+        return {}
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def parse_secret_env(specs: Sequence[str], known: Sequence[str]) -> dict[str, str]:
+    """``NAME[:ENV_VAR]`` specs as {ENV_VAR: NAME}."""
+    mapping: dict[str, str] = {}
+    for spec in specs:
+        name, _, variable = str(spec).partition(":")
+        check_name(name, "secret_env")
+        check_name(variable or name, "secret_env")
+        if name not in known:
+            have = ", ".join(known) or "none"
+            raise InvalidArgument(
+                "secret_env", f"the workspace has no secret {name!r} (it has: {have})"
+            )
+        mapping[variable or name] = name
+    return mapping
+
+
+class Redactor:
+    """Replaces secret values in outputs; also knows how much of a tail to hold back."""
+
+    def __init__(self, values: Mapping[str, bytes]) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self._values = sorted(values.items(), key=lambda item: -len(item[1]))
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        for name, value in self._values:
+            data = data.replace(value, f"[REDACTED:{name}]".encode())
+        return data
+
+    def redact_text(self, text: str) -> str:
+        if not self._values:
+            return text
+        for name, value in self._values:
+            text = text.replace(value.decode("utf-8", errors="replace"), f"[REDACTED:{name}]")
+        return text
+
+    def held_back(self, data: bytes) -> int:
+        """How many trailing bytes of ``data`` could begin a secret (to send later)."""
+        longest = 0
+        for _, value in self._values:
+            for size in range(min(len(value) - 1, len(data)), longest, -1):
+                if data.endswith(value[:size]):
+                    longest = size
+                    break
+        return longest
