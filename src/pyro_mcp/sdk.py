@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -213,7 +213,7 @@ class Pyro:
         network_policy: str | None = None,
         host_ca: bool = True,
         secrets: dict[str, str] | None = None,
-        secret_files: dict[str, str | Path] | None = None,
+        secret_files: Mapping[str, str | Path] | None = None,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.

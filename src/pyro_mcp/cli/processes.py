@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     opened.add_argument("--cols", type=int, default=120)
     opened.add_argument("--rows", type=int, default=40)
     opened.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    opened.add_argument("--secret-env", action="append", default=[], metavar="NAME[:ENV_VAR]")
     opened.add_argument("--id-only", action="store_true")
     opened.add_argument("--json", action="store_true")
     opened.set_defaults(handler=handle_shell_open)
@@ -101,6 +102,7 @@ def register(sub: Any) -> None:
     start.add_argument("name")
     start.add_argument("--cwd", help="relative to /workspace")
     start.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    start.add_argument("--secret-env", action="append", default=[], metavar="NAME[:ENV_VAR]")
     ready = start.add_mutually_exclusive_group()
     ready.add_argument("--ready-file", help="ready when this file exists (relative to --cwd)")
     ready.add_argument(
@@ -134,7 +136,12 @@ def register(sub: Any) -> None:
 
 def handle_shell_open(args: argparse.Namespace) -> int:
     shell = Pyro().open_shell(
-        args.workspace, cwd=args.cwd, cols=args.cols, rows=args.rows, env=parse_env(args.env)
+        args.workspace,
+        cwd=args.cwd,
+        cols=args.cols,
+        rows=args.rows,
+        env=parse_env(args.env),
+        secret_env=args.secret_env,
     )
     if args.id_only:
         print(shell["shell_id"])
@@ -215,6 +222,7 @@ def handle_service_start(args: argparse.Namespace) -> int:
         ready_timeout_seconds=args.ready_timeout_seconds,
         ready_interval_seconds=args.ready_interval_seconds,
         publish=args.publish,
+        secret_env=args.secret_env,
     )
     if args.json:
         print_json(status)

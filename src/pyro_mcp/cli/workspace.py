@@ -71,6 +71,16 @@ def register(commands: Any) -> None:
         choices=["off", "egress", "egress+published-ports"],
         help="off: no NIC (default); egress: NAT; egress+published-ports: services may publish",
     )
+    create.add_argument(
+        "--secret", action="append", default=[], metavar="NAME=VALUE", help="a secret (repeatable)"
+    )
+    create.add_argument(
+        "--secret-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a secret read from a host file (repeatable)",
+    )
     create.add_argument("--id-only", action="store_true", help="print only the workspace id")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=handle_create)
@@ -160,6 +170,13 @@ def register(commands: Any) -> None:
     execute.add_argument("--timeout-seconds", type=float, default=config.DEFAULT_TIMEOUT_SECONDS)
     execute.add_argument("--cwd", help="a directory relative to /workspace")
     execute.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    execute.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME[:ENV_VAR]",
+        help="put a workspace secret in the environment (repeatable)",
+    )
     execute.add_argument("--json", action="store_true")
     execute.add_argument("cmd", nargs="*", help="the command and its arguments, after --")
     execute.set_defaults(handler=handle_exec)
@@ -178,6 +195,8 @@ def handle_create(args: argparse.Namespace) -> int:
         mem_mib=args.mem_mib,
         network=args.network,
         network_policy=args.network_policy,
+        secrets=parse_pairs(args.secret, "--secret"),
+        secret_files=parse_pairs(args.secret_file, "--secret-file"),
     )
     if args.id_only:
         print(workspace["workspace_id"])
@@ -263,12 +282,23 @@ def handle_exec(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout_seconds,
         cwd=args.cwd,
         env=parse_env(args.env),
+        secret_env=args.secret_env,
     )
     if args.json:
         print_json(result)
     else:
         write_command_output(result, "workspace", args.timeout_seconds)
     return int(result["exit_code"])
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(flag, f"{key or pair!r} is not NAME=VALUE")
+        values[key] = value
+    return values
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:

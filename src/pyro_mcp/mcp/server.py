@@ -177,8 +177,22 @@ def _tools(
                 "(services may also publish ports on the user's 127.0.0.1). Overrides network."
             ),
         ] = None,
+        secrets: Annotated[
+            dict[str, str] | None,
+            Field(description="NAME: value secrets, kept out of every result (see secret_env)."),
+        ] = None,
+        secret_files: Annotated[
+            dict[str, str] | None,
+            Field(description="NAME: host path secrets, read from allowed host paths."),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
+        files = {
+            name: policy.readable(path, "secret_files")
+            for name, path in (secret_files or {}).items()
+        }
         common: dict[str, Any] = dict(
+            secrets=secrets,
+            secret_files=files,
             network_policy=network_policy,
             name=name,
             labels=labels,
@@ -236,9 +250,17 @@ def _tools(
         cwd: Annotated[
             str | None, Field(description="Directory to run in, relative to /workspace.")
         ] = None,
+        secret_env: Annotated[
+            list[str] | None,
+            Field(description="Secrets to put in the environment: NAME or NAME:ENV_VAR."),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.ExecResult]:
         result = pyro.exec_workspace(
-            workspace_id, command, timeout_seconds=timeout_seconds, cwd=cwd
+            workspace_id,
+            command,
+            timeout_seconds=timeout_seconds,
+            cwd=cwd,
+            secret_env=secret_env or (),
         )
         return _reply(_render_command(result), result)
 
@@ -341,8 +363,14 @@ def _tools(
         ] = None,
         cols: Annotated[int, Field(description="Terminal width.", ge=10, le=1000)] = 120,
         rows: Annotated[int, Field(description="Terminal height.", ge=2, le=500)] = 40,
+        secret_env: Annotated[
+            list[str] | None,
+            Field(description="Secrets to put in the environment: NAME or NAME:ENV_VAR."),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.Shell]:
-        shell = pyro.open_shell(workspace_id, cwd=cwd, cols=cols, rows=rows)
+        shell = pyro.open_shell(
+            workspace_id, cwd=cwd, cols=cols, rows=rows, secret_env=secret_env or ()
+        )
         return _reply(f"opened shell {shell['shell_id']}", shell)
 
     def shell_write(
@@ -431,6 +459,10 @@ def _tools(
             list[str] | None,
             Field(description="Ports to publish on the user's 127.0.0.1: [HOST_PORT:]GUEST_PORT."),
         ] = None,
+        secret_env: Annotated[
+            list[str] | None,
+            Field(description="Secrets to put in the environment: NAME or NAME:ENV_VAR."),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.Service]:
         status = pyro.service_start(
             workspace_id,
@@ -443,6 +475,7 @@ def _tools(
             ready_command=ready_command,
             ready_timeout_seconds=ready_timeout_seconds,
             publish=publish or (),
+            secret_env=secret_env or (),
         )
         return _reply(_render_service(status), status)
 

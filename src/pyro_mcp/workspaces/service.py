@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -101,7 +101,7 @@ class WorkspaceService:
         network_policy: str | None = None,
         host_ca: bool = True,
         secrets: dict[str, str] | None = None,
-        secret_files: dict[str, str | Path] | None = None,
+        secret_files: Mapping[str, str | Path] | None = None,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
         """Seed a workspace and boot it. On any failure nothing is left behind.
