@@ -365,9 +365,25 @@ class Pyro:
         return self._workspaces.summary(workspace)
 
     @_redacting
-    def reset_workspace(self, workspace: str) -> dict[str, Any]:
-        """Recreate the sandbox: fresh root disk, /workspace back to the baseline."""
-        return self._workspaces.reset(workspace)
+    def reset_workspace(self, workspace: str, *, snapshot: str | None = None) -> dict[str, Any]:
+        """Recreate the sandbox: fresh root disk, /workspace back to the baseline
+        (or to ``snapshot``). Shells, services and installed packages are gone."""
+        return self._workspaces.reset(workspace, snapshot=snapshot)
+
+    @_redacting
+    def create_snapshot(self, workspace: str, name: str) -> dict[str, Any]:
+        """Capture /workspace consistently (even while running) as ``name``."""
+        return self._workspaces.snapshots.create(workspace, name)
+
+    @_redacting
+    def list_snapshots(self, workspace: str) -> dict[str, Any]:
+        """``baseline`` (reserved) and the named snapshots."""
+        return self._workspaces.snapshots.list(workspace)
+
+    @_redacting
+    def delete_snapshot(self, workspace: str, name: str) -> dict[str, Any]:
+        """Delete a named snapshot (``baseline`` cannot be deleted)."""
+        return self._workspaces.snapshots.delete(workspace, name)
 
     # --------------------------------------------------------------- shells
 

@@ -199,6 +199,28 @@ def op_trust_ca(args: dict[str, Any]) -> dict[str, Any]:
     return {"path": SYSTEM_CA_BUNDLE, "env": list(CA_ENV)}
 
 
+# linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+
+def op_freeze(args: dict[str, Any]) -> dict[str, Any]:
+    """Flush and freeze /workspace (writes block until thawed), or thaw it."""
+    import fcntl
+
+    fd = os.open("/workspace", os.O_RDONLY)
+    try:
+        if args.get("freeze"):
+            os.sync()
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        else:
+            with contextlib.suppress(OSError):  # not frozen
+                fcntl.ioctl(fd, FITHAW, 0)
+    finally:
+        os.close(fd)
+    return {"frozen": bool(args.get("freeze"))}
+
+
 def op_sync(args: dict[str, Any]) -> dict[str, Any]:
     os.sync()
     return {}
@@ -328,6 +350,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "sync": op_sync,
     "exec": op_exec,
     "trust_ca": op_trust_ca,
+    "freeze": op_freeze,
     **fileops.OPERATIONS,
     **processes.OPERATIONS,
 }

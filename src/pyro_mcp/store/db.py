@@ -83,6 +83,15 @@ MIGRATIONS: tuple[str, ...] = (
         guest_port INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE snapshots (
+        workspace_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (workspace_id, name)
+    );
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
@@ -238,6 +247,30 @@ class Store:
         if service is not None:
             query += " AND service = ?"
             params += (service,)
+        with self.transaction() as db:
+            db.execute(query, params)
+
+    def add_snapshot(self, workspace_id: str, name: str, created_at: float, size: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO snapshots (workspace_id, name, created_at, bytes) VALUES (?, ?, ?, ?)",
+                (workspace_id, name, created_at, size),
+            )
+
+    def snapshots(self, workspace_id: str) -> list[dict[str, Any]]:
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT name, created_at, bytes FROM snapshots WHERE workspace_id = ? "
+                "ORDER BY created_at",
+                (workspace_id,),
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def delete_snapshot(self, workspace_id: str, name: str | None = None) -> None:
+        query = "DELETE FROM snapshots WHERE workspace_id = ?"
+        params: tuple[str, ...] = (workspace_id,)
+        if name is not None:
+            query, params = query + " AND name = ?", (workspace_id, name)
         with self.transaction() as db:
             db.execute(query, params)
 

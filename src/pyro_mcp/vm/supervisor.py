@@ -390,6 +390,9 @@ class Supervisor:
                 reply["id"] = request_id
             elif op in ("status", "own"):
                 reply = {"id": request_id, "ok": True, "result": self.status()}
+            elif op in ("pause", "resume"):
+                await self.qmp("stop" if op == "pause" else "cont")
+                reply = {"id": request_id, "ok": True, "result": {"paused": op == "pause"}}
             elif op == "hostfwd":
                 result = await self.hostfwd(
                     str(args.get("action")), int(args["host_port"]), int(args.get("guest_port", 0))

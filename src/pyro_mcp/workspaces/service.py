@@ -33,6 +33,7 @@ from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
 from pyro_mcp.workspaces import ca_trust, files, lifetime, processes, project_source, transfer
 from pyro_mcp.workspaces import secrets as secret_store
+from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.seed import stage_seed
 
@@ -81,6 +82,7 @@ class WorkspaceService:
         self.root = vms.paths.state_dir / "workspaces"
         self.services = processes.ServiceOps(self)
         self.shells = processes.ShellOps(self)
+        self.snapshots = snapshot_ops.SnapshotOps(self)
 
     # -------------------------------------------------------------- create
 
@@ -414,20 +416,27 @@ class WorkspaceService:
         self._journal(workspace, "export", record)
         return self._done(workspace, {**record})
 
-    def reset(self, ref: str) -> dict[str, Any]:
-        """Recreate the whole sandbox: fresh root disk, /workspace back to the baseline."""
+    def reset(self, ref: str, *, snapshot: str | None = None) -> dict[str, Any]:
+        """Recreate the whole sandbox: fresh root disk, /workspace from the baseline
+        (or from the named snapshot)."""
         workspace = self._find(ref)
         folder = self.root / workspace["workspace_id"]
+        source = None
+        if snapshot not in (None, snapshot_ops.BASELINE):
+            source = self.snapshots.path(workspace, str(snapshot))  # NotFound before any change
         self.vms.stop_vm(workspace["vm_id"])
         self.store.delete_published_ports(workspace["workspace_id"])
         self.vms.reset_root_disk(workspace["vm_id"])
         fresh = folder / "workspace.qcow2.new"
         fresh.unlink(missing_ok=True)
-        disks.create_overlay(folder / "baseline.ext4", fresh)
+        if source is None:
+            disks.create_overlay(folder / "baseline.ext4", fresh)
+        else:
+            shutil.copyfile(source, fresh)
         fresh.replace(folder / "workspace.qcow2")
         self.vms.start_vm(workspace["vm_id"])
         self._after_boot(workspace)
-        self._journal(workspace, "reset", {"to": "baseline"})
+        self._journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
         return self.status(workspace["workspace_id"])
 
     def summary(self, ref: str) -> dict[str, Any]:
@@ -503,6 +512,7 @@ class WorkspaceService:
             self.vms.delete_vm(workspace["vm_id"])
         shutil.rmtree(self.root / workspace["workspace_id"], ignore_errors=True)
         self.store.delete_published_ports(workspace["workspace_id"])
+        self.snapshots.remove_all(workspace["workspace_id"])
         self.store.add_tombstone(workspace["workspace_id"], workspace["name"], reason, time.time())
         self.store.delete_workspace(workspace["workspace_id"])
         return {"workspace_id": workspace["workspace_id"], "deleted": True}

@@ -1,0 +1,104 @@
+"""Named snapshots of /workspace, and resetting to them.
+
+A snapshot is a copy of the workspace's qcow2 overlay (only what the
+workspace wrote since the baseline), taken consistently: the guest flushes and
+freezes /workspace, QEMU pauses (flushing its block layer), the file is
+copied, and the VM resumes and thaws, always in that order. ``baseline`` is the
+reserved name of the create-time state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError
+
+if TYPE_CHECKING:
+    from pyro_mcp.workspaces.service import WorkspaceService
+
+BASELINE = "baseline"
+MAX_SNAPSHOTS = 32
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class SnapshotOps:
+    def __init__(self, workspaces: WorkspaceService) -> None:
+        self.ws = workspaces
+
+    def folder(self, workspace_id: str) -> Path:
+        return self.ws.root / workspace_id / "snapshots"
+
+    def create(self, ref: str, name: str) -> dict[str, Any]:
+        if not _NAME.match(name or ""):
+            raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        if name == BASELINE:
+            raise InvalidArgument("name", "baseline is the reserved name of the create-time state")
+        workspace = self.ws._touch(self.ws._find(ref))
+        workspace_id = workspace["workspace_id"]
+        existing = {s["name"] for s in self.ws.store.snapshots(workspace_id)}
+        if name in existing:
+            raise InvalidArgument(
+                "name", f"snapshot {name!r} exists; delete it first or pick another name"
+            )
+        if len(existing) >= MAX_SNAPSHOTS:
+            raise InvalidArgument("name", f"at most {MAX_SNAPSHOTS} snapshots per workspace")
+        source = self.ws.root / workspace_id / "workspace.qcow2"
+        target = self.folder(workspace_id) / f"{name}.qcow2"
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        vm = self.ws.vms.status_vm(workspace["vm_id"])
+        if vm.state.value == "running":
+            with self.ws.vms.connect(workspace["vm_id"], "") as client:
+                client.agent("freeze", {"freeze": True}, 60)
+                try:
+                    client.call("pause", timeout=30)
+                    try:
+                        shutil.copyfile(source, partial)
+                    finally:
+                        client.call("resume", timeout=30)
+                finally:
+                    client.agent("freeze", {"freeze": False}, 60)
+        else:
+            shutil.copyfile(source, partial)  # a stopped VM's disk is already consistent
+        partial.rename(target)
+        created = time.time()
+        self.ws.store.add_snapshot(workspace_id, name, created, target.stat().st_size)
+        self.ws._journal(workspace, "snapshot", {"name": name, "action": "create"})
+        return self.ws._done(
+            workspace, {"name": name, "created_at": created, "bytes": target.stat().st_size}
+        )
+
+    def list(self, ref: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        snapshots = [
+            {"name": BASELINE, "created_at": workspace["created_at"], "bytes": 0, "reserved": True}
+        ] + [{**s, "reserved": False} for s in self.ws.store.snapshots(workspace["workspace_id"])]
+        return self.ws._done(workspace, {"snapshots": snapshots})
+
+    def delete(self, ref: str, name: str) -> dict[str, Any]:
+        workspace = self.ws._find(ref)
+        if name == BASELINE:
+            raise InvalidArgument("name", "the baseline snapshot cannot be deleted")
+        self.path(workspace, name).unlink(missing_ok=True)
+        self.ws.store.delete_snapshot(workspace["workspace_id"], name)
+        self.ws._journal(workspace, "snapshot", {"name": name, "action": "delete"})
+        return self.ws._done(workspace, {"name": name, "deleted": True})
+
+    def path(self, workspace: dict[str, Any], name: str) -> Path:
+        """The file of snapshot ``name``; NotFound listing the names otherwise."""
+        names = [s["name"] for s in self.ws.store.snapshots(workspace["workspace_id"])]
+        if name not in names:
+            raise NotFound(
+                f"no snapshot {name!r}; snapshots: {', '.join([BASELINE, *names])} "
+                "(see snapshot list)"
+            )
+        return self.folder(workspace["workspace_id"]) / f"{name}.qcow2"
+
+    def remove_all(self, workspace_id: str) -> None:
+        with contextlib.suppress(PyroError):
+            self.ws.store.delete_snapshot(workspace_id)
