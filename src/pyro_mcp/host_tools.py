@@ -23,6 +23,7 @@ QEMU = HostTool("qemu-system-x86_64", "qemu-system-x86", "runs the microVMs")
 QEMU_IMG = HostTool("qemu-img", "qemu-utils", "creates per-VM disk overlays")
 DEBOOTSTRAP = HostTool("debootstrap", "debootstrap", "builds environment root filesystems")
 MKFS_EXT4 = HostTool("mkfs.ext4", "e2fsprogs", "turns root filesystems into disk images")
+DEBUGFS = HostTool("debugfs", "e2fsprogs", "reads stopped workspace disks offline")
 BUSYBOX = HostTool(
     "busybox", "busybox-static", "the guest's early userspace", ("/bin/busybox", "/usr/bin/busybox")
 )

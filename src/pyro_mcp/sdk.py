@@ -371,6 +371,27 @@ class Pyro:
         return self._workspaces.reset(workspace, snapshot=snapshot)
 
     @_redacting
+    def export_workspace_disk(
+        self, workspace: str, output: str | Path, *, overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Write a stopped workspace's /workspace as a raw ext4 image (no boot)."""
+        return self._workspaces.disk.export(workspace, output, overwrite=overwrite)
+
+    @_redacting
+    def list_workspace_disk(
+        self, workspace: str, path: str = ".", *, recursive: bool = False
+    ) -> dict[str, Any]:
+        """Entries of a stopped workspace's /workspace, read offline."""
+        return self._workspaces.disk.list(workspace, path, recursive=recursive)
+
+    @_redacting
+    def read_workspace_disk(
+        self, workspace: str, path: str, *, max_bytes: int = 65536
+    ) -> dict[str, Any]:
+        """A file of a stopped workspace's /workspace, read offline."""
+        return self._workspaces.disk.read(workspace, path, max_bytes=max_bytes)
+
+    @_redacting
     def create_snapshot(self, workspace: str, name: str) -> dict[str, Any]:
         """Capture /workspace consistently (even while running) as ``name``."""
         return self._workspaces.snapshots.create(workspace, name)

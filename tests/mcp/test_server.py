@@ -37,12 +37,16 @@ CORE = {
 LIFECYCLE = {"workspace_create", "workspace_list", "workspace_status", "workspace_delete"}
 SHELLS = {"shell_open", "shell_read", "shell_write", "shell_signal", "shell_close"}
 SERVICES = {"service_start", "service_list", "service_status", "service_logs", "service_stop"}
+SNAPSHOTS = {"snapshot_create", "snapshot_list", "snapshot_delete"}
+DISK = {"disk_export", "disk_list", "disk_read"}
 EXPECTED = {
     ("--profile", "vm-run"): {"vm_run"},
     ("--profile", "workspace-core"): CORE,
     ("--profile", "workspace-full"): CORE
     | SHELLS
     | SERVICES
+    | SNAPSHOTS
+    | DISK
     | {
         "workspace_stop",
         "workspace_start",
@@ -85,6 +89,7 @@ EXPECTED = {
     },
     ("--mode", "review-eval"): LIFECYCLE
     | SHELLS
+    | SNAPSHOTS
     | {
         "workspace_diff",
         "workspace_export",

@@ -134,6 +134,111 @@ def register(sub: Any) -> None:
         simple.set_defaults(handler=handle_service_simple, action=action)
 
 
+SNAPSHOT_EPILOG = """\
+examples:
+  pyro workspace snapshot create "$WS" checkpoint
+  pyro workspace snapshot list "$WS"
+  pyro workspace reset "$WS" --snapshot checkpoint
+  pyro workspace snapshot delete "$WS" checkpoint
+"""
+
+
+def register_snapshots(sub: Any) -> None:
+    snapshot = sub.add_parser(
+        "snapshot",
+        help="named checkpoints of /workspace",
+        epilog=SNAPSHOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    snapshots = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
+    for action, help_text in (
+        ("create", "capture /workspace now (consistent even while running)"),
+        ("list", "baseline and the named snapshots"),
+        ("delete", "delete a named snapshot"),
+    ):
+        parser = snapshots.add_parser(action, help=help_text)
+        parser.add_argument("workspace")
+        if action != "list":
+            parser.add_argument("name")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(handler=handle_snapshot, action=action)
+
+
+def register_disk(sub: Any) -> None:
+    disk = sub.add_parser(
+        "disk",
+        help="read a stopped workspace's disk offline",
+        epilog='examples:\n  pyro workspace stop "$WS"\n'
+        '  pyro workspace disk list "$WS" src --recursive\n'
+        '  pyro workspace disk read "$WS" src/app.py --content-only\n'
+        '  pyro workspace disk export "$WS" --output ws.ext4\n',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = disk.add_subparsers(dest="disk_command", metavar="ACTION", required=True)
+    export = actions.add_parser("export", help="/workspace as a raw ext4 image")
+    export.add_argument("workspace")
+    export.add_argument("--output", required=True)
+    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=handle_disk, action="export")
+    listing = actions.add_parser("list", help="entries under a path")
+    listing.add_argument("workspace")
+    listing.add_argument("path", nargs="?", default=".")
+    listing.add_argument("--recursive", action="store_true")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=handle_disk, action="list")
+    read = actions.add_parser("read", help="a file's content")
+    read.add_argument("workspace")
+    read.add_argument("path")
+    read.add_argument("--max-bytes", type=int, default=65536)
+    read.add_argument("--content-only", action="store_true")
+    read.add_argument("--json", action="store_true")
+    read.set_defaults(handler=handle_disk, action="read")
+
+
+def handle_disk(args: argparse.Namespace) -> int:
+    pyro = Pyro()
+    if args.action == "export":
+        result = pyro.export_workspace_disk(args.workspace, args.output, overwrite=args.overwrite)
+        print_json(result) if args.json else print(f"wrote {result['output']} ({result['format']})")
+    elif args.action == "list":
+        result = pyro.list_workspace_disk(args.workspace, args.path, recursive=args.recursive)
+        if args.json:
+            print_json(result)
+        else:
+            for entry in result["entries"]:
+                suffix = "/" if entry["type"] == "directory" else ""
+                print(f"{entry['mode']:04o} {entry['size']:>10}  {entry['path']}{suffix}")
+    else:
+        result = pyro.read_workspace_disk(args.workspace, args.path, max_bytes=args.max_bytes)
+        if args.json:
+            print_json(result)
+        elif result["binary"]:
+            print(f"{result['path']}: binary file, {result['size']} bytes")
+        else:
+            sys.stdout.write(result["content"])
+    return 0
+
+
+def handle_snapshot(args: argparse.Namespace) -> int:
+    pyro = Pyro()
+    if args.action == "list":
+        result = pyro.list_snapshots(args.workspace)
+        if args.json:
+            print_json(result)
+        else:
+            rows = [
+                [s["name"], f"{s['bytes']}", "reserved" if s["reserved"] else ""]
+                for s in result["snapshots"]
+            ]
+            print(table(rows, ["SNAPSHOT", "BYTES", ""]))
+        return 0
+    method = pyro.create_snapshot if args.action == "create" else pyro.delete_snapshot
+    result = method(args.workspace, args.name)
+    print_json(result) if args.json else print(f"{args.action}d snapshot {args.name}")
+    return 0
+
+
 def handle_shell_open(args: argparse.Namespace) -> int:
     shell = Pyro().open_shell(
         args.workspace,

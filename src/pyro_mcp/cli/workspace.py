@@ -102,7 +102,6 @@ def register(commands: Any) -> None:
         ("logs", "the command journal"),
         ("diff", "changes against the create-time baseline"),
         ("summary", "what ran and changed since the last reset"),
-        ("reset", "recreate the sandbox from the baseline"),
         ("stop", "stop the VM, keeping the disks"),
         ("start", "boot a stopped workspace"),
         ("delete", "remove the workspace and its disks"),
@@ -111,6 +110,12 @@ def register(commands: Any) -> None:
         simple.add_argument("workspace")
         simple.add_argument("--json", action="store_true")
         simple.set_defaults(handler=handle_simple, action=action)
+
+    reset = sub.add_parser("reset", help="recreate the sandbox from the baseline or a snapshot")
+    reset.add_argument("workspace")
+    reset.add_argument("--snapshot", help="a snapshot name (default: baseline)")
+    reset.add_argument("--json", action="store_true")
+    reset.set_defaults(handler=handle_reset)
 
     sync = sub.add_parser("sync", help="copy host files into the workspace")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION", required=True)
@@ -164,6 +169,8 @@ def register(commands: Any) -> None:
     export.set_defaults(handler=handle_export)
 
     processes.register(sub)
+    processes.register_snapshots(sub)
+    processes.register_disk(sub)
 
     execute = sub.add_parser("exec", help="run a command in /workspace")
     execute.add_argument("workspace")
@@ -248,7 +255,6 @@ def handle_simple(args: argparse.Namespace) -> int:
         "logs": pyro.logs_workspace,
         "diff": pyro.diff_workspace,
         "summary": pyro.summarize_workspace,
-        "reset": pyro.reset_workspace,
         "stop": pyro.stop_workspace,
         "start": pyro.start_workspace,
         "delete": pyro.delete_workspace,
@@ -330,6 +336,14 @@ def _describe(workspace: dict[str, Any]) -> str:
 def _ago(timestamp: float) -> str:
     seconds = int(time.time() - timestamp)
     return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+def handle_reset(args: argparse.Namespace) -> int:
+    workspace = Pyro(progress=progress_printer("workspace")).reset_workspace(
+        args.workspace, snapshot=args.snapshot
+    )
+    print_json(workspace) if args.json else print(_describe(workspace))
+    return 0
 
 
 def handle_sync_push(args: argparse.Namespace) -> int:

@@ -32,11 +32,15 @@ WORKSPACE_CORE = (
 
 SHELLS = ("shell_open", "shell_read", "shell_write", "shell_signal", "shell_close")
 SERVICES = ("service_start", "service_list", "service_status", "service_logs", "service_stop")
+SNAPSHOTS = ("snapshot_create", "snapshot_list", "snapshot_delete")
+DISK = ("disk_export", "disk_list", "disk_read")
 
 WORKSPACE_FULL = (
     *WORKSPACE_CORE,
     *SHELLS,
     *SERVICES,
+    *SNAPSHOTS,
+    *DISK,
     "workspace_stop",
     "workspace_start",
     "vm_run",
@@ -91,6 +95,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "review-eval": (
         *LIFECYCLE,
         *SHELLS,
+        *SNAPSHOTS,
         "workspace_diff",
         "workspace_export",
         "workspace_reset",
@@ -189,8 +194,9 @@ DESCRIPTIONS: dict[str, str] = {
         "file and never writes through a symlink: pick a fresh output path."
     ),
     "workspace_reset": (
-        "Throw the sandbox away and start again from the files it was created with: processes, "
-        "installed packages, /tmp and every change in /workspace are gone. The workspace_id stays."
+        "Throw the sandbox away and start again from the files it was created with (or from a "
+        "named snapshot): processes, shells, services, installed packages, /tmp and later "
+        "changes in /workspace are gone. The workspace_id stays."
     ),
     "workspace_delete": "Delete the workspace and its disks. Call it when the task is finished.",
     "workspace_stop": "Stop the workspace's VM, keeping /workspace; workspace_start boots it again.",
@@ -205,6 +211,12 @@ DESCRIPTIONS: dict[str, str] = {
     "service_status": "One service's state, exit code, failure reason and published ports.",
     "service_logs": "A service's output (stdout and stderr), the last tail_lines lines or all; kept outside /workspace so it never shows in diffs or exports.",
     "service_stop": "Stop a service (TERM, then KILL) and withdraw its published ports.",
+    "snapshot_create": "Save the current /workspace under a name (a checkpoint), consistently even while commands run. Use it before a risky change; workspace_reset with snapshot=NAME goes back to it.",
+    "snapshot_list": "List the workspace's snapshots: baseline (the files it was created with, reserved) and the named ones.",
+    "snapshot_delete": "Delete a named snapshot (baseline cannot be deleted).",
+    "disk_export": "Write a stopped workspace's /workspace as a raw ext4 image to a new host path (inside the project or an allowed directory). Needs workspace_stop first.",
+    "disk_list": "List files of a stopped workspace's /workspace without booting it (for a running one use workspace_file_list).",
+    "disk_read": "Read a file of a stopped workspace's /workspace without booting it (for a running one use workspace_file_read).",
     "vm_create": "Create a raw VM (not booted yet) from an environment. Lower level than workspaces: no /workspace, no file tools, no journal; prefer workspace_create unless you need a bare machine. Returns vm_id and state.",
     "vm_start": "Boot a raw VM made with vm_create (or stopped with vm_stop) and wait until it answers. Returns the VM record with state running and accel (kvm or tcg).",
     "vm_exec": "Run a shell command in a running raw VM (cwd /root). Returns exit_code, stdout, stderr (each at most 1 MiB), timed_out, duration_ms.",

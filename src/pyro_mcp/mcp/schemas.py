@@ -182,3 +182,28 @@ class ServiceLogs(_Open):
     name: str
     log: str
     truncated: bool
+
+
+class Snapshot(_Open):
+    workspace_id: str
+    name: str
+
+
+class SnapshotList(_Open):
+    workspace_id: str
+    snapshots: list[dict[str, Any]]
+
+
+class DiskImage(_Open):
+    workspace_id: str
+    output: str
+    bytes: int
+
+
+class DiskFile(_Open):
+    workspace_id: str
+    path: str
+    size: int
+    binary: bool
+    truncated: bool
+    content: str | None

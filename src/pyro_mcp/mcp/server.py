@@ -345,9 +345,63 @@ def _tools(
         result = pyro.export_workspace(workspace_id, path, target, overwrite=False)
         return _reply(f"exported {result['path']} to {result['output']}", result)
 
-    def workspace_reset(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
-        workspace = pyro.reset_workspace(workspace_id)
-        return _reply("reset to the original files\n" + _render_workspace(workspace), workspace)
+    def workspace_reset(
+        workspace_id: WorkspaceId,
+        snapshot: Annotated[
+            str | None, Field(description="A snapshot name to go back to (default: baseline).")
+        ] = None,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.reset_workspace(workspace_id, snapshot=snapshot)
+        return _reply(
+            f"reset to {snapshot or 'baseline'}\n" + _render_workspace(workspace), workspace
+        )
+
+    def disk_export(
+        workspace_id: WorkspaceId,
+        output: Annotated[str, Field(description="A new host path for the image.")],
+    ) -> Annotated[CallToolResult, schemas.DiskImage]:
+        target = policy.writable(output, "output")
+        result = pyro.export_workspace_disk(workspace_id, target)
+        return _reply(f"wrote {result['output']}", result)
+
+    def disk_list(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath = ".",
+        recursive: Annotated[bool, Field(description="Include everything below.")] = False,
+    ) -> Annotated[CallToolResult, schemas.FileList]:
+        listing = pyro.list_workspace_disk(workspace_id, path, recursive=recursive)
+        return _reply("\n".join(e["path"] for e in listing["entries"]) or "(empty)", listing)
+
+    def disk_read(
+        workspace_id: WorkspaceId,
+        path: WorkspacePath,
+        max_bytes: Annotated[
+            int, Field(description="Return at most this many bytes.", ge=1, le=4 * 1024 * 1024)
+        ] = 65536,
+    ) -> Annotated[CallToolResult, schemas.DiskFile]:
+        content = pyro.read_workspace_disk(workspace_id, path, max_bytes=max_bytes)
+        text = (
+            content["content"] if not content["binary"] else f"binary file, {content['size']} bytes"
+        )
+        return _reply(text, content)
+
+    def snapshot_create(
+        workspace_id: WorkspaceId,
+        name: Annotated[str, Field(description="A new snapshot name.")],
+    ) -> Annotated[CallToolResult, schemas.Snapshot]:
+        result = pyro.create_snapshot(workspace_id, name)
+        return _reply(f"saved snapshot {name} ({result['bytes']} bytes)", result)
+
+    def snapshot_list(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.SnapshotList]:
+        result = pyro.list_snapshots(workspace_id)
+        return _reply("\n".join(s["name"] for s in result["snapshots"]), result)
+
+    def snapshot_delete(
+        workspace_id: WorkspaceId,
+        name: Annotated[str, Field(description="The snapshot to delete.")],
+    ) -> Annotated[CallToolResult, schemas.Snapshot]:
+        result = pyro.delete_snapshot(workspace_id, name)
+        return _reply(f"deleted snapshot {name}", result)
 
     def workspace_delete(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Deleted]:
         result = pyro.delete_workspace(workspace_id)
@@ -590,6 +644,12 @@ def _tools(
         service_status,
         service_logs,
         service_stop,
+        snapshot_create,
+        snapshot_list,
+        snapshot_delete,
+        disk_export,
+        disk_list,
+        disk_read,
     ]
     return {fn.__name__: _as_tool_errors(fn) for fn in functions}
 

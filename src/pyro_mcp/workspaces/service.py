@@ -31,7 +31,15 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
-from pyro_mcp.workspaces import ca_trust, files, lifetime, processes, project_source, transfer
+from pyro_mcp.workspaces import (
+    ca_trust,
+    disk,
+    files,
+    lifetime,
+    processes,
+    project_source,
+    transfer,
+)
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
@@ -83,6 +91,7 @@ class WorkspaceService:
         self.services = processes.ServiceOps(self)
         self.shells = processes.ShellOps(self)
         self.snapshots = snapshot_ops.SnapshotOps(self)
+        self.disk = disk.DiskOps(self)
 
     # -------------------------------------------------------------- create
 
