@@ -52,6 +52,13 @@ def test_a_shell_is_a_real_terminal_with_cursors_and_plain_rendering(pyro: Pyro)
         pyro.write_shell(ws, sh, "true")
     with pytest.raises(InvalidArgument, match="shell_id"):
         pyro.read_shell(ws, "../../etc")
+    exiting = pyro.open_shell(ws)["shell_id"]
+    pyro.write_shell(ws, exiting, "exit 7")
+    ended = pyro.read_shell(ws, exiting, wait_for_idle_ms=500, max_wait_ms=20000)
+    assert ended["closed"] is True and ended["exit_code"] == 7
+    with pytest.raises(InvalidArgument, match="is closed"):
+        pyro.write_shell(ws, exiting, "echo too late")
+    pyro.close_shell(ws, exiting)
     second_shell = pyro.open_shell(ws)["shell_id"]
     assert len(pyro.list_shells(ws)["shells"]) == 1
     pyro.reset_workspace(ws)
