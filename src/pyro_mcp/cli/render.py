@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+from pyro_mcp.errors import InvalidArgument
+
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -47,3 +49,15 @@ def write_command_output(result: dict[str, Any], tag: str, timeout_seconds: floa
         sys.stderr.write(f"[{tag}] output truncated to 1 MiB per stream\n")
     if result["timed_out"]:
         sys.stderr.write(f"[{tag}] timed out after {timeout_seconds:g} s; the command was killed\n")
+
+
+def parse_pairs(pairs: list[str], flag: str, *, secret: bool = False) -> dict[str, str]:
+    """``NAME=VALUE`` flags as a dict; a malformed one names the flag (never a secret value)."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            shown = "a value" if secret else repr(pair)
+            raise InvalidArgument(flag, f"{shown} is not NAME=VALUE")
+        values[key] = value
+    return values

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pyro_mcp import config
-from pyro_mcp.cli.render import print_json, progress_printer, write_command_output
+from pyro_mcp.cli.render import parse_pairs, print_json, progress_printer, write_command_output
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
 
@@ -91,13 +91,7 @@ def handle_run(args: argparse.Namespace) -> int:
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise InvalidArgument("--env", f"{pair!r} is not NAME=VALUE")
-        env[name] = value
-    return env
+    return parse_pairs(pairs, "--env")
 
 
 def handle_demo(args: argparse.Namespace) -> int:

@@ -9,7 +9,13 @@ from typing import Any
 
 from pyro_mcp import config
 from pyro_mcp.cli import processes
-from pyro_mcp.cli.render import print_json, progress_printer, table, write_command_output
+from pyro_mcp.cli.render import (
+    parse_pairs,
+    print_json,
+    progress_printer,
+    table,
+    write_command_output,
+)
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
@@ -202,7 +208,7 @@ def handle_create(args: argparse.Namespace) -> int:
         mem_mib=args.mem_mib,
         network=args.network,
         network_policy=args.network_policy,
-        secrets=parse_pairs(args.secret, "--secret"),
+        secrets=parse_pairs(args.secret, "--secret", secret=True),
         secret_files=parse_pairs(args.secret_file, "--secret-file"),
     )
     if args.id_only:
@@ -297,24 +303,8 @@ def handle_exec(args: argparse.Namespace) -> int:
     return int(result["exit_code"])
 
 
-def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(flag, f"{key or pair!r} is not NAME=VALUE")
-        values[key] = value
-    return values
-
-
 def parse_labels(pairs: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument("--label", f"{pair!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
+    return parse_pairs(pairs, "--label")
 
 
 def _describe(workspace: dict[str, Any]) -> str:

@@ -243,18 +243,7 @@ def op_exec(args: dict[str, Any]) -> dict[str, Any]:
     limit = int(args.get("max_output_bytes") or 1024 * 1024)
 
     started = time.monotonic()
-    try:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    process = processes.spawn(argv, cwd, env, merge_stderr=False)
     streams = _collect_output(process, timeout, limit)
     duration_ms = int((time.monotonic() - started) * 1000)
     code = process.returncode

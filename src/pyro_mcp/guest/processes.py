@@ -112,6 +112,24 @@ def _cwd(args: dict[str, Any]) -> str:
     return cwd
 
 
+def spawn(
+    argv: list[str], cwd: str, env: dict[str, str], *, merge_stderr: bool
+) -> subprocess.Popen[bytes]:
+    """Start a command in its own session (so its whole group can be killed)."""
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+
+
 def _kill_group(pid: int, grace: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -173,18 +191,7 @@ def op_service_start(args: dict[str, Any]) -> dict[str, Any]:
             raise RequestError("too_many", f"at most {MAX_SERVICES} services may run at once")
         os.makedirs(SERVICE_LOG_DIR, exist_ok=True)
         log_path = os.path.join(SERVICE_LOG_DIR, f"{name}.log")
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+        process = spawn(argv, cwd, env, merge_stderr=True)
         service = Service(name, process, log_path)
         SERVICES[name] = service
     open(log_path, "wb").close()
