@@ -72,3 +72,29 @@ def test_the_initramfs_carries_init_agent_and_modules(tmp_path: Path) -> None:
 def test_the_guest_files_hash_changes_with_their_content() -> None:
     assert len(builder.guest_files_hash()) == 16
     assert builder.guest_files_hash() == builder.guest_files_hash()
+
+
+def test_concurrent_builds_of_one_initramfs_both_succeed(tmp_path: Path) -> None:
+    import threading
+
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    for name in builder.GUEST_MODULES:
+        (modules / f"{name}.ko").write_bytes(b"module")
+    output = tmp_path / "initrd.img"
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            builder.build_initramfs(modules, output)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert gzip.decompress(output.read_bytes())
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

@@ -84,3 +84,16 @@ def test_prune_all_also_removes_the_installed_build(tmp_path: Path) -> None:
     cache.prune(remove_installed=True)
     assert not current.exists()
     assert not cache.status("debian:12").installed
+
+
+def test_prune_drops_initramfs_files_of_other_versions_only(tmp_path: Path) -> None:
+    from pyro_mcp.environments import builder
+
+    cache = EnvironmentCache(tmp_path)
+    build = make_build(cache)
+    current = build / f"initrd-{builder.guest_files_hash()}.img"
+    current.write_bytes(b"current")
+    (build / "initrd-0000000000000000.img").write_bytes(b"another version")
+    cache.prune()
+    assert current.exists()
+    assert not (build / "initrd-0000000000000000.img").exists()

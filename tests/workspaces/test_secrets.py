@@ -54,7 +54,10 @@ def test_secret_values_are_redacted_from_every_surface(
     with pytest.raises(InvalidArgument, match="no secret 'NOPE'"):
         pyro.exec_workspace(ws, "true", secret_env=["NOPE"])
     assert SECRET not in str(pyro.logs_workspace(ws))
-    assert SECRET not in str(pyro.summarize_workspace(ws))
+    summary = pyro.summarize_workspace(ws)
+    assert SECRET not in str(summary)
+    uses = [c for c in summary["host_crossings"] if c["kind"] == "secret_use"]
+    assert uses[0] == {"kind": "secret_use", "names": ["API_TOKEN"], "by": "exec"}
     assert SECRET not in str(pyro.read_workspace_file(ws, "leaked.txt"))
     assert SECRET not in pyro.diff_workspace(ws)["patch"]
 

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -212,9 +213,14 @@ def build_initramfs(kernel_modules: Path, output: Path) -> None:
         archive.file(f"lib/modules/{name}.ko", (kernel_modules / f"{name}.ko").read_bytes())
     for name, data in guest_files().items():
         archive.file(name, data, mode=0o755 if name == "init" else 0o644)
-    tmp = output.with_name(output.name + ".partial")
-    tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
-    tmp.rename(output)
+    # Several pyro processes (even versions) may build the same file at once:
+    # each writes its own partial file and the atomic rename makes one win.
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class CpioWriter:

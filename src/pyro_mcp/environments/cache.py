@@ -213,10 +213,9 @@ class EnvironmentCache:
                 f"{installed.name} build has no kernel modules; run `pyro env pull "
                 f"{installed.name} --force`"
             )
+        # Older initramfs files stay: another pyro process (or version) sharing
+        # this cache may be about to boot one. `pyro env prune` removes them.
         builder.build_initramfs(modules, installed.initrd)
-        for stale in installed.build_dir.glob("initrd-*.img"):
-            if stale != installed.initrd:
-                stale.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- prune
 
@@ -243,6 +242,7 @@ class EnvironmentCache:
                     if resolved in keep:
                         continue
                     if resolved == current and not remove_installed:
+                        removed += _prune_initrds(build)
                         continue
                     freed += _used_bytes(build)
                     shutil.rmtree(build, ignore_errors=True)
@@ -310,6 +310,17 @@ def _check_files(build_dir: Path, manifest: dict[str, Any], verify_hashes: bool)
         if verify_hashes and builder.sha256_file(path) != expected.get("sha256"):
             return f"{name} is corrupted (hash mismatch)"
     return None
+
+
+def _prune_initrds(build: Path) -> list[str]:
+    """Initramfs files of other pyro versions, and leftovers of interrupted writes."""
+    current = f"initrd-{builder.guest_files_hash()}.img"
+    removed = []
+    for path in build.glob("initrd-*"):
+        if path.name != current:
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    return removed
 
 
 def _remove_partials(builds: Path) -> None:

@@ -112,7 +112,7 @@ class ServiceOps:
             "name": name,
             "cwd": self._cwd(cwd),
             "env": env or {},
-            "secret_env": self.ws.secret_env(workspace, secret_env),
+            "secret_env": self.ws.secret_env(workspace, secret_env, "service"),
         }
         args.update({"shell": command} if isinstance(command, str) else {"argv": list(command)})
         if chosen:
@@ -261,7 +261,7 @@ class ShellOps:
             "cols": cols,
             "rows": rows,
             "env": env or {},
-            "secret_env": self.ws.secret_env(workspace, secret_env),
+            "secret_env": self.ws.secret_env(workspace, secret_env, "shell"),
         }
         with self.ws._connect(workspace) as client:
             reply = client.agent("shell_open", args, 30)

@@ -66,14 +66,8 @@ def _quiet(_: str) -> None:
 
 # What the summary shows of each crossing of the host boundary.
 _CROSSING_FIELDS = (
-    "origin_kind",
-    "origin_ref",
-    "source",
-    "dest",
-    "path",
-    "output",
-    "files",
-    "bytes",
+    *("origin_kind", "origin_ref", "source", "dest", "path", "output", "files", "bytes"),
+    *("names", "by"),
 )
 
 
@@ -475,7 +469,7 @@ class WorkspaceService:
         crossings = [
             {"kind": e["kind"], **{k: e[k] for k in _CROSSING_FIELDS if k in e}}
             for e in entries
-            if e["kind"] in ("seed", "sync", "export")
+            if e["kind"] in ("seed", "sync", "export", "secret_use")
         ]
         status = self.status(workspace["workspace_id"])
         changes: dict[str, Any] | None = None
@@ -617,10 +611,21 @@ class WorkspaceService:
             secret_store.load(self.root / workspace["workspace_id"] / "secrets")
         )
 
-    def secret_env(self, workspace: dict[str, Any], specs: Sequence[str]) -> dict[str, str]:
-        """``NAME[:ENV_VAR]`` specs checked against the workspace's secrets."""
+    def secret_env(
+        self, workspace: dict[str, Any], specs: Sequence[str], used_by: str = "exec"
+    ) -> dict[str, str]:
+        """``NAME[:ENV_VAR]`` specs checked against the workspace's secrets.
+
+        Each use is journalled by name (never value): a host crossing the
+        summary shows.
+        """
         known = sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets"))
-        return secret_store.parse_secret_env(specs, known)
+        mapping = secret_store.parse_secret_env(specs, known)
+        if mapping:
+            self._journal(
+                workspace, "secret_use", {"names": sorted(set(mapping.values())), "by": used_by}
+            )
+        return mapping
 
     def _done(self, workspace: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """An operation's result: its data, plus a warning when expiry is near."""

@@ -23,6 +23,9 @@ def render_summary(summary: dict[str, Any]) -> str:
             if crossing["kind"] == "seed":
                 origin = f"{crossing.get('origin_kind')} {crossing.get('origin_ref', '')}"
                 lines.append(f"  seed from {origin}".rstrip())
+            elif crossing["kind"] == "secret_use":
+                names = ", ".join(crossing.get("names", []))
+                lines.append(f"  secrets {names} used by {crossing.get('by')}")
             elif crossing["kind"] == "sync":
                 lines.append(
                     f"  sync {crossing.get('source')} -> /workspace/{crossing.get('dest')}"
@@ -60,7 +63,10 @@ def render_journal_entry(entry: dict[str, Any]) -> str:
         "patch": lambda e: "patched " + ", ".join(f["path"] for f in e.get("files", [])),
         "sync": lambda e: f"pushed {e.get('source')} to /workspace/{e.get('dest')}",
         "export": lambda e: f"exported /workspace/{e.get('path')} to {e.get('output')}",
-        "reset": lambda e: "reset to the baseline",
+        "reset": lambda e: f"reset to {e.get('to', 'baseline')}",
+        "secret_use": lambda e: f"secrets {', '.join(e.get('names', []))} used by {e.get('by')}",
+        "service": lambda e: f"service {e.get('name')} {e.get('action')}: {e.get('state')}",
+        "snapshot": lambda e: f"snapshot {e.get('name')} {e.get('action')}",
     }
     describe = details.get(kind)
     return f"{when}  {kind:<8} {describe(entry) if describe else kind}"
