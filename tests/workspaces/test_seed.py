@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.seed import stage_seed
-from pyro_mcp.workspaces.service import resolve_workspace_path
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], data: bytes = b"x") -> Path:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pyro_mcp.cli.render import print_json, table
+from pyro_mcp.cli.render import print_json, print_listing, table
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.sdk import Pyro
@@ -206,9 +206,7 @@ def handle_disk(args: argparse.Namespace) -> int:
         if args.json:
             print_json(result)
         else:
-            for entry in result["entries"]:
-                suffix = "/" if entry["type"] == "directory" else ""
-                print(f"{entry['mode']:04o} {entry['size']:>10}  {entry['path']}{suffix}")
+            print_listing(result["entries"])
     else:
         result = pyro.read_workspace_disk(args.workspace, args.path, max_bytes=args.max_bytes)
         if args.json:

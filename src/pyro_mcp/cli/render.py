@@ -61,3 +61,11 @@ def parse_pairs(pairs: list[str], flag: str, *, secret: bool = False) -> dict[st
             raise InvalidArgument(flag, f"{shown} is not NAME=VALUE")
         values[key] = value
     return values
+
+
+def print_listing(entries: list[dict[str, Any]]) -> None:
+    """File entries as ``mode size path`` lines (directories end in /)."""
+    for entry in entries:
+        suffix = "/" if entry["type"] == "directory" else ""
+        target = f" -> {entry['link_target']}" if "link_target" in entry else ""
+        print(f"{entry['mode']:04o} {entry['size']:>10}  {entry['path']}{suffix}{target}")

@@ -12,6 +12,7 @@ from pyro_mcp.cli import processes
 from pyro_mcp.cli.render import (
     parse_pairs,
     print_json,
+    print_listing,
     progress_printer,
     table,
     write_command_output,
@@ -353,10 +354,7 @@ def handle_file_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    for entry in result["entries"]:
-        suffix = "/" if entry["type"] == "directory" else ""
-        target = f" -> {entry['link_target']}" if "link_target" in entry else ""
-        print(f"{entry['mode']:04o} {entry['size']:>10}  {entry['path']}{suffix}{target}")
+    print_listing(result["entries"])
     if result["truncated"]:
         print("(listing truncated)", file=sys.stderr)
     return 0

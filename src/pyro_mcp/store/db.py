@@ -301,6 +301,14 @@ class Store:
                 (workspace_id, kind, started_at, json.dumps(data)),
             )
 
+    def count_journal(self, workspace_id: str, kind: str) -> int:
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM journal WHERE workspace_id = ? AND kind = ?",
+                (workspace_id, kind),
+            ).fetchone()
+        return int(row[0])
+
     def journal(self, workspace_id: str) -> list[dict[str, Any]]:
         with self.transaction() as db:
             rows = db.execute(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_mcp import host_tools
 from pyro_mcp.errors import InvalidArgument, StateError, VMError
 from pyro_mcp.workspaces import files, transfer
+from pyro_mcp.workspaces.paths import resolve_workspace_path
 
 if TYPE_CHECKING:
     from pyro_mcp.workspaces.service import WorkspaceService
@@ -130,8 +131,6 @@ class DiskOps:
 
 
 def _disk_path(path: str) -> str:
-    from pyro_mcp.workspaces.service import resolve_workspace_path
-
     relative = resolve_workspace_path(path).relative_to("/workspace")
     text = "/" + str(relative) if str(relative) != "." else "/"
     if any(c in text for c in " \t\n\"'\\") or not text.isprintable():

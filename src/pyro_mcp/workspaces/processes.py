@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
+from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.terminal import render_plain
 
 if TYPE_CHECKING:
@@ -232,8 +233,6 @@ class ServiceOps:
 
     @staticmethod
     def _cwd(cwd: str | None) -> str:
-        from pyro_mcp.workspaces.service import resolve_workspace_path
-
         return str(resolve_workspace_path(cwd or "."))
 
 

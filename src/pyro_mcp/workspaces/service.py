@@ -43,13 +43,13 @@ from pyro_mcp.workspaces import (
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
+from pyro_mcp.workspaces.paths import WORKSPACE_ROOT, resolve_workspace_path
 from pyro_mcp.workspaces.seed import stage_seed
 
 # Every workspace disk has the same virtual size (memory snapshots rely on it);
 # it is sparse, so only what is written costs space.
 WORKSPACE_DISK_MIB = 8192
 WORKSPACE_LABEL = "pyro-workspace"
-WORKSPACE_ROOT = PurePosixPath("/workspace")
 JOURNAL_OUTPUT_BYTES = 64 * 1024
 # Longer than any create takes (a cold build of an environment included).
 ORPHAN_GRACE_SECONDS = 3600
@@ -230,9 +230,7 @@ class WorkspaceService:
             "accel": vm.accel,
             "vm_id": vm.vm_id,
             "last_error": vm.last_error,
-            "command_count": sum(
-                1 for e in self.store.journal(workspace["workspace_id"]) if e["kind"] == "exec"
-            ),
+            "command_count": self.store.count_journal(workspace["workspace_id"], "exec"),
             "network": vm.network,
             "network_policy": workspace.get("network_policy", "off"),
             "secrets": sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets")),
@@ -661,29 +659,6 @@ class WorkspaceService:
             return
         with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
             client.agent("trust_ca", {"bundle": base64.b64encode(bundle).decode("ascii")}, 60)
-
-
-def resolve_workspace_path(path: str) -> PurePosixPath:
-    """``path`` (relative to /workspace, or absolute inside it) as an absolute guest path.
-
-    Raises:
-        InvalidArgument: the path leaves /workspace.
-    """
-    candidate = PurePosixPath(path)
-    if not candidate.is_absolute():
-        candidate = WORKSPACE_ROOT / candidate
-    parts: list[str] = []
-    for part in candidate.parts[1:]:
-        if part == "..":
-            if not parts:
-                raise InvalidArgument("path", f"{path!r} is outside /workspace")
-            parts.pop()
-        elif part not in (".", ""):
-            parts.append(part)
-    resolved = PurePosixPath("/", *parts)
-    if resolved != WORKSPACE_ROOT and WORKSPACE_ROOT not in resolved.parents:
-        raise InvalidArgument("path", f"{path!r} is outside /workspace")
-    return resolved
 
 
 def _relative(guest_path: str) -> str:
