@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,15 +32,43 @@ def built_environment(cache_dir: Path) -> InstalledEnvironment:
     return EnvironmentCache(cache_dir).ensure(TEST_ENVIRONMENT, _progress)
 
 
+@pytest.fixture(scope="session")
+def warm_environment(
+    cache_dir: Path,
+    built_environment: InstalledEnvironment,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """debian:12's warm snapshots, with and without a NIC: the suite runs warm by default.
+
+    Taken once per machine and reused while valid; xdist workers that get here
+    at once share the snapshot lock (one prepares, the others wait and reuse it).
+    Tests of the cold path set PYRO_WARM=0 or use a stale snapshot of their own.
+    """
+    state = tmp_path_factory.mktemp("prepare-state")
+    return Pyro(state_dir=state, cache_dir=cache_dir, progress=_progress).prepare(
+        TEST_ENVIRONMENT, network=True
+    )
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]) -> Path:
+    """A cache of its own (no warm snapshots yet) that shares the built environments.
+
+    For tests that damage, age or race snapshots without touching the suite's.
+    """
+    private = tmp_path / "cache"
+    private.mkdir()
+    (private / "environments").symlink_to(cache_dir / "environments")
+    return private
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
 @pytest.fixture
-def pyro(
-    state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment
-) -> Iterator[Pyro]:
+def pyro(state_dir: Path, cache_dir: Path, warm_environment: dict[str, Any]) -> Iterator[Pyro]:
     """An SDK object with its own state; fails the test if a VM process outlives it."""
     client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
     yield client
@@ -52,7 +81,7 @@ def pyro(
 
 @pytest.fixture
 def cli_env(
-    state_dir: Path, cache_dir: Path, built_environment: InstalledEnvironment
+    state_dir: Path, cache_dir: Path, warm_environment: dict[str, Any]
 ) -> Iterator[dict[str, str]]:
     """Environment variables for running the real `pyro` CLI against this state."""
     env = dict(os.environ, PYRO_HOME=str(state_dir), PYRO_CACHE_DIR=str(cache_dir))

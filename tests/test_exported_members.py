@@ -19,6 +19,9 @@ def test_the_public_surface_is_declared_and_importable() -> None:
         "guest",
         "workspaces",
         "mcp",
+        "prepare",
+        "TYPE_CHECKING",
+        "Any",
     }
     assert public - modules <= exported
     for name in exported:

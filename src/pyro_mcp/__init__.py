@@ -1,7 +1,13 @@
 """pyro: disposable microVM workspaces for chat-based coding agents.
 
 The public SDK surface. Everything else is internal.
+
+``Pyro`` and ``create_server`` load on first use: the per-VM supervisor
+process and the guest-facing modules import ``pyro_mcp.*`` too, and must not
+pay for the whole SDK (a warm start is a few hundred milliseconds in all).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.errors import (
     AgentError,
@@ -17,7 +23,9 @@ from pyro_mcp.errors import (
     StoreError,
     VMError,
 )
-from pyro_mcp.sdk import Pyro, create_server
+
+if TYPE_CHECKING:
+    from pyro_mcp.sdk import Pyro, create_server
 
 __version__ = "0.1.0"
 
@@ -38,3 +46,15 @@ __all__ = [
     "__version__",
     "create_server",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Pyro", "create_server"):
+        from pyro_mcp import sdk
+
+        return getattr(sdk, name)
+    raise AttributeError(f"module 'pyro_mcp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"Pyro", "create_server"})

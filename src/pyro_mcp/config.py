@@ -20,6 +20,16 @@ MAX_OUTPUT_BYTES = 1024 * 1024
 # take longer, so the bound is generous.
 BOOT_TIMEOUT_SECONDS = 90.0
 
+# A warm restore answers in a fraction of a second; one that has not reached a
+# ready agent within this bound is killed and the start falls back to a cold
+# boot once. Generous for a loaded 2-core host running TCG guests.
+RESTORE_TIMEOUT_SECONDS = 20.0
+
+# Every workspace disk (and its baseline) has this virtual size: a warm snapshot
+# is taken with stand-ins of the same size, and a restored guest needs the
+# disks it sees to keep the size it probed. Sparse: only what is written costs.
+WORKSPACE_DISK_MIB = 8192
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -75,6 +85,11 @@ def debian_mirror_override() -> str | None:
     """``PYRO_DEBIAN_MIRROR`` when set."""
     value = os.environ.get("PYRO_DEBIAN_MIRROR", "").strip()
     return value or None
+
+
+def warm_enabled() -> bool:
+    """False when ``PYRO_WARM=0``: every start cold-boots (comparison, debugging)."""
+    return os.environ.get("PYRO_WARM", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def qemu_override() -> str | None:

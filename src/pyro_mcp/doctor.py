@@ -13,6 +13,7 @@ from pyro_mcp.environments.cache import EnvironmentCache
 from pyro_mcp.errors import PyroError
 from pyro_mcp.vm import accel
 from pyro_mcp.vm.qemu import qemu_version
+from pyro_mcp.vms import VmService
 
 
 def diagnose(paths: config.Paths) -> dict[str, Any]:
@@ -108,6 +109,29 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
         "environments": environments,
         "problems": problems,
         "warnings": warnings,
+    }
+
+
+def daily_loop(vms: VmService, environment: str) -> dict[str, Any]:
+    """Whether workspaces of ``environment`` start warm, and the command that makes them."""
+    fix = f"pyro prepare {environment}"
+    try:
+        status = vms.warm_status(environment)
+        network = vms.warm_status(environment, network=True, verify=False)
+    except PyroError as exc:
+        return {
+            "environment": environment,
+            "status": "cold",
+            "reason": str(exc),
+            "prepared_at": None,
+            "fix": fix,
+        }
+    return {
+        "environment": environment,
+        **status.to_dict(),
+        "warm_enabled": config.warm_enabled(),
+        "network": {"status": network.status, "reason": network.reason},
+        "fix": fix if status.status != "warm" else None,
     }
 
 

@@ -45,6 +45,14 @@ class VmRecord:
     last_error: str | None = None
     workspace_disk: str | None = None
     baseline_disk: str | None = None
+    # How the last start got to a ready agent: "warm" (restored from a warm
+    # snapshot) or "cold" (booted); a warning when a warm start was possible
+    # but could not be used (stale or damaged snapshot, failed restore).
+    boot_kind: str | None = None
+    boot_warning: str | None = None
+    # True until the root disk has been booted: only a fresh root disk can
+    # start warm (a restored guest expects the disk its snapshot was taken with).
+    fresh_root: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -84,6 +92,8 @@ class RunResult:
     boot_ms: int
     total_ms: int
     result: ExecResult
+    boot_kind: str = "cold"
+    boot_warning: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -96,5 +106,7 @@ class RunResult:
             "accel": self.accel,
             "vm_id": self.vm_id,
             "boot_ms": self.boot_ms,
+            "boot_kind": self.boot_kind,
+            "boot_warning": self.boot_warning,
             "total_ms": self.total_ms,
         }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyro_mcp import config, doctor
+from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.errors import PyroError
 from pyro_mcp.vms import VmService
 from pyro_mcp.workspaces.secrets import Redactor
@@ -571,15 +572,51 @@ class Pyro:
         return self._vms.environments.inspect(name)
 
     def prune_environments(self, *, all: bool = False) -> dict[str, Any]:
-        """Remove interrupted and superseded builds and download caches.
+        """Remove interrupted and superseded builds, download caches, and warm
+        snapshots nothing can use (stale, superseded or half-written).
 
-        Builds that existing VMs were created from are kept.
+        Builds that existing VMs were created from are kept, and so are the
+        current, valid warm snapshots.
 
         Args:
-            all: also remove the installed builds.
+            all: also remove the installed builds and every warm snapshot.
         """
+        usable = set() if all else prepare_ops.usable_snapshots(self._vms)
+        warm = self._vms.warm.prune(usable)
         in_use = {Path(record.build_dir) for record in self._vms.store.list_vms()}
-        return self._vms.environments.prune(remove_installed=all, keep_builds=in_use)
+        result = self._vms.environments.prune(remove_installed=all, keep_builds=in_use)
+        return {
+            "removed": result["removed"] + warm["removed"],
+            "freed_bytes": result["freed_bytes"] + warm["freed_bytes"],
+        }
+
+    def prepare(
+        self,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        *,
+        network: bool = False,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Build ``environment`` if needed and take its warm snapshot.
+
+        Afterwards workspace create and reset, ``run_in_vm`` and VM starts
+        restore the snapshot instead of booting (a fraction of a second instead
+        of several). Run again while nothing changed, it returns at once with
+        ``already_warm: true``.
+
+        Args:
+            network: also prepare guests with a NIC (``network=True`` workspaces
+                and runs); a snapshot without a NIC cannot gain one.
+            force: take new snapshots even when the current ones are valid.
+
+        Returns:
+            ``environment``, ``accel``, ``already_warm``, ``seconds`` and
+            ``snapshots``: one per shape with ``network``, ``status``
+            (``already warm`` or ``prepared``), ``path``, ``bytes``, ``proof``.
+        """
+        return prepare_ops.prepare(
+            self._vms, environment, network=network, force=force, progress=self._progress
+        )
 
     # ------------------------------------------------------------------ MCP
 
@@ -622,9 +659,21 @@ class Pyro:
 
     # ---------------------------------------------------------------- host
 
-    def doctor(self) -> dict[str, Any]:
-        """Whether this host can run guests, and what to do if not."""
-        return doctor.diagnose(self.paths)
+    def doctor(self, environment: str = config.DEFAULT_ENVIRONMENT) -> dict[str, Any]:
+        """Whether this host can run guests, and what to do if not.
+
+        ``daily_loop`` says whether workspaces of ``environment`` start
+        ``warm``, ``cold`` (no snapshot yet) or ``stale`` (something changed
+        since it was taken), and the command that fixes it.
+        """
+        report = doctor.diagnose(self.paths)
+        report["daily_loop"] = doctor.daily_loop(self._vms, environment)
+        if report["daily_loop"]["status"] != "warm":
+            report["warnings"].append(
+                f"the daily loop for {environment} is {report['daily_loop']['status']}: "
+                f"{report['daily_loop']['reason']}; run `{report['daily_loop']['fix']}`"
+            )
+        return report
 
 
 def create_server(profile: str | None = None, mode: str | None = None, **options: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shlex
 import shutil
 import time
@@ -27,7 +28,7 @@ from pyro_mcp.environments.catalog import get_spec
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
-from pyro_mcp.vm import accel, backend, disks
+from pyro_mcp.vm import accel, backend, disks, warm
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
 from pyro_mcp.vm.supervisor import VmFiles
 
@@ -37,18 +38,39 @@ MAX_TIMEOUT_SECONDS = 24 * 3600
 KVM_PROBE_BOOT_SECONDS = 20.0
 
 
+log = logging.getLogger("pyro.vms")
+
+
 def _quiet(_: str) -> None:
     pass
 
 
 class VmService:
-    """Creates, starts, runs commands in, stops and deletes VMs."""
+    """Creates, starts, runs commands in, stops and deletes VMs.
 
-    def __init__(self, paths: config.Paths) -> None:
+    A start restores the matching warm snapshot (see ``vm/warm.py``) when there
+    is a valid one and the VM's root disk is fresh, and cold-boots otherwise.
+
+    Args:
+        pinned_warm: restore from this snapshot instead of looking one up
+            (``pyro prepare`` proves a snapshot before making it current).
+        watch_pid: VMs started here stop when this process is gone.
+    """
+
+    def __init__(
+        self,
+        paths: config.Paths,
+        *,
+        pinned_warm: warm.WarmSnapshot | None = None,
+        watch_pid: int | None = None,
+    ) -> None:
         paths.ensure()
         self.paths = paths
         self.store = Store(paths.db_path)
         self.environments = EnvironmentCache(paths.cache_dir)
+        self.warm = warm.WarmStore(paths.cache_dir)
+        self.pinned_warm = pinned_warm
+        self.watch_pid = watch_pid
 
     # ------------------------------------------------------------ lifecycle
 
@@ -103,7 +125,7 @@ class VmService:
         return record
 
     def start_vm(self, vm_id: str, *, progress: Progress = _quiet) -> VmRecord:
-        """Boot the VM and wait until its agent answers."""
+        """Boot the VM (or restore it warm) and wait until its agent answers."""
         record = self.status_vm(vm_id)
         require_state(
             vm_id,
@@ -114,16 +136,38 @@ class VmService:
         files = self._files(vm_id)
         installed = self._installed_for(record)
         decision = self.accel_decision(installed)
-        machine = self._machine(record, installed, files, decision.accel)
         files.exit_record.unlink(missing_ok=True)
-        progress(f"phase=start booting {record.environment} (accel={decision.accel})")
-        try:
-            report = backend.launch(
-                files, machine, config.BOOT_TIMEOUT_SECONDS, owner_bound=record.owner_bound
-            )
-        except VMError as exc:
-            self.store.update_vm(vm_id, state=VmState.STOPPED, last_error=str(exc)[:4000])
-            raise
+        snapshot, warning = self._warm_snapshot(record, installed, decision.accel)
+        report: dict[str, Any] | None = None
+        if snapshot is not None:
+            progress(f"phase=start restoring a warm {record.environment} snapshot")
+            try:
+                report = self._launch_warm(record, installed, files, decision.accel, snapshot)
+            except (VMError, OSError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                warning = (
+                    f"the warm snapshot did not restore ({first}), so the VM cold-booted; "
+                    f"run `pyro prepare {record.environment} --force` to take a new one"
+                )
+                log.warning("%s: %s", vm_id, warning)
+                files.exit_record.unlink(missing_ok=True)
+                disks.create_overlay(installed.rootfs, files.root_disk.with_name("root.qcow2.new"))
+                files.root_disk.with_name("root.qcow2.new").replace(files.root_disk)
+        if report is None:
+            progress(f"phase=start booting {record.environment} (accel={decision.accel})")
+            machine = self._machine(record, installed, files, decision.accel)
+            try:
+                report = backend.launch(
+                    files,
+                    machine,
+                    config.BOOT_TIMEOUT_SECONDS,
+                    owner_bound=record.owner_bound,
+                    hello=self._hello(record),
+                    watch_pid=self.watch_pid,
+                )
+            except VMError as exc:
+                self.store.update_vm(vm_id, state=VmState.STOPPED, last_error=str(exc)[:4000])
+                raise
         self.store.update_vm(
             vm_id,
             state=VmState.RUNNING,
@@ -131,9 +175,123 @@ class VmService:
             started_at=time.time(),
             supervisor_pid=int(report["pid"]),
             boot_ms=int(report.get("boot_ms", 0)),
+            boot_kind=str(report.get("boot_kind", "cold")),
+            boot_warning=warning,
+            fresh_root=False,
             last_error=None,
         )
         return self._get(vm_id)
+
+    def warm_status(
+        self,
+        environment: str,
+        *,
+        vcpu_count: int = config.DEFAULT_VCPU_COUNT,
+        mem_mib: int = config.DEFAULT_MEM_MIB,
+        network: bool = False,
+        verify: bool = True,
+    ) -> warm.WarmStatus:
+        """Whether VMs of this shape start warm (``warm``), or why not (``cold``, ``stale``)."""
+        installed = self.environments.status(environment)
+        if not installed.installed:
+            return warm.WarmStatus("cold", f"{environment} is not built yet", None, None, None)
+        assert installed.build_dir is not None and installed.manifest is not None
+        env = InstalledEnvironment(environment, installed.build_dir, installed.manifest)
+        key = self.warm_key(env, vcpu_count=vcpu_count, mem_mib=mem_mib, network=network)
+        return self.warm.status(key, verify=verify)
+
+    def warm_key(
+        self,
+        installed: InstalledEnvironment,
+        *,
+        vcpu_count: int,
+        mem_mib: int,
+        network: bool,
+        accel_name: str | None = None,
+    ) -> warm.WarmKey:
+        qemu = host_tools.require(host_tools.QEMU)["qemu-system-x86_64"]
+        return warm.make_key(
+            installed,
+            qemu,
+            accel_name or self.accel_decision(installed).accel,
+            vcpu_count,
+            mem_mib,
+            network,
+        )
+
+    def _warm_snapshot(
+        self, record: VmRecord, installed: InstalledEnvironment, accel_name: str
+    ) -> tuple[warm.WarmSnapshot | None, str | None]:
+        """The snapshot to restore, or None and a warning when one should have been usable."""
+        if not config.warm_enabled() or not record.fresh_root:
+            # PYRO_WARM=0 asks for cold boots; a used root disk cannot take a
+            # restored guest (its page cache describes the snapshot's disk).
+            return None, None
+        if self.pinned_warm is not None:
+            return self.pinned_warm, None
+        key = self.warm_key(
+            installed,
+            vcpu_count=record.vcpu_count,
+            mem_mib=record.mem_mib,
+            network=record.network,
+            accel_name=accel_name,
+        )
+        status = self.warm.status(key)
+        if status.snapshot is not None:
+            return status.snapshot, None
+        if status.status == "stale":
+            return None, (
+                f"cold boot: {status.reason}; run `pyro prepare {record.environment}"
+                + (" --network" if record.network else "")
+                + "` to take a new warm snapshot"
+            )
+        return None, None
+
+    def _launch_warm(
+        self,
+        record: VmRecord,
+        installed: InstalledEnvironment,
+        files: VmFiles,
+        accel_name: str,
+        snapshot: warm.WarmSnapshot,
+    ) -> dict[str, Any]:
+        # The restored guest expects the root disk its snapshot was taken with,
+        # and drives of the same sizes in the same places: a raw VM gets the
+        # snapshot's stand-ins (a private copy of the writable one).
+        shutil.copyfile(snapshot.root_disk, files.root_disk)
+        workspace_disk = Path(record.workspace_disk) if record.workspace_disk else None
+        if workspace_disk is None:
+            workspace_disk = files.dir / "workspace-standin.qcow2"
+            shutil.copyfile(snapshot.workspace_disk, workspace_disk)
+        baseline_disk = Path(record.baseline_disk) if record.baseline_disk else None
+        machine = replace(
+            self._machine(record, installed, files, accel_name),
+            workspace_disk=workspace_disk,
+            baseline_disk=baseline_disk or snapshot.baseline_disk,
+            memory_file=snapshot.ram,
+            memory_shared=False,
+            incoming=True,
+        )
+        return backend.launch(
+            files,
+            machine,
+            config.RESTORE_TIMEOUT_SECONDS,
+            owner_bound=record.owner_bound,
+            restore=snapshot.devices,
+            hello=self._hello(record),
+            watch_pid=self.watch_pid,
+        )
+
+    def _hello(self, record: VmRecord) -> dict[str, Any]:
+        """What makes this boot the VM's own: its name, machine id and disks to mount."""
+        return {
+            "hostname": "pyro-" + record.vm_id.removeprefix("vm-"),
+            "machine_id": uuid.uuid4().hex,
+            "mounts": {
+                "workspace": record.workspace_disk is not None,
+                "baseline": record.baseline_disk is not None,
+            },
+        }
 
     def exec_vm(
         self,
@@ -209,6 +367,7 @@ class VmService:
         fresh.unlink(missing_ok=True)
         disks.create_overlay(installed.rootfs, fresh)
         fresh.replace(files.root_disk)
+        self.store.update_vm(vm_id, fresh_root=True)
 
     def stop_vm(self, vm_id: str) -> VmRecord:
         """Stop the VM, keeping its disk; stopping a stopped VM is fine."""
@@ -298,6 +457,8 @@ class VmService:
             accel=record.accel or "unknown",
             vm_id=record.vm_id,
             boot_ms=record.boot_ms or 0,
+            boot_kind=record.boot_kind or "cold",
+            boot_warning=record.boot_warning,
             total_ms=int((time.monotonic() - started) * 1000),
             result=result,
         )

@@ -317,3 +317,26 @@ def test_help_explains_profiles_modes_and_project_flags() -> None:
     for word in ("workspace-core", "repro-fix", "--project-path", "--repo-url", "examples:"):
         assert word in done.stdout
     assert json.dumps  # keep the json import honest for future schema checks
+
+
+def test_a_cold_server_prepares_its_environment_in_the_background_after_the_handshake(
+    mcp_env: dict[str, str], private_cache: Path
+) -> None:
+    env = dict(mcp_env, PYRO_CACHE_DIR=str(private_cache))
+    client = Pyro(state_dir=env["PYRO_HOME"], cache_dir=private_cache)
+    assert client.doctor()["daily_loop"]["status"] == "cold"
+
+    async def scenario() -> None:
+        async with mcp_client(env, "--no-project-source") as session:
+            # The handshake and the tool list never wait for the prepare.
+            started = asyncio.get_running_loop().time()
+            tools = await session.list_tools()
+            assert tools.tools and asyncio.get_running_loop().time() - started < 5
+            with anyio.fail_after(300):
+                while client.doctor()["daily_loop"]["status"] != "warm":
+                    await anyio.sleep(0.5)
+            created = await call(session, "workspace_create")
+            assert created["boot_kind"] == "warm"
+            await call(session, "workspace_delete", workspace_id=created["workspace_id"])
+
+    anyio.run(scenario)

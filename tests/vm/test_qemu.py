@@ -47,3 +47,20 @@ def test_tcg_guests_get_the_host_tsc_frequency(tmp_path: Path) -> None:
     cpuinfo.write_text("processor : 0\ncpu MHz\t\t: 2596.136\n")
     assert tcg_clock_arguments(cpuinfo) == " tsc_early_khz=2596136 tsc=reliable"
     assert tcg_clock_arguments(tmp_path / "missing") == " tsc=reliable"
+
+
+def test_a_warm_template_writes_its_ram_file_and_a_warm_vm_maps_it_privately() -> None:
+    template = spec(memory_file=Path("ram.img"), memory_shared=True).argv()
+    assert template[template.index("-M") + 1] == "microvm,accel=tcg,memory-backend=ram"
+    backend = template[template.index("-object") + 1]
+    assert backend == "memory-backend-file,id=ram,size=512M,mem-path=ram.img,share=on"
+    assert template[template.index("-m") + 1] == "512"  # must match the backend's size
+    assert "-incoming" not in template
+    restored = spec(memory_file=Path("ram.img"), incoming=True).argv()
+    assert "share=off" in restored[restored.index("-object") + 1]
+    assert restored[restored.index("-incoming") + 1] == "defer"
+
+
+def test_cold_boots_keep_ram_anonymous() -> None:
+    argv = spec().argv()
+    assert "-object" not in argv and "memory-backend" not in " ".join(argv)

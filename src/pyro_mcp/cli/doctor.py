@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pyro_mcp import config
 from pyro_mcp.cli.render import print_json
 from pyro_mcp.sdk import Pyro
 
@@ -16,12 +17,17 @@ def register(commands: Any) -> None:
         description="Report platform, KVM/TCG choice, QEMU, host tools, cache and environments. "
         "Exits 1 when this host cannot run guests.",
     )
+    parser.add_argument(
+        "--environment",
+        default=config.DEFAULT_ENVIRONMENT,
+        help="whose daily loop (warm, cold or stale) to report (default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    report = Pyro().doctor()
+    report = Pyro().doctor(environment=args.environment)
     if args.json:
         print_json(report)
         return 0 if report["ok"] else 1
@@ -60,6 +66,11 @@ def handle(args: argparse.Namespace) -> int:
             else (f"broken: {env['problem']}" if env["problem"] else "not installed")
         )
         print(f"  environment  {env['name']:<16} {state}")
+    loop = report["daily_loop"]
+    detail = f"snapshot of {loop['prepared_at']}" if loop["status"] == "warm" else loop["reason"]
+    if not loop.get("warm_enabled", True):
+        detail += " (PYRO_WARM=0: every start cold-boots)"
+    print(f"  daily loop   {loop['environment']}: {loop['status']}, {detail}")
     for problem in report["problems"]:
         print(f"  PROBLEM: {problem}")
     for warning in report["warnings"]:

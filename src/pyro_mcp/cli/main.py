@@ -11,13 +11,14 @@ import sys
 from collections.abc import Sequence
 
 from pyro_mcp import __version__
-from pyro_mcp.cli import doctor, env, mcp, run, vm, workspace
+from pyro_mcp.cli import doctor, env, mcp, prepare, run, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
 
 EPILOG = """\
 examples:
   pyro doctor                                  can this host run guests?
   pyro env pull debian:12                      build the default environment
+  pyro prepare                                 warm snapshot: sub-second create and reset
   pyro run debian:12 -- git --version          one command in a fresh microVM
   pyro run debian:12 --json -- sh -c 'exit 3'  structured result, exit code 3
   pyro demo                                    create, start, exec, delete
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run.register(commands)
     doctor.register(commands)
+    prepare.register(commands)
     env.register(commands)
     vm.register(commands)
     workspace.register(commands)

@@ -84,9 +84,12 @@ def handle_run(args: argparse.Namespace) -> int:
         write_command_output(result, "run", args.timeout_seconds)
         print(
             f"[run] exit_code={result['exit_code']} accel={result['accel']} "
-            f"boot_ms={result['boot_ms']} total_ms={result['total_ms']}",
+            f"boot_kind={result['boot_kind']} boot_ms={result['boot_ms']} "
+            f"total_ms={result['total_ms']}",
             file=sys.stderr,
         )
+        if result.get("boot_warning"):
+            print(f"[run] warning: {result['boot_warning']}", file=sys.stderr)
     return int(result["exit_code"])
 
 
@@ -110,7 +113,7 @@ def handle_demo(args: argparse.Namespace) -> int:
     try:
         started = time.monotonic()
         vm = pyro.start_vm(vm["vm_id"])
-        step("start", started, accel=vm["accel"], boot_ms=vm["boot_ms"])
+        step("start", started, accel=vm["accel"], boot_kind=vm["boot_kind"], boot_ms=vm["boot_ms"])
         outputs = {}
         for command in ("uname -sr", "cat /etc/debian_version", "git --version"):
             started = time.monotonic()
@@ -126,6 +129,7 @@ def handle_demo(args: argparse.Namespace) -> int:
         "ok": ok,
         "environment": args.environment,
         "accel": vm.get("accel"),
+        "boot_kind": vm.get("boot_kind"),
         "vm_id": vm["vm_id"],
         "outputs": outputs,
         "steps": steps,
@@ -134,10 +138,13 @@ def handle_demo(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print(
-            f"pyro demo: {'OK' if ok else 'FAILED'} ({args.environment}, accel={report['accel']})"
+            f"pyro demo: {'OK' if ok else 'FAILED'} ({args.environment}, "
+            f"accel={report['accel']}, boot={report['boot_kind']})"
         )
         for entry in steps:
-            detail = entry.get("command", "")
+            detail = entry.get("command", "") or (
+                f"{entry['boot_kind']} start" if "boot_kind" in entry else ""
+            )
             print(f"  {entry['step']:<7} {entry['ms']:>6} ms  {detail}")
         for command, output in outputs.items():
             print(f"  $ {command}\n    {output}")

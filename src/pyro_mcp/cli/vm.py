@@ -153,6 +153,10 @@ def handle_reap(args: argparse.Namespace) -> int:
 def _describe(record: dict[str, Any]) -> str:
     accel = record["accel"] or "-"
     line = f"{record['vm_id']} {record['state']} ({record['environment']}, accel={accel})"
+    if record.get("boot_kind") and record["state"] == "running":
+        line += f"\n  boot: {record['boot_kind']}, {record['boot_ms']} ms"
+    if record.get("boot_warning"):
+        line += f"\n  warning: {record['boot_warning']}"
     if record.get("last_error"):
         line += f"\n  last error: {record['last_error']}"
     return line

@@ -319,6 +319,10 @@ def _describe(workspace: dict[str, Any]) -> str:
         f"({seed['file_count']} files, {seed['bytes']} bytes)",
         f"  commands   {workspace['command_count']}",
     ]
+    if workspace.get("boot_kind") and workspace["state"] == "running":
+        lines.append(f"  boot       {workspace['boot_kind']}, {workspace['boot_ms']} ms")
+    if workspace.get("boot_warning"):
+        lines.append(f"  warning    {workspace['boot_warning']}")
     if workspace.get("last_error"):
         lines.append(f"  last error {workspace['last_error']}")
     return "\n".join(lines)

@@ -8,7 +8,8 @@ Standard library only: this file and ``protocol.py`` are copied into the
 guest's initramfs and run with the guest's ``python3``.
 
 Operations (v1):
-    hello   host nonce, clock and entropy in; agent facts out
+    hello   host nonce, clock, entropy, name, machine id and disks to mount in;
+            agent facts out (after every boot and every warm restore)
     ping    liveness
     info    kernel, hostname, Python, OS release
     exec    argv or shell string, env, cwd, timeout, output bound
@@ -19,11 +20,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import fcntl
+import functools
 import os
 import platform
+import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -121,19 +127,132 @@ class Agent:
 
 
 def op_hello(args: dict[str, Any]) -> dict[str, Any]:
-    """Take the host's clock and entropy; answer with the nonce and facts."""
+    """Make this boot (or this restore of a warm snapshot) its own; answer with facts.
+
+    Every guest restored from one memory snapshot starts with the same clock,
+    random generator state, hostname and machine id. The host's hello fixes
+    each: the wall clock, fresh entropy credited and a forced reseed of the
+    kernel's generator (writing to /dev/urandom alone mixes the pool but does
+    not reseed it), the name and the machine id. Then it mounts /workspace and
+    the baseline, which are never mounted in a snapshot.
+    """
     time_ns = args.get("time_ns")
     if isinstance(time_ns, int) and _is_guest():
         with contextlib.suppress(OSError):
             time.clock_settime(time.CLOCK_REALTIME, time_ns / 1e9)
     entropy = args.get("entropy")
     if isinstance(entropy, str) and _is_guest():
-        try:
-            with open("/dev/urandom", "wb") as handle:
-                handle.write(base64.b64decode(entropy))
-        except (OSError, ValueError):
-            pass
-    return {"nonce": args.get("nonce"), **op_info({})}
+        with contextlib.suppress(OSError, ValueError):
+            _reseed(base64.b64decode(entropy))
+    hostname = args.get("hostname")
+    if isinstance(hostname, str) and _HOSTNAME.match(hostname) and _is_guest():
+        socket.sethostname(hostname)
+        _write_file("/run/pyro/hostname", hostname + "\n")  # /etc/hostname links here
+    machine_id = args.get("machine_id")
+    if isinstance(machine_id, str) and _MACHINE_ID.match(machine_id) and _is_guest():
+        _write_file("/run/pyro/machine-id", machine_id + "\n")  # /etc/machine-id too
+    mounts = args.get("mounts") or {}
+    if not isinstance(mounts, dict):
+        raise RequestError("bad_args", "mounts must be an object")
+    mounted = []
+    for name, (serial, target, options) in MOUNTS.items():
+        if mounts.get(name) and _is_guest():
+            _mount_disk(serial, target, options)
+            mounted.append(target)
+    return {"nonce": args.get("nonce"), "mounted": mounted, **op_info({})}
+
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+# linux/random.h: RNDADDENTROPY _IOW('R', 0x03, int[2]); RNDRESEEDCRNG _IO('R', 0x07).
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+# linux/fs.h: BLKFLSBUF _IO(0x12, 97).
+BLKFLSBUF = 0x1261
+
+# What the hello may mount: the disk's virtio serial, where, and how.
+MOUNTS = {
+    "workspace": ("pyro-workspace", "/workspace", "rw,noatime"),
+    "baseline": ("pyro-baseline", "/run/pyro/baseline", "ro,noload"),
+}
+DISK_WAIT_SECONDS = 20.0
+
+
+def _reseed(data: bytes) -> None:
+    """Credit ``data`` as entropy and force the kernel's generator to reseed now."""
+
+    if not data:
+        return
+    padded = data + b"\0" * (-len(data) % 4)
+    request = struct.pack("ii", len(data) * 8, len(padded)) + padded
+    fd = os.open("/dev/urandom", os.O_WRONLY)
+    try:
+        fcntl.ioctl(fd, RNDADDENTROPY, request)
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, text: str) -> None:
+    with contextlib.suppress(OSError):
+        with open(path + ".pyro-tmp", "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(path + ".pyro-tmp", path)
+
+
+def _find_disk(serial: str) -> str:
+    """The /dev path of the virtio disk with this serial (no udev in the guest)."""
+    deadline = time.monotonic() + DISK_WAIT_SECONDS
+    while True:
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir("/sys/block")):
+                try:
+                    with open(f"/sys/block/{name}/serial", encoding="utf-8") as handle:
+                        if handle.read().strip() == serial:
+                            return f"/dev/{name}"
+                except OSError:
+                    continue
+        if time.monotonic() > deadline:
+            raise RequestError("no_disk", f"no disk with serial {serial} in the guest")
+        time.sleep(0.01)
+
+
+def _mount_disk(serial: str, target: str, options: str) -> None:
+    device = _find_disk(serial)
+    with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as handle:
+        if any(line.split()[1] == target for line in handle if len(line.split()) > 1):
+            return  # already mounted (a second hello on the same boot)
+    # A restored guest still caches blocks it read from the disk that was attached
+    # when the snapshot was taken (the partition scan); drop them first.
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, BLKFLSBUF, 0)
+    finally:
+        os.close(fd)
+    os.makedirs(target, exist_ok=True)
+    flags = MS_NOATIME | (MS_RDONLY if "ro" in options.split(",") else 0)
+    data = b"noload" if "noload" in options.split(",") else None
+    if _libc().mount(device.encode(), target.encode(), b"ext4", flags, data) != 0:
+        error = ctypes.get_errno()
+        raise RequestError(
+            "mount_failed", f"cannot mount {device} on {target}: {os.strerror(error)}"
+        )
+
+
+# sys/mount.h
+MS_RDONLY = 1
+MS_NOATIME = 1024
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """libc, loaded once (in a warm snapshot, already loaded in every restored guest).
+
+    mount(2) directly: spawning mount(8) costs a process start, which under
+    TCG is a large share of a warm start.
+    """
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def op_ping(args: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +325,6 @@ FITHAW = 0xC0045878
 
 def op_freeze(args: dict[str, Any]) -> dict[str, Any]:
     """Flush and freeze /workspace (writes block until thawed), or thaw it."""
-    import fcntl
-
     fd = os.open("/workspace", os.O_RDONLY)
     try:
         if args.get("freeze"):
@@ -400,6 +517,7 @@ def _reap_forever(agent_pid: int, respawn: Callable[[], int]) -> None:
 
 def main() -> None:
     port = find_port()
+    _libc()  # loaded before any warm snapshot is taken
     if os.getpid() != 1:
         _serve_port(port)
         return

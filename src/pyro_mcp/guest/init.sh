@@ -10,30 +10,14 @@
 #
 # Kernel command line:
 #   pyro.net=1            bring up eth0 for QEMU user-mode networking
-#   pyro.hostname=NAME    the guest's hostname
-#   pyro.workspace=1      mount the disk with serial pyro-workspace on /workspace
-#   pyro.baseline=1       mount the disk with serial pyro-baseline read-only on
-#                         /run/pyro/baseline (what `workspace diff` compares to)
+#   pyro.hostname=NAME    the guest's hostname until the host's hello names another
+#
+# /workspace and the baseline are mounted by the agent when the host's hello
+# asks for them, not here: a warm snapshot is taken before any workspace disk
+# is mounted, and cold boots take the same path so both are tested alike.
 
 /bin/busybox --install -s /bin
 export PATH=/bin
-
-# The disk whose virtio serial is $1 (the workspace and its baseline share an
-# ext4 label, so labels cannot tell them apart).
-wait_for_disk() {
-    tries=0
-    while :; do
-        for dev in /sys/block/vd*; do
-            if [ "$(cat "$dev/serial" 2>/dev/null)" = "$1" ]; then
-                echo "/dev/${dev##*/}"
-                return 0
-            fi
-        done
-        tries=$((tries + 1))
-        [ "$tries" -gt 2000 ] && return 1
-        usleep 5000
-    done
-}
 
 fail() {
     echo "pyro-init: $*" >&2
@@ -47,14 +31,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 net=0
-workspace=0
-baseline=0
 name=pyro
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         pyro.net=1) net=1 ;;
-        pyro.workspace=1) workspace=1 ;;
-        pyro.baseline=1) baseline=1 ;;
         pyro.hostname=*) name="${arg#pyro.hostname=}" ;;
     esac
 done
@@ -78,12 +58,6 @@ done
 mkdir -p /newroot
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
 
-if [ "$workspace" = 1 ]; then
-    disk=$(wait_for_disk pyro-workspace) || fail "no workspace disk (serial pyro-workspace)"
-    mkdir -p /newroot/workspace
-    mount -t ext4 -o rw,noatime "$disk" /newroot/workspace || fail "cannot mount $disk on /workspace"
-fi
-
 hostname "$name"
 ip link set lo up
 if [ "$net" = 1 ]; then
@@ -98,16 +72,21 @@ if [ "$net" = 1 ]; then
     ip route add default via 10.0.2.2
     echo "nameserver 10.0.2.3" > /newroot/etc/resolv.conf
 fi
-echo "$name" > /newroot/etc/hostname
 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mkdir -p /newroot/run/pyro /newroot/tmp /newroot/dev
+# The name and machine id live on tmpfs: the host's hello sets new ones after
+# every boot and every warm restore, and a write to the root disk there would
+# cost a synchronous flush (ext4 flushes a file renamed over another).
+echo "$name" > /newroot/run/pyro/hostname
+tr -d - < /proc/sys/kernel/random/uuid > /newroot/run/pyro/machine-id
+for file in hostname machine-id; do
+    if [ ! -L "/newroot/etc/$file" ]; then
+        rm -f "/newroot/etc/$file"
+        ln -s "/run/pyro/$file" "/newroot/etc/$file"
+    fi
+done
 cp /pyro/agent.py /pyro/protocol.py /pyro/fileops.py /pyro/processes.py /newroot/run/pyro/
-if [ "$baseline" = 1 ]; then
-    disk=$(wait_for_disk pyro-baseline) || fail "no baseline disk (serial pyro-baseline)"
-    mkdir -p /newroot/run/pyro/baseline
-    mount -t ext4 -o ro,noload "$disk" /newroot/run/pyro/baseline || fail "cannot mount the baseline"
-fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 
 umount /proc

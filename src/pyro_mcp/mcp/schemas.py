@@ -31,6 +31,9 @@ class RunResult(CommandResult):
     environment: str
     accel: str
     vm_id: str
+    boot_ms: int
+    boot_kind: str
+    boot_warning: str | None = None
 
 
 class ExecResult(CommandResult):
@@ -55,6 +58,9 @@ class Workspace(_Open):
     expires_at: float | None
     last_error: str | None
     command_count: int
+    boot_ms: int | None = None
+    boot_kind: str | None = None
+    boot_warning: str | None = None
 
 
 class WorkspaceList(_Open):
@@ -140,6 +146,9 @@ class Vm(_Open):
     state: str
     accel: str | None
     last_error: str | None
+    boot_ms: int | None = None
+    boot_kind: str | None = None
+    boot_warning: str | None = None
 
 
 class VmList(_Open):

@@ -26,6 +26,7 @@ from pyro_mcp import __version__, config
 from pyro_mcp.errors import PyroError
 from pyro_mcp.mcp import profiles, schemas
 from pyro_mcp.mcp.host_paths import HostPathPolicy
+from pyro_mcp.mcp.warmup import BackgroundWarmUp, WarmUpAfterHandshake
 from pyro_mcp.sdk import Pyro
 from pyro_mcp.workspaces.project_source import ProjectSource
 from pyro_mcp.workspaces.summary import render_journal_entry, render_summary
@@ -97,9 +98,11 @@ def create_server(
     policy = HostPathPolicy([*roots, *allow_host_paths])
     tools = _tools(client, source, environment, policy)
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
+    warm_up = BackgroundWarmUp(client, environment)
     server = PyroMCPServer(
         "pyro",
         version=__version__,
+        middleware=[WarmUpAfterHandshake(warm_up)],
         instructions=(
             "pyro gives you a disposable Linux microVM sandbox. Create a workspace (its "
             "/workspace holds the project's files), work in it with the workspace tools, "

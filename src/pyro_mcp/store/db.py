@@ -92,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (workspace_id, name)
     );
     """,
+    """
+    ALTER TABLE vms ADD COLUMN boot_kind TEXT;
+    ALTER TABLE vms ADD COLUMN boot_warning TEXT;
+    ALTER TABLE vms ADD COLUMN fresh_root INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
@@ -344,6 +349,7 @@ def _vm_row(record: VmRecord) -> dict[str, Any]:
     row["state"] = record.state.value
     row["network"] = int(record.network)
     row["owner_bound"] = int(record.owner_bound)
+    row["fresh_root"] = int(record.fresh_root)
     return row
 
 
@@ -352,4 +358,5 @@ def _vm_record(row: sqlite3.Row) -> VmRecord:
     data["state"] = VmState(data["state"])
     data["network"] = bool(data["network"])
     data["owner_bound"] = bool(data["owner_bound"])
+    data["fresh_root"] = bool(data["fresh_root"])
     return VmRecord(**data)

@@ -23,20 +23,41 @@ STOP_WAIT_SECONDS = 15.0
 
 
 def launch(
-    files: VmFiles, machine: MachineSpec, boot_timeout: float, owner_bound: bool
+    files: VmFiles,
+    machine: MachineSpec,
+    boot_timeout: float,
+    owner_bound: bool,
+    *,
+    restore: Path | None = None,
+    hello: dict[str, Any] | None = None,
+    watch_pid: int | None = None,
 ) -> dict[str, Any]:
     """Start the supervisor for ``machine`` and wait until its agent is ready.
 
     The supervisor detaches (double fork, own session), so it outlives this
-    process unless ``owner_bound`` ties it to an ``own`` connection.
+    process unless ``owner_bound`` ties it to an ``own`` connection, or
+    ``watch_pid`` to a process that must stay alive.
+
+    Args:
+        restore: a warm snapshot's device state to load instead of booting
+            (``machine`` must then be ``incoming``, with the snapshot's RAM file).
+        hello: extra hello arguments for the agent (hostname, machine_id, mounts).
 
     Returns:
-        The supervisor's report: ``pid``, ``qemu_pid``, ``boot_ms``, ``info``.
+        The supervisor's report: ``pid``, ``qemu_pid``, ``boot_ms``, ``boot_kind``,
+        ``info``.
 
     Raises:
         VMError: QEMU or the guest failed; the message has the console tail.
     """
-    spec = {"argv": machine.argv(), "boot_timeout": boot_timeout, "owner_bound": owner_bound}
+    spec = {
+        "argv": machine.argv(),
+        "boot_timeout": boot_timeout,
+        "owner_bound": owner_bound,
+        "restore": str(restore) if restore else None,
+        "hello": hello or {},
+        "watch_pid": watch_pid,
+    }
     files.spec.write_text(json.dumps(spec))
     with files.supervisor_log.open("ab") as log:
         process = subprocess.Popen(
@@ -48,7 +69,10 @@ def launch(
         )
     assert process.stdout is not None
     try:
-        process.wait(timeout=30)
+        # The launcher forks the supervisor off and exits at once. Popen.wait with
+        # a timeout polls with growing sleeps; a pidfd wakes us when it exits.
+        wait_for_exit(process.pid, 30)
+        process.wait()
         ready, _, _ = select.select([process.stdout], [], [], boot_timeout + LAUNCH_MARGIN_SECONDS)
         line = process.stdout.readline() if ready else b""
     finally:

@@ -31,3 +31,16 @@ def create_overlay(base: Path, overlay: Path) -> None:
     )
     if result.returncode != 0:
         raise VMError(f"qemu-img could not create {overlay}: {result.stderr.strip()}")
+
+
+def create_blank(image: Path, size_mib: int) -> None:
+    """An empty qcow2 image of ``size_mib`` (a drive's stand-in; costs ~200 KB)."""
+    qemu_img = host_tools.require(host_tools.QEMU_IMG)["qemu-img"]
+    result = subprocess.run(
+        [str(qemu_img), "create", "-q", "-f", "qcow2", str(image), f"{size_mib}M"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise VMError(f"qemu-img could not create {image}: {result.stderr.strip()}")

@@ -31,6 +31,13 @@ class MachineSpec:
     network: bool
     workspace_disk: Path | None = None
     baseline_disk: Path | None = None
+    # Guest RAM in a file: a warm template writes it (shared), warm VMs map it
+    # privately (copy-on-write), so the clean pages of one snapshot are shared
+    # by every VM restored from it.
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    # Start paused, waiting for a warm snapshot's device state over QMP.
+    incoming: bool = False
 
     def argv(self) -> list[str]:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
@@ -38,14 +45,20 @@ class MachineSpec:
             append += tcg_clock_arguments()
         if self.network:
             append += " pyro.net=1"
-        if self.workspace_disk is not None:
-            append += " pyro.workspace=1"
-        if self.baseline_disk is not None:
-            append += " pyro.baseline=1"
+        machine = f"microvm,accel={self.accel}"
+        memory: list[str] = []
+        if self.memory_file is not None:
+            machine += ",memory-backend=ram"
+            memory = [
+                "-object",
+                f"memory-backend-file,id=ram,size={self.mem_mib}M,mem-path={self.memory_file},"
+                f"share={'on' if self.memory_shared else 'off'}",
+            ]
         argv = [
             str(self.qemu),
             "-M",
-            f"microvm,accel={self.accel}",
+            machine,
+            *memory,
             "-m",
             str(self.mem_mib),
             "-smp",
@@ -102,6 +115,8 @@ class MachineSpec:
             argv += ["-cpu", "host"]
         if self.network:
             argv += ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
+        if self.incoming:
+            argv += ["-incoming", "defer"]
         return argv
 
 

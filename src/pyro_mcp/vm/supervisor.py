@@ -10,6 +10,15 @@ Started by ``launch()`` as ``python -m pyro_mcp.vm.supervisor VM_DIR``. It
 reports one JSON line on stdout once the agent is ready (or why boot failed)
 and then runs detached until asked to stop, QEMU exits, or, for an
 owner-bound VM (``pyro run``), its owner's connection closes.
+
+Two ways to a ready agent: a cold boot (QEMU boots the kernel; the agent
+announces itself), or a warm restore (QEMU starts with ``-incoming defer``, the
+device state of a warm snapshot is loaded over QMP while guest memory comes
+from the snapshot's RAM file, and the agent, already running, answers the
+hello). Either way the hello makes the guest its own (clock, entropy, name,
+machine id) and mounts its disks. ``save_template`` turns a freshly booted
+guest into a warm snapshot: it saves the device state and the VM never runs
+again.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import itertools
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,6 +46,8 @@ from pyro_mcp.vm.qemu import die_with_parent
 CONSOLE_LOG_MAX_BYTES = 2 * 1024 * 1024
 CONSOLE_TAIL_BYTES = 4000
 HELLO_TIMEOUT_SECONDS = 30.0
+# Polling QMP while an incoming migration loads (it takes ~10 ms).
+RESTORE_POLL_SECONDS = 0.005
 STOP_GRACE_SECONDS = 5.0
 OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
 OWNER_GONE = "the owning process went away"
@@ -99,6 +111,14 @@ class Supervisor:
         self.argv: list[str] = spec["argv"]
         self.boot_timeout: float = float(spec["boot_timeout"])
         self.owner_bound: bool = bool(spec.get("owner_bound"))
+        # A warm restore: the device state file to load instead of booting.
+        self.restore: str | None = spec.get("restore")
+        # Extra hello arguments: hostname, machine_id, mounts.
+        self.hello: dict[str, Any] = dict(spec.get("hello") or {})
+        # Stop when this process is gone (a `pyro prepare` that was killed).
+        self.watch_pid: int | None = spec.get("watch_pid")
+        self.saved = False
+        self.agent_connected: asyncio.Future[None] | None = None
         self.qemu: asyncio.subprocess.Process | None = None
         self.agent_writer: asyncio.StreamWriter | None = None
         self.agent_ready: asyncio.Future[dict[str, Any]] | None = None
@@ -121,6 +141,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.agent_ready = loop.create_future()
+        self.agent_connected = loop.create_future()
         self.qmp_ready = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, f"supervisor got signal {sig.name}")
@@ -152,6 +173,7 @@ class Supervisor:
                     "pid": os.getpid(),
                     "qemu_pid": self.qemu.pid if self.qemu else None,
                     "boot_ms": self.boot_ms,
+                    "boot_kind": "warm" if self.restore else "cold",
                     "info": self.info,
                 }
             )
@@ -182,33 +204,24 @@ class Supervisor:
         finally:
             qemu_log.close()
         exit_watch: asyncio.Future[None] = asyncio.ensure_future(self._watch_qemu())
-        assert self.agent_ready is not None
-        waiters: set[asyncio.Future[Any]] = {self.agent_ready, exit_watch}
-        done, _ = await asyncio.wait(
-            waiters,
-            timeout=self.boot_timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if self.agent_ready not in done:
-            if exit_watch in done:
-                raise VMError(self._boot_failure("QEMU exited during boot"))
-            self._kill_qemu()
-            raise VMError(
-                self._boot_failure(
-                    f"the guest agent was not ready within {self.boot_timeout:.0f} s"
-                )
-            )
+        if self.restore:
+            await self._restore(exit_watch)
+        else:
+            assert self.agent_ready is not None
+            await self._until(self.agent_ready, exit_watch, "the guest agent was not ready")
         self.boot_ms = int((time.monotonic() - started) * 1000)
         nonce = secrets.token_hex(8)
+        hello_timeout = min(HELLO_TIMEOUT_SECONDS, self.boot_timeout)
         try:
             reply = await self.agent_request(
                 "hello",
                 {
-                    "nonce": nonce,
                     "time_ns": time.time_ns(),
                     "entropy": base64.b64encode(os.urandom(64)).decode(),
+                    **self.hello,
+                    "nonce": nonce,
                 },
-                HELLO_TIMEOUT_SECONDS,
+                hello_timeout,
             )
         except VMError as exc:
             raise VMError(self._boot_failure(f"agent handshake failed: {exc}")) from exc
@@ -219,6 +232,85 @@ class Supervisor:
                 self._boot_failure(f"agent handshake was answered wrongly: {reply!r:.300}")
             )
         self.info = {k: v for k, v in result.items() if k != "nonce" and isinstance(v, str)}
+        self.boot_ms = int((time.monotonic() - started) * 1000)
+
+    async def _until(
+        self, waited: asyncio.Future[Any], exit_watch: asyncio.Future[None], what: str
+    ) -> None:
+        """Wait for ``waited`` within the boot bound; QEMU exiting first is a failure."""
+        done, _ = await asyncio.wait(
+            {waited, exit_watch}, timeout=self.boot_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waited in done:
+            return
+        if exit_watch in done:
+            raise VMError(self._boot_failure("QEMU exited during boot"))
+        self._kill_qemu()
+        raise VMError(self._boot_failure(f"{what} within {self.boot_timeout:.0f} s"))
+
+    async def _restore(self, exit_watch: asyncio.Future[None]) -> None:
+        """Load a warm snapshot's device state into the paused QEMU and let it run."""
+        assert self.qmp_ready is not None and self.agent_connected is not None
+        await self._until(self.qmp_ready, exit_watch, "QEMU's monitor did not answer")
+        await self._until(self.agent_connected, exit_watch, "the agent port did not connect")
+        deadline = time.monotonic() + self.boot_timeout
+        try:
+            await self.qmp(
+                "migrate-set-capabilities",
+                {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+            )
+            await self.qmp(
+                "migrate-incoming", {"uri": "exec:cat " + shlex.quote(self.restore or "")}
+            )
+            while True:
+                status = await self.qmp("query-status")
+                if status.get("status") == "running":
+                    return
+                if status.get("status") not in ("inmigrate", "paused", "prelaunch"):
+                    raise VMError(f"the restored VM is {status.get('status')}")
+                if status.get("status") == "paused":
+                    await self.qmp("cont")
+                if exit_watch.done():
+                    raise VMError("QEMU exited while loading the snapshot")
+                if time.monotonic() > deadline:
+                    raise VMError(f"the snapshot did not load within {self.boot_timeout:.0f} s")
+                await asyncio.sleep(RESTORE_POLL_SECONDS)
+        except (VMError, TimeoutError) as exc:
+            self._kill_qemu()
+            raise VMError(self._boot_failure(f"warm restore failed: {exc}")) from exc
+
+    async def save_template(self, path: str) -> dict[str, Any]:
+        """Save this freshly booted guest's device state; the VM never runs again.
+
+        Guest memory is already in the shared RAM file (``share=on``), so only the
+        devices are written (``x-ignore-shared``). The guest must not run after
+        this: it would change the RAM file every warm VM maps.
+        """
+        if self.restore:
+            raise ValueError("only a cold-booted template VM can be saved")
+        await self.agent_request("sync", {}, HELLO_TIMEOUT_SECONDS)
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+        )
+        await self.qmp("stop")
+        self.saved = True
+        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
+        deadline = time.monotonic() + 60
+        while True:
+            state = await self.qmp("query-migrate")
+            status = state.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise VMError(
+                    f"saving the warm snapshot failed ({status}): {state.get('error-desc', '')}"
+                )
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
+        with contextlib.suppress(VMError):
+            await self.qmp("quit")
+        self.request_stop("saved as a warm snapshot")
+        return {"path": path}
 
     def _boot_failure(self, what: str) -> str:
         code = self.qemu.returncode if self.qemu else None
@@ -251,6 +343,8 @@ class Supervisor:
 
     async def _on_agent(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.agent_writer = writer
+        if self.agent_connected is not None and not self.agent_connected.done():
+            self.agent_connected.set_result(None)
         decoder = FrameDecoder()
         while data := await reader.read(65536):
             for message in decoder.feed(data):
@@ -398,6 +492,9 @@ class Supervisor:
                     str(args.get("action")), int(args["host_port"]), int(args.get("guest_port", 0))
                 )
                 reply = {"id": request_id, "ok": True, "result": result}
+            elif op == "save_template":
+                result = await self.save_template(str(args["path"]))
+                reply = {"id": request_id, "ok": True, "result": result}
             elif op == "shutdown":
                 reply = {"id": request_id, "ok": True, "result": {}}
                 self.request_stop("stopped on request")
@@ -441,6 +538,8 @@ class Supervisor:
     def _check_directory(self) -> None:
         if not self.files.dir.is_dir():
             self.request_stop("the VM directory was removed")
+        elif self.watch_pid is not None and not _pid_alive(self.watch_pid):
+            self.request_stop(f"the process that started it (pid {self.watch_pid}) is gone")
         elif not self.stopping.is_set():
             asyncio.get_running_loop().call_later(DIRECTORY_CHECK_SECONDS, self._check_directory)
 
@@ -456,7 +555,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         qemu = self.qemu
         if qemu is not None and qemu.returncode is None:
-            if self.agent_writer is not None and not self.dead_message:
+            if self.agent_writer is not None and not self.dead_message and not self.saved:
                 # Flush the guest's page cache so the root overlay is whole.
                 with contextlib.suppress(Exception):
                     await self.agent_request("sync", {}, STOP_GRACE_SECONDS)
@@ -479,6 +578,16 @@ class Supervisor:
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(record))
             tmp.replace(self.files.exit_record)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _report(message: dict[str, Any]) -> None:

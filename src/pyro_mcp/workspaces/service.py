@@ -46,9 +46,7 @@ from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.paths import WORKSPACE_ROOT, resolve_workspace_path
 from pyro_mcp.workspaces.seed import stage_seed
 
-# Every workspace disk has the same virtual size (memory snapshots rely on it);
-# it is sparse, so only what is written costs space.
-WORKSPACE_DISK_MIB = 8192
+WORKSPACE_DISK_MIB = config.WORKSPACE_DISK_MIB
 WORKSPACE_LABEL = "pyro-workspace"
 JOURNAL_OUTPUT_BYTES = 64 * 1024
 # Longer than any create takes (a cold build of an environment included).
@@ -228,6 +226,9 @@ class WorkspaceService:
             ),
             "state": vm.state.value,
             "accel": vm.accel,
+            "boot_ms": vm.boot_ms,
+            "boot_kind": vm.boot_kind,
+            "boot_warning": vm.boot_warning,
             "vm_id": vm.vm_id,
             "last_error": vm.last_error,
             "command_count": self.store.count_journal(workspace["workspace_id"], "exec"),
