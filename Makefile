@@ -13,7 +13,9 @@ setup:
 environment: setup
 	$(UV) run pyro env pull debian:12
 
+# The demo's VM restores the warm snapshot `pyro prepare` takes (once).
 demo: environment
+	$(UV) run pyro prepare
 	$(UV) run pyro demo
 
 # The MCP Inspector (pinned in tools/mcp-inspector) is a third-party MCP client
@@ -33,6 +35,7 @@ lint: check
 
 bench: environment
 	$(UV) run python benchmarks/runtime.py
+	$(UV) run python benchmarks/warm.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache tools/mcp-inspector/node_modules

@@ -135,7 +135,8 @@ DESCRIPTIONS: dict[str, str] = {
         "the VM afterwards. Use it for a quick, isolated check that needs no files from the "
         "project; for anything that takes several steps, create a workspace instead. Returns "
         "exit_code, stdout, stderr (each at most 1 MiB, truncated flags say when cut), "
-        "timed_out and duration_ms. A cold boot takes a few seconds."
+        "timed_out and duration_ms. The VM starts in under a second when the environment "
+        "is prepared (boot_kind warm), a few seconds otherwise (cold)."
     ),
     "workspace_create": (
         "Create a sandbox workspace: a Linux microVM whose /workspace holds a copy of the "
