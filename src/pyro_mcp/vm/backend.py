@@ -19,7 +19,8 @@ from pyro_mcp.vm.supervisor import VmFiles
 
 # The supervisor itself needs this much on top of the guest's boot.
 LAUNCH_MARGIN_SECONDS = 30.0
-STOP_WAIT_SECONDS = 15.0
+# Longer than the supervisor's own bounds for the guest's flush and QEMU's exit.
+STOP_WAIT_SECONDS = 35.0
 
 
 def launch(

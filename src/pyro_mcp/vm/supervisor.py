@@ -49,6 +49,8 @@ HELLO_TIMEOUT_SECONDS = 30.0
 # Polling QMP while an incoming migration loads (it takes ~10 ms).
 RESTORE_POLL_SECONDS = 0.005
 STOP_GRACE_SECONDS = 5.0
+# How long a stopping VM's guest may take to flush its filesystems.
+SYNC_GRACE_SECONDS = 20.0
 OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
 OWNER_GONE = "the owning process went away"
 NO_OWNER = "no owner connected"
@@ -556,9 +558,11 @@ class Supervisor:
         qemu = self.qemu
         if qemu is not None and qemu.returncode is None:
             if self.agent_writer is not None and not self.dead_message and not self.saved:
-                # Flush the guest's page cache so the root overlay is whole.
+                # Flush the guest's page cache so the root overlay is whole, and
+                # freeze /workspace so its disk is clean. Under TCG on a busy
+                # host a guest's first flush can take seconds: be generous.
                 with contextlib.suppress(Exception):
-                    await self.agent_request("sync", {}, STOP_GRACE_SECONDS)
+                    await self.agent_request("sync", {"freeze": ["/workspace"]}, SYNC_GRACE_SECONDS)
             with contextlib.suppress(ProcessLookupError):
                 qemu.terminate()
             try:

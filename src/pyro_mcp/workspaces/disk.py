@@ -159,7 +159,7 @@ def _debugfs(image: Path, command: str) -> str:
             raise InvalidArgument(
                 "path", f"{command.split()[1].lstrip('/')} does not exist on the disk"
             )
-        raise VMError(f"debugfs could not read the disk: {message}")
+        raise VMError(f"debugfs could not read the disk: {' | '.join(problem)[-600:]}")
     return result.stdout
 
 
