@@ -5,7 +5,7 @@
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: setup environment inspector demo test check lint typecheck bench clean
+.PHONY: setup environment inspector host-clis demo test check lint typecheck bench clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -23,7 +23,15 @@ demo: environment
 inspector:
 	cd tools/mcp-inspector && npm ci --no-audit --no-fund --loglevel=error
 
-test: environment inspector
+# The chat hosts' own CLIs (Claude Code, Codex, OpenCode), pinned in
+# tools/host-clis: the tests register pyro with them and read their listings.
+# `npm install`, not `npm ci`: the registry these machines reach lacks
+# opencode's macOS builds, so `npm ci` calls the lockfile out of sync; npm
+# install still takes the lockfile's versions and integrity hashes.
+host-clis:
+	cd tools/host-clis && npm install --no-audit --no-fund --loglevel=error
+
+test: environment inspector host-clis
 	$(UV) run pytest -n 2 $(PYTEST_ARGS)
 
 check: setup
@@ -38,4 +46,5 @@ bench: environment
 	$(UV) run python benchmarks/warm.py
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache tools/mcp-inspector/node_modules
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache tools/mcp-inspector/node_modules \
+		tools/host-clis/node_modules

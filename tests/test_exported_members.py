@@ -20,6 +20,7 @@ def test_the_public_surface_is_declared_and_importable() -> None:
         "workspaces",
         "mcp",
         "prepare",
+        "hosts",
         "TYPE_CHECKING",
         "Any",
     }

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from pyro_mcp import config, doctor
 from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.errors import PyroError
+from pyro_mcp.hosts import service as host_service
+from pyro_mcp.hosts.server_command import ServerOptions
 from pyro_mcp.vms import VmService
 from pyro_mcp.workspaces.secrets import Redactor
 from pyro_mcp.workspaces.service import WorkspaceService
@@ -656,6 +658,34 @@ class Pyro:
             environment=environment,
             allow_host_paths=[Path(p) for p in allow_host_paths],
         )
+
+    # ---------------------------------------------------------- chat hosts
+
+    @staticmethod
+    def connect_host(
+        host: str, options: ServerOptions | None = None, *, scope: str = "user"
+    ) -> dict[str, Any]:
+        """Register pyro with ``claude-code``, ``codex`` or ``opencode`` (see ``pyro host``)."""
+        return host_service.connect(host, options or ServerOptions(), scope=scope)
+
+    @staticmethod
+    def host_config(
+        host: str, options: ServerOptions | None = None, *, scope: str = "user"
+    ) -> dict[str, Any]:
+        """The config snippet for ``host`` (also ``generic``) and where it goes."""
+        return host_service.print_config(host, options or ServerOptions(), scope=scope)
+
+    @staticmethod
+    def repair_host(
+        host: str, options: ServerOptions | None = None, *, scope: str = "user"
+    ) -> dict[str, Any]:
+        """Rewrite pyro's entry in the host's config in place, after a backup."""
+        return host_service.repair(host, options or ServerOptions(), scope=scope)
+
+    @staticmethod
+    def doctor_hosts(*, health: bool = True) -> dict[str, Any]:
+        """Every host's pyro entry, whether it matches, and whether it really starts."""
+        return host_service.doctor(health=health)
 
     # ---------------------------------------------------------------- host
 

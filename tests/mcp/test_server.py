@@ -340,3 +340,40 @@ def test_a_cold_server_prepares_its_environment_in_the_background_after_the_hand
             await call(session, "workspace_delete", workspace_id=created["workspace_id"])
 
     anyio.run(scenario)
+
+
+def test_serve_refuses_a_mode_with_a_profile_and_bad_start_up_input_in_one_line(
+    mcp_env: dict[str, str], tmp_path: Path
+) -> None:
+    for flags, expected in (
+        (["--mode", "inspect", "--profile", "vm-run"], "not both"),
+        (["--allow-host-path", str(tmp_path / "missing")], "is not a directory"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pyro_mcp.cli.main", "mcp", "serve", *flags],
+            env=mcp_env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        assert result.returncode == 2 and expected in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_server_logs_what_it_serves_in_one_line_and_little_else(
+    mcp_env: dict[str, str], project: Path
+) -> None:
+    log = project.parent / "server.log"
+
+    async def scenario() -> None:
+        async with mcp_client(
+            mcp_env, "--mode", "repro-fix", "--log-file", str(log), cwd=project
+        ) as client:
+            await client.list_tools()
+
+    anyio.run(scenario)
+    lines = log.read_text().splitlines()
+    assert "serving mode repro-fix, environment debian:12" in lines[0]
+    assert f"seeded from: project_path {project}" in lines[0]
+    assert not [line for line in lines if " INFO " in line and "pyro.mcp.start" not in line]

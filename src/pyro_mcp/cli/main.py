@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pyro_mcp import __version__
-from pyro_mcp.cli import doctor, env, mcp, prepare, run, vm, workspace
+from pyro_mcp.cli import doctor, env, host, mcp, prepare, run, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
 
 EPILOG = """\
@@ -22,6 +22,7 @@ examples:
   pyro run debian:12 -- git --version          one command in a fresh microVM
   pyro run debian:12 --json -- sh -c 'exit 3'  structured result, exit code 3
   pyro demo                                    create, start, exec, delete
+  pyro host connect claude-code                use pyro from Claude Code (also codex, opencode)
 
 Every command takes --json. State lives under PYRO_HOME (default
 ~/.local/share/pyro), environments under PYRO_CACHE_DIR (default ~/.cache/pyro).
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     vm.register(commands)
     workspace.register(commands)
     mcp.register(commands)
+    host.register(commands)
     return parser
 
 

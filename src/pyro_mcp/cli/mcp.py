@@ -15,7 +15,7 @@ profiles (how many tools):
   workspace-core    the workspace loop (default): create, exec, files, patch, diff, export, reset...
   workspace-full    everything: adds workspace_stop/start and the raw vm_* tools
 
-modes (a narrower tool set with job-specific descriptions; wins over --profile):
+modes (a narrower tool set with job-specific descriptions; give a mode or a profile):
 {chr(10).join(f"  {name:<17} {purpose}" for name, purpose in profiles.MODE_PURPOSE.items())}
 
 project source (the default seed of workspace_create):
@@ -71,6 +71,12 @@ def register(commands: Any) -> None:
         "the project root is always allowed",
     )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
+    serve.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every step (default: warnings, errors and one start-up line; chat hosts "
+        "file every stderr line of a server as an error)",
+    )
     serve.set_defaults(handler=handle_serve)
 
 
@@ -82,6 +88,10 @@ def handle_serve(args: argparse.Namespace) -> int:
 
     if args.repo_ref and not args.repo_url:
         raise InvalidArgument("--repo-ref", "goes with --repo-url")
+    if args.mode and args.profile:
+        raise InvalidArgument(
+            "--mode", "give --mode or --profile, not both: a mode is its own narrower tool set"
+        )
     pyro = Pyro(progress=_log_progress)
     source = project_source.resolve(
         cwd=Path.cwd(),
@@ -105,7 +115,10 @@ def handle_serve(args: argparse.Namespace) -> int:
         environment=args.environment,
         allow_host_paths=allowed,
     )
-    serve(server, log_file=args.log_file)
+    tools = f"mode {args.mode}" if args.mode else f"profile {args.profile or 'workspace-core'}"
+    seed = f"{source.origin_kind} {source.origin_ref}".strip()
+    serving = f"{tools}, environment {args.environment}, workspaces seeded from: {seed}"
+    serve(server, log_file=args.log_file, serving=serving, verbose=args.verbose)
     return 0
 
 

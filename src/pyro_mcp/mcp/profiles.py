@@ -115,8 +115,13 @@ def tool_names(profile: str | None, mode: str | None) -> tuple[str, ...]:
     """The tools a server with this profile or mode exposes.
 
     Raises:
-        InvalidArgument: an unknown profile or mode (the message lists the valid ones).
+        InvalidArgument: an unknown profile or mode (the message lists the valid ones),
+            or both at once: a mode is a tool set of its own, not a filter on a profile.
     """
+    if mode is not None and profile is not None:
+        raise InvalidArgument(
+            "mode", "give a mode or a profile, not both: a mode is its own narrower tool set"
+        )
     if mode is not None:
         if mode not in MODES:
             raise InvalidArgument("mode", f"{mode!r} is not one of {', '.join(MODES)}")

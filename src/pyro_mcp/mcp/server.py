@@ -10,7 +10,6 @@ server never dies on bad input and writes nothing but protocol to stdout.
 # at runtime to build each tool's input and output schema.
 
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -84,7 +83,8 @@ def create_server(
     Args:
         profile: ``vm-run``, ``workspace-core`` (default) or ``workspace-full``.
         mode: ``repro-fix``, ``inspect``, ``cold-start`` or ``review-eval``; a
-            narrower tool set with job-specific descriptions (wins over profile).
+            narrower tool set with job-specific descriptions (give a mode or a
+            profile, not both).
         pyro: the SDK object to use (default: ``Pyro()`` with progress on stderr).
         project: the default seed of ``workspace_create`` (default: none).
         environment: the default environment of ``workspace_create`` and ``vm_run``.
@@ -724,8 +724,15 @@ def _log_progress(message: str) -> None:
     log.info(message)
 
 
-def serve(server: MCPServer, log_file: Path | None = None) -> None:
-    """Run ``server`` on stdio. Logs go to stderr (or ``log_file``), never stdout."""
+def serve(
+    server: MCPServer, log_file: Path | None = None, *, serving: str = "", verbose: bool = False
+) -> None:
+    """Run ``server`` on stdio. Logs go to stderr (or ``log_file``), never stdout.
+
+    Chat hosts file every stderr line of a server as an error (Claude Code
+    does), so by default only warnings and errors are logged, plus one line at
+    start saying what is served; ``verbose`` logs every step.
+    """
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
@@ -734,6 +741,8 @@ def serve(server: MCPServer, log_file: Path | None = None) -> None:
     # The SDK's constructor already gave the root logger a stderr handler; one
     # destination only, so --log-file really moves the logs.
     root.handlers = [handler]
-    root.setLevel(logging.INFO)
-    log.info("serving %s", json.dumps({"version": __version__}))
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    start = logging.getLogger("pyro.mcp.start")
+    start.setLevel(logging.INFO)
+    start.info("pyro %s serving %s", __version__, serving or "(no details)")
     server.run()

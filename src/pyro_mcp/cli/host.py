@@ -1,0 +1,196 @@
+"""``pyro host connect | print-config | repair | doctor``: pyro in Claude Code, Codex, OpenCode."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.cli.render import print_json
+from pyro_mcp.hosts.configs import HOSTS, SCOPES
+from pyro_mcp.hosts.server_command import ServerOptions
+from pyro_mcp.mcp import profiles
+
+EPILOG = """\
+examples:
+  pyro host connect claude-code                 register pyro with Claude Code (user scope)
+  pyro host connect codex --mode repro-fix      ... with Codex, the repro-fix tool set
+  pyro host connect claude-code --scope project write .mcp.json for the team
+  pyro host print-config opencode               the opencode.json snippet to paste
+  pyro host repair opencode                     fix pyro's entry in place (backup first)
+  pyro host doctor                              which hosts have pyro, and does it start?
+
+The registered command is this pyro's absolute path: hosts need no PATH for it.
+"""
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "host",
+        help="connect pyro to a chat host and check it works",
+        description="Register pyro's MCP server with Claude Code, Codex or OpenCode, print "
+        "the config for any host, repair a broken entry, and check every host for real.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="host_command", metavar="ACTION", required=True)
+
+    connect = sub.add_parser(
+        "connect",
+        help="register pyro with a host through its own CLI",
+        description="Register pyro with the host (claude mcp add / codex mcp add; OpenCode's "
+        "config file is edited), replacing an older pyro entry. Prints what it wrote and "
+        "the next step.",
+    )
+    connect.add_argument("host", choices=["claude-code", "codex", "opencode"])
+    _server_options(connect)
+    connect.add_argument("--scope", choices=SCOPES, default="user", help="default: user")
+    connect.add_argument("--json", action="store_true")
+    connect.set_defaults(handler=handle_connect)
+
+    show = sub.add_parser(
+        "print-config",
+        help="print the exact config snippet for a host",
+        description="Print the config snippet for the host: an opencode.json `mcp` entry, "
+        ".mcp.json / ~/.claude.json `mcpServers`, a Codex config.toml table, or the generic "
+        "`mcpServers` form.",
+    )
+    show.add_argument("host", choices=list(HOSTS))
+    _server_options(show)
+    show.add_argument("--scope", choices=SCOPES, default="user", help="where it goes")
+    show.add_argument("--output", type=Path, help="write the snippet to this file")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=handle_print_config)
+
+    repair = sub.add_parser(
+        "repair",
+        help="rewrite pyro's entry in a host's config file in place",
+        description="Rewrite pyro's entry in the host's config file, keeping every other "
+        "entry and the comments and formatting (JSONC, TOML); a timestamped .bak- copy is "
+        "made first. An invalid file is left alone.",
+    )
+    repair.add_argument("host", choices=["claude-code", "codex", "opencode"])
+    _server_options(repair)
+    repair.add_argument("--scope", choices=SCOPES, default="user", help="default: user")
+    repair.add_argument("--json", action="store_true")
+    repair.set_defaults(handler=handle_repair)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check every host's pyro entry and start it for real",
+        description="For Claude Code, Codex and OpenCode: where the config lives, whether a "
+        "pyro entry exists and matches what connect writes (ok, drifted, missing, host not "
+        "installed), and a health check that starts the exact command in the directory the "
+        "host would use, completes an MCP handshake and lists the tools. Exits 1 when a host "
+        "that has a pyro entry cannot start it.",
+    )
+    doctor.add_argument("--no-health", action="store_true", help="skip starting the servers")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(handler=handle_doctor)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=list(profiles.MODES))
+    parser.add_argument("--profile", choices=list(profiles.PROFILES))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--project-path", help="seed workspaces from this checkout (absolute)")
+    source.add_argument("--repo-url", help="seed workspaces from a clone of this repository")
+    source.add_argument("--no-project-source", action="store_true")
+    parser.add_argument("--repo-ref")
+    parser.add_argument("--environment", help="the server's default environment")
+
+
+def _options(args: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(
+        mode=args.mode,
+        profile=args.profile,
+        project_path=args.project_path,
+        repo_url=args.repo_url,
+        repo_ref=args.repo_ref,
+        no_project_source=args.no_project_source,
+        environment=args.environment,
+    )
+
+
+def handle_connect(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
+    result = Pyro.connect_host(args.host, _options(args), scope=args.scope)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"pyro is registered with {args.host} ({result['scope']} scope)")
+    print(f"  wrote      {result['config_path']}")
+    print(f"  command    {result['command']} {' '.join(result['args'])}")
+    if result.get("backup"):
+        print(f"  backup     {result['backup']}")
+    print(f"next: {result['next_step']}")
+    return 0
+
+
+def handle_print_config(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
+    result = Pyro.host_config(args.host, _options(args), scope=args.scope)
+    if args.output is not None:
+        args.output.write_text(result["snippet"] + "\n")
+        result["output"] = str(args.output)
+    if args.json:
+        print_json(result)
+    elif args.output is not None:
+        print(f"wrote the {args.host} snippet to {args.output}")
+    else:
+        if result["config_path"]:
+            print(f"# goes in {result['config_path']}")
+        print(result["snippet"])
+    return 0
+
+
+def handle_repair(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
+    result = Pyro.repair_host(args.host, _options(args), scope=args.scope)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"repaired pyro's entry in {result['config_path']}")
+    print(f"  command    {result['command']} {' '.join(result['args'])}")
+    print(f"  backup     {result['backup'] or '(the file was new)'}")
+    print(f"next: {result['next_step']}")
+    return 0
+
+
+def handle_doctor(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
+    report = Pyro.doctor_hosts(health=not args.no_health)
+    failing = [h["host"] for h in report["hosts"] if h.get("health") and not h["health"]["ok"]]
+    if args.json:
+        print_json(report)
+        return 1 if failing else 0
+    print(f"pyro host doctor (this pyro: {report['expected_command']})")
+    for host in report["hosts"]:
+        installed = "installed" if host["installed"] else "not installed"
+        print(f"  {host['host']:<12} {host['status']:<19} ({installed}) {host['config_path']}")
+        if host["status"] != "ok":
+            print(f"               {host['reason']}")
+        health = host.get("health")
+        if health is not None:
+            if health["ok"]:
+                print(
+                    f"               starts: MCP handshake and {health['tools']} tools "
+                    f"in {health['ms']} ms (cwd {host['server_cwd']})"
+                )
+            else:
+                print(f"               FAILS to start ({health['ms']} ms): {health['error']}")
+        source = host.get("project_source")
+        if source:
+            detail = source.get("origin_ref") or source.get("reason") or ""
+            count = source.get("tracked_files")
+            extra = f", {count} tracked files" if count is not None else ""
+            print(f"               seeds from: {source['origin_kind']} {detail}{extra}")
+            if source.get("note"):
+                print(f"               ({source['note']})")
+        if host.get("fix"):
+            print(f"               fix: {host['fix']}")
+    return 1 if failing else 0

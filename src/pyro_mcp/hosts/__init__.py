@@ -1,0 +1,1 @@
+"""Chat hosts: registering pyro with Claude Code, Codex and OpenCode, and checking it."""

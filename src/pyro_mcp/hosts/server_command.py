@@ -1,0 +1,85 @@
+"""The command a chat host runs to start pyro's MCP server, from the user's options.
+
+Hosts find a bare ``pyro`` only through PATH, and ``uv tool install`` puts it
+in ``~/.local/bin``, often not on PATH: the command is always absolute.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.mcp import profiles
+
+SERVER_NAME = "pyro"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What ``pyro mcp serve`` is started with (the flags of ``pyro host ...``)."""
+
+    mode: str | None = None
+    profile: str | None = None
+    project_path: str | None = None
+    repo_url: str | None = None
+    repo_ref: str | None = None
+    no_project_source: bool = False
+    environment: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.profile is not None:
+            raise InvalidArgument(
+                "--mode",
+                "give --mode or --profile, not both: a mode is its own narrower tool set",
+            )
+        if self.mode is not None and self.mode not in profiles.MODES:
+            raise InvalidArgument("--mode", f"one of {', '.join(profiles.MODES)}")
+        if self.profile is not None and self.profile not in profiles.PROFILES:
+            raise InvalidArgument("--profile", f"one of {', '.join(profiles.PROFILES)}")
+        sources = [self.project_path is not None, self.repo_url is not None, self.no_project_source]
+        if sum(sources) > 1:
+            raise InvalidArgument(
+                "--project-path", "give one of --project-path, --repo-url, --no-project-source"
+            )
+        if self.repo_ref is not None and self.repo_url is None:
+            raise InvalidArgument("--repo-ref", "goes with --repo-url")
+
+    def serve_args(self) -> list[str]:
+        args = ["mcp", "serve"]
+        if self.mode:
+            args += ["--mode", self.mode]
+        if self.profile:
+            args += ["--profile", self.profile]
+        if self.project_path:
+            # Hosts start servers in a cwd of their choosing: the path must be absolute.
+            args += ["--project-path", str(Path(self.project_path).expanduser().resolve())]
+        if self.repo_url:
+            args += ["--repo-url", self.repo_url]
+            if self.repo_ref:
+                args += ["--repo-ref", self.repo_ref]
+        if self.no_project_source:
+            args.append("--no-project-source")
+        if self.environment:
+            args += ["--environment", self.environment]
+        return args
+
+
+def pyro_launcher() -> list[str]:
+    """An absolute command that runs this pyro, whether or not it is on PATH.
+
+    The ``pyro`` script installed beside the running interpreter (a venv, or a
+    ``uv tool`` environment) when there is one, else this interpreter with
+    ``-m pyro_mcp.cli.main``.
+    """
+    beside = Path(sys.executable).parent / "pyro"
+    if beside.is_file():
+        return [str(beside.absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "pyro_mcp.cli.main"]
+
+
+def server_command(options: ServerOptions) -> tuple[str, list[str]]:
+    """``(command, args)`` for a host's config."""
+    launcher = pyro_launcher()
+    return launcher[0], [*launcher[1:], *options.serve_args()]

@@ -1,0 +1,354 @@
+"""``pyro host connect | print-config | repair | doctor``: pyro in a chat host, verified.
+
+Registration goes through the host's own CLI where it has one (``claude mcp
+add``, ``codex mcp add``), so the host writes its config the way it reads it;
+OpenCode has no such command, so its config file is edited in place. Doctor
+starts exactly what a host would start, where the host would start it, and
+completes an MCP handshake: a config that looks right but fails shows the
+server's own error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.errors import HostSetupError, PyroError
+from pyro_mcp.hosts.configs import HOSTS, Entry, HostConfig, backup, get_host
+from pyro_mcp.hosts.server_command import SERVER_NAME, ServerOptions, server_command
+
+HEALTH_TIMEOUT_SECONDS = 30.0
+CHECKED_HOSTS = ("claude-code", "codex", "opencode")
+
+
+def print_config(
+    host: str, options: ServerOptions, *, scope: str = "user", project: Path | None = None
+) -> dict[str, Any]:
+    """The exact config snippet for ``host`` (and where it goes)."""
+    config = get_host(host)
+    project = (project or Path.cwd()).resolve()
+    command, args = server_command(options)
+    where = None
+    if host != "generic":
+        config.check_scope(scope)
+        where = str(config.config_path(scope, project))
+    return {
+        "host": host,
+        "command": command,
+        "args": args,
+        "config_path": where,
+        "snippet": config.snippet(command, args),
+    }
+
+
+def connect(
+    host: str,
+    options: ServerOptions,
+    *,
+    scope: str = "user",
+    project: Path | None = None,
+) -> dict[str, Any]:
+    """Register pyro with ``host``, replacing an older ``pyro`` entry.
+
+    Raises:
+        HostSetupError: the host's CLI is missing (the message has the install
+            command and the snippet to paste instead) or refused.
+    """
+    config = get_host(host)
+    if host == "generic":
+        raise HostSetupError(
+            "a generic host has no CLI or known config file; use "
+            "`pyro host print-config generic` and paste the snippet into its config"
+        )
+    config.check_scope(scope)
+    project = (project or Path.cwd()).resolve()
+    command, args = server_command(options)
+    if host == "opencode":
+        result = repair(host, options, scope=scope, project=project)
+        return {**result, "how": "edited the config file (opencode has no `mcp add`)"}
+    cli = _find_cli(config)
+    if cli is None:
+        snippet = config.snippet(command, args)
+        raise HostSetupError(
+            f"{config.cli} ({host}) is not installed or not on PATH. Install it with "
+            f"`npm install -g {config.package}`, then run this again; or add this to "
+            f"{config.config_path(scope, project)} yourself:\n{snippet}"
+        )
+    if host == "claude-code":
+        remove = [str(cli), "mcp", "remove", "-s", scope, SERVER_NAME]
+        add = [str(cli), "mcp", "add", "-s", scope, SERVER_NAME, "--", command, *args]
+    else:
+        remove = [str(cli), "mcp", "remove", SERVER_NAME]
+        add = [str(cli), "mcp", "add", SERVER_NAME, "--", command, *args]
+    _run_host(remove, project, check=False)  # an older entry, if any
+    said = _run_host(add, project, check=True)
+    path = config.config_path(scope, project)
+    return {
+        "host": host,
+        "scope": scope,
+        "command": command,
+        "args": args,
+        "config_path": str(path),
+        "how": " ".join(add[:6] if host == "claude-code" else add[:4]) + " -- ...",
+        "host_said": said.strip()[-500:],
+        "next_step": _next_step(host, scope),
+    }
+
+
+def repair(
+    host: str,
+    options: ServerOptions,
+    *,
+    scope: str = "user",
+    project: Path | None = None,
+) -> dict[str, Any]:
+    """Rewrite pyro's entry in the host's config file in place, after a backup."""
+    config = get_host(host)
+    if host == "generic":
+        raise HostSetupError("a generic host has no known config file; use print-config")
+    config.check_scope(scope)
+    project = (project or Path.cwd()).resolve()
+    command, args = server_command(options)
+    path = config.config_path(scope, project)
+    config.read(scope, project)  # refuses an unparseable file before any backup or write
+    saved = backup(path)
+    written = config.write(scope, project, command, args)
+    return {
+        "host": host,
+        "scope": scope,
+        "command": command,
+        "args": args,
+        "config_path": str(written),
+        "backup": str(saved) if saved else None,
+        "next_step": _next_step(host, scope),
+    }
+
+
+def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any]:
+    """For each host: its config, pyro's entry, whether it matches, and a real health check."""
+    project = (project or Path.cwd()).resolve()
+    expected_command, expected_args = server_command(ServerOptions())
+    reports = []
+    for name in CHECKED_HOSTS:
+        config = get_host(name)
+        cli = _find_cli(config)
+        report: dict[str, Any] = {
+            "host": name,
+            "installed": cli is not None,
+            "cli": str(cli) if cli else None,
+            "config_path": str(config.config_path("user", project)),
+        }
+        entry, scope, problem = _find_entry(config, project)
+        if scope is not None:
+            report["config_path"] = str(config.config_path(scope, project))
+        report["scope"] = scope
+        report["entry"] = entry.to_dict() if entry else None
+        status, reason = _judge(cli is not None, entry, problem, expected_command, expected_args)
+        report["status"], report["reason"] = status, reason
+        report["fix"] = None if status == "ok" else _fix(name)
+        if entry is not None:
+            cwd = config.server_cwd(entry, project)
+            report["server_cwd"] = str(cwd)
+            report["project_source"] = project_source_of(entry, cwd)
+            if name == "codex" and not entry.cwd:
+                report["project_source"]["note"] = (
+                    "Codex starts servers in ~/.codex outside a chat thread and in the "
+                    "project inside one"
+                )
+            if health:
+                report["health"] = health_check(entry, cwd)
+                if not report["health"]["ok"] and report["fix"] is None:
+                    report["fix"] = (
+                        f"the server refuses to start: correct what it says, then run "
+                        f"`pyro host connect {name}` with the corrected options"
+                        if name != "opencode"
+                        else "the server refuses to start: correct what it says, then run "
+                        "`pyro host repair opencode` with the corrected options"
+                    )
+        reports.append(report)
+    return {"project": str(project), "expected_command": expected_command, "hosts": reports}
+
+
+def health_check(entry: Entry, cwd: Path) -> dict[str, Any]:
+    """Start the entry's command in ``cwd``, complete an MCP handshake, list the tools."""
+    import anyio
+
+    from mcp import Client, StdioServerParameters
+
+    started = time.monotonic()
+    with tempfile.TemporaryFile("w+") as errlog:
+        params = StdioServerParameters(
+            command=entry.command, args=entry.args, cwd=str(cwd), env=dict(os.environ)
+        )
+
+        async def handshake() -> list[str]:
+            from mcp.client.stdio import stdio_client
+
+            with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
+                async with Client(stdio_client(params, errlog=errlog)) as client:
+                    listed = await client.list_tools()
+                    return [tool.name for tool in listed.tools]
+
+        try:
+            tools = anyio.run(handshake)
+        except BaseException as exc:  # the server's failure, whatever form it takes
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            errlog.seek(0)
+            said = errlog.read().strip().splitlines()
+            return {
+                "ok": False,
+                "ms": int((time.monotonic() - started) * 1000),
+                "error": (said[-1] if said else _describe_failure(exc))[:1000],
+                "stderr_tail": said[-5:],
+            }
+    return {"ok": True, "ms": int((time.monotonic() - started) * 1000), "tools": len(tools)}
+
+
+def project_source_of(entry: Entry, cwd: Path) -> dict[str, Any]:
+    """What a server started from ``entry`` in ``cwd`` would seed workspaces from."""
+    from pyro_mcp.workspaces import project_source
+
+    flags = _serve_flags(entry)
+    if flags is None:
+        return {"origin_kind": None, "reason": "the entry does not run `pyro mcp serve`"}
+    if flags.no_project_source:
+        return {"origin_kind": "none", "reason": "--no-project-source: workspaces start empty"}
+    if flags.repo_url:
+        ref = f"@{flags.repo_ref}" if flags.repo_ref else ""
+        return {"origin_kind": "repo_url", "origin_ref": flags.repo_url + ref}
+    start = Path(flags.project_path) if flags.project_path else cwd
+    root = project_source.git_toplevel(start) if start.is_dir() else None
+    if root is None:
+        why = (
+            f"{start} is not inside a Git checkout"
+            if flags.project_path
+            else f"the host starts the server in {cwd}, which is not inside a Git checkout"
+        )
+        return {
+            "origin_kind": "none",
+            "reason": why + "; workspaces start empty. Add --project-path DIR to seed them "
+            "from a checkout, or --no-project-source to say empty on purpose",
+        }
+    try:
+        count = len(project_source.tracked_files(root))
+    except PyroError as exc:
+        return {"origin_kind": "project_path", "origin_ref": str(root), "reason": str(exc)}
+    return {"origin_kind": "project_path", "origin_ref": str(root), "tracked_files": count}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _find_cli(config: HostConfig) -> Path | None:
+    found = shutil.which(config.cli) if config.cli else None
+    return Path(found) if found else None
+
+
+def _run_host(argv: list[str], cwd: Path, *, check: bool) -> str:
+    env = dict(os.environ, DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1")
+    try:
+        result = subprocess.run(
+            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HostSetupError(f"could not run {argv[0]}: {exc}") from exc
+    if check and result.returncode != 0:
+        said = (result.stderr or result.stdout).strip()[-800:]
+        raise HostSetupError(
+            f"`{' '.join(argv[:5])} ...` failed (exit {result.returncode}): {said}"
+        )
+    return result.stdout + result.stderr
+
+
+def _find_entry(config: HostConfig, project: Path) -> tuple[Entry | None, str | None, str | None]:
+    """Pyro's entry in the first scope that has one (local, project, user for Claude Code)."""
+    order = [s for s in ("local", "project", "user") if s in config.scopes]
+    for scope in order:
+        try:
+            entry = config.read(scope, project)
+        except HostSetupError as exc:
+            return None, scope, str(exc)
+        if entry is not None:
+            return entry, scope, None
+    return None, None, None
+
+
+def _judge(
+    installed: bool,
+    entry: Entry | None,
+    problem: str | None,
+    expected_command: str,
+    expected_args: list[str],
+) -> tuple[str, str]:
+    if problem is not None:
+        return "drifted", problem
+    if entry is None:
+        if not installed:
+            return "host not installed", "its CLI is not on PATH and it has no pyro entry"
+        return "missing", "no pyro entry"
+    if not Path(entry.command).is_absolute():
+        return "drifted", (
+            f"the command {entry.command!r} is a bare name: the host finds it only through "
+            "PATH, which often lacks ~/.local/bin"
+        )
+    if not Path(entry.command).exists():
+        return "drifted", f"the command {entry.command} does not exist"
+    launcher_args = expected_args[: len(expected_args) - 2]  # e.g. ["-m", "pyro_mcp.cli.main"]
+    if entry.command != expected_command or entry.args[: len(launcher_args)] != launcher_args:
+        return "drifted", f"the command {entry.command} is not this pyro ({expected_command})"
+    if _serve_flags(entry) is None:
+        return "drifted", "its arguments are not a valid `pyro mcp serve ...`"
+    return "ok", "registered with this pyro's absolute command"
+
+
+def _serve_flags(entry: Entry) -> argparse.Namespace | None:
+    """The entry's ``mcp serve`` flags, parsed as pyro would (None if they are not that)."""
+    from pyro_mcp.cli.main import build_parser
+
+    args = list(entry.args)
+    with contextlib.suppress(ValueError):
+        args = args[args.index("mcp") :]
+    if args[:2] != ["mcp", "serve"]:
+        return None
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            return build_parser().parse_args(args)
+    except SystemExit:
+        return None
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no MCP handshake within {HEALTH_TIMEOUT_SECONDS:.0f} s"
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return _describe_failure(inner[0])
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _next_step(host: str, scope: str) -> str:
+    if host == "claude-code":
+        if scope == "project":
+            return (
+                "commit .mcp.json; Claude Code asks each user to approve it once "
+                "(`claude` in the project, or `claude mcp list` to check)"
+            )
+        return "run `claude mcp list`: pyro should say ✔ Connected"
+    if host == "codex":
+        return "run `pyro host doctor` (codex mcp list never starts servers), then start `codex`"
+    return "run `opencode mcp list`: pyro should say ✓ connected"
+
+
+def _fix(host: str) -> str:
+    return f"pyro host connect {host}" if host != "opencode" else "pyro host repair opencode"
+
+
+__all__ = ["HOSTS", "connect", "doctor", "health_check", "print_config", "repair"]

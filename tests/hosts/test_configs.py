@@ -1,0 +1,169 @@
+"""Host config files: snippets, in-place repair that keeps the user's content, bad input."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import json5
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.errors import HostSetupError, InvalidArgument
+from pyro_mcp.hosts import service
+from pyro_mcp.hosts.configs import get_host
+from pyro_mcp.hosts.server_command import ServerOptions, pyro_launcher
+
+OPENCODE_JSONC = """{
+  // my settings, keep them
+  "$schema": "https://opencode.ai/config.json",
+  "theme": "dark",
+  "mcp": {
+    "other": {"type": "local", "command": ["/bin/true"]}, /* another server */
+    "pyro": {"type": "local", "command": ["pyro", "mcp", "serve"]}
+  }
+}
+"""
+
+CODEX_TOML = """# my codex settings
+model = "o3"
+
+[mcp_servers.other]
+command = "/bin/true" # another server
+
+[mcp_servers.pyro]
+command = "pyro"
+args = ["mcp", "serve"]
+startup_timeout_sec = 40
+"""
+
+
+def test_every_snippet_names_this_pyro_by_absolute_path() -> None:
+    options = ServerOptions(mode="repro-fix", environment="debian:12-build")
+    command = pyro_launcher()[0]
+    assert Path(command).is_absolute()
+    generic = json.loads(service.print_config("generic", options)["snippet"])
+    entry = generic["mcpServers"]["pyro"]
+    assert entry["command"] == command
+    assert entry["args"][-6:] == [
+        "mcp",
+        "serve",
+        "--mode",
+        "repro-fix",
+        "--environment",
+        "debian:12-build",
+    ]
+    opencode = json.loads(service.print_config("opencode", options)["snippet"])
+    assert opencode["mcp"]["pyro"]["type"] == "local"
+    assert opencode["mcp"]["pyro"]["command"][0] == command
+    claude = json.loads(service.print_config("claude-code", options)["snippet"])
+    assert claude["mcpServers"]["pyro"]["type"] == "stdio"
+    codex = tomllib.loads(service.print_config("codex", options)["snippet"])
+    assert codex["mcp_servers"]["pyro"]["command"] == command
+
+
+def test_a_project_path_is_made_absolute_for_hosts_that_start_elsewhere(tmp_path: Path) -> None:
+    args = ServerOptions(project_path=str(tmp_path / "." / "repo")).serve_args()
+    assert args[args.index("--project-path") + 1] == str((tmp_path / "repo").resolve())
+
+
+def test_bad_choices_are_refused_with_the_valid_ones() -> None:
+    with pytest.raises(InvalidArgument, match="claude-code, codex, opencode, generic"):
+        get_host("cursor")
+    with pytest.raises(InvalidArgument, match="not both"):
+        ServerOptions(mode="inspect", profile="vm-run")
+    with pytest.raises(InvalidArgument, match="--repo-url"):
+        ServerOptions(repo_ref="v1")
+    with pytest.raises(InvalidArgument, match="supports user"):
+        service.print_config("codex", ServerOptions(), scope="project")
+
+
+def test_repairing_opencode_keeps_comments_and_other_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / ".config" / "opencode" / "opencode.jsonc"
+    path.parent.mkdir(parents=True)
+    path.write_text(OPENCODE_JSONC)
+    result = Pyro.repair_host("opencode")
+    assert result["config_path"] == str(path)
+    assert Path(result["backup"]).read_text() == OPENCODE_JSONC
+    text = path.read_text()
+    assert "// my settings, keep them" in text and "/* another server */" in text
+    data = json5.loads(text)
+    assert data["theme"] == "dark" and data["mcp"]["other"]["command"] == ["/bin/true"]
+    assert data["mcp"]["pyro"]["command"] == [*pyro_launcher(), "mcp", "serve"]
+
+
+def test_repairing_codex_keeps_comments_other_servers_and_its_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / ".codex" / "config.toml"
+    path.parent.mkdir()
+    path.write_text(CODEX_TOML)
+    path.chmod(0o600)
+    Pyro.repair_host("codex", ServerOptions(no_project_source=True))
+    text = path.read_text()
+    assert "# my codex settings" in text and "# another server" in text
+    data = tomllib.loads(text)
+    assert data["mcp_servers"]["other"]["command"] == "/bin/true"
+    assert data["mcp_servers"]["pyro"]["startup_timeout_sec"] == 40
+    assert data["mcp_servers"]["pyro"]["args"][-3:] == ["mcp", "serve", "--no-project-source"]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_repair_creates_a_missing_config_and_claude_code_scopes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    (tmp_path / ".claude.json").write_text(json.dumps({"numStartups": 3, "mcpServers": {}}))
+    Pyro.repair_host("claude-code", scope="local")
+    data = json.loads((tmp_path / ".claude.json").read_text())
+    assert data["numStartups"] == 3
+    assert data["projects"][str(project)]["mcpServers"]["pyro"]["command"] == pyro_launcher()[0]
+    Pyro.repair_host("claude-code", scope="project")
+    assert json.loads((project / ".mcp.json").read_text())["mcpServers"]["pyro"]["type"] == "stdio"
+    created = Pyro.repair_host("opencode", scope="project")
+    assert created["backup"] is None and (project / "opencode.json").exists()
+
+
+def test_an_invalid_config_is_left_alone_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / ".codex" / "config.toml"
+    path.parent.mkdir()
+    path.write_text("[mcp_servers.pyro\ncommand = ")
+    with pytest.raises(
+        HostSetupError, match=r"config\.toml is not valid TOML.*nothing was written"
+    ):
+        Pyro.repair_host("codex")
+    assert path.read_text() == "[mcp_servers.pyro\ncommand = "
+    assert list(path.parent.iterdir()) == [path]  # no backup of a file left untouched
+    report = service.doctor(health=False)
+    codex = next(h for h in report["hosts"] if h["host"] == "codex")
+    assert codex["status"] == "drifted" and "not valid TOML" in codex["reason"]
+
+
+def test_connect_without_the_host_cli_says_how_to_install_it_and_what_to_paste(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(HostSetupError) as failure:
+        Pyro.connect_host("claude-code")
+    message = str(failure.value)
+    assert "npm install -g @anthropic-ai/claude-code" in message
+    assert '"mcpServers"' in message and pyro_launcher()[0] in message
+    assert not (tmp_path / ".claude.json").exists()
+    report = service.doctor(health=False)
+    assert {h["host"]: h["status"] for h in report["hosts"]} == {
+        "claude-code": "host not installed",
+        "codex": "host not installed",
+        "opencode": "host not installed",
+    }
