@@ -81,9 +81,10 @@ def register(commands: Any) -> None:
 
 
 def handle_serve(args: argparse.Namespace) -> int:
+    # Only what the handshake needs loads before it is answered: the MCP SDK and
+    # the SDK facade load in the background (see pyro_mcp.mcp.fast_start).
     from pyro_mcp.errors import InvalidArgument
-    from pyro_mcp.mcp.server import create_server, serve
-    from pyro_mcp.sdk import Pyro
+    from pyro_mcp.mcp import fast_start
     from pyro_mcp.workspaces import project_source
 
     if args.repo_ref and not args.repo_url:
@@ -92,10 +93,10 @@ def handle_serve(args: argparse.Namespace) -> int:
         raise InvalidArgument(
             "--mode", "give --mode or --profile, not both: a mode is its own narrower tool set"
         )
-    pyro = Pyro(progress=_log_progress)
+    paths = config.default_paths()
     source = project_source.resolve(
         cwd=Path.cwd(),
-        cache_dir=pyro.paths.cache_dir,
+        cache_dir=paths.cache_dir,
         project_path=args.project_path,
         repo_url=args.repo_url,
         repo_ref=args.repo_ref,
@@ -107,18 +108,27 @@ def handle_serve(args: argparse.Namespace) -> int:
         if not path.is_dir():
             raise InvalidArgument("--allow-host-path", f"{directory} is not a directory")
         allowed.append(path.resolve())
-    server = create_server(
-        args.profile,
-        args.mode,
-        pyro=pyro,
-        project=source,
-        environment=args.environment,
-        allow_host_paths=allowed,
-    )
     tools = f"mode {args.mode}" if args.mode else f"profile {args.profile or 'workspace-core'}"
     seed = f"{source.origin_kind} {source.origin_ref}".strip()
     serving = f"{tools}, environment {args.environment}, workspaces seeded from: {seed}"
-    serve(server, log_file=args.log_file, serving=serving, verbose=args.verbose)
+    fast_start.configure_logging(args.log_file, args.verbose, serving)
+
+    def build() -> Any:
+        from pyro_mcp.mcp.server import create_server
+        from pyro_mcp.sdk import Pyro
+
+        return create_server(
+            args.profile,
+            args.mode,
+            pyro=Pyro(progress=_log_progress),
+            project=source,
+            environment=args.environment,
+            allow_host_paths=allowed,
+        )
+
+    flags = [args.profile, args.mode, args.environment, [str(p) for p in allowed]]
+    key = fast_start.cache_key(flags, (source.origin_kind, source.origin_ref))
+    fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))
     return 0
 
 

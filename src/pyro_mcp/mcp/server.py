@@ -11,7 +11,6 @@ server never dies on bad input and writes nothing but protocol to stdout.
 
 import functools
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -24,6 +23,7 @@ from pydantic import Field
 from pyro_mcp import __version__, config
 from pyro_mcp.errors import PyroError
 from pyro_mcp.mcp import profiles, schemas
+from pyro_mcp.mcp.fast_start import configure_logging
 from pyro_mcp.mcp.host_paths import HostPathPolicy
 from pyro_mcp.mcp.warmup import BackgroundWarmUp, WarmUpAfterHandshake
 from pyro_mcp.sdk import Pyro
@@ -729,20 +729,8 @@ def serve(
 ) -> None:
     """Run ``server`` on stdio. Logs go to stderr (or ``log_file``), never stdout.
 
-    Chat hosts file every stderr line of a server as an error (Claude Code
-    does), so by default only warnings and errors are logged, plus one line at
-    start saying what is served; ``verbose`` logs every step.
+    ``pyro mcp serve`` itself goes through ``fast_start.serve``, which answers
+    the handshake before the SDK has loaded; this is the plain path for SDK users.
     """
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    # The SDK's constructor already gave the root logger a stderr handler; one
-    # destination only, so --log-file really moves the logs.
-    root.handlers = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    start = logging.getLogger("pyro.mcp.start")
-    start.setLevel(logging.INFO)
-    start.info("pyro %s serving %s", __version__, serving or "(no details)")
+    configure_logging(log_file, verbose, serving)
     server.run()
