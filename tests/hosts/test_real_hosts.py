@@ -169,7 +169,8 @@ def test_a_server_that_cannot_start_shows_its_own_error_in_doctor(
     connected = pyro(
         host_env, project, "host", "connect", "claude-code", "--project-path", str(project / "gone")
     )
-    assert connected.returncode == 0, connected.stderr
+    # Registered, but connect says at once that the server does not start.
+    assert connected.returncode == 1 and "FAILS" in connected.stdout and "gone" in connected.stdout
     report = doctor(host_env, project)["claude-code"]
     assert report["status"] == "ok"  # the entry is what connect wrote ...
     assert not report["health"]["ok"]  # ... but the server refuses to start, and says why

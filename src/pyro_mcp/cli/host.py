@@ -116,16 +116,25 @@ def handle_connect(args: argparse.Namespace) -> int:
     from pyro_mcp.sdk import Pyro
 
     result = Pyro.connect_host(args.host, _options(args), scope=args.scope)
+    code = 0 if result["health"]["ok"] else 1  # registered, but the server does not start
     if args.json:
         print_json(result)
-        return 0
+        return code
     print(f"pyro is registered with {args.host} ({result['scope']} scope)")
     print(f"  wrote      {result['config_path']}")
     print(f"  command    {result['command']} {' '.join(result['args'])}")
     if result.get("backup"):
         print(f"  backup     {result['backup']}")
+    _print_health(result["health"])
     print(f"next: {result['next_step']}")
-    return 0
+    return code
+
+
+def _print_health(health: dict[str, Any]) -> None:
+    if health["ok"]:
+        print(f"  starts     MCP handshake and {health['tools']} tools in {health['ms']} ms")
+    else:
+        print(f"  FAILS      the server does not start: {health['error']}")
 
 
 def handle_print_config(args: argparse.Namespace) -> int:
@@ -150,14 +159,16 @@ def handle_repair(args: argparse.Namespace) -> int:
     from pyro_mcp.sdk import Pyro
 
     result = Pyro.repair_host(args.host, _options(args), scope=args.scope)
+    code = 0 if result["health"]["ok"] else 1
     if args.json:
         print_json(result)
-        return 0
+        return code
     print(f"repaired pyro's entry in {result['config_path']}")
     print(f"  command    {result['command']} {' '.join(result['args'])}")
     print(f"  backup     {result['backup'] or '(the file was new)'}")
+    _print_health(result["health"])
     print(f"next: {result['next_step']}")
-    return 0
+    return code
 
 
 def handle_doctor(args: argparse.Namespace) -> int:

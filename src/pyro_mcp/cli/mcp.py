@@ -126,8 +126,7 @@ def handle_serve(args: argparse.Namespace) -> int:
             allow_host_paths=allowed,
         )
 
-    flags = [args.profile, args.mode, args.environment, [str(p) for p in allowed]]
-    key = fast_start.cache_key(flags, (source.origin_kind, source.origin_ref))
+    key = fast_start.cache_key([args.profile, args.mode, args.environment])
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))
     return 0
 

@@ -98,6 +98,9 @@ def connect(
         "config_path": str(path),
         "how": " ".join(add[:6] if host == "claude-code" else add[:4]) + " -- ...",
         "host_said": said.strip()[-500:],
+        # Proves the entry starts, and records the handshake the server then
+        # replays, so the host's first start is as fast as its later ones.
+        "health": health_check(Entry(command, args), config.server_cwd(None, project)),
         "next_step": _next_step(host, scope),
     }
 
@@ -127,6 +130,7 @@ def repair(
         "args": args,
         "config_path": str(written),
         "backup": str(saved) if saved else None,
+        "health": health_check(Entry(command, args), config.server_cwd(None, project)),
         "next_step": _next_step(host, scope),
     }
 

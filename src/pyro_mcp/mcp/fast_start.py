@@ -39,8 +39,13 @@ CACHE_FORMAT = 1
 POLL_SECONDS = 0.02
 
 
-def cache_key(flags: list[str], project: tuple[str, str]) -> str:
-    """A key for everything the handshake's answers depend on."""
+def cache_key(flags: list[Any]) -> str:
+    """A key for everything the handshake's answers depend on.
+
+    ``flags`` are the server flags that shape the tools (profile, mode, default
+    environment); the project source does not, so one record serves every
+    project a host starts the server in.
+    """
     from importlib import metadata
 
     from pyro_mcp import __version__
@@ -51,7 +56,7 @@ def cache_key(flags: list[str], project: tuple[str, str]) -> str:
     # version bump, as in development) must not replay an old list.
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
-    digest.update(json.dumps([flags, list(project)]).encode())
+    digest.update(json.dumps(flags).encode())
     return digest.hexdigest()[:32]
 
 
