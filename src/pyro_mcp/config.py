@@ -87,6 +87,41 @@ def debian_mirror_override() -> str | None:
     return value or None
 
 
+# A workspace a chat creates and forgets is reaped after this long without
+# activity (`pyro mcp serve --default-ttl-seconds`, 0 = never). The CLI and
+# SDK keep "never" as their default.
+MCP_DEFAULT_TTL_SECONDS = 24 * 3600
+
+# What a running guest is assumed to cost when sizing the default cap on
+# running VMs: a cold-booted 1 GiB guest holds ~310 MB under TCG (a warm one
+# less); the cap leaves the host room for itself.
+GUEST_BUDGET_MIB = 512
+MIN_RUNNING_CAP = 4
+
+
+def max_running_vms(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """How many VMs (workspaces included) may run at once on this host.
+
+    ``PYRO_MAX_RUNNING`` when set; otherwise three quarters of the host's memory
+    divided by ``GUEST_BUDGET_MIB`` (36 on a 24 GiB host), at least
+    ``MIN_RUNNING_CAP``.
+    """
+    override = os.environ.get("PYRO_MAX_RUNNING", "").strip()
+    if override:
+        try:
+            return max(1, int(override))
+        except ValueError:
+            pass
+    total_kib = 0
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total_kib = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return MIN_RUNNING_CAP * 4
+    return max(MIN_RUNNING_CAP, (total_kib * 3 // 4) // 1024 // GUEST_BUDGET_MIB)
+
+
 def warm_enabled() -> bool:
     """False when ``PYRO_WARM=0``: every start cold-boots (comparison, debugging)."""
     return os.environ.get("PYRO_WARM", "").strip().lower() not in ("0", "false", "no", "off")

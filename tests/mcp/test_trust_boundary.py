@@ -43,23 +43,35 @@ def test_host_paths_from_mcp_stay_under_the_project_and_allowed_dirs(
             assert "keys" not in {e["path"] for e in listing["entries"]}  # untracked anyway
             for target in ("/etc/pyro-evil", str(project / "escape-dir" / "new.txt")):
                 message = await call_error(
-                    client, "workspace_export", workspace_id=ws, path="src/app.py", output=target
+                    client,
+                    "workspace_export",
+                    workspace_id=ws,
+                    path="src/app.py",
+                    output_path=target,
                 )
                 assert "--allow-host-path" in message
             message = await call_error(
-                client, "workspace_sync_push", workspace_id=ws, source=str(outside)
+                client, "workspace_sync_push", workspace_id=ws, source_path=str(outside)
             )
             assert "--allow-host-path" in message
             exported = await call(
-                client, "workspace_export", workspace_id=ws, path="src/app.py", output="exported.py"
+                client,
+                "workspace_export",
+                workspace_id=ws,
+                path="src/app.py",
+                output_path="exported.py",
             )
             assert Path(exported["output"]) == project / "exported.py"
             message = await call_error(
-                client, "workspace_export", workspace_id=ws, path="src/app.py", output="exported.py"
+                client,
+                "workspace_export",
+                workspace_id=ws,
+                path="src/app.py",
+                output_path="exported.py",
             )
             assert "never overwrite" in message
             message = await call_error(
-                client, "workspace_export", workspace_id=ws, path="src/app.py", output="keys"
+                client, "workspace_export", workspace_id=ws, path="src/app.py", output_path="keys"
             )
             assert "symlink" in message
             summary = await call(client, "workspace_summary", workspace_id=ws)
@@ -78,7 +90,7 @@ def test_host_paths_from_mcp_stay_under_the_project_and_allowed_dirs(
                 "workspace_export",
                 workspace_id=ws,
                 path="dot-ssh",
-                output=str(outside / "copy"),
+                output_path=str(outside / "copy"),
             )
             assert (outside / "copy" / "id_ed25519").exists()
             await call(client, "workspace_delete", workspace_id=ws)

@@ -73,14 +73,14 @@ def test_secret_values_are_redacted_from_every_surface(
     assert MARK in combined
 
     # service logs
-    pyro.service_start(
+    pyro.start_service(
         ws,
         "leaky",
         "echo $API_TOKEN; touch .ready; sleep 100",
         ready_file=".ready",
         secret_env=["API_TOKEN"],
     )
-    assert pyro.service_logs(ws, "leaky")["log"] == f"{MARK}\n"
+    assert pyro.logs_service(ws, "leaky")["log"] == f"{MARK}\n"
 
     # errors
     with pytest.raises(InvalidArgument) as caught:

@@ -70,13 +70,13 @@ def test_a_shell_is_a_real_terminal_with_cursors_and_plain_rendering(pyro: Pyro)
 def test_a_published_service_answers_on_the_host_until_stopped(pyro: Pyro) -> None:
     ws = pyro.create_workspace(network_policy="egress+published-ports")["workspace_id"]
     pyro.write_workspace_file(ws, "app/index.html", "hello from the guest\n")
-    web = pyro.service_start(
+    web = pyro.start_service(
         ws,
         "web",
         "python3 -m http.server 8000",
         cwd="app",
         ready_http="http://127.0.0.1:8000/",
-        publish=["8000"],
+        published_ports=["8000"],
     )
     assert web["state"] == "ready"
     (port,) = web["published_ports"]
@@ -86,40 +86,40 @@ def test_a_published_service_answers_on_the_host_until_stopped(pyro: Pyro) -> No
     ).read()
     assert body == b"hello from the guest\n"
     assert pyro.status_workspace(ws)["services"] == {"running": 1, "total": 1}
-    assert pyro.service_list(ws)["services"][0]["published_ports"] == [port]
-    assert "GET /index.html" in pyro.service_logs(ws, "web", tail_lines=5)["log"]
+    assert pyro.list_services(ws)["services"][0]["published_ports"] == [port]
+    assert "GET /index.html" in pyro.logs_service(ws, "web", tail_lines=5)["log"]
     assert pyro.diff_workspace(ws)["changes"] == [
         {"path": "app", "status": "added", "type": "directory", "binary": False},
         {"path": "app/index.html", "status": "added", "type": "file", "binary": False},
     ]  # service logs live outside /workspace
 
     with pytest.raises(InvalidArgument, match="already running"):
-        pyro.service_start(ws, "web", "sleep 1")
-    stopped = pyro.service_stop(ws, "web")
+        pyro.start_service(ws, "web", "sleep 1")
+    stopped = pyro.stop_service(ws, "web")
     assert stopped["state"] == "stopped" and stopped["published_ports"] == []
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port['host_port']}/", timeout=5)
 
-    worker = pyro.service_start(
+    worker = pyro.start_service(
         ws, "worker", "sleep 1; touch .ready; sleep 300", ready_file=".ready"
     )
     assert worker["state"] == "ready"
     pyro.reset_workspace(ws)
     with pytest.raises(NotFound, match="no service"):
-        pyro.service_status(ws, "worker")
+        pyro.status_service(ws, "worker")
     pyro.delete_workspace(ws)
 
 
 def test_services_that_never_get_ready_or_exit_at_once_are_reported(pyro: Pyro) -> None:
     ws = pyro.create_workspace()["workspace_id"]
-    never = pyro.service_start(
+    never = pyro.start_service(
         ws, "never", "sleep 300", ready_tcp="127.0.0.1:9", ready_timeout_seconds=2
     )
     assert never["state"] == "failed" and "not ready after 2 s" in never["reason"]
     assert pyro.exec_workspace(ws, "pgrep -x sleep || echo none")["stdout"] == "none\n"
-    quick = pyro.service_start(ws, "quick", "echo bye; exit 3", ready_file="never")
+    quick = pyro.start_service(ws, "quick", "echo bye; exit 3", ready_file="never")
     assert (quick["state"], quick["exit_code"]) == ("exited", 3)
-    assert pyro.service_logs(ws, "quick", all=True)["log"] == "bye\n"
+    assert pyro.logs_service(ws, "quick", all=True)["log"] == "bye\n"
     pyro.delete_workspace(ws)
 
 
@@ -128,13 +128,13 @@ def test_network_policy_off_has_no_network_and_cannot_publish(pyro: Pyro) -> Non
     assert pyro.status_workspace(ws)["network_policy"] == "off"
     assert pyro.exec_workspace(ws, "ls /sys/class/net")["stdout"].split() == ["lo"]
     with pytest.raises(InvalidArgument, match="egress\\+published-ports"):
-        pyro.service_start(ws, "web", "sleep 100", publish=["8000"])
-    assert pyro.service_list(ws)["services"] == []
+        pyro.start_service(ws, "web", "sleep 100", published_ports=["8000"])
+    assert pyro.list_services(ws)["services"] == []
     pyro.delete_workspace(ws)
     egress = pyro.create_workspace(network_policy="egress")["workspace_id"]
     assert "eth0" in pyro.exec_workspace(egress, "ls /sys/class/net")["stdout"]
     with pytest.raises(InvalidArgument, match="cannot publish"):
-        pyro.service_start(egress, "web", "sleep 100", publish=["8000"])
+        pyro.start_service(egress, "web", "sleep 100", published_ports=["8000"])
     pyro.delete_workspace(egress)
 
 
@@ -145,8 +145,10 @@ def test_a_host_port_already_in_use_is_refused(pyro: Pyro) -> None:
         taken.listen()
         busy = taken.getsockname()[1]
         with pytest.raises(InvalidArgument, match=f"port {busy} is already in use"):
-            pyro.service_start(ws, "web", "python3 -m http.server 8000", publish=[f"{busy}:8000"])
-    assert pyro.service_list(ws)["services"] == []
+            pyro.start_service(
+                ws, "web", "python3 -m http.server 8000", published_ports=[f"{busy}:8000"]
+            )
+    assert pyro.list_services(ws)["services"] == []
     pyro.delete_workspace(ws)
 
 

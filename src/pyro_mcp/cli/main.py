@@ -7,6 +7,7 @@ process exits non-zero; commands never call ``sys.exit`` themselves.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,7 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(handler(args))
+        code = int(handler(args))
+        sys.stdout.flush()  # a reader that went away shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        # `pyro doctor | head -3`: the reader has what it wanted. Quiet, like
+        # any Unix tool killed by SIGPIPE (status 141), and no flush error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except InvalidArgument as exc:
         print(f"pyro: invalid argument: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,14 @@ def register(commands: Any) -> None:
         help="a host directory MCP tools may read seeds from and export to (repeatable); "
         "the project root is always allowed",
     )
+    serve.add_argument(
+        "--default-ttl-seconds",
+        type=int,
+        default=config.MCP_DEFAULT_TTL_SECONDS,
+        metavar="S",
+        help="reap a workspace the chat created after this long without activity, unless it "
+        "set its own ttl_seconds (default: %(default)s, 24 h; 0: never)",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.add_argument(
         "--verbose",
@@ -124,9 +132,14 @@ def handle_serve(args: argparse.Namespace) -> int:
             project=source,
             environment=args.environment,
             allow_host_paths=allowed,
+            default_ttl_seconds=args.default_ttl_seconds,
         )
 
-    key = fast_start.cache_key([args.profile, args.mode, args.environment])
+    if not 0 <= args.default_ttl_seconds <= 365 * 86400:
+        raise InvalidArgument("--default-ttl-seconds", "must be 0 (never) up to a year in seconds")
+    key = fast_start.cache_key(
+        [args.profile, args.mode, args.environment, args.default_ttl_seconds]
+    )
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))
     return 0
 

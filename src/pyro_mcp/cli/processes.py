@@ -111,7 +111,9 @@ def register(sub: Any) -> None:
     ready.add_argument("--ready-http", metavar="URL", help="ready when this answers 2xx/3xx")
     ready.add_argument("--ready-command", metavar="CMD", help="ready when this exits 0")
     start.add_argument("--ready-timeout-seconds", type=float, default=60.0)
-    start.add_argument("--ready-interval-seconds", type=float, default=0.2)
+    start.add_argument(
+        "--ready-interval-ms", type=int, default=200, help="how often to check (default 200)"
+    )
     start.add_argument("--publish", action="append", default=[], metavar="[HOST_PORT:]GUEST_PORT")
     start.add_argument("--json", action="store_true")
     start.add_argument("cmd", nargs="*", help="the command, after --")
@@ -312,7 +314,7 @@ def handle_shell_simple(args: argparse.Namespace) -> int:
 def handle_service_start(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise InvalidArgument("command", "give the service's command after --")
-    status = Pyro().service_start(
+    status = Pyro().start_service(
         args.workspace,
         args.name,
         list(args.cmd),
@@ -323,8 +325,8 @@ def handle_service_start(args: argparse.Namespace) -> int:
         ready_http=args.ready_http,
         ready_command=args.ready_command,
         ready_timeout_seconds=args.ready_timeout_seconds,
-        ready_interval_seconds=args.ready_interval_seconds,
-        publish=args.publish,
+        ready_interval_ms=args.ready_interval_ms,
+        published_ports=args.publish,
         secret_env=args.secret_env,
     )
     if args.json:
@@ -337,7 +339,7 @@ def handle_service_start(args: argparse.Namespace) -> int:
 def handle_service_simple(args: argparse.Namespace) -> int:
     pyro = Pyro()
     if args.action == "list":
-        result = pyro.service_list(args.workspace)
+        result = pyro.list_services(args.workspace)
         if args.json:
             print_json(result)
         else:
@@ -354,12 +356,12 @@ def handle_service_simple(args: argparse.Namespace) -> int:
             print(table(rows, ["SERVICE", "STATE", "EXIT", "PUBLISHED"]) if rows else "no services")
         return 0
     if args.action == "logs":
-        result = pyro.service_logs(
+        result = pyro.logs_service(
             args.workspace, args.name, tail_lines=args.tail_lines, all=args.all
         )
         print_json(result) if args.json else sys.stdout.write(result["log"])
         return 0
-    method = pyro.service_status if args.action == "status" else pyro.service_stop
+    method = pyro.status_service if args.action == "status" else pyro.stop_service
     status = method(args.workspace, args.name)
     print_json(status) if args.json else print(_describe(status))
     return 0

@@ -39,6 +39,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--mem-mib", type=int, default=config.DEFAULT_MEM_MIB)
     parser.add_argument("--timeout-seconds", type=float, default=config.DEFAULT_TIMEOUT_SECONDS)
     parser.add_argument(
+        "--ttl-seconds",
+        type=int,
+        help="delete the VM after this long whatever happens (more than --timeout-seconds)",
+    )
+    parser.add_argument(
         "--network", action="store_true", help="give the guest NAT egress (default: no NIC)"
     )
     parser.add_argument(
@@ -58,6 +63,9 @@ def register(commands: Any) -> None:
         description="Create a VM, start it, run commands in it, delete it; print what happened.",
     )
     demo.add_argument("--environment", default=config.DEFAULT_ENVIRONMENT)
+    demo.add_argument(
+        "--network", action="store_true", help="give the demo VM a NIC (user-mode NAT egress)"
+    )
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(handler=handle_demo)
 
@@ -75,6 +83,7 @@ def handle_run(args: argparse.Namespace) -> int:
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
         timeout_seconds=args.timeout_seconds,
+        ttl_seconds=args.ttl_seconds,
         network=args.network,
         env=parse_env(args.env),
     )
@@ -108,14 +117,20 @@ def handle_demo(args: argparse.Namespace) -> int:
         progress(f"step={name} ms={entry['ms']}")
 
     started = time.monotonic()
-    vm = pyro.create_vm(args.environment)
+    vm = pyro.create_vm(args.environment, network=args.network)
     step("create", started, vm_id=vm["vm_id"])
     try:
         started = time.monotonic()
         vm = pyro.start_vm(vm["vm_id"])
         step("start", started, accel=vm["accel"], boot_kind=vm["boot_kind"], boot_ms=vm["boot_ms"])
         outputs = {}
-        for command in ("uname -sr", "cat /etc/debian_version", "git --version"):
+        commands = ["uname -sr", "cat /etc/debian_version", "git --version"]
+        if args.network:
+            # The NIC and its route out (user-mode NAT), without contacting any site.
+            commands.append(
+                """awk '$2 == "00000000" {print "default route via " $1}' /proc/net/route"""
+            )
+        for command in commands:
             started = time.monotonic()
             result = pyro.exec_vm(vm["vm_id"], command)
             outputs[command] = result["stdout"].strip()

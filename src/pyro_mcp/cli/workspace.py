@@ -98,7 +98,9 @@ def register(commands: Any) -> None:
 
     update = sub.add_parser("update", help="rename or change labels")
     update.add_argument("workspace")
-    update.add_argument("--name")
+    names = update.add_mutually_exclusive_group()
+    names.add_argument("--name")
+    names.add_argument("--clear-name", action="store_true", help="remove the workspace's name")
     update.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     update.add_argument("--clear-label", action="append", default=[], metavar="KEY")
     update.add_argument("--json", action="store_true")
@@ -248,6 +250,7 @@ def handle_update(args: argparse.Namespace) -> int:
     workspace = Pyro().update_workspace(
         args.workspace,
         name=args.name,
+        clear_name=args.clear_name,
         labels=parse_labels(args.label),
         clear_labels=args.clear_label,
     )

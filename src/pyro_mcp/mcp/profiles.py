@@ -12,28 +12,41 @@ from pyro_mcp.errors import InvalidArgument
 VM_RUN = ("vm_run",)
 
 WORKSPACE_CORE = (
+    "vm_run",
     "workspace_create",
-    "workspace_list",
-    "workspace_update",
-    "workspace_status",
+    "workspace_delete",
+    "workspace_diff",
     "workspace_exec",
-    "workspace_logs",
-    "workspace_summary",
-    "workspace_sync_push",
+    "workspace_export",
     "workspace_file_list",
     "workspace_file_read",
     "workspace_file_write",
+    "workspace_list",
+    "workspace_logs",
     "workspace_patch_apply",
-    "workspace_diff",
-    "workspace_export",
     "workspace_reset",
-    "workspace_delete",
+    "workspace_summary",
+    "workspace_status",
+    "workspace_sync_push",
+    "workspace_update",
 )
 
-SHELLS = ("shell_open", "shell_read", "shell_write", "shell_signal", "shell_close")
-SERVICES = ("service_start", "service_list", "service_status", "service_logs", "service_stop")
-SNAPSHOTS = ("snapshot_create", "snapshot_list", "snapshot_delete")
-DISK = ("disk_export", "disk_list", "disk_read")
+SHELLS = ("shell_close", "shell_open", "shell_read", "shell_signal", "shell_write")
+SERVICES = ("service_list", "service_logs", "service_start", "service_status", "service_stop")
+SNAPSHOTS = ("snapshot_create", "snapshot_delete", "snapshot_list")
+DISK = ("workspace_disk_export", "workspace_disk_list", "workspace_disk_read")
+RAW_VMS = (
+    "vm_create",
+    "vm_delete",
+    "vm_exec",
+    "vm_list",
+    "vm_list_environments",
+    "vm_network_info",
+    "vm_reap_expired",
+    "vm_start",
+    "vm_status",
+    "vm_stop",
+)
 
 WORKSPACE_FULL = (
     *WORKSPACE_CORE,
@@ -41,16 +54,9 @@ WORKSPACE_FULL = (
     *SERVICES,
     *SNAPSHOTS,
     *DISK,
-    "workspace_stop",
     "workspace_start",
-    "vm_run",
-    "vm_create",
-    "vm_start",
-    "vm_exec",
-    "vm_stop",
-    "vm_delete",
-    "vm_status",
-    "vm_list",
+    "workspace_stop",
+    *RAW_VMS,
 )
 
 PROFILES: dict[str, tuple[str, ...]] = {
@@ -60,46 +66,38 @@ PROFILES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_PROFILE = "workspace-core"
 
-# Every mode can start, inspect and end a workspace.
-LIFECYCLE = ("workspace_create", "workspace_list", "workspace_status", "workspace_delete")
+# What every mode has: start, look at, rename, read the journal of, and end a
+# workspace, and run commands in it (the pyro-mcp 4.5 contract).
+LIFECYCLE = (
+    "workspace_create",
+    "workspace_delete",
+    "workspace_exec",
+    "workspace_export",
+    "workspace_list",
+    "workspace_logs",
+    "workspace_summary",
+    "workspace_status",
+    "workspace_update",
+)
 
 MODES: dict[str, tuple[str, ...]] = {
-    "repro-fix": (
-        *LIFECYCLE,
-        "workspace_file_list",
-        "workspace_file_read",
-        "workspace_file_write",
-        "workspace_patch_apply",
-        "workspace_exec",
-        "workspace_diff",
-        "workspace_export",
-        "workspace_reset",
-        "workspace_summary",
-    ),
-    "inspect": (
-        *LIFECYCLE,
-        "workspace_file_list",
-        "workspace_file_read",
-        "workspace_exec",
-        "workspace_export",
-        "workspace_summary",
-    ),
+    "repro-fix": tuple(name for name in WORKSPACE_CORE if name != "vm_run"),
+    "inspect": (*LIFECYCLE, "workspace_file_list", "workspace_file_read"),
     "cold-start": (
         *LIFECYCLE,
-        "workspace_exec",
-        "workspace_export",
+        "workspace_file_list",
+        "workspace_file_read",
         "workspace_reset",
-        "workspace_summary",
         *SERVICES,
     ),
     "review-eval": (
         *LIFECYCLE,
+        "workspace_diff",
+        "workspace_file_list",
+        "workspace_file_read",
+        "workspace_reset",
         *SHELLS,
         *SNAPSHOTS,
-        "workspace_diff",
-        "workspace_export",
-        "workspace_reset",
-        "workspace_summary",
     ),
 }
 
@@ -208,11 +206,11 @@ DESCRIPTIONS: dict[str, str] = {
     "workspace_stop": "Stop the workspace's VM, keeping /workspace; workspace_start boots it again.",
     "workspace_start": "Boot a stopped workspace again with /workspace intact.",
     "shell_open": "Open an interactive bash on a real terminal (PTY) inside the workspace, for programs that need one: REPLs, debuggers, curses tools, anything that asks questions. For one-off commands prefer workspace_exec. Returns shell_id; the shell lives until shell_close, reset or delete.",
-    "shell_write": "Type input into a shell (Enter is pressed after it unless newline=false). Then call shell_read to see what happened.",
+    "shell_write": "Type input into a shell (Enter is pressed after it unless append_newline=false). Then call shell_read to see what happened.",
     "shell_read": "Read a shell's output from cursor on (omit cursor for everything still kept; pass next_cursor from the last read to continue). plain=true (default) strips colours and applies carriage returns so the text reads like the screen; wait_for_idle_ms waits until the output has been quiet that long (bounded by max_wait_ms), which is how to wait for a command to finish. missed_bytes > 0 means older output left the 1 MiB buffer.",
     "shell_signal": "Send a signal (INT like Ctrl-C, TERM, KILL, HUP, QUIT) to the program running in the foreground of a shell.",
     "shell_close": "Close a shell and end everything it started.",
-    "service_start": "Start a named long-running process (a dev server, a database, a worker) and wait until it is ready: ready_http (URL answers 2xx/3xx), ready_tcp (HOST:PORT accepts), ready_file (path appears) or ready_command (exits 0). Returns state ready, or failed with the reason (the process is stopped), or exited with its exit code. publish ([HOST_PORT:]GUEST_PORT) makes a port reachable on the user's machine at 127.0.0.1, if the workspace was created with network_policy egress+published-ports.",
+    "service_start": "Start a named long-running process (a dev server, a database, a worker) and wait until it is ready: ready_http (URL answers 2xx/3xx), ready_tcp (HOST:PORT accepts), ready_file (path appears) or ready_command (exits 0). Returns state ready, or failed with the reason (the process is stopped), or exited with its exit code. published_ports ([HOST_PORT:]GUEST_PORT) makes a port reachable on the user's machine at 127.0.0.1, if the workspace was created with network_policy egress+published-ports.",
     "service_list": "List the workspace's services with state (starting, ready, failed, exited, stopped), exit code and published ports.",
     "service_status": "One service's state, exit code, failure reason and published ports.",
     "service_logs": "A service's output (stdout and stderr), the last tail_lines lines or all; kept outside /workspace so it never shows in diffs or exports.",
@@ -220,9 +218,9 @@ DESCRIPTIONS: dict[str, str] = {
     "snapshot_create": "Save the current /workspace under a name (a checkpoint), consistently even while commands run. Use it before a risky change; workspace_reset with snapshot=NAME goes back to it.",
     "snapshot_list": "List the workspace's snapshots: baseline (the files it was created with, reserved) and the named ones.",
     "snapshot_delete": "Delete a named snapshot (baseline cannot be deleted).",
-    "disk_export": "Write a stopped workspace's /workspace as a raw ext4 image to a new host path (inside the project or an allowed directory). Needs workspace_stop first.",
-    "disk_list": "List files of a stopped workspace's /workspace without booting it (for a running one use workspace_file_list).",
-    "disk_read": "Read a file of a stopped workspace's /workspace without booting it (for a running one use workspace_file_read).",
+    "workspace_disk_export": "Write a stopped workspace's /workspace as a raw ext4 image to a new host path (inside the project or an allowed directory). Needs workspace_stop first.",
+    "workspace_disk_list": "List files of a stopped workspace's /workspace without booting it (for a running one use workspace_file_list).",
+    "workspace_disk_read": "Read a file of a stopped workspace's /workspace without booting it (for a running one use workspace_file_read).",
     "vm_create": "Create a raw VM (not booted yet) from an environment. Lower level than workspaces: no /workspace, no file tools, no journal; prefer workspace_create unless you need a bare machine. Returns vm_id and state.",
     "vm_start": "Boot a raw VM made with vm_create (or stopped with vm_stop) and wait until it answers. Returns the VM record with state running and accel (kvm or tcg).",
     "vm_exec": "Run a shell command in a running raw VM (cwd /root). Returns exit_code, stdout, stderr (each at most 1 MiB), timed_out, duration_ms.",
@@ -230,6 +228,9 @@ DESCRIPTIONS: dict[str, str] = {
     "vm_delete": "Delete a raw VM and its disk. Call it when you are done with a VM from vm_create.",
     "vm_status": "State of a raw VM (created, running or stopped, with last_error when it died on its own).",
     "vm_list": "List raw VMs made with vm_create: vm_id, environment, state. Workspaces have their own list.",
+    "vm_list_environments": "List the environments workspaces and VMs can use (debian:12-base, debian:12 with git, debian:12-build with compilers) and whether each is built on this host. Use it to pick the environment argument of workspace_create or vm_run.",
+    "vm_network_info": "Say how a raw VM reaches the network: no NIC at all, or user-mode NAT with its guest address, gateway and DNS.",
+    "vm_reap_expired": "Delete raw VMs whose ttl_seconds has passed and one-shot VMs whose caller died. Returns the reaped vm_ids.",
 }
 
 MODE_DESCRIPTIONS: dict[str, dict[str, str]] = {

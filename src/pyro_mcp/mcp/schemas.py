@@ -216,3 +216,17 @@ class DiskFile(_Open):
     binary: bool
     truncated: bool
     content: str | None
+
+
+class EnvironmentList(_Open):
+    environments: list[dict[str, Any]]
+
+
+class NetworkInfo(_Open):
+    vm_id: str
+    network: bool
+    mode: str
+
+
+class Reaped(_Open):
+    reaped: list[str]

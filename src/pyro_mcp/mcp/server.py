@@ -18,10 +18,11 @@ from typing import Annotated, Any, TypeVar
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from pyro_mcp import __version__, config
-from pyro_mcp.errors import PyroError
+from pyro_mcp.errors import InvalidArgument, PyroError
+from pyro_mcp.mcp import errors as model_errors
 from pyro_mcp.mcp import profiles, schemas
 from pyro_mcp.mcp.fast_start import configure_logging
 from pyro_mcp.mcp.host_paths import HostPathPolicy
@@ -52,6 +53,13 @@ WorkspacePath = Annotated[
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+# The one-shot VM of vm_run is deleted after this long whatever happens (unless
+# the call gives its own ttl_seconds): a chat must not leave VMs behind.
+VM_RUN_TTL_SECONDS = 600
+# A tool whose arguments are narrower outside workspace-full is kept under this
+# prefix (workspace_create: no secrets or network policy in core and the modes).
+CORE_VARIANT = "core:"
+
 
 class PyroMCPServer(MCPServer):
     """MCPServer that refuses arguments a tool does not have, instead of ignoring them."""
@@ -66,6 +74,12 @@ class PyroMCPServer(MCPServer):
                     f"{name} has no argument(s) {', '.join(unknown)}; "
                     f"its arguments are: {', '.join(sorted(known)) or 'none'}"
                 )
+            # Validated here first so a bad argument reads as one line naming it
+            # and what is expected, not pydantic's report with a web link.
+            try:
+                tool.fn_metadata.validate_arguments(arguments)
+            except ValidationError as exc:
+                raise ToolError(model_errors.validation_message(name, exc.errors())) from exc
         return await super().call_tool(name, arguments, context)
 
 
@@ -77,6 +91,7 @@ def create_server(
     project: ProjectSource | None = None,
     environment: str = config.DEFAULT_ENVIRONMENT,
     allow_host_paths: Sequence[Path] = (),
+    default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -90,13 +105,17 @@ def create_server(
         environment: the default environment of ``workspace_create`` and ``vm_run``.
         allow_host_paths: directories, besides the project root, that host-path
             arguments (seed_path, sync sources, export outputs) may name.
+        default_ttl_seconds: the idle TTL of workspaces created without one (a
+            chat that forgets a workspace must not hold a guest forever); 0: never.
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
     source = project or ProjectSource.none()
     roots = [source.root] if source.root is not None else []
     policy = HostPathPolicy([*roots, *allow_host_paths])
-    tools = _tools(client, source, environment, policy)
+    if isinstance(default_ttl_seconds, bool) or not 0 <= default_ttl_seconds <= 365 * 86400:
+        raise InvalidArgument("default_ttl_seconds", "must be 0 (never) up to a year in seconds")
+    tools = _tools(client, source, environment, policy, default_ttl_seconds or None)
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
     warm_up = BackgroundWarmUp(client, environment)
     server = PyroMCPServer(
@@ -110,13 +129,19 @@ def create_server(
             "you run touches the user's machine." + purpose
         ),
     )
+    full = profile == "workspace-full"
     for name in names:
-        server.add_tool(tools[name], name=name, description=profiles.describe(name, mode))
+        tool = tools[name] if full else tools.get(CORE_VARIANT + name, tools[name])
+        server.add_tool(tool, name=name, description=profiles.describe(name, mode))
     return server
 
 
 def _tools(
-    pyro: Pyro, source: ProjectSource, default_environment: str, policy: HostPathPolicy
+    pyro: Pyro,
+    source: ProjectSource,
+    default_environment: str,
+    policy: HostPathPolicy,
+    default_ttl: int | None,
 ) -> dict[str, Callable[..., Any]]:
     """Every tool function, by name; profiles and modes pick from these."""
 
@@ -131,11 +156,23 @@ def _tools(
         ] = False,
         vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
         mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+        ttl_seconds: Annotated[
+            int,
+            Field(
+                description="The VM is deleted after this long whatever happens (more than "
+                "timeout_seconds).",
+                ge=2,
+                le=86400,
+            ),
+        ] = VM_RUN_TTL_SECONDS,
     ) -> Annotated[CallToolResult, schemas.RunResult]:
         result = pyro.run_in_vm(
             environment,
             command,
             timeout_seconds=timeout_seconds,
+            ttl_seconds=max(ttl_seconds, int(timeout_seconds) + 60)
+            if ttl_seconds == VM_RUN_TTL_SECONDS
+            else ttl_seconds,
             network=network,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
@@ -161,7 +198,10 @@ def _tools(
         ttl_seconds: Annotated[
             int | None,
             Field(
-                description="Delete the workspace after this many seconds without activity.", ge=1
+                description="Delete the workspace after this many seconds without activity "
+                f"(default: {default_ttl or 'never'}"
+                + (" s, set by the server)" if default_ttl else ", set by the server)"),
+                ge=1,
             ),
         ] = None,
         max_lifetime_seconds: Annotated[
@@ -199,7 +239,7 @@ def _tools(
             network_policy=network_policy,
             name=name,
             labels=labels,
-            ttl_seconds=ttl_seconds,
+            ttl_seconds=ttl_seconds if ttl_seconds is not None else default_ttl,
             max_lifetime_seconds=max_lifetime_seconds,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
@@ -219,6 +259,51 @@ def _tools(
             workspace = pyro.create_workspace(environment, **common)
         return _reply(_render_workspace(workspace), workspace)
 
+    def workspace_create_core(
+        environment: Annotated[
+            str,
+            Field(description="debian:12-base, debian:12 (git) or debian:12-build (compilers)."),
+        ] = default_environment,
+        seed_path: Annotated[
+            str | None,
+            Field(
+                description="A host directory or .tar/.tgz to copy into /workspace "
+                "instead of the project's files."
+            ),
+        ] = None,
+        name: Annotated[
+            str | None, Field(description="A unique name to refer to the workspace by.")
+        ] = None,
+        labels: Annotated[dict[str, str] | None, Field(description="Key/value labels.")] = None,
+        ttl_seconds: Annotated[
+            int | None,
+            Field(
+                description="Delete the workspace after this many seconds without activity "
+                f"(default: {default_ttl or 'never'}"
+                + (" s, set by the server)" if default_ttl else ", set by the server)"),
+                ge=1,
+            ),
+        ] = None,
+        max_lifetime_seconds: Annotated[
+            int | None,
+            Field(description="Delete the workspace this many seconds after creation.", ge=1),
+        ] = None,
+        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
+        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        # Secrets and network policy are workspace-full's (the 4.5 contract): a
+        # core workspace has no network and no secrets.
+        return workspace_create(
+            environment=environment,
+            seed_path=seed_path,
+            name=name,
+            labels=labels,
+            ttl_seconds=ttl_seconds,
+            max_lifetime_seconds=max_lifetime_seconds,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+        )
+
     def workspace_list() -> Annotated[CallToolResult, schemas.WorkspaceList]:
         workspaces = pyro.list_workspaces()
         text = (
@@ -230,6 +315,7 @@ def _tools(
     def workspace_update(
         workspace_id: WorkspaceId,
         name: Annotated[str | None, Field(description="A new name.")] = None,
+        clear_name: Annotated[bool, Field(description="Remove the workspace's name.")] = False,
         labels: Annotated[
             dict[str, str] | None, Field(description="Labels to add or change.")
         ] = None,
@@ -238,7 +324,11 @@ def _tools(
         ] = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.update_workspace(
-            workspace_id, name=name, labels=labels, clear_labels=clear_labels or ()
+            workspace_id,
+            name=name,
+            clear_name=clear_name,
+            labels=labels,
+            clear_labels=clear_labels or (),
         )
         return _reply(_render_workspace(workspace), workspace)
 
@@ -278,13 +368,13 @@ def _tools(
 
     def workspace_sync_push(
         workspace_id: WorkspaceId,
-        source: Annotated[
+        source_path: Annotated[
             str, Field(description="A directory or .tar/.tgz on the user's machine.")
         ],
         dest: Annotated[str, Field(description="Where to put it, relative to /workspace.")] = ".",
     ) -> Annotated[CallToolResult, schemas.SyncResult]:
         result = pyro.push_workspace_sync(
-            workspace_id, policy.readable(source, "source"), dest=dest
+            workspace_id, policy.readable(source_path, "source_path"), dest=dest
         )
         return _reply(f"pushed {result['files']} file(s) to /workspace/{result['dest']}", result)
 
@@ -316,9 +406,9 @@ def _tools(
     def workspace_file_write(
         workspace_id: WorkspaceId,
         path: WorkspacePath,
-        content: Annotated[str, Field(description="The complete new text of the file.")],
+        text: Annotated[str, Field(description="The complete new text of the file.")],
     ) -> Annotated[CallToolResult, schemas.FileWritten]:
-        result = pyro.write_workspace_file(workspace_id, path, content)
+        result = pyro.write_workspace_file(workspace_id, path, text)
         return _reply(f"wrote {result['bytes']} bytes to {result['path']}", result)
 
     def workspace_patch_apply(
@@ -336,7 +426,7 @@ def _tools(
     def workspace_export(
         workspace_id: WorkspaceId,
         path: WorkspacePath,
-        output: Annotated[
+        output_path: Annotated[
             str,
             Field(
                 description="A new path on the user's machine (never an existing file), inside "
@@ -344,7 +434,7 @@ def _tools(
             ),
         ],
     ) -> Annotated[CallToolResult, schemas.Exported]:
-        target = policy.writable(output, "output")
+        target = policy.writable(output_path, "output_path")
         result = pyro.export_workspace(workspace_id, path, target, overwrite=False)
         return _reply(f"exported {result['path']} to {result['output']}", result)
 
@@ -359,15 +449,15 @@ def _tools(
             f"reset to {snapshot or 'baseline'}\n" + _render_workspace(workspace), workspace
         )
 
-    def disk_export(
+    def workspace_disk_export(
         workspace_id: WorkspaceId,
-        output: Annotated[str, Field(description="A new host path for the image.")],
+        output_path: Annotated[str, Field(description="A new host path for the image.")],
     ) -> Annotated[CallToolResult, schemas.DiskImage]:
-        target = policy.writable(output, "output")
+        target = policy.writable(output_path, "output_path")
         result = pyro.export_workspace_disk(workspace_id, target)
         return _reply(f"wrote {result['output']}", result)
 
-    def disk_list(
+    def workspace_disk_list(
         workspace_id: WorkspaceId,
         path: WorkspacePath = ".",
         recursive: Annotated[bool, Field(description="Include everything below.")] = False,
@@ -375,7 +465,7 @@ def _tools(
         listing = pyro.list_workspace_disk(workspace_id, path, recursive=recursive)
         return _reply("\n".join(e["path"] for e in listing["entries"]) or "(empty)", listing)
 
-    def disk_read(
+    def workspace_disk_read(
         workspace_id: WorkspaceId,
         path: WorkspacePath,
         max_bytes: Annotated[
@@ -390,10 +480,10 @@ def _tools(
 
     def snapshot_create(
         workspace_id: WorkspaceId,
-        name: Annotated[str, Field(description="A new snapshot name.")],
+        snapshot_name: Annotated[str, Field(description="A new snapshot name.")],
     ) -> Annotated[CallToolResult, schemas.Snapshot]:
-        result = pyro.create_snapshot(workspace_id, name)
-        return _reply(f"saved snapshot {name} ({result['bytes']} bytes)", result)
+        result = pyro.create_snapshot(workspace_id, snapshot_name)
+        return _reply(f"saved snapshot {snapshot_name} ({result['bytes']} bytes)", result)
 
     def snapshot_list(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.SnapshotList]:
         result = pyro.list_snapshots(workspace_id)
@@ -401,10 +491,10 @@ def _tools(
 
     def snapshot_delete(
         workspace_id: WorkspaceId,
-        name: Annotated[str, Field(description="The snapshot to delete.")],
+        snapshot_name: Annotated[str, Field(description="The snapshot to delete.")],
     ) -> Annotated[CallToolResult, schemas.Snapshot]:
-        result = pyro.delete_snapshot(workspace_id, name)
-        return _reply(f"deleted snapshot {name}", result)
+        result = pyro.delete_snapshot(workspace_id, snapshot_name)
+        return _reply(f"deleted snapshot {snapshot_name}", result)
 
     def workspace_delete(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Deleted]:
         result = pyro.delete_workspace(workspace_id)
@@ -434,9 +524,9 @@ def _tools(
         workspace_id: WorkspaceId,
         shell_id: ShellId,
         input: Annotated[str, Field(description="What to type.")],
-        newline: Annotated[bool, Field(description="Press Enter after the input.")] = True,
+        append_newline: Annotated[bool, Field(description="Press Enter after the input.")] = True,
     ) -> Annotated[CallToolResult, schemas.Shell]:
-        result = pyro.write_shell(workspace_id, shell_id, input, newline=newline)
+        result = pyro.write_shell(workspace_id, shell_id, input, newline=append_newline)
         return _reply(f"typed {result['bytes']} bytes", result)
 
     def shell_read(
@@ -477,9 +567,9 @@ def _tools(
     def shell_signal(
         workspace_id: WorkspaceId,
         shell_id: ShellId,
-        signal: Annotated[str, Field(description="INT, TERM, KILL, HUP or QUIT.")] = "INT",
+        signal_name: Annotated[str, Field(description="INT, TERM, KILL, HUP or QUIT.")] = "INT",
     ) -> Annotated[CallToolResult, schemas.Shell]:
-        result = pyro.signal_shell(workspace_id, shell_id, signal)
+        result = pyro.signal_shell(workspace_id, shell_id, signal_name)
         return _reply(f"sent {result['signal']}", result)
 
     def shell_close(
@@ -490,7 +580,7 @@ def _tools(
 
     def service_start(
         workspace_id: WorkspaceId,
-        name: ServiceName,
+        service_name: ServiceName,
         command: Command,
         cwd: Annotated[
             str | None, Field(description="Directory to run in, relative to /workspace.")
@@ -512,7 +602,10 @@ def _tools(
             float,
             Field(description="Give up (and stop the service) after this long.", gt=0, le=3600),
         ] = 60.0,
-        publish: Annotated[
+        ready_interval_ms: Annotated[
+            int, Field(description="How often to check readiness.", ge=10, le=60000)
+        ] = 200,
+        published_ports: Annotated[
             list[str] | None,
             Field(description="Ports to publish on the user's 127.0.0.1: [HOST_PORT:]GUEST_PORT."),
         ] = None,
@@ -521,9 +614,9 @@ def _tools(
             Field(description="Secrets to put in the environment: NAME or NAME:ENV_VAR."),
         ] = None,
     ) -> Annotated[CallToolResult, schemas.Service]:
-        status = pyro.service_start(
+        status = pyro.start_service(
             workspace_id,
-            name,
+            service_name,
             command,
             cwd=cwd,
             ready_http=ready_http,
@@ -531,37 +624,38 @@ def _tools(
             ready_file=ready_file,
             ready_command=ready_command,
             ready_timeout_seconds=ready_timeout_seconds,
-            publish=publish or (),
+            ready_interval_ms=ready_interval_ms,
+            published_ports=published_ports or (),
             secret_env=secret_env or (),
         )
         return _reply(_render_service(status), status)
 
     def service_list(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.ServiceList]:
-        result = pyro.service_list(workspace_id)
+        result = pyro.list_services(workspace_id)
         text = "\n".join(_render_service(s) for s in result["services"]) or "no services"
         return _reply(text, result)
 
     def service_status(
-        workspace_id: WorkspaceId, name: ServiceName
+        workspace_id: WorkspaceId, service_name: ServiceName
     ) -> Annotated[CallToolResult, schemas.Service]:
-        status = pyro.service_status(workspace_id, name)
+        status = pyro.status_service(workspace_id, service_name)
         return _reply(_render_service(status), status)
 
     def service_logs(
         workspace_id: WorkspaceId,
-        name: ServiceName,
+        service_name: ServiceName,
         tail_lines: Annotated[
             int, Field(description="How many of the last lines.", ge=0, le=100000)
         ] = 200,
         all: Annotated[bool, Field(description="The whole kept log instead of the tail.")] = False,
     ) -> Annotated[CallToolResult, schemas.ServiceLogs]:
-        result = pyro.service_logs(workspace_id, name, tail_lines=tail_lines, all=all)
+        result = pyro.logs_service(workspace_id, service_name, tail_lines=tail_lines, all=all)
         return _reply(result["log"] or "(no output)", result)
 
     def service_stop(
-        workspace_id: WorkspaceId, name: ServiceName
+        workspace_id: WorkspaceId, service_name: ServiceName
     ) -> Annotated[CallToolResult, schemas.Service]:
-        status = pyro.service_stop(workspace_id, name)
+        status = pyro.stop_service(workspace_id, service_name)
         return _reply(_render_service(status), status)
 
     def workspace_stop(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
@@ -610,6 +704,22 @@ def _tools(
             "\n".join(f"{v['vm_id']} {v['state']}" for v in vms) or "no VMs", {"vms": vms}
         )
 
+    def vm_list_environments() -> Annotated[CallToolResult, schemas.EnvironmentList]:
+        environments = pyro.list_environments()
+        text = "\n".join(
+            f"{e['name']}: {e['description']} ({'installed' if e['installed'] else 'not built'})"
+            for e in environments
+        )
+        return _reply(text, {"environments": environments})
+
+    def vm_network_info(vm_id: VmId) -> Annotated[CallToolResult, schemas.NetworkInfo]:
+        info = pyro.network_info_vm(vm_id)
+        return _reply(f"{vm_id}: {info['mode']}", info)
+
+    def vm_reap_expired() -> Annotated[CallToolResult, schemas.Reaped]:
+        result = pyro.reap_expired()
+        return _reply(f"reaped {len(result['reaped'])} VM(s)", result)
+
     functions: list[Callable[..., Any]] = [
         vm_run,
         workspace_create,
@@ -637,6 +747,9 @@ def _tools(
         vm_delete,
         vm_status,
         vm_list,
+        vm_list_environments,
+        vm_network_info,
+        vm_reap_expired,
         shell_open,
         shell_read,
         shell_write,
@@ -650,11 +763,13 @@ def _tools(
         snapshot_create,
         snapshot_list,
         snapshot_delete,
-        disk_export,
-        disk_list,
-        disk_read,
+        workspace_disk_export,
+        workspace_disk_list,
+        workspace_disk_read,
     ]
-    return {fn.__name__: _as_tool_errors(fn) for fn in functions}
+    tools = {fn.__name__: _as_tool_errors(fn) for fn in functions}
+    tools[CORE_VARIANT + "workspace_create"] = _as_tool_errors(workspace_create_core)
+    return tools
 
 
 def _as_tool_errors(fn: _F) -> _F:
@@ -665,7 +780,7 @@ def _as_tool_errors(fn: _F) -> _F:
         try:
             return fn(*args, **kwargs)
         except PyroError as exc:
-            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+            raise ToolError(model_errors.for_model(f"{type(exc).__name__}: {exc}")) from exc
 
     return wrapper  # type: ignore[return-value]
 

@@ -175,6 +175,17 @@ class Store:
         with self.transaction() as db:
             db.execute(f"UPDATE vms SET {assignments} WHERE vm_id = ?", (*values.values(), vm_id))
 
+    def workspace_names_by_vm(self) -> dict[str, str]:
+        """``vm_id`` -> how its workspace is best named (name, or id)."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT vm_id, workspace_id, name FROM workspaces").fetchall()
+        return {
+            row["vm_id"]: (
+                f"{row['name']} ({row['workspace_id']})" if row["name"] else row["workspace_id"]
+            )
+            for row in rows
+        }
+
     def delete_vm(self, vm_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))

@@ -39,10 +39,12 @@ def parse_publish(spec: str) -> tuple[int | None, int]:
         guest_port = int(guest)
         host_port = int(host) if host else None
     except ValueError:
-        raise InvalidArgument("publish", f"{spec!r} is not [HOST_PORT:]GUEST_PORT") from None
+        raise InvalidArgument(
+            "published_ports", f"{spec!r} is not [HOST_PORT:]GUEST_PORT"
+        ) from None
     for port in (guest_port, host_port):
         if port is not None and not 1 <= port <= 65535:
-            raise InvalidArgument("publish", f"{spec!r}: ports are 1-65535")
+            raise InvalidArgument("published_ports", f"{spec!r}: ports are 1-65535")
     return host_port, guest_port
 
 
@@ -80,13 +82,17 @@ class ServiceOps:
         ready_http: str | None = None,
         ready_command: str | None = None,
         ready_timeout_seconds: float = 60.0,
-        ready_interval_seconds: float = 0.2,
-        publish: Sequence[str] = (),
+        ready_interval_ms: int = 200,
+        published_ports: Sequence[str] = (),
         secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a named service and wait until its readiness check passes (or fails)."""
         if not _NAME.match(name or ""):
-            raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            raise InvalidArgument(
+                "service_name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if isinstance(ready_interval_ms, bool) or not 10 <= ready_interval_ms <= 60_000:
+            raise InvalidArgument("ready_interval_ms", "must be from 10 to 60000")
         checks = {
             "file": ready_file,
             "tcp": ready_tcp,
@@ -98,17 +104,19 @@ class ServiceOps:
             raise InvalidArgument("readiness", "give at most one of ready_file/tcp/http/command")
         if not 0 < ready_timeout_seconds <= 3600:
             raise InvalidArgument("ready_timeout_seconds", "must be more than 0 and at most 3600")
-        ports = [parse_publish(spec) for spec in publish]
+        ports = [parse_publish(spec) for spec in published_ports]
         workspace = self.ws._find(ref)
         if ports and workspace.get("network_policy") != "egress+published-ports":
             raise InvalidArgument(
-                "publish",
+                "published_ports",
                 "this workspace cannot publish ports; create it with "
                 "--network-policy egress+published-ports",
             )
         for host_port, _ in ports:
             if host_port is not None and not host_port_available(host_port):
-                raise InvalidArgument("publish", f"port {host_port} is already in use on the host")
+                raise InvalidArgument(
+                    "published_ports", f"port {host_port} is already in use on the host"
+                )
         args: dict[str, Any] = {
             "name": name,
             "cwd": self._cwd(cwd),
@@ -122,7 +130,7 @@ class ServiceOps:
                 "type": kind,
                 "target": target,
                 "timeout_seconds": ready_timeout_seconds,
-                "interval_seconds": ready_interval_seconds,
+                "interval_seconds": ready_interval_ms / 1000,
             }
         with self.ws._connect(workspace) as client:
             status = _check_service(client.agent("service_start", args, ready_timeout_seconds + 30))

@@ -259,10 +259,13 @@ class WorkspaceService:
         ref: str,
         *,
         name: str | None = None,
+        clear_name: bool = False,
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
     ) -> dict[str, Any]:
         workspace = self._find(ref)
+        if clear_name and name is not None:
+            raise InvalidArgument("clear_name", "give a new name or clear_name, not both")
         merged = {k: v for k, v in workspace["labels"].items() if k not in set(clear_labels)}
         merged.update(check_labels(labels or {}))
         fields: dict[str, Any] = {"labels": merged}
@@ -271,7 +274,12 @@ class WorkspaceService:
                 raise InvalidArgument(
                     "name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'"
                 )
+            other = self.store.find_workspace(name)
+            if other is not None and other["workspace_id"] != workspace["workspace_id"]:
+                raise InvalidArgument("name", f"a workspace called {name!r} exists")
             fields["name"] = name
+        if clear_name:
+            fields["name"] = None
         self.store.update_workspace(workspace["workspace_id"], **fields)
         return self.status(workspace["workspace_id"])
 

@@ -1,0 +1,42 @@
+"""CLI flags of the contract, and a reader that goes away early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli_helper import pyro_cli
+
+pytestmark = pytest.mark.vm
+
+
+def test_a_piped_command_cut_short_ends_quietly(cli_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m pyro_mcp.cli.main doctor | head -1",
+        shell=True,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.startswith("pyro doctor")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_update_clear_name_and_run_ttl_and_demo_network(cli_env: dict[str, str]) -> None:
+    ws = pyro_cli(cli_env, "workspace", "create", "--name", "named", "--id-only").stdout.strip()
+    cleared = pyro_cli(cli_env, "workspace", "update", ws, "--clear-name", "--json")
+    assert cleared.returncode == 0 and '"name": null' in cleared.stdout
+    both = pyro_cli(cli_env, "workspace", "update", ws, "--clear-name", "--name", "x")
+    assert both.returncode == 2
+    assert pyro_cli(cli_env, "workspace", "delete", ws).returncode == 0
+    short = pyro_cli(cli_env, "run", "debian:12", "--ttl-seconds", "5", "--", "true")
+    assert short.returncode == 2 and "ttl_seconds" in short.stderr
+    ran = pyro_cli(cli_env, "run", "debian:12", "--ttl-seconds", "300", "--", "true")
+    assert ran.returncode == 0, ran.stderr
+    demo = pyro_cli(cli_env, "demo", "--network")
+    assert demo.returncode == 0, demo.stderr
+    assert "default route via eth0" in demo.stdout
