@@ -179,37 +179,46 @@ def _tools(
         )
         return _reply(_render_command(result), result)
 
+    # workspace_create's arguments, shared by its full and its core variant.
+    EnvironmentArg = Annotated[
+        str, Field(description="debian:12-base, debian:12 (git) or debian:12-build (compilers).")
+    ]
+    SeedPathArg = Annotated[
+        str | None,
+        Field(
+            description="A host directory or .tar/.tgz to copy into /workspace "
+            "instead of the project's files."
+        ),
+    ]
+    NameArg = Annotated[
+        str | None, Field(description="A unique name to refer to the workspace by.")
+    ]
+    LabelsArg = Annotated[dict[str, str] | None, Field(description="Key/value labels.")]
+    TtlArg = Annotated[
+        int | None,
+        Field(
+            description="Delete the workspace after this many seconds without activity "
+            f"(default: {default_ttl or 'never'}"
+            + (" s, set by the server)" if default_ttl else ", set by the server)"),
+            ge=1,
+        ),
+    ]
+    MaxLifetimeArg = Annotated[
+        int | None,
+        Field(description="Delete the workspace this many seconds after creation.", ge=1),
+    ]
+    VcpuArg = Annotated[int, Field(ge=1, le=8)]
+    MemArg = Annotated[int, Field(ge=128, le=16384)]
+
     def workspace_create(
-        environment: Annotated[
-            str,
-            Field(description="debian:12-base, debian:12 (git) or debian:12-build (compilers)."),
-        ] = default_environment,
-        seed_path: Annotated[
-            str | None,
-            Field(
-                description="A host directory or .tar/.tgz to copy into /workspace "
-                "instead of the project's files."
-            ),
-        ] = None,
-        name: Annotated[
-            str | None, Field(description="A unique name to refer to the workspace by.")
-        ] = None,
-        labels: Annotated[dict[str, str] | None, Field(description="Key/value labels.")] = None,
-        ttl_seconds: Annotated[
-            int | None,
-            Field(
-                description="Delete the workspace after this many seconds without activity "
-                f"(default: {default_ttl or 'never'}"
-                + (" s, set by the server)" if default_ttl else ", set by the server)"),
-                ge=1,
-            ),
-        ] = None,
-        max_lifetime_seconds: Annotated[
-            int | None,
-            Field(description="Delete the workspace this many seconds after creation.", ge=1),
-        ] = None,
-        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
-        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+        environment: EnvironmentArg = default_environment,
+        seed_path: SeedPathArg = None,
+        name: NameArg = None,
+        labels: LabelsArg = None,
+        ttl_seconds: TtlArg = None,
+        max_lifetime_seconds: MaxLifetimeArg = None,
+        vcpu_count: VcpuArg = config.DEFAULT_VCPU_COUNT,
+        mem_mib: MemArg = config.DEFAULT_MEM_MIB,
         network: Annotated[
             bool, Field(description="Give the workspace outbound network access (NAT).")
         ] = False,
@@ -260,36 +269,14 @@ def _tools(
         return _reply(_render_workspace(workspace), workspace)
 
     def workspace_create_core(
-        environment: Annotated[
-            str,
-            Field(description="debian:12-base, debian:12 (git) or debian:12-build (compilers)."),
-        ] = default_environment,
-        seed_path: Annotated[
-            str | None,
-            Field(
-                description="A host directory or .tar/.tgz to copy into /workspace "
-                "instead of the project's files."
-            ),
-        ] = None,
-        name: Annotated[
-            str | None, Field(description="A unique name to refer to the workspace by.")
-        ] = None,
-        labels: Annotated[dict[str, str] | None, Field(description="Key/value labels.")] = None,
-        ttl_seconds: Annotated[
-            int | None,
-            Field(
-                description="Delete the workspace after this many seconds without activity "
-                f"(default: {default_ttl or 'never'}"
-                + (" s, set by the server)" if default_ttl else ", set by the server)"),
-                ge=1,
-            ),
-        ] = None,
-        max_lifetime_seconds: Annotated[
-            int | None,
-            Field(description="Delete the workspace this many seconds after creation.", ge=1),
-        ] = None,
-        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
-        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
+        environment: EnvironmentArg = default_environment,
+        seed_path: SeedPathArg = None,
+        name: NameArg = None,
+        labels: LabelsArg = None,
+        ttl_seconds: TtlArg = None,
+        max_lifetime_seconds: MaxLifetimeArg = None,
+        vcpu_count: VcpuArg = config.DEFAULT_VCPU_COUNT,
+        mem_mib: MemArg = config.DEFAULT_MEM_MIB,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
         # Secrets and network policy are workspace-full's (the 4.5 contract): a
         # core workspace has no network and no secrets.
