@@ -40,3 +40,14 @@ def test_update_clear_name_and_run_ttl_and_demo_network(cli_env: dict[str, str])
     demo = pyro_cli(cli_env, "demo", "--network")
     assert demo.returncode == 0, demo.stderr
     assert "default route via eth0" in demo.stdout
+
+
+def test_doctor_platform_reports_the_host_alone(cli_env: dict[str, str]) -> None:
+    import json
+
+    result = pyro_cli(cli_env, "doctor", "--platform", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["accel"]["accel"] in ("kvm", "tcg")
+    assert "environments" not in report and "daily_loop" not in report
+    human = pyro_cli(cli_env, "doctor", "--platform")
+    assert "qemu" in human.stdout and "daily loop" not in human.stdout

@@ -99,6 +99,46 @@ GUEST_BUDGET_MIB = 512
 MIN_RUNNING_CAP = 4
 
 
+# Below this much free space where PYRO_HOME lives, doctor and workspace
+# create warn: one more workspace may write about this much (root disk changes,
+# /workspace, snapshots).
+LOW_SPACE_BYTES = 1024 * 1024 * 1024
+
+
+def low_space_warning(state_dir: Path) -> str | None:
+    """A warning when PYRO_HOME's filesystem has less than ``LOW_SPACE_BYTES`` free."""
+    try:
+        stat = os.statvfs(state_dir)
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    if free >= LOW_SPACE_BYTES:
+        return None
+    return (
+        f"only {free // 2**20} MiB free on the filesystem of PYRO_HOME ({state_dir}); a "
+        f"workspace may need about {LOW_SPACE_BYTES // 2**20} MiB. When it fills, guests get "
+        "I/O errors and pyro cannot record anything: delete workspaces you no longer need "
+        "or free space there"
+    )
+
+
+def disk_full_message(state_dir: Path) -> str:
+    """What to say when PYRO_HOME's filesystem is full: where, how much, what to free."""
+    free = "unknown"
+    try:
+        stat = os.statvfs(state_dir)
+        free = f"{stat.f_bavail * stat.f_frsize // 2**20} MiB free"
+    except OSError:
+        pass
+    return (
+        f"the disk holding pyro's state (PYRO_HOME, {state_dir}) is full ({free}), "
+        "so pyro cannot record anything. Free space on that filesystem: delete "
+        "workspaces you no longer need (`pyro workspace delete WS`: it frees their disks "
+        "first), their snapshots, or files inside a workspace (its disk gives the space "
+        "back); then retry."
+    )
+
+
 def max_running_vms(meminfo: Path = Path("/proc/meminfo")) -> int:
     """How many VMs (workspaces included) may run at once on this host.
 

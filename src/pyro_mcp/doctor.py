@@ -16,7 +16,7 @@ from pyro_mcp.vm.qemu import qemu_version
 from pyro_mcp.vms import VmService
 
 
-def diagnose(paths: config.Paths) -> dict[str, Any]:
+def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, Any]:
     """A structured report; ``ok`` is False when guests cannot run here."""
     problems: list[str] = []
     warnings: list[str] = []
@@ -83,8 +83,13 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
             "guests run under TCG (software emulation): expect about 4-5 s per cold boot"
         )
 
-    environments = [status.to_dict() for status in EnvironmentCache(paths.cache_dir).list()]
-    if not any(env["installed"] for env in environments):
+    space = config.low_space_warning(paths.state_dir)
+    if space is not None:
+        warnings.append(space)
+    environments = (
+        [] if platform_only else [s.to_dict() for s in EnvironmentCache(paths.cache_dir).list()]
+    )
+    if not platform_only and not any(env["installed"] for env in environments):
         warnings.append("no environment is installed yet; run `pyro env pull debian:12`")
 
     return {
@@ -106,7 +111,7 @@ def diagnose(paths: config.Paths) -> dict[str, Any]:
         },
         "state_dir": str(paths.state_dir),
         "cache_dir": str(paths.cache_dir),
-        "environments": environments,
+        **({} if platform_only else {"environments": environments}),
         "problems": problems,
         "warnings": warnings,
     }

@@ -728,14 +728,19 @@ class Pyro:
 
     # ---------------------------------------------------------------- host
 
-    def doctor(self, environment: str = config.DEFAULT_ENVIRONMENT) -> dict[str, Any]:
+    def doctor(
+        self, environment: str = config.DEFAULT_ENVIRONMENT, *, platform_only: bool = False
+    ) -> dict[str, Any]:
         """Whether this host can run guests, and what to do if not.
 
         ``daily_loop`` says whether workspaces of ``environment`` start
         ``warm``, ``cold`` (no snapshot yet) or ``stale`` (something changed
-        since it was taken), and the command that fixes it.
+        since it was taken), and the command that fixes it. ``platform_only``
+        reports the host alone (no environments, no daily loop).
         """
-        report = doctor.diagnose(self.paths)
+        report = doctor.diagnose(self.paths, platform_only=platform_only)
+        if platform_only:
+            return report
         report["daily_loop"] = doctor.daily_loop(self._vms, environment)
         if report["daily_loop"]["status"] != "warm":
             report["warnings"].append(

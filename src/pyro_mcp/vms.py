@@ -402,12 +402,20 @@ class VmService:
 
     def delete_vm(self, vm_id: str) -> dict[str, Any]:
         """Stop the VM and remove its record and every file it had."""
+        self.discard_files(vm_id)
+        self.store.delete_vm(vm_id)
+        return {"vm_id": vm_id, "deleted": True}
+
+    def discard_files(self, vm_id: str) -> None:
+        """Stop the VM and remove its files, without writing to the state database.
+
+        Deleting frees disk before it records anything: on a full disk that is
+        what lets the record be written afterwards.
+        """
         record = self._get(vm_id)
         files = self._files(vm_id)
         backend.stop(files, record.supervisor_pid)
         shutil.rmtree(files.dir, ignore_errors=True)
-        self.store.delete_vm(vm_id)
-        return {"vm_id": vm_id, "deleted": True}
 
     def status_vm(self, vm_id: str) -> VmRecord:
         """The VM's record, reconciled with whether its supervisor really runs."""

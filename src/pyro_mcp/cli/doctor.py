@@ -22,12 +22,18 @@ def register(commands: Any) -> None:
         default=config.DEFAULT_ENVIRONMENT,
         help="whose daily loop (warm, cold or stale) to report (default: %(default)s)",
     )
+    parser.add_argument(
+        "--platform",
+        action="store_true",
+        help="only the host: platform, KVM/TCG, QEMU, host tools, networking, free space "
+        "(no environments or daily loop; answers without looking at the cache)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    report = Pyro().doctor(environment=args.environment)
+    report = Pyro().doctor(environment=args.environment, platform_only=args.platform)
     if args.json:
         print_json(report)
         return 0 if report["ok"] else 1
@@ -59,7 +65,7 @@ def handle(args: argparse.Namespace) -> int:
     )
     print(f"  state dir    {report['state_dir']}")
     print(f"  cache dir    {report['cache_dir']}")
-    for env in report["environments"]:
+    for env in report.get("environments", []):
         state = (
             "installed"
             if env["installed"]

@@ -9,14 +9,41 @@ from typing import Any
 from pyro_mcp import config
 from pyro_mcp.mcp import profiles
 
+
+def _exposes(tools: tuple[str, ...]) -> str:
+    """What a tool set holds, wrapped for help text (generated: it cannot drift)."""
+    import textwrap
+
+    listed = ", ".join(sorted(tools))
+    return "\n".join(
+        textwrap.wrap(
+            f"{len(tools)} tools: {listed}", 78, initial_indent="      ", subsequent_indent="      "
+        )
+    )
+
+
+_PROFILE_PURPOSE = {
+    "vm-run": "one-shot commands in a fresh VM",
+    "workspace-core": "the workspace loop (default); no network or secrets in workspace_create",
+    "workspace-full": "everything, workspace_create with network_policy and secrets",
+}
+
 EPILOG = f"""\
 profiles (how many tools):
-  vm-run            vm_run only: one-shot commands in a fresh VM
-  workspace-core    the workspace loop (default): create, exec, files, patch, diff, export, reset...
-  workspace-full    everything: adds workspace_stop/start and the raw vm_* tools
+{
+    chr(10).join(
+        f"  {name:<17} {purpose}{chr(10)}{_exposes(profiles.PROFILES[name])}"
+        for name, purpose in _PROFILE_PURPOSE.items()
+    )
+}
 
 modes (a narrower tool set with job-specific descriptions; give a mode or a profile):
-{chr(10).join(f"  {name:<17} {purpose}" for name, purpose in profiles.MODE_PURPOSE.items())}
+{
+    chr(10).join(
+        f"  {name:<17} {purpose}{chr(10)}{_exposes(profiles.MODES[name])}"
+        for name, purpose in profiles.MODE_PURPOSE.items()
+    )
+}
 
 project source (the default seed of workspace_create):
   started inside a Git checkout, its tracked files (as in the working tree) seed new

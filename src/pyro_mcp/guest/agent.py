@@ -173,7 +173,7 @@ BLKFLSBUF = 0x1261
 
 # What the hello may mount: the disk's virtio serial, where, and how.
 MOUNTS = {
-    "workspace": ("pyro-workspace", "/workspace", "rw,noatime"),
+    "workspace": ("pyro-workspace", "/workspace", "rw,noatime,discard"),
     "baseline": ("pyro-baseline", "/run/pyro/baseline", "ro,noload"),
 }
 DISK_WAIT_SECONDS = 20.0
@@ -231,8 +231,9 @@ def _mount_disk(serial: str, target: str, options: str) -> None:
     finally:
         os.close(fd)
     os.makedirs(target, exist_ok=True)
-    flags = MS_NOATIME | (MS_RDONLY if "ro" in options.split(",") else 0)
-    data = b"noload" if "noload" in options.split(",") else None
+    words = options.split(",")
+    flags = MS_NOATIME | (MS_RDONLY if "ro" in words else 0)
+    data = ",".join(w for w in words if w in ("noload", "discard")).encode() or None
     if _libc().mount(device.encode(), target.encode(), b"ext4", flags, data) != 0:
         error = ctypes.get_errno()
         raise RequestError(

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, StoreError
 from pyro_mcp.models import VmRecord, VmState
 
@@ -117,6 +118,13 @@ class Store:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {index + 1}")
 
+    def _describe(self, exc: sqlite3.Error) -> str:
+        """The error, and for a full disk which filesystem and what to free."""
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        if not full and "database or disk is full" not in str(exc):
+            return f"state database error ({self.path}): {exc}"
+        return disk_full_message(self.path.parent)
+
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
@@ -139,7 +147,7 @@ class Store:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             db.execute("ROLLBACK") if db.in_transaction else None
-            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+            raise StoreError(self._describe(exc)) from exc
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")

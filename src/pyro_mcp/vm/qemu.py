@@ -80,7 +80,9 @@ class MachineSpec:
             "-append",
             append,
             "-drive",
-            f"id=root,file={self.root_disk},format=qcow2,if=none",
+            # A full host disk is an I/O error in the guest, not a paused VM
+            # (QEMU's default) that leaves every command hanging past its timeout.
+            f"id=root,file={self.root_disk},format=qcow2,if=none,werror=report,rerror=report",
             "-device",
             "virtio-blk-device,drive=root",
             "-device",
@@ -100,7 +102,9 @@ class MachineSpec:
         if self.workspace_disk is not None:
             argv += [
                 "-drive",
-                f"id=ws,file={self.workspace_disk},format=qcow2,if=none",
+                # discard: files deleted in /workspace give their space back.
+                f"id=ws,file={self.workspace_disk},format=qcow2,if=none,"
+                "werror=report,rerror=report,discard=unmap",
                 "-device",
                 "virtio-blk-device,drive=ws,serial=pyro-workspace",
             ]

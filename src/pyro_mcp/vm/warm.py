@@ -45,7 +45,7 @@ from pyro_mcp.vm.qemu import qemu_version
 
 # Bump when the machine layout of warm VMs changes (devices, their order, RAM
 # backend): a snapshot of another layout cannot be restored.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 RAM = "ram.img"
 DEVICES = "devices.snap"
 ROOT = "root.qcow2"

@@ -28,7 +28,7 @@ from typing import Any
 from pyro_mcp import config, host_tools
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
-from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError, VMError
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
 from pyro_mcp.workspaces import (
@@ -206,7 +206,12 @@ class WorkspaceService:
             self.store.delete_workspace(workspace_id)
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return self.status(workspace_id)
+        created = self.status(workspace_id)
+        space = config.low_space_warning(self.vms.paths.state_dir)
+        if space is not None:
+            log.warning("%s", space)
+            created["warning"] = space
+        return created
 
     # ------------------------------------------------------------- queries
 
@@ -315,20 +320,24 @@ class WorkspaceService:
             redact.redact_text(data["stdout"]),
             redact.redact_text(data["stderr"]),
         )
-        self.store.add_journal(
-            workspace["workspace_id"],
-            "exec",
-            started,
-            {
-                "command": redact.redact_text(describe_command(command)),
-                "cwd": guest_cwd,
-                "exit_code": result.exit_code,
-                "duration_ms": result.duration_ms,
-                "timed_out": result.timed_out,
-                **_bounded("stdout", data["stdout"], result.stdout_truncated),
-                **_bounded("stderr", data["stderr"], result.stderr_truncated),
-            },
-        )
+        entry = {
+            "command": redact.redact_text(describe_command(command)),
+            "cwd": guest_cwd,
+            "exit_code": result.exit_code,
+            "duration_ms": result.duration_ms,
+            "timed_out": result.timed_out,
+            **_bounded("stdout", data["stdout"], result.stdout_truncated),
+            **_bounded("stderr", data["stderr"], result.stderr_truncated),
+        }
+        try:
+            self.store.add_journal(workspace["workspace_id"], "exec", started, entry)
+        except StoreError as exc:
+            # The command ran: its output matters more than its journal entry.
+            return {
+                "workspace_id": workspace["workspace_id"],
+                **data,
+                "warning": f"this command was not journalled: {exc}",
+            }
         return {"workspace_id": workspace["workspace_id"], **data, **_warning(workspace)}
 
     # -------------------------------------------------------------- files
@@ -518,9 +527,13 @@ class WorkspaceService:
 
     def delete(self, ref: str, *, reason: str = "deleted on request") -> dict[str, Any]:
         workspace = self._find(ref)
+        # Files first, records after: on a full disk the freed space is what
+        # lets the records be written.
+        with contextlib.suppress(NotFound):
+            self.vms.discard_files(workspace["vm_id"])
+        shutil.rmtree(self.root / workspace["workspace_id"], ignore_errors=True)
         with contextlib.suppress(NotFound):
             self.vms.delete_vm(workspace["vm_id"])
-        shutil.rmtree(self.root / workspace["workspace_id"], ignore_errors=True)
         self.store.delete_published_ports(workspace["workspace_id"])
         self.snapshots.remove_all(workspace["workspace_id"])
         self.store.add_tombstone(workspace["workspace_id"], workspace["name"], reason, time.time())
@@ -643,11 +656,16 @@ class WorkspaceService:
         """Record activity now: moves an idle expiry forward."""
         touched = {**workspace, "last_activity_at": time.time()}
         touched["expires_at"] = lifetime.expires_at(touched)
-        self.store.update_workspace(
-            workspace["workspace_id"],
-            last_activity_at=touched["last_activity_at"],
-            expires_at=touched["expires_at"],
-        )
+        try:
+            self.store.update_workspace(
+                workspace["workspace_id"],
+                last_activity_at=touched["last_activity_at"],
+                expires_at=touched["expires_at"],
+            )
+        except StoreError as exc:
+            # Activity is bookkeeping: a full disk must not stop the call that
+            # could free it (an exec that deletes files in /workspace).
+            log.warning("could not record activity: %s", exc)
         return touched
 
     def _after_boot(self, workspace: dict[str, Any]) -> None:

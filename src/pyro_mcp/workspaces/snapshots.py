@@ -10,13 +10,15 @@ reserved name of the create-time state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_mcp.errors import InvalidArgument, NotFound, PyroError
+from pyro_mcp.config import disk_full_message
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
 
 if TYPE_CHECKING:
     from pyro_mcp.workspaces.service import WorkspaceService
@@ -52,20 +54,29 @@ class SnapshotOps:
         target.parent.mkdir(mode=0o700, exist_ok=True)
         partial = target.with_suffix(".partial")
         vm = self.ws.vms.status_vm(workspace["vm_id"])
-        if vm.state.value == "running":
-            with self.ws.vms.connect(workspace["vm_id"], "") as client:
-                client.agent("freeze", {"freeze": True}, 60)
-                try:
-                    client.call("pause", timeout=30)
+        try:
+            if vm.state.value == "running":
+                with self.ws.vms.connect(workspace["vm_id"], "") as client:
+                    client.agent("freeze", {"freeze": True}, 60)
                     try:
-                        shutil.copyfile(source, partial)
+                        client.call("pause", timeout=30)
+                        try:
+                            shutil.copyfile(source, partial)
+                        finally:
+                            client.call("resume", timeout=30)
                     finally:
-                        client.call("resume", timeout=30)
-                finally:
-                    client.agent("freeze", {"freeze": False}, 60)
-        else:
-            shutil.copyfile(source, partial)  # a stopped VM's disk is already consistent
-        partial.rename(target)
+                        client.agent("freeze", {"freeze": False}, 60)
+            else:
+                shutil.copyfile(source, partial)  # a stopped VM's disk is already consistent
+            partial.rename(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(disk_full_message(self.ws.vms.paths.state_dir)) from exc
+            raise StoreError(f"could not save snapshot {name!r}: {exc}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         created = time.time()
         self.ws.store.add_snapshot(workspace_id, name, created, target.stat().st_size)
         self.ws._journal(workspace, "snapshot", {"name": name, "action": "create"})
