@@ -106,6 +106,23 @@ def main() -> int:
         for kind in ("warm", "cold"):
             with path_kind(kind):
                 numbers = results.setdefault(kind, {})
+                # Measured first, with no other guest running.
+                empty: list[str] = []
+
+                def create_empty(kind: str = kind, empty: list[str] = empty) -> None:
+                    workspace = pyro.create_workspace(env_name)
+                    assert workspace["boot_kind"] == kind, workspace
+                    empty.append(workspace["workspace_id"])
+
+                numbers["create_empty"] = median_ms(runs, create_empty)
+                for workspace_id in empty[1:]:
+                    pyro.delete_workspace(workspace_id)
+
+                def reset_empty(ws: str = empty[0], kind: str = kind) -> None:
+                    assert pyro.reset_workspace(ws)["boot_kind"] == kind
+
+                numbers["reset_empty"] = median_ms(runs, reset_empty)
+                pyro.delete_workspace(empty[0])
                 created: list[str] = []
 
                 def create(kind: str = kind, created: list[str] = created) -> None:
@@ -151,8 +168,10 @@ def main() -> int:
                 )
 
         warm, cold = results["warm"], results["cold"]
+        line("workspace create, no seed (service)", warm["create_empty"], cold["create_empty"])
+        line("workspace reset, no seed (service)", warm["reset_empty"], cold["reset_empty"])
         line("workspace create (50-file seed, service)", warm["create"], cold["create"])
-        line("workspace reset to baseline (service)", warm["reset"], cold["reset"])
+        line("workspace reset to baseline (50-file seed)", warm["reset"], cold["reset"])
         line("workspace reset to a named snapshot", warm["reset_snapshot"], cold["reset_snapshot"])
         line("pyro workspace create (CLI process)", warm["cli_create"], cold["cli_create"])
         line(f"pyro run {env_name} -- true (end to end)", warm["run"], cold["run"])
