@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,73 +20,72 @@ from tests.conftest import leaked_processes
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
 
+@pytest.fixture
+def small_home(
+    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+) -> Iterator[tuple[Path, Pyro]]:
+    """A 200 MB tmpfs as PYRO_HOME and an SDK on it; everything removed afterwards."""
+    home = tmp_path / "small-home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(home)], check=True)
+    pyro = Pyro(state_dir=home / "state", cache_dir=cache_dir)
+    try:
+        yield home, pyro
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+        leaked = leaked_processes(home)
+        subprocess.run(["umount", "-l", str(home)], check=False)
+    assert leaked == []
+
+
 def free_mib(path: Path) -> int:
     stat = os.statvfs(path)
     return stat.f_bavail * stat.f_frsize // 2**20
 
 
 def test_a_full_host_disk_is_an_io_error_in_the_guest_and_the_workspace_recovers(
-    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+    small_home: tuple[Path, Pyro],
 ) -> None:
-    home = tmp_path / "small-home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(home)], check=True)
-    pyro = Pyro(state_dir=home / "state", cache_dir=cache_dir)
-    try:
-        created = pyro.create_workspace()
-        assert "MiB free on the filesystem of PYRO_HOME" in created["warning"]
-        assert any("PYRO_HOME" in w for w in pyro.doctor()["warnings"])
-        ws = created["workspace_id"]
+    home, pyro = small_home
+    created = pyro.create_workspace()
+    assert "MiB free on the filesystem of PYRO_HOME" in created["warning"]
+    assert any("PYRO_HOME" in w for w in pyro.doctor()["warnings"])
+    ws = created["workspace_id"]
 
-        # The guest writes more than the host has: its fsync fails promptly with an
-        # I/O error (QEMU reports it instead of pausing the VM).
-        filled = pyro.exec_workspace(
-            ws,
-            "dd if=/dev/urandom of=/workspace/big bs=1M count=300 conv=fsync; echo rc=$?",
-            timeout_seconds=60,
-        )
-        assert not filled["timed_out"] and "rc=1" in filled["stdout"]
-        assert "Input/output error" in filled["stderr"]
-        assert free_mib(home) < 5
-        # pyro's own records cannot be written: the error names PYRO_HOME and what to do.
-        with pytest.raises(StoreError, match=r"PYRO_HOME, .*small-home.*is full.*delete"):
-            pyro.create_snapshot(ws, "full")
-        assert not (home / "state" / "workspaces" / ws / "snapshots" / "full.partial").exists()
+    # The guest writes more than the host has: its fsync fails promptly with an
+    # I/O error (QEMU reports it instead of pausing the VM).
+    filled = pyro.exec_workspace(
+        ws,
+        "dd if=/dev/urandom of=/workspace/big bs=1M count=300 conv=fsync; echo rc=$?",
+        timeout_seconds=60,
+    )
+    assert not filled["timed_out"] and "rc=1" in filled["stdout"]
+    assert "Input/output error" in filled["stderr"]
+    assert free_mib(home) < 5
+    # pyro's own records cannot be written: the error names PYRO_HOME and what to do.
+    with pytest.raises(StoreError, match=r"PYRO_HOME, .*small-home.*is full.*delete"):
+        pyro.create_snapshot(ws, "full")
+    assert not (home / "state" / "workspaces" / ws / "snapshots" / "full.partial").exists()
 
-        # Deleting in the guest gives the space back to the host (discard).
-        pyro.exec_workspace(ws, "rm -f /workspace/big; sync", timeout_seconds=60)
-        assert free_mib(home) > 100
-        after = pyro.exec_workspace(ws, "echo ok > /workspace/ok && cat /workspace/ok")
-        assert after["stdout"] == "ok\n" and "warning" not in after
-        assert pyro.read_workspace_file(ws, "ok")["content"] == "ok\n"
-        assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]][-1] == "exec"
-    finally:
-        for workspace in pyro.list_workspaces():
-            pyro.delete_workspace(workspace["workspace_id"])
-        leaked = leaked_processes(home)
-        subprocess.run(["umount", "-l", str(home)], check=False)
-    assert leaked == []
+    # Deleting in the guest gives the space back to the host (discard).
+    pyro.exec_workspace(ws, "rm -f /workspace/big; sync", timeout_seconds=60)
+    assert free_mib(home) > 100
+    after = pyro.exec_workspace(ws, "echo ok > /workspace/ok && cat /workspace/ok")
+    assert after["stdout"] == "ok\n" and "warning" not in after
+    assert pyro.read_workspace_file(ws, "ok")["content"] == "ok\n"
+    assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]][-1] == "exec"
 
 
 def test_deleting_a_workspace_on_a_full_disk_frees_it_first(
-    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+    small_home: tuple[Path, Pyro],
 ) -> None:
-    home = tmp_path / "small-home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(home)], check=True)
-    pyro = Pyro(state_dir=home / "state", cache_dir=cache_dir)
-    try:
-        ws = pyro.create_workspace(name="filler")["workspace_id"]
-        pyro.exec_workspace(
-            ws, "dd if=/dev/zero of=/workspace/big bs=1M count=300; sync", timeout_seconds=60
-        )
-        assert free_mib(home) < 5
-        pyro.delete_workspace(ws)  # files first, then the records
-        assert pyro.list_workspaces() == []
-        assert free_mib(home) > 150
-    finally:
-        for workspace in pyro.list_workspaces():
-            pyro.delete_workspace(workspace["workspace_id"])
-        leaked = leaked_processes(home)
-        subprocess.run(["umount", "-l", str(home)], check=False)
-    assert leaked == []
+    home, pyro = small_home
+    ws = pyro.create_workspace(name="filler")["workspace_id"]
+    pyro.exec_workspace(
+        ws, "dd if=/dev/zero of=/workspace/big bs=1M count=300; sync", timeout_seconds=60
+    )
+    assert free_mib(home) < 5
+    pyro.delete_workspace(ws)  # files first, then the records
+    assert pyro.list_workspaces() == []
+    assert free_mib(home) > 150
