@@ -25,7 +25,14 @@ from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import get_spec
-from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StateError, VMError
+from pyro_mcp.errors import (
+    InvalidArgument,
+    NotFound,
+    PyroError,
+    StateError,
+    StoreError,
+    VMError,
+)
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm import accel, backend, disks, warm
@@ -568,9 +575,14 @@ class VmService:
         with contextlib.suppress(OSError, ValueError):
             exit_record = json.loads(self._files(record.vm_id).exit_record.read_text())
             reason = str(exit_record.get("reason", reason))[:4000]
-        self.store.update_vm(
-            record.vm_id, state=VmState.STOPPED, supervisor_pid=None, last_error=reason
-        )
+        try:
+            self.store.update_vm(
+                record.vm_id, state=VmState.STOPPED, supervisor_pid=None, last_error=reason
+            )
+        except StoreError as exc:
+            # Reads must work on a full disk (to find what to delete); the next
+            # read that can write records the stop.
+            log.warning("could not record that %s stopped: %s", record.vm_id, exc)
         return replace(record, state=VmState.STOPPED, supervisor_pid=None, last_error=reason)
 
     def _installed_for(self, record: VmRecord) -> InstalledEnvironment:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import shutil
 import time
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 BASELINE = "baseline"
 MAX_SNAPSHOTS = 32
+# Room a snapshot needs beyond the overlay it copies (the record, some slack).
+SNAPSHOT_MARGIN_BYTES = 16 * 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -53,6 +56,12 @@ class SnapshotOps:
         target = self.folder(workspace_id) / f"{name}.qcow2"
         target.parent.mkdir(mode=0o700, exist_ok=True)
         partial = target.with_suffix(".partial")
+        # A snapshot copies the overlay: check for room first, before the guest
+        # is frozen (on a full disk its flush fails with a bare I/O error).
+        state_dir = self.ws.vms.paths.state_dir
+        stat = os.statvfs(target.parent)
+        if stat.f_bavail * stat.f_frsize < source.stat().st_size + SNAPSHOT_MARGIN_BYTES:
+            raise StoreError(disk_full_message(state_dir))
         vm = self.ws.vms.status_vm(workspace["vm_id"])
         try:
             if vm.state.value == "running":
@@ -72,7 +81,7 @@ class SnapshotOps:
         except OSError as exc:
             partial.unlink(missing_ok=True)
             if exc.errno == errno.ENOSPC:
-                raise StoreError(disk_full_message(self.ws.vms.paths.state_dir)) from exc
+                raise StoreError(disk_full_message(state_dir)) from exc
             raise StoreError(f"could not save snapshot {name!r}: {exc}") from exc
         except BaseException:
             partial.unlink(missing_ok=True)
