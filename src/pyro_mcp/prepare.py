@@ -150,7 +150,7 @@ def _take(
         created_at=time.time(),
         expires_at=None,
     )
-    machine = vms._machine(template, installed, files, key.accel)
+    machine = vms.machine_spec(template, installed, files, key.accel)
     machine = replace(
         machine,
         root_disk=partial / warm.ROOT,

@@ -159,11 +159,10 @@ class VmService:
                 )
                 log.warning("%s: %s", vm_id, warning)
                 files.exit_record.unlink(missing_ok=True)
-                disks.create_overlay(installed.rootfs, files.root_disk.with_name("root.qcow2.new"))
-                files.root_disk.with_name("root.qcow2.new").replace(files.root_disk)
+                _fresh_root(installed, files)  # the failed guest may have written to it
         if report is None:
             progress(f"phase=start booting {record.environment} (accel={decision.accel})")
-            machine = self._machine(record, installed, files, decision.accel)
+            machine = self.machine_spec(record, installed, files, decision.accel)
             try:
                 report = backend.launch(
                     files,
@@ -295,7 +294,7 @@ class VmService:
             shutil.copyfile(snapshot.workspace_disk, workspace_disk)
         baseline_disk = Path(record.baseline_disk) if record.baseline_disk else None
         machine = replace(
-            self._machine(record, installed, files, accel_name),
+            self.machine_spec(record, installed, files, accel_name),
             workspace_disk=workspace_disk,
             baseline_disk=baseline_disk or snapshot.baseline_disk,
             memory_file=snapshot.ram,
@@ -391,12 +390,7 @@ class VmService:
         """Give a stopped VM a fresh root overlay on its environment build."""
         record = self.status_vm(vm_id)
         require_state(vm_id, record.state, (VmState.CREATED, VmState.STOPPED), "Stop it first.")
-        files = self._files(vm_id)
-        installed = self._installed_for(record)
-        fresh = files.root_disk.with_name("root.qcow2.new")
-        fresh.unlink(missing_ok=True)
-        disks.create_overlay(installed.rootfs, fresh)
-        fresh.replace(files.root_disk)
+        _fresh_root(self._installed_for(record), self._files(vm_id))
         self.store.update_vm(vm_id, fresh_root=True)
 
     def stop_vm(self, vm_id: str) -> VmRecord:
@@ -542,7 +536,7 @@ class VmService:
             )
             report = backend.launch(
                 files,
-                self._machine(probe, installed, files, "kvm"),
+                self.machine_spec(probe, installed, files, "kvm"),
                 KVM_PROBE_BOOT_SECONDS,
                 owner_bound=False,
             )
@@ -599,9 +593,10 @@ class VmService:
         self.environments.ensure_initrd(installed)
         return installed
 
-    def _machine(
+    def machine_spec(
         self, record: VmRecord, installed: InstalledEnvironment, files: VmFiles, accel_name: str
     ) -> MachineSpec:
+        """The QEMU machine of ``record`` booted cold (warm starts and templates adjust it)."""
         qemu = host_tools.require(host_tools.QEMU)["qemu-system-x86_64"]
         return MachineSpec(
             qemu=qemu,
@@ -620,6 +615,14 @@ class VmService:
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
         )
+
+
+def _fresh_root(installed: InstalledEnvironment, files: VmFiles) -> None:
+    """Replace the VM's root overlay with an empty one on its environment (atomically)."""
+    fresh = files.root_disk.with_name("root.qcow2.new")
+    fresh.unlink(missing_ok=True)
+    disks.create_overlay(installed.rootfs, fresh)
+    fresh.replace(files.root_disk)
 
 
 def _check_range(field: str, value: int, low: int, high: int) -> None:

@@ -77,6 +77,10 @@ def test_bad_choices_are_refused_with_the_valid_ones() -> None:
         ServerOptions(repo_ref="v1")
     with pytest.raises(InvalidArgument, match="supports user"):
         service.print_config("codex", ServerOptions(), scope="project")
+    with pytest.raises(HostSetupError, match="print-config generic"):
+        Pyro.connect_host("generic")
+    with pytest.raises(HostSetupError, match="print-config generic"):
+        Pyro.repair_host("generic")
 
 
 def test_repairing_opencode_keeps_comments_and_other_servers(

@@ -42,11 +42,7 @@ def register(commands: Any) -> None:
         "config file is edited), replacing an older pyro entry. Prints what it wrote and "
         "the next step.",
     )
-    connect.add_argument("host", choices=["claude-code", "codex", "opencode"])
-    _server_options(connect)
-    connect.add_argument("--scope", choices=SCOPES, default="user", help="default: user")
-    connect.add_argument("--json", action="store_true")
-    connect.set_defaults(handler=handle_connect)
+    _host_arguments(connect, handle_connect)
 
     show = sub.add_parser(
         "print-config",
@@ -69,11 +65,7 @@ def register(commands: Any) -> None:
         "entry and the comments and formatting (JSONC, TOML); a timestamped .bak- copy is "
         "made first. An invalid file is left alone.",
     )
-    repair.add_argument("host", choices=["claude-code", "codex", "opencode"])
-    _server_options(repair)
-    repair.add_argument("--scope", choices=SCOPES, default="user", help="default: user")
-    repair.add_argument("--json", action="store_true")
-    repair.set_defaults(handler=handle_repair)
+    _host_arguments(repair, handle_repair)
 
     doctor = sub.add_parser(
         "doctor",
@@ -87,6 +79,15 @@ def register(commands: Any) -> None:
     doctor.add_argument("--no-health", action="store_true", help="skip starting the servers")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(handler=handle_doctor)
+
+
+def _host_arguments(parser: argparse.ArgumentParser, handler: Any) -> None:
+    """What connect and repair both take: a host with a config file, the server's options."""
+    parser.add_argument("host", choices=["claude-code", "codex", "opencode"])
+    _server_options(parser)
+    parser.add_argument("--scope", choices=SCOPES, default="user", help="default: user")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=handler)
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:

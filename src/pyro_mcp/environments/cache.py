@@ -76,7 +76,7 @@ class EnvironmentStatus:
             "path": str(self.build_dir) if self.build_dir else None,
             "built_at": manifest.get("built_at"),
             "kernel": (manifest.get("kernel") or {}).get("version"),
-            "size_bytes": _used_bytes(self.build_dir) if self.build_dir else 0,
+            "size_bytes": used_bytes(self.build_dir) if self.build_dir else 0,
         }
 
 
@@ -244,14 +244,14 @@ class EnvironmentCache:
                     if resolved == current and not remove_installed:
                         removed += _prune_initrds(build)
                         continue
-                    freed += _used_bytes(build)
+                    freed += used_bytes(build)
                     shutil.rmtree(build, ignore_errors=True)
                     removed.append(str(build))
                 if remove_installed and current is not None and current not in keep:
                     (env_dir / "current").unlink(missing_ok=True)
         for path in (self.debs_dir, self.kernels_dir):
             if path.is_dir():
-                freed += _used_bytes(path)
+                freed += used_bytes(path)
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(str(path))
         return {"removed": removed, "freed_bytes": freed}
@@ -334,7 +334,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _used_bytes(path: Path) -> int:
+def used_bytes(path: Path) -> int:
     """Bytes actually allocated (images are sparse)."""
     total = 0
     for root, _dirs, files in os.walk(path):

@@ -12,6 +12,7 @@ over the original, keeping its mode.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ class Entry:
         return {"command": self.command, "args": self.args, "cwd": self.cwd}
 
 
-class HostConfig:
+class HostConfig(abc.ABC):
     """One chat host's MCP configuration."""
 
     name = ""
@@ -55,20 +56,21 @@ class HostConfig:
                 "--scope", f"{self.name} supports {', '.join(self.scopes)}, not {scope}"
             )
 
+    @abc.abstractmethod
     def config_path(self, scope: str, project: Path) -> Path:
-        raise NotImplementedError
+        """The file that holds pyro's entry in ``scope``."""
 
+    @abc.abstractmethod
     def read(self, scope: str, project: Path) -> Entry | None:
         """Pyro's entry, or None; HostSetupError when the file cannot be parsed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self, scope: str, project: Path, command: str, args: list[str]) -> Path:
         """Set pyro's entry, keeping everything else; returns the file written."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def snippet(self, command: str, args: list[str]) -> str:
         """The exact text to paste into the host's config."""
-        raise NotImplementedError
 
     def server_cwd(self, entry: Entry | None, project: Path) -> Path:
         """The directory the host starts the server in."""
@@ -253,14 +255,30 @@ class OpenCode(HostConfig):
 
 
 class Generic(HostConfig):
+    """Any other MCP host: pyro knows no file of its, only the snippet to paste."""
+
     name = "generic"
     scopes = ("user",)
+
+    def config_path(self, scope: str, project: Path) -> Path:
+        raise HostSetupError(_NO_GENERIC_FILE)
+
+    def read(self, scope: str, project: Path) -> Entry | None:
+        raise HostSetupError(_NO_GENERIC_FILE)
+
+    def write(self, scope: str, project: Path, command: str, args: list[str]) -> Path:
+        raise HostSetupError(_NO_GENERIC_FILE)
 
     def snippet(self, command: str, args: list[str]) -> str:
         return json.dumps(
             {"mcpServers": {SERVER_NAME: {"command": command, "args": args}}}, indent=2
         )
 
+
+_NO_GENERIC_FILE = (
+    "a generic host has no config file pyro knows; use `pyro host print-config generic` "
+    "and paste the snippet into its config"
+)
 
 HOSTS: dict[str, type[HostConfig]] = {
     "claude-code": ClaudeCode,

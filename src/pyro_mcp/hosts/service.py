@@ -62,15 +62,11 @@ def connect(
             command and the snippet to paste instead) or refused.
     """
     config = get_host(host)
-    if host == "generic":
-        raise HostSetupError(
-            "a generic host has no CLI or known config file; use "
-            "`pyro host print-config generic` and paste the snippet into its config"
-        )
     config.check_scope(scope)
     project = (project or Path.cwd()).resolve()
     command, args = server_command(options)
-    if host == "opencode":
+    if host not in ("claude-code", "codex"):
+        # OpenCode has no `mcp add`: its file is edited (a generic host refuses there).
         result = repair(host, options, scope=scope, project=project)
         return {**result, "how": "edited the config file (opencode has no `mcp add`)"}
     cli = _find_cli(config)
@@ -114,8 +110,6 @@ def repair(
 ) -> dict[str, Any]:
     """Rewrite pyro's entry in the host's config file in place, after a backup."""
     config = get_host(host)
-    if host == "generic":
-        raise HostSetupError("a generic host has no known config file; use print-config")
     config.check_scope(scope)
     project = (project or Path.cwd()).resolve()
     command, args = server_command(options)
@@ -323,7 +317,7 @@ def _serve_flags(entry: Entry) -> argparse.Namespace | None:
     if args[:2] != ["mcp", "serve"]:
         return None
     try:
-        with contextlib.redirect_stderr(open(os.devnull, "w")):
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             return build_parser().parse_args(args)
     except SystemExit:
         return None

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp.environments.cache import InstalledEnvironment
+from pyro_mcp.environments.builder import sha256_file
+from pyro_mcp.environments.cache import InstalledEnvironment, used_bytes
 from pyro_mcp.environments.catalog import get_spec
 from pyro_mcp.vm.qemu import qemu_version
 
@@ -265,7 +265,7 @@ class WarmStore:
             "key": key.to_dict(),
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": describe_files(partial),
-            "bytes": _allocated(partial),
+            "bytes": used_bytes(partial),
             **extra,
         }
         tmp = partial / "manifest.json.tmp"
@@ -315,7 +315,7 @@ class WarmStore:
                     for snapshot in sorted((shape / "snapshots").glob("*")):
                         if snapshot.resolve() in keep:
                             continue
-                        freed += _allocated(snapshot)
+                        freed += used_bytes(snapshot)
                         shutil.rmtree(snapshot, ignore_errors=True)
                         removed.append(str(snapshot))
                     if current is not None and current not in keep:
@@ -339,7 +339,7 @@ def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
         stat = (directory / name).stat()
         entry: dict[str, Any] = {"size": stat.st_size}
         if name in HASHED:
-            entry["sha256"] = _sha256(directory / name)
+            entry["sha256"] = sha256_file(directory / name)
         else:
             entry["mtime_ns"] = stat.st_mtime_ns
         files[name] = entry
@@ -361,7 +361,7 @@ def check_files(directory: Path, manifest: dict[str, Any], *, verify_hashes: boo
             return f"{name} has the wrong size ({stat.st_size}, expected {expected.get('size')})"
         if "mtime_ns" in expected and stat.st_mtime_ns != expected["mtime_ns"]:
             return f"{name} was changed after the snapshot was taken"
-        if verify_hashes and "sha256" in expected and _sha256(path) != expected["sha256"]:
+        if verify_hashes and "sha256" in expected and sha256_file(path) != expected["sha256"]:
             return f"{name} is corrupted (hash mismatch)"
     return None
 
@@ -376,20 +376,3 @@ def _read_manifest(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(manifest, dict) or manifest.get("format") != SNAPSHOT_FORMAT:
         return None, "it was written by another pyro version"
     return manifest, None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _allocated(path: Path) -> int:
-    total = 0
-    for root, _dirs, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
