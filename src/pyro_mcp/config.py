@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,42 @@ def low_space_warning(state_dir: Path) -> str | None:
         "I/O errors and pyro cannot record anything: delete workspaces you no longer need "
         "or free space there"
     )
+
+
+# Space pyro holds back under PYRO_HOME so a guest whose disk filled the host can
+# be brought back: mounting its ext4 again replays the journal, which needs
+# room, and only then can ``rm`` in the guest free the rest.
+RESERVE_BYTES = 32 * 1024 * 1024
+RESERVE_NAME = "space-reserve"
+
+
+def keep_reserve(state_dir: Path) -> None:
+    """Hold ``RESERVE_BYTES`` under PYRO_HOME while there is plenty of room."""
+    reserve = state_dir / RESERVE_NAME
+    try:
+        if reserve.exists():
+            return
+        stat = os.statvfs(state_dir)
+        if stat.f_bavail * stat.f_frsize < 4 * RESERVE_BYTES:
+            return
+        fd = os.open(reserve.with_suffix(".partial"), os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+        os.replace(reserve.with_suffix(".partial"), reserve)
+    except OSError:
+        with contextlib.suppress(OSError):
+            reserve.with_suffix(".partial").unlink()
+
+
+def release_reserve(state_dir: Path) -> bool:
+    """Give the reserve back to the filesystem; True if there was one."""
+    try:
+        (state_dir / RESERVE_NAME).unlink()
+    except OSError:
+        return False
+    return True
 
 
 def disk_full_message(state_dir: Path) -> str:

@@ -16,6 +16,7 @@ import pytest
 from pyro_mcp import Pyro
 from pyro_mcp.errors import StoreError
 from tests.conftest import leaked_processes
+from tests.workspaces.test_workspace_repair import SHUT_DOWN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
@@ -68,24 +69,21 @@ def test_a_full_host_disk_is_an_io_error_in_the_guest_and_the_workspace_recovers
         pyro.create_snapshot(ws, "full")
     assert not (home / "state" / "workspaces" / ws / "snapshots" / "full.partial").exists()
 
-    # Deleting in the guest gives the space back to the host (discard), unless the
-    # guest's ext4 saw the I/O errors in its journal and turned itself read-only
-    # (it happens in some runs): then deleting the workspace is what frees it.
+    # Deleting in the guest gives the space back to the host (discard). In some
+    # runs the guest's ext4 saw the I/O errors in its journal and turned itself
+    # read-only; then the next call mounts /workspace again (replaying the
+    # journal) and says so, and the delete goes through.
     freed = pyro.exec_workspace(ws, "rm -f /workspace/big; sync", timeout_seconds=60)
-    if "Read-only file system" in freed["stderr"]:
-        assert [w["workspace_id"] for w in pyro.list_workspaces()] == [ws]  # reads work
-        pyro.delete_workspace(ws)
-        assert free_mib(home) > 150 and pyro.list_workspaces() == []
-        return
-    assert free_mib(home) > 100
+    for _ in range(2):
+        if free_mib(home) > 100:
+            break
+        assert "Read-only file system" in freed["stderr"] or "mounted it again" in freed.get(
+            "warning", ""
+        ), freed
+        freed = pyro.exec_workspace(ws, "rm -f /workspace/big; sync", timeout_seconds=60)
+    assert free_mib(home) > 100, freed
     after = pyro.exec_workspace(ws, "echo ok > /workspace/ok && cat /workspace/ok")
-    if "Read-only file system" in after["stderr"]:
-        # The journal gave up at that sync (rare): the workspace stays read-only
-        # even with room again; deleting it is the recovery that always works.
-        pyro.delete_workspace(ws)
-        assert pyro.list_workspaces() == []
-        return
-    assert after["stdout"] == "ok\n" and "warning" not in after, after
+    assert after["stdout"] == "ok\n", after
     assert pyro.read_workspace_file(ws, "ok")["content"] == "ok\n"
     assert [e["kind"] for e in pyro.logs_workspace(ws)["entries"]][-1] == "exec"
 
@@ -102,3 +100,21 @@ def test_deleting_a_workspace_on_a_full_disk_frees_it_first(
     pyro.delete_workspace(ws)  # files first, then the records
     assert pyro.list_workspaces() == []
     assert free_mib(home) > 150
+
+
+def test_a_workspace_stopped_by_a_full_disk_is_mounted_again_so_rm_can_free_it(
+    small_home: tuple[Path, Pyro],
+) -> None:
+    """The rare outcome above, forced: the journal gave up while the host was full."""
+    home, pyro = small_home
+    ws = pyro.create_workspace()["workspace_id"]
+    pyro.exec_workspace(
+        ws, "dd if=/dev/urandom of=/workspace/big bs=1M count=300 conv=fsync", timeout_seconds=60
+    )
+    assert free_mib(home) < 5
+    pyro.exec_workspace(ws, SHUT_DOWN)
+    freed = pyro.exec_workspace(ws, "rm -f /workspace/big; sync", timeout_seconds=60)
+    assert "mounted it again" in freed["warning"], freed
+    assert free_mib(home) > 100, freed
+    after = pyro.exec_workspace(ws, "echo ok > /workspace/ok && cat /workspace/ok")
+    assert after["stdout"] == "ok\n" and "warning" not in after, after

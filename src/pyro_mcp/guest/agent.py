@@ -14,6 +14,9 @@ Operations (v1):
     info    kernel, hostname, Python, OS release
     exec    argv or shell string, env, cwd, timeout, output bound
     sync    flush filesystems (before the host stops the VM)
+    workspace_check
+            is /workspace writable; if its filesystem stopped after write
+            errors, mount it again (the host asks before commands that write)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import os
@@ -339,6 +343,80 @@ def op_freeze(args: dict[str, Any]) -> dict[str, Any]:
     return {"frozen": bool(args.get("freeze"))}
 
 
+WORKSPACE = "/workspace"
+# linux/fs.h: FITRIM _IOWR('X', 121, struct fstrim_range).
+FITRIM = 0xC0185879
+
+
+def op_workspace_check(args: dict[str, Any]) -> dict[str, Any]:
+    """Is /workspace writable? If its ext4 stopped after write errors, mount it again.
+
+    When the host's disk fills, the guest's writes fail with I/O errors. Most
+    land on file data and are reported to the writer; when one lands on the
+    journal, ext4 aborts it and turns the whole filesystem read-only, and no
+    later write (not even ``rm``) works until it is mounted again, which
+    replays the journal. The host asks before commands that write.
+    """
+    if not _is_guest() or not os.path.ismount(WORKSPACE):
+        return {"state": "ok"}
+    problem = _workspace_problem()
+    if problem is None:
+        return {"state": "ok"}
+    try:
+        _remount_workspace()
+    except RequestError as exc:
+        return {"state": "read_only", "message": f"{problem}; {exc}"}
+    again = _workspace_problem()
+    if again is not None:
+        return {"state": "read_only", "message": f"{again} (after mounting it again)"}
+    # Blocks written before the journal stopped may be free in ext4 now but
+    # still held on the host's disk: discard every free block.
+    with contextlib.suppress(OSError):
+        fd = os.open(WORKSPACE, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, FITRIM, struct.pack("QQQ", 0, 2**64 - 1, 0))
+        finally:
+            os.close(fd)
+    return {"state": "repaired", "message": problem}
+
+
+def _workspace_problem() -> str | None:
+    """Why /workspace cannot take a write, or None; creates no visible file."""
+    try:
+        fd = os.open(WORKSPACE, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return "/workspace is read-only: its filesystem stopped after write errors"
+        if exc.errno == errno.EIO:
+            return "/workspace fails every write: its filesystem shut down after I/O errors"
+        return None  # full (ENOSPC) or out of inodes: writable once room is made
+    os.close(fd)
+    return None
+
+
+def _remount_workspace() -> None:
+    """Unmount /workspace and mount it again (ext4 replays its journal on mount)."""
+    if _libc().umount2(WORKSPACE.encode(), 0) != 0:
+        error = ctypes.get_errno()
+        if error == errno.EBUSY:
+            raise RequestError(
+                "busy",
+                "it cannot be mounted again while a service, shell or command still "
+                "uses it: stop them, or stop and start the workspace",
+            )
+        raise RequestError("umount_failed", f"cannot unmount it: {os.strerror(error)}")
+    serial, target, options = MOUNTS["workspace"]
+    try:
+        _mount_disk(serial, target, options)
+    except RequestError as exc:
+        # Keep the files readable (and the empty mount point hidden).
+        with contextlib.suppress(RequestError):
+            _mount_disk(serial, target, "ro,noload")
+        raise RequestError(
+            "mount_failed", f"{exc}; it is mounted read-only until there is room on the host"
+        ) from exc
+
+
 def op_sync(args: dict[str, Any]) -> dict[str, Any]:
     """Flush every filesystem; with ``freeze``, also freeze those mount points.
 
@@ -475,6 +553,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "exec": op_exec,
     "trust_ca": op_trust_ca,
     "freeze": op_freeze,
+    "workspace_check": op_workspace_check,
     **fileops.OPERATIONS,
     **processes.OPERATIONS,
 }

@@ -133,6 +133,7 @@ class ServiceOps:
                 "interval_seconds": ready_interval_ms / 1000,
             }
         with self.ws._connect(workspace) as client:
+            self.ws.check_writable(client, workspace)
             status = _check_service(client.agent("service_start", args, ready_timeout_seconds + 30))
             published: list[dict[str, Any]] = []
             if status["state"] == "ready":

@@ -28,7 +28,15 @@ from typing import Any
 from pyro_mcp import config, host_tools
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
-from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError, VMError
+from pyro_mcp.errors import (
+    AgentError,
+    InvalidArgument,
+    NotFound,
+    PyroError,
+    StateError,
+    StoreError,
+    VMError,
+)
 from pyro_mcp.vm import disks
 from pyro_mcp.vms import VmService, describe_command
 from pyro_mcp.workspaces import (
@@ -207,6 +215,7 @@ class WorkspaceService:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         created = self.status(workspace_id)
+        config.keep_reserve(self.vms.paths.state_dir)
         space = config.low_space_warning(self.vms.paths.state_dir)
         if space is not None:
             log.warning("%s", space)
@@ -304,14 +313,17 @@ class WorkspaceService:
         guest_cwd = str(resolve_workspace_path(cwd or "."))
         started = time.time()
         try:
-            result = self.vms.exec_vm(
-                workspace["vm_id"],
-                command,
-                timeout_seconds=timeout_seconds,
-                env=env,
-                cwd=guest_cwd,
-                secret_env=secret_vars,
-            )
+            with self._connect(workspace) as client:
+                repaired = self.check_writable(client, workspace, strict=False)
+                result = self.vms.exec_vm(
+                    workspace["vm_id"],
+                    command,
+                    timeout_seconds=timeout_seconds,
+                    env=env,
+                    cwd=guest_cwd,
+                    secret_env=secret_vars,
+                    client=client,
+                )
         finally:
             workspace = self._touch(workspace)
         redact = self.redactor(workspace["workspace_id"])
@@ -329,16 +341,15 @@ class WorkspaceService:
             **_bounded("stdout", data["stdout"], result.stdout_truncated),
             **_bounded("stderr", data["stderr"], result.stderr_truncated),
         }
+        warnings = [repaired] if repaired else []
         try:
             self.store.add_journal(workspace["workspace_id"], "exec", started, entry)
         except StoreError as exc:
             # The command ran: its output matters more than its journal entry.
-            return {
-                "workspace_id": workspace["workspace_id"],
-                **data,
-                "warning": f"this command was not journalled: {exc}",
-            }
-        return {"workspace_id": workspace["workspace_id"], **data, **_warning(workspace)}
+            warnings.append(f"this command was not journalled: {exc}")
+        warnings.extend(_warning(workspace).values())
+        joined = {"warning": "; ".join(warnings)} if warnings else {}
+        return {"workspace_id": workspace["workspace_id"], **data, **joined}
 
     # -------------------------------------------------------------- files
 
@@ -367,6 +378,7 @@ class WorkspaceService:
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         encoded = base64.b64encode(data).decode("ascii")
         with self._connect(workspace) as client:
+            self.check_writable(client, workspace)
             client.agent("file_write", {"path": guest_path, "content": encoded}, 60)
         relative = _relative(guest_path)
         self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
@@ -378,6 +390,7 @@ class WorkspaceService:
         workspace = self._find(ref)
         writes, deletes, summary = [], [], []
         with self._connect(workspace) as client:
+            self.check_writable(client, workspace)
             for file_patch in file_patches:
                 guest_path = str(resolve_workspace_path(file_patch.path))
                 original = self._read_text(client, guest_path) if file_patch.old_path else None
@@ -408,6 +421,7 @@ class WorkspaceService:
         """Copy a host directory or archive into /workspace/<dest>."""
         workspace, guest_dest = self._find(ref), str(resolve_workspace_path(dest))
         with self._connect(workspace) as client:
+            self.check_writable(client, workspace)
             info, _ = transfer.push_tree(client, Path(source), guest_dest)
         record = {
             "source": info.source,
@@ -586,6 +600,44 @@ class WorkspaceService:
         self._touch(workspace)
         ref = workspace["name"] or workspace["workspace_id"]
         return self.vms.connect(workspace["vm_id"], f"Start it with `pyro workspace start {ref}`.")
+
+    def check_writable(
+        self, client: SupervisorClient, workspace: dict[str, Any], *, strict: bool = True
+    ) -> str | None:
+        """Before a write: make sure /workspace takes writes, mounting it again if needed.
+
+        Returns a warning when the guest had to mount it again. A /workspace that
+        stays read-only raises with ``strict``; otherwise it is a warning (a
+        command may only read, or may free space).
+        """
+        try:
+            reply = client.agent("workspace_check", {}, 60)
+            if reply.get("state") == "read_only" and config.release_reserve(
+                self.vms.paths.state_dir
+            ):
+                # Mounting it again needs room on the host: give back pyro's reserve.
+                log.warning("released pyro's space reserve to mount /workspace again")
+                reply = client.agent("workspace_check", {}, 60)
+        except AgentError as exc:
+            if "unknown operation" in str(exc):
+                return None  # a guest started by an older pyro
+            raise
+        state, message = reply.get("state"), str(reply.get("message", ""))[:500]
+        if state == "ok":
+            config.keep_reserve(self.vms.paths.state_dir)
+        if state == "repaired":
+            return f"{message}; pyro mounted it again (the journal was replayed) and it is writable"
+        if state != "read_only":
+            return None
+        ref = workspace["name"] or workspace["workspace_id"]
+        fix = (
+            f"Free space where PYRO_HOME lives ({self.vms.paths.state_dir}); pyro mounts "
+            f"/workspace again before the next write. If it stays read-only: "
+            f"`pyro workspace stop {ref}` then `pyro workspace start {ref}`."
+        )
+        if strict:
+            raise StateError(f"/workspace of {ref}", "read-only", "writable", f"{message}. {fix}")
+        return f"{message}. {fix}"
 
     def _journal(self, workspace: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
         self.store.add_journal(workspace["workspace_id"], kind, time.time(), data)
