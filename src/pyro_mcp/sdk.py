@@ -376,21 +376,44 @@ class Pyro:
         return self._workspaces.patch_apply(workspace, patch)
 
     @_redacting
-    def diff_workspace(self, workspace: str) -> dict[str, Any]:
-        """Changes against the create-time baseline: ``changes`` list and unified ``patch``."""
-        return self._workspaces.diff(workspace)
+    def diff_workspace(
+        self, workspace: str, *, include_ignored: bool = False, format: str = "changes"
+    ) -> dict[str, Any]:
+        """Changes against the create-time baseline: ``changes`` list and unified ``patch``.
+
+        Seeded from a Git project, what its ignore rules ignore is left out
+        (``ignored_count`` says how many paths) unless ``include_ignored``.
+        ``format="patch"``: binary files as Git binary patches, so ``patch``
+        goes through ``git apply`` whole.
+        """
+        return self._workspaces.diff(workspace, include_ignored=include_ignored, format=format)
 
     @_redacting
     def export_workspace(
-        self, workspace: str, path: str, output_path: str | Path, *, overwrite: bool = False
+        self,
+        workspace: str,
+        path: str,
+        output_path: str | Path,
+        *,
+        overwrite: bool = False,
+        include_ignored: bool = False,
     ) -> dict[str, Any]:
-        """Copy a file or directory under /workspace to ``output_path`` on the host."""
-        return self._workspaces.export(workspace, path, output_path, overwrite=overwrite)
+        """Copy a file or directory under /workspace to ``output_path`` on the host.
+
+        A directory of a workspace seeded from a Git project leaves out what the
+        project ignores (``ignored_count``) unless ``include_ignored``.
+        """
+        return self._workspaces.export(
+            workspace, path, output_path, overwrite=overwrite, include_ignored=include_ignored
+        )
 
     @_redacting
-    def summarize_workspace(self, workspace: str) -> dict[str, Any]:
-        """Commands, file operations and changed files since the last reset."""
-        return self._workspaces.summary(workspace)
+    def summarize_workspace(
+        self, workspace: str, *, include_ignored: bool = False
+    ) -> dict[str, Any]:
+        """Commands, file operations and changed files since the last reset
+        (without what a Git project ignores, unless ``include_ignored``)."""
+        return self._workspaces.summary(workspace, include_ignored=include_ignored)
 
     @_redacting
     def reset_workspace(self, workspace: str, *, snapshot: str | None = None) -> dict[str, Any]:

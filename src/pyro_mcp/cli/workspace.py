@@ -109,8 +109,6 @@ def register(commands: Any) -> None:
     for action, help_text in (
         ("status", "a workspace's state, seed and counts"),
         ("logs", "the command journal"),
-        ("diff", "changes against the create-time baseline"),
-        ("summary", "what ran and changed since the last reset"),
         ("stop", "stop the VM, keeping the disks"),
         ("start", "boot a stopped workspace"),
         ("delete", "remove the workspace and its disks"),
@@ -119,6 +117,31 @@ def register(commands: Any) -> None:
         simple.add_argument("workspace")
         simple.add_argument("--json", action="store_true")
         simple.set_defaults(handler=handle_simple, action=action)
+
+    include_help = (
+        "also show what the project's .gitignore rules ignore (left out by default for a "
+        "workspace seeded from a Git project)"
+    )
+    diff = sub.add_parser(
+        "diff",
+        help="changes against the create-time baseline",
+        description="Changes against the create-time baseline. Example: "
+        "`pyro workspace diff WS --patch > fix.patch && git apply --check fix.patch`",
+    )
+    diff.add_argument("workspace")
+    diff.add_argument(
+        "--patch",
+        action="store_true",
+        help="print only a patch that `git apply` takes (binary files as Git binary patches)",
+    )
+    diff.add_argument("--include-ignored", action="store_true", help=include_help)
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=handle_diff)
+    summary = sub.add_parser("summary", help="what ran and changed since the last reset")
+    summary.add_argument("workspace")
+    summary.add_argument("--include-ignored", action="store_true", help=include_help)
+    summary.add_argument("--json", action="store_true")
+    summary.set_defaults(handler=handle_summary)
 
     reset = sub.add_parser("reset", help="recreate the sandbox from the baseline or a snapshot")
     reset.add_argument("workspace")
@@ -174,6 +197,7 @@ def register(commands: Any) -> None:
     export.add_argument("path", help="a path relative to /workspace")
     export.add_argument("--output", required=True, help="where to write it on the host")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    export.add_argument("--include-ignored", action="store_true", help=include_help)
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=handle_export)
 
@@ -263,8 +287,6 @@ def handle_simple(args: argparse.Namespace) -> int:
     method = {
         "status": pyro.status_workspace,
         "logs": pyro.logs_workspace,
-        "diff": pyro.diff_workspace,
-        "summary": pyro.summarize_workspace,
         "stop": pyro.stop_workspace,
         "start": pyro.start_workspace,
         "delete": pyro.delete_workspace,
@@ -277,15 +299,41 @@ def handle_simple(args: argparse.Namespace) -> int:
             print(render_journal_entry(entry))
     elif args.action == "delete":
         print(f"deleted {result['workspace_id']}")
-    elif args.action == "diff":
+    else:
+        print(_describe(result))
+    return 0
+
+
+def handle_diff(args: argparse.Namespace) -> int:
+    result = Pyro().diff_workspace(
+        args.workspace,
+        include_ignored=args.include_ignored,
+        format="patch" if args.patch else "changes",
+    )
+    if args.json:
+        print_json(result)
+        return 0
+    if args.patch:
+        sys.stdout.write(result["patch"])
+    else:
         sys.stdout.write(result["patch"] if result["changed"] else "no changes\n")
         for change in result["changes"]:
             if change["status"] != "modified" or change["binary"]:
                 print(f"# {change['status']}: {change['path']}", file=sys.stderr)
-    elif args.action == "summary":
-        print(render_summary(result))
-    else:
-        print(_describe(result))
+    if result["ignored_count"]:
+        print(
+            f"# {result['ignored_count']} path(s) the project ignores left out "
+            "(--include-ignored shows them)",
+            file=sys.stderr,
+        )
+    if result["patch_truncated"]:
+        print("# the patch was cut at its size bound", file=sys.stderr)
+    return 0
+
+
+def handle_summary(args: argparse.Namespace) -> int:
+    result = Pyro().summarize_workspace(args.workspace, include_ignored=args.include_ignored)
+    print_json(result) if args.json else print(render_summary(result))
     return 0
 
 
@@ -412,14 +460,24 @@ def handle_patch_apply(args: argparse.Namespace) -> int:
 
 def handle_export(args: argparse.Namespace) -> int:
     result = Pyro().export_workspace(
-        args.workspace, args.path, args.output, overwrite=args.overwrite
+        args.workspace,
+        args.path,
+        args.output,
+        overwrite=args.overwrite,
+        include_ignored=args.include_ignored,
     )
     if args.json:
         print_json(result)
     else:
+        left_out = result["ignored_count"]
         print(
             f"exported {result['type']} {result['path']} to {result['output']} "
-            f"({result['files']} file(s))"
+            f"({result['files']} file(s)"
+            + (
+                f"; {left_out} ignored path(s) left out, --include-ignored keeps them)"
+                if left_out
+                else ")"
+            )
         )
     return 0
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import difflib
+import hashlib
 import os
 import stat
 import tarfile
 import tempfile
+import zlib
 from typing import Any
 
 WORKSPACE = "/workspace"
@@ -95,6 +97,38 @@ def op_file_list(args: dict[str, Any]) -> dict[str, Any]:
         if not recursive or truncated:
             break
     return {"path": _rel(top), "entries": entries, "truncated": truncated}
+
+
+MAX_WALK_ENTRIES = 100_000
+
+
+def op_list_dirs(args: dict[str, Any]) -> dict[str, Any]:
+    """Entries (name, directory or not) of several directories: one level of a walk.
+
+    The host walks the tree level by level and decides what to descend into,
+    so it can stop at directories a project ignores (a virtualenv, a cache).
+    """
+    paths = args.get("paths")
+    if not isinstance(paths, list) or len(paths) > MAX_WALK_ENTRIES:
+        raise RequestError("bad_args", "paths must be a list of directories")
+    found: dict[str, list[list[str]]] = {}
+    total = 0
+    for path in paths:
+        full = scoped(path)
+        if os.path.islink(full) or not os.path.isdir(full):
+            continue
+        entries = []
+        with os.scandir(full) as listing:
+            for entry in listing:
+                if full == WORKSPACE and entry.name in IGNORED:
+                    continue
+                kind = "directory" if entry.is_dir(follow_symlinks=False) else "other"
+                entries.append([entry.name, kind])
+        total += len(entries)
+        if total > MAX_WALK_ENTRIES:
+            raise RequestError("too_many", f"more than {MAX_WALK_ENTRIES} entries at one level")
+        found[_rel(full)] = sorted(entries)
+    return {"dirs": found}
 
 
 def op_file_read(args: dict[str, Any]) -> dict[str, Any]:
@@ -195,12 +229,23 @@ def op_pack(args: dict[str, Any]) -> dict[str, Any]:
     fd, archive = tempfile.mkstemp(dir=STAGING, suffix=".tar")
     os.close(fd)
     kind = "directory" if os.path.isdir(path) and not os.path.islink(path) else "file"
+    # Paths to leave out (relative to /workspace), made relative to what is packed.
+    top = _rel(path)
+    skip = {
+        p if top == "." else p[len(top) + 1 :]
+        for p in _path_set(args.get("exclude"))
+        if top == "." or p.startswith(top + "/")
+    }
+
+    def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if member.name in skip else member
+
     with tarfile.open(archive, "w") as tar:
         if kind == "directory":
             for name in sorted(os.listdir(path)):
                 if path == WORKSPACE and name in IGNORED:
                     continue
-                tar.add(os.path.join(path, name), arcname=name)
+                tar.add(os.path.join(path, name), arcname=name, filter=keep)
         else:
             tar.add(path, arcname=os.path.basename(path))
     return {"staging": archive, "size": os.path.getsize(archive), "kind": kind, "path": _rel(path)}
@@ -277,11 +322,18 @@ def _staging_path(value: Any) -> str:
 
 
 def op_diff(args: dict[str, Any]) -> dict[str, Any]:
-    """Changes of /workspace against the baseline: structured list and unified patch."""
+    """Changes of /workspace against the baseline: structured list and unified patch.
+
+    ``exclude`` names paths (relative to /workspace) to leave out, with
+    everything below them; ``git_binary`` writes binary files as Git binary
+    patches (so ``git apply`` takes them) instead of a one-line marker.
+    """
     if not os.path.isdir(BASELINE):
         raise RequestError("no_baseline", "this workspace has no baseline mounted")
+    exclude = _path_set(args.get("exclude"))
+    git_binary = bool(args.get("git_binary"))
     old = _snapshot(BASELINE)
-    new = _snapshot(WORKSPACE)
+    new = _snapshot(WORKSPACE, exclude)
     changes: list[dict[str, Any]] = []
     patch: list[str] = []
     patch_bytes = 0
@@ -292,22 +344,36 @@ def op_diff(args: dict[str, Any]) -> dict[str, Any]:
         if change is None:
             continue
         changes.append(change)
-        text = _unified(path, before, after, change)
-        if text:
-            if patch_bytes + len(text) > MAX_PATCH_TEXT:
-                patch_truncated = True
-            else:
-                patch.append(text)
-                patch_bytes += len(text)
+        if patch_truncated:
+            continue
+        text = _unified(path, before, after, change, git_binary)
+        if patch_bytes + len(text) > MAX_PATCH_TEXT:
+            patch_truncated = True
+        else:
+            patch.append(text)
+            patch_bytes += len(text)
     return {"changes": changes, "patch": "".join(patch), "patch_truncated": patch_truncated}
 
 
-def _snapshot(root: str) -> dict[str, tuple[int, int, int]]:
+def _path_set(value: Any) -> set[str]:
+    if value is None:
+        return set()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError("bad_args", "exclude must be a list of paths")
+    return {os.path.normpath(v) for v in value}
+
+
+def _snapshot(root: str, exclude: set[str] | None = None) -> dict[str, tuple[int, int, int]]:
     """path -> (type bits, permission bits, size) for everything under ``root``."""
     found: dict[str, tuple[int, int, int]] = {}
     for current, dirs, files in os.walk(root):
         if current == root:
             dirs[:] = [d for d in dirs if d not in IGNORED]
+        if exclude:
+            here = os.path.relpath(current, root)
+            prefix = "" if here == "." else here + "/"
+            dirs[:] = [d for d in dirs if prefix + d not in exclude]
+            files = [f for f in files if prefix + f not in exclude]
         for name in [*dirs, *files]:
             full = os.path.join(current, name)
             info = os.lstat(full)
@@ -385,20 +451,31 @@ def _file_is_binary(root: str, path: str, info: tuple[int, int, int]) -> bool:
         return _is_binary(handle.read(8192))
 
 
-def _unified(path: str, before: Any, after: Any, change: dict[str, Any]) -> str:
-    if change.get("binary"):
-        return f"Binary files a/{path} and b/{path} differ\n"
-    if change["status"] == "mode_changed" or change["type"] != "file":
+def _unified(
+    path: str, before: Any, after: Any, change: dict[str, Any], git_binary: bool = False
+) -> str:
+    """One path's part of the patch, in the form ``git apply`` reads."""
+    header = f"diff --git a/{path} b/{path}\n"
+    if before is None:
+        header += f"new file mode {_git_mode(after)}\n"
+    elif after is None:
+        header += f"deleted file mode {_git_mode(before)}\n"
+    elif change.get("old_mode") is not None:
+        header += f"old mode {_git_mode(before)}\nnew mode {_git_mode(after)}\n"
+    if change["type"] == "directory" or change["status"] == "type_changed":
+        return ""  # Git has no directories; a type change shows as its own paths
+    if change["type"] == "other":
         return ""
+    if change["status"] == "mode_changed":
+        return header
+    if change.get("binary"):
+        if not git_binary:
+            return f"Binary files a/{path} and b/{path} differ\n"
+        return header + _binary_patch(path, before, after)
     old_lines = _lines(BASELINE, path, before)
     new_lines = _lines(WORKSPACE, path, after)
     if old_lines is None or new_lines is None:
         return f"(a/{path} is too large for a text diff)\n"
-    header = f"diff --git a/{path} b/{path}\n"
-    if before is None:
-        header += f"new file mode 100{after[1]:o}\n"
-    elif after is None:
-        header += f"deleted file mode 100{before[1]:o}\n"
     body = difflib.unified_diff(
         old_lines,
         new_lines,
@@ -414,13 +491,57 @@ def _unified(path: str, before: Any, after: Any, change: dict[str, Any]) -> str:
     return header + "".join(lines)
 
 
+def _git_mode(info: tuple[int, int, int]) -> str:
+    if stat.S_ISLNK(info[0]):
+        return "120000"
+    return "100755" if info[1] & 0o111 else "100644"
+
+
+def _content(root: str, path: str, info: Any) -> bytes:
+    if info is None:
+        return b""
+    full = os.path.join(root, path)
+    if stat.S_ISLNK(info[0]):
+        return os.readlink(full).encode()
+    with open(full, "rb") as handle:
+        return handle.read(MAX_PATCH_TEXT + 1)
+
+
+def _binary_patch(path: str, before: Any, after: Any) -> str:
+    """A Git binary patch: both blobs' ids, the new content and the old one, deflated."""
+    old, new = _content(BASELINE, path, before), _content(WORKSPACE, path, after)
+    if len(old) > MAX_PATCH_TEXT or len(new) > MAX_PATCH_TEXT:
+        return f"(a/{path} is too large for a binary patch)\n"
+    index = f"index {_blob_id(old) if before else ZERO_ID}..{_blob_id(new) if after else ZERO_ID}"
+    if before is not None and after is not None:
+        index += f" {_git_mode(after)}"
+    return f"{index}\nGIT binary patch\n{_literal(new)}\n{_literal(old)}\n"
+
+
+ZERO_ID = "0" * 40
+_LENGTH_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _literal(data: bytes) -> str:
+    """``literal SIZE`` and the deflated bytes in Git's base85 lines (52 bytes each)."""
+    packed = zlib.compress(data, 9)
+    lines = [f"literal {len(data)}"]
+    for start in range(0, len(packed), 52):
+        chunk = packed[start : start + 52]
+        lines.append(_LENGTH_CHARS[len(chunk) - 1] + base64.b85encode(chunk, pad=True).decode())
+    return "\n".join(lines) + "\n"
+
+
 def _lines(root: str, path: str, info: Any) -> list[str] | None:
     if info is None:
         return []
     if info[2] > MAX_DIFF_TEXT_BYTES:
         return None
-    with open(os.path.join(root, path), "rb") as handle:
-        return handle.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+    return _content(root, path, info).decode("utf-8", errors="replace").splitlines(keepends=True)
 
 
 OPERATIONS = {
@@ -435,4 +556,5 @@ OPERATIONS = {
     "unpack": op_unpack,
     "staging_remove": op_staging_remove,
     "diff": op_diff,
+    "list_dirs": op_list_dirs,
 }

@@ -125,6 +125,8 @@ class Diff(_Open):
     counts: dict[str, int]
     patch: str
     patch_truncated: bool
+    format: str
+    ignored_count: int
 
 
 class Exported(_Open):
@@ -134,6 +136,7 @@ class Exported(_Open):
     type: str
     files: int
     bytes: int
+    ignored_count: int
 
 
 class Deleted(_Open):

@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -49,6 +49,13 @@ Timeout = Annotated[
 ]
 WorkspacePath = Annotated[
     str, Field(description="A path relative to /workspace (or absolute inside it).")
+]
+IncludeIgnored = Annotated[
+    bool,
+    Field(
+        description="Also show what the project's .gitignore rules ignore (caches, build "
+        "output, virtualenvs); left out by default for a workspace seeded from a Git project."
+    ),
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -349,8 +356,10 @@ def _tools(
         lines = [render_journal_entry(e) for e in journal["entries"]]
         return _reply("\n".join(lines) or "nothing has run yet", journal)
 
-    def workspace_summary(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Summary]:
-        summary = pyro.summarize_workspace(workspace_id)
+    def workspace_summary(
+        workspace_id: WorkspaceId, include_ignored: IncludeIgnored = False
+    ) -> Annotated[CallToolResult, schemas.Summary]:
+        summary = pyro.summarize_workspace(workspace_id, include_ignored=include_ignored)
         return _reply(render_summary(summary), summary)
 
     def workspace_sync_push(
@@ -406,9 +415,25 @@ def _tools(
         text = "\n".join(f"{f['status']}: {f['path']}" for f in result["files"])
         return _reply(text, result)
 
-    def workspace_diff(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Diff]:
-        diff = pyro.diff_workspace(workspace_id)
-        return _reply(diff["patch"] if diff["changed"] else "no changes", diff)
+    def workspace_diff(
+        workspace_id: WorkspaceId,
+        format: Annotated[
+            Literal["changes", "patch"],
+            Field(
+                description="`patch`: binary files as Git binary patches, so the whole "
+                "patch goes through `git apply`; `changes` marks them in one line."
+            ),
+        ] = "changes",
+        include_ignored: IncludeIgnored = False,
+    ) -> Annotated[CallToolResult, schemas.Diff]:
+        diff = pyro.diff_workspace(workspace_id, include_ignored=include_ignored, format=format)
+        text = diff["patch"] if diff["changed"] else "no changes\n"
+        if diff["ignored_count"]:
+            text += (
+                f"({diff['ignored_count']} path(s) the project ignores left out; "
+                "include_ignored: true shows them)\n"
+            )
+        return _reply(text, diff)
 
     def workspace_export(
         workspace_id: WorkspaceId,
@@ -420,10 +445,16 @@ def _tools(
                 "the project or a directory the user allowed."
             ),
         ],
+        include_ignored: IncludeIgnored = False,
     ) -> Annotated[CallToolResult, schemas.Exported]:
         target = policy.writable(output_path, "output_path")
-        result = pyro.export_workspace(workspace_id, path, target, overwrite=False)
-        return _reply(f"exported {result['path']} to {result['output']}", result)
+        result = pyro.export_workspace(
+            workspace_id, path, target, overwrite=False, include_ignored=include_ignored
+        )
+        text = f"exported {result['path']} to {result['output']}"
+        if result["ignored_count"]:
+            text += f" ({result['ignored_count']} ignored path(s) left out)"
+        return _reply(text, result)
 
     def workspace_reset(
         workspace_id: WorkspaceId,

@@ -43,6 +43,7 @@ from pyro_mcp.workspaces import (
     ca_trust,
     disk,
     files,
+    ignore,
     lifetime,
     processes,
     project_source,
@@ -64,6 +65,9 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
 
 log = logging.getLogger("pyro.workspaces")
+
+
+DIFF_FORMATS = ("changes", "patch")
 
 
 def _quiet(_: str) -> None:
@@ -156,7 +160,9 @@ class WorkspaceService:
                     raise InvalidArgument(
                         "project_path", f"{project_path} is not inside a Git checkout"
                     )
-                seed = stage_seed(root, staging, only=project_source.tracked_files(root))
+                tracked = project_source.tracked_files(root)
+                seed = stage_seed(root, staging, only=tracked)
+                ignore.save(folder, ignore.collect(root, tracked))
                 kind, ref = origin or ("project_path", str(root))
             else:
                 seed = stage_seed(Path(seed_path) if seed_path is not None else None, staging)
@@ -410,12 +416,32 @@ class WorkspaceService:
         self._journal(workspace, "patch", {"files": summary})
         return self._done(workspace, {"applied": True, "files": summary})
 
-    def diff(self, ref: str) -> dict[str, Any]:
-        """Changes against the immutable create-time baseline."""
+    def diff(
+        self, ref: str, *, include_ignored: bool = False, format: str = "changes"
+    ) -> dict[str, Any]:
+        """Changes against the immutable create-time baseline.
+
+        A workspace seeded from a Git project leaves out what the project's
+        ignore rules ignore unless ``include_ignored``; ``ignored_count`` says
+        how many paths were left out. ``format="patch"`` writes binary files as
+        Git binary patches, so the whole ``patch`` goes through ``git apply``.
+        """
+        if format not in DIFF_FORMATS:
+            raise InvalidArgument("format", f"use one of {', '.join(DIFF_FORMATS)}")
         workspace = self._find(ref)
         with self._connect(workspace) as client:
-            reply = client.agent("diff", {}, 300)
-        return self._done(workspace, {**files.check_diff(reply)})
+            left_out = self._ignored(client, workspace, ".", include_ignored)
+            args = {"exclude": left_out, "git_binary": format == "patch"}
+            reply = client.agent("diff", args, 300)
+        result = files.check_diff(reply)
+        return self._done(workspace, {**result, "format": format, "ignored_count": len(left_out)})
+
+    def _ignored(
+        self, client: SupervisorClient, workspace: dict[str, Any], top: str, include: bool
+    ) -> list[str]:
+        """What the project's ignore rules leave out under ``top`` (nothing if ``include``)."""
+        rules = None if include else ignore.IgnoreRules.load(self.root / workspace["workspace_id"])
+        return [] if rules is None else ignore.ignored_under(client, rules, top)
 
     def sync_push(self, ref: str, source: str | Path, *, dest: str = ".") -> dict[str, Any]:
         """Copy a host directory or archive into /workspace/<dest>."""
@@ -434,18 +460,29 @@ class WorkspaceService:
         return self._done(workspace, {**record})
 
     def export(
-        self, ref: str, path: str, output: str | Path, *, overwrite: bool = False
+        self,
+        ref: str,
+        path: str,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        include_ignored: bool = False,
     ) -> dict[str, Any]:
-        """Copy a file or directory under /workspace to ``output`` on the host."""
+        """Copy a file or directory under /workspace to ``output`` on the host.
+
+        A directory from a workspace seeded from a Git project leaves out what
+        the project's ignore rules ignore, unless ``include_ignored``.
+        """
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         target = transfer.check_output(Path(output), overwrite)  # before any guest work
         with (
             self._connect(workspace) as client,
             tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
         ):
-            archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp))
+            left_out = self._ignored(client, workspace, _relative(guest_path), include_ignored)
+            archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
             result = transfer.extract_export(archive, kind, target, overwrite)
-        record = {"path": _relative(guest_path), **result}
+        record = {"path": _relative(guest_path), **result, "ignored_count": len(left_out)}
         self._journal(workspace, "export", record)
         return self._done(workspace, {**record})
 
@@ -472,7 +509,7 @@ class WorkspaceService:
         self._journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
         return self.status(workspace["workspace_id"])
 
-    def summary(self, ref: str) -> dict[str, Any]:
+    def summary(self, ref: str, *, include_ignored: bool = False) -> dict[str, Any]:
         """What ran and changed since the last reset, short enough to paste."""
         workspace = self._find(ref)
         entries = self.store.journal(workspace["workspace_id"])
@@ -505,10 +542,11 @@ class WorkspaceService:
         changes: dict[str, Any] | None = None
         note = None
         if status["state"] == "running":
-            diff = self.diff(workspace["workspace_id"])
+            diff = self.diff(workspace["workspace_id"], include_ignored=include_ignored)
             changes = {
                 "counts": diff["counts"],
                 "files": [{"path": c["path"], "status": c["status"]} for c in diff["changes"]],
+                "ignored_count": diff["ignored_count"],
             }
         else:
             note = f"the workspace is {status['state']}; start it to see file changes"

@@ -41,6 +41,10 @@ def render_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  {change['status']:<9} {change['path']}")
         if len(files) > 20:
             lines.append(f"  ... and {len(files) - 20} more")
+        if summary["changes"].get("ignored_count"):
+            lines.append(
+                f"  ({summary['changes']['ignored_count']} path(s) the project ignores left out)"
+            )
     elif summary["note"]:
         lines.append(summary["note"])
     if summary.get("warning"):

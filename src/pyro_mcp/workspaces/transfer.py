@@ -19,6 +19,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -54,9 +55,14 @@ def push_tree(client: SupervisorClient, source: Path, dest: str) -> tuple[SeedIn
     return info, unpacked
 
 
-def fetch_tree(client: SupervisorClient, path: str, work: Path) -> tuple[Path, str]:
-    """Have the guest pack ``path``; return the local archive and its kind (file|directory)."""
-    packed = client.agent("pack", {"path": path}, TRANSFER_TIMEOUT)
+def fetch_tree(
+    client: SupervisorClient, path: str, work: Path, *, exclude: Sequence[str] = ()
+) -> tuple[Path, str]:
+    """Have the guest pack ``path``; return the local archive and its kind (file|directory).
+
+    ``exclude`` names paths relative to /workspace left out with all below them.
+    """
+    packed = client.agent("pack", {"path": path, "exclude": list(exclude)}, TRANSFER_TIMEOUT)
     remote, kind = packed.get("staging"), packed.get("kind")
     if not isinstance(remote, str) or kind not in ("file", "directory"):
         raise AgentProtocolError("the guest answered pack without a staging file and kind")
