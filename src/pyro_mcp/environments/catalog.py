@@ -47,7 +47,10 @@ CATALOG: dict[str, EnvironmentSpec] = {
         ),
         EnvironmentSpec(
             name="debian:12-build",
-            description="Debian 12 with git and build tools (gcc, make, pkg-config, python3-venv)",
+            description=(
+                "Debian 12 with git and what Python and C projects build with: gcc, make, "
+                "pkg-config, python3-dev, pip, venv, libffi/libssl/zlib/sqlite headers, curl"
+            ),
             suite="bookworm",
             packages=(
                 *_BASE_PACKAGES,
@@ -55,7 +58,14 @@ CATALOG: dict[str, EnvironmentSpec] = {
                 "build-essential",
                 "pkg-config",
                 "python3",
+                "python3-dev",
+                "python3-pip",
                 "python3-venv",
+                "libffi-dev",
+                "libssl-dev",
+                "zlib1g-dev",
+                "libsqlite3-dev",
+                "curl",
             ),
             disk_size_mib=4096,
         ),

@@ -323,6 +323,38 @@ def op_trust_ca(args: dict[str, Any]) -> dict[str, Any]:
     return {"path": SYSTEM_CA_BUNDLE, "env": list(CA_ENV)}
 
 
+PACKAGE_VARIABLES = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "NPM_CONFIG_REGISTRY",
+)
+
+
+def op_package_index(args: dict[str, Any]) -> dict[str, Any]:
+    """Use the host's package index settings: pip.conf, npm's registry, index variables."""
+    written = []
+    pip_conf = args.get("pip_conf")
+    if isinstance(pip_conf, str) and pip_conf:
+        _write_file("/etc/pip.conf", pip_conf)
+        written.append("/etc/pip.conf")
+    registry = args.get("npm_registry")
+    if isinstance(registry, str) and registry and "\n" not in registry:
+        _write_file("/root/.npmrc", f"registry={registry}\n")
+        written.append("/root/.npmrc")
+    env = args.get("env") or {}
+    if not isinstance(env, dict):
+        raise RequestError("bad_args", "env must map names to strings")
+    for name, value in env.items():
+        if name in PACKAGE_VARIABLES and isinstance(value, str) and "\n" not in value:
+            BASE_ENV[name] = value
+    return {"written": written, "env": sorted(n for n in env if n in PACKAGE_VARIABLES)}
+
+
 # linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
@@ -552,6 +584,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "sync": op_sync,
     "exec": op_exec,
     "trust_ca": op_trust_ca,
+    "package_index": op_package_index,
     "freeze": op_freeze,
     "workspace_check": op_workspace_check,
     **fileops.OPERATIONS,

@@ -45,6 +45,7 @@ from pyro_mcp.workspaces import (
     files,
     ignore,
     lifetime,
+    package_index,
     processes,
     project_source,
     transfer,
@@ -768,7 +769,18 @@ class WorkspaceService:
             with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
                 client.agent("secrets_put", {"secrets": encoded}, 60)
         vm = self.vms.status_vm(workspace["vm_id"])
-        if not vm.network or not workspace.get("host_ca", 1):
+        if not vm.network:
+            return
+        index = package_index.host_settings()
+        if not index.empty():
+            with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
+                args = {
+                    "pip_conf": index.pip_conf(),
+                    "npm_registry": index.npm_registry,
+                    "env": index.env,
+                }
+                client.agent("package_index", args, 60)
+        if not workspace.get("host_ca", 1):
             return
         bundle = ca_trust.host_ca_bundle()
         if bundle is None:

@@ -1,0 +1,116 @@
+"""The host's package index settings, for guests with egress.
+
+Where the host installs Python or Node packages through a mirror or a private
+index, a fresh guest would try the public defaults instead. pyro carries the
+host's settings in: pip's index options from its configuration files and
+environment, uv's and npm's index variables, npm's registry. Settings whose
+URL carries credentials stay on the host (the guest is untrusted); the
+warning names them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger("pyro.workspaces")
+
+# Variables copied into the guest's command environment when the host has them.
+VARIABLES = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "NPM_CONFIG_REGISTRY",
+)
+PIP_KEYS = ("index-url", "extra-index-url", "trusted-host")
+MAX_VALUE_CHARS = 2048
+
+
+@dataclass
+class IndexSettings:
+    """What the guest gets: environment variables, a pip.conf and an npmrc."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    pip: dict[str, str] = field(default_factory=dict)
+    npm_registry: str | None = None
+    withheld: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.env or self.pip or self.npm_registry)
+
+    def pip_conf(self) -> str:
+        if not self.pip:
+            return ""
+        return "[global]\n" + "".join(f"{k} = {v}\n" for k, v in self.pip.items())
+
+
+def host_settings(environ: dict[str, str] | None = None, home: Path | None = None) -> IndexSettings:
+    """The host's package index settings that may go into a guest."""
+    environ = dict(os.environ) if environ is None else environ
+    home = Path.home() if home is None else home
+    settings = IndexSettings()
+    for name in VARIABLES:
+        value = environ.get(name)
+        if value and _shareable(name, value, settings):
+            settings.env[name] = value
+    for path in _pip_config_files(environ, home):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            for key in PIP_KEYS:
+                value = parser.get(section, key, fallback="").strip()
+                if value and _shareable(f"{path} {key}", value, settings):
+                    settings.pip[key] = " ".join(value.split())  # later files win, as in pip
+    registry = environ.get("NPM_CONFIG_REGISTRY") or _npm_registry(home / ".npmrc")
+    if registry and _shareable("npm registry", registry, settings):
+        settings.npm_registry = registry
+    if settings.withheld:
+        log.warning(
+            "not carried into the guest (the URL holds credentials): %s",
+            ", ".join(settings.withheld),
+        )
+    return settings
+
+
+def _shareable(name: str, value: str, settings: IndexSettings) -> bool:
+    if len(value) > MAX_VALUE_CHARS or "\n" in value or "\0" in value:
+        settings.withheld.append(name)
+        return False
+    for word in value.split():
+        if "@" in (urlsplit(word).netloc if "://" in word else ""):
+            settings.withheld.append(name)
+            return False
+    return True
+
+
+def _pip_config_files(environ: dict[str, str], home: Path) -> list[Path]:
+    """pip's configuration files, lowest precedence first (as pip reads them)."""
+    xdg = environ.get("XDG_CONFIG_HOME") or str(home / ".config")
+    files = [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf")]
+    files += [home / ".pip" / "pip.conf", Path(xdg) / "pip" / "pip.conf"]
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    return [f for f in files if f.is_file()]
+
+
+def _npm_registry(npmrc: Path) -> str | None:
+    try:
+        lines = npmrc.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "registry" and value.strip():
+            return value.strip()
+    return None
