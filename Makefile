@@ -5,7 +5,11 @@
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: setup environment inspector host-clis demo test check lint typecheck bench clean
+USE_CASES = cold-start-validation repro-fix-loop parallel-workspaces untrusted-inspection review-eval
+
+.PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck \
+	bench clean smokes smoke-use-cases smoke-daily-loop smoke-real-repo \
+	$(addprefix smoke-,$(USE_CASES))
 
 setup:
 	@bash scripts/setup-host.sh
@@ -31,12 +35,35 @@ inspector:
 host-clis:
 	cd tools/host-clis && npm install --no-audit --no-fund --loglevel=error
 
+# The tests, then every smoke: the five use-case recipes through a real MCP
+# session, the daily loop through the command Claude Code registers, and the
+# real-repo qualification (two projects from the package index, installed and
+# tested in the guest; it says SKIPPED loudly when the index is unreachable).
 test: environment inspector host-clis
 	$(UV) run pytest -n 2 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory smokes
+
+smokes: smoke-use-cases smoke-daily-loop smoke-real-repo
+
+# The toolchain environment the real-repo recipes use.
+build-environment: setup
+	$(UV) run pyro env pull debian:12-build
+
+smoke-use-cases: environment
+	$(UV) run python -m smokes.use_cases
+
+$(addprefix smoke-,$(USE_CASES)): smoke-%: environment
+	$(UV) run python -m smokes.use_cases $*
+
+smoke-daily-loop: environment host-clis
+	$(UV) run python -m smokes.daily_loop
+
+smoke-real-repo: build-environment
+	$(UV) run python -m smokes.real_repo
 
 check: setup
-	$(UV) run ruff check src tests benchmarks
-	$(UV) run ruff format --check src tests benchmarks
+	$(UV) run ruff check src tests benchmarks smokes
+	$(UV) run ruff format --check src tests benchmarks smokes
 	$(UV) run mypy
 
 lint: check

@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -130,7 +131,13 @@ def spawn(
         raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
 
 
-def _kill_group(pid: int, grace: float) -> None:
+def _kill_group(pid: int, grace: float, reap: Callable[[], Any] | None = None) -> None:
+    """TERM the process group, then KILL what is left after ``grace`` seconds.
+
+    ``reap`` collects the group leader once it exits (our own child): a
+    zombie still counts as a member, so without it the group would look
+    alive for the whole grace period.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -138,11 +145,13 @@ def _kill_group(pid: int, grace: float) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
+            if reap is not None:
+                reap()
             try:
                 os.killpg(pid, 0)
             except OSError:
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
 
 
 # ----------------------------------------------------------------- services
@@ -299,7 +308,7 @@ def _service(args: dict[str, Any]) -> Service:
 
 def _stop(service: Service) -> None:
     if service.process.poll() is None:
-        _kill_group(service.process.pid, 5.0)
+        _kill_group(service.process.pid, 5.0, service.process.poll)
         service.process.wait()
 
 

@@ -1,0 +1,1 @@
+"""Guest-backed smokes: the use-case recipes, the daily loop and real-repo qualification."""
