@@ -58,7 +58,13 @@ def register(commands: Any) -> None:
 
     create = sub.add_parser("create", help="create and boot a workspace")
     create.add_argument("environment", nargs="?", default=config.DEFAULT_ENVIRONMENT)
-    create.add_argument("--seed-path", help="a directory or .tar/.tar.gz/.tgz to put in /workspace")
+    seed = create.add_mutually_exclusive_group()
+    seed.add_argument("--seed-path", help="a directory or .tar/.tar.gz/.tgz to put in /workspace")
+    seed.add_argument(
+        "--project-path",
+        help="a Git checkout: its tracked files go in /workspace and its .gitignore rules "
+        "shape diff, summary and export (what `pyro mcp serve` in that checkout does)",
+    )
     create.add_argument("--name")
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--ttl-seconds", type=int, help="delete after this long without activity")
@@ -226,6 +232,7 @@ def handle_create(args: argparse.Namespace) -> int:
     workspace = Pyro(progress=progress_printer("workspace")).create_workspace(
         args.environment,
         seed_path=args.seed_path,
+        project_path=args.project_path,
         name=args.name,
         labels=parse_labels(args.label),
         ttl_seconds=args.ttl_seconds,
