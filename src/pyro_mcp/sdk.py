@@ -596,13 +596,18 @@ class Pyro:
         return self._workspaces.services.stop(workspace, service_name)
 
     @_redacting
-    def stop_workspace(self, workspace: str) -> dict[str, Any]:
-        """Stop the VM, keeping /workspace and the root disk."""
-        return self._workspaces.stop(workspace)
+    def stop_workspace(self, workspace: str, *, discard_memory: bool = False) -> dict[str, Any]:
+        """Suspend the workspace: its memory is saved next to its disks, the VM process
+        exits, and ``start_workspace`` resumes every process where it was (``suspended``,
+        ``suspend_ms``, ``memory_bytes``). ``discard_memory``: stop it instead (the
+        disks are kept; processes, services and shells end)."""
+        return self._workspaces.stop(workspace, discard_memory=discard_memory)
 
     @_redacting
     def start_workspace(self, workspace: str) -> dict[str, Any]:
-        """Boot a stopped workspace again, /workspace intact."""
+        """Resume a suspended workspace (``resumed: true``, ``resume_ms``), or boot a stopped
+        one from its disks (``resumed: false``, with ``reason`` when saved memory could
+        not be used)."""
         return self._workspaces.start(workspace)
 
     @_redacting

@@ -9,13 +9,15 @@ supervisor is gone is shown ``stopped`` with the reason, never ``running``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import shlex
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import get_spec
 from pyro_mcp.errors import (
+    AgentError,
     InvalidArgument,
     NotFound,
     PyroError,
@@ -35,11 +38,13 @@ from pyro_mcp.errors import (
 )
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
-from pyro_mcp.vm import accel, backend, disks, warm
+from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, warm
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
 from pyro_mcp.vm.supervisor import VmFiles
 
 MAX_VCPU_COUNT = 8
+# Room kept free beyond a suspended guest's memory (its devices, the filesystem's own).
+SUSPEND_MARGIN_BYTES = 64 * 2**20
 MIN_MEM_MIB, MAX_MEM_MIB = 128, 16384
 MAX_TIMEOUT_SECONDS = 24 * 3600
 KVM_PROBE_BOOT_SECONDS = 20.0
@@ -131,8 +136,27 @@ class VmService:
             raise
         return record
 
+    @contextlib.contextmanager
+    def lifecycle_lock(self, vm_id: str) -> Iterator[None]:
+        """Held while the VM starts, resumes or suspends: other calls wait for it."""
+        files = self._files(vm_id)
+        try:
+            fd = os.open(files.dir / "lifecycle.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except FileNotFoundError:
+            yield  # no VM directory: the caller's own checks say what is wrong
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def start_vm(self, vm_id: str, *, progress: Progress = _quiet) -> VmRecord:
-        """Boot the VM (or restore it warm) and wait until its agent answers."""
+        """Boot the VM (or restore it warm, or resume it) and wait until its agent answers."""
+        with self.lifecycle_lock(vm_id):
+            return self._start_vm(vm_id, progress)
+
+    def _start_vm(self, vm_id: str, progress: Progress) -> VmRecord:
         record = self.status_vm(vm_id)
         require_state(
             vm_id,
@@ -145,8 +169,10 @@ class VmService:
         installed = self._installed_for(record)
         decision = self.accel_decision(installed)
         files.exit_record.unlink(missing_ok=True)
-        snapshot, warning = self._warm_snapshot(record, installed, decision.accel)
-        report: dict[str, Any] | None = None
+        report, warning = self._resume(record, installed, files, decision.accel, progress)
+        snapshot: warm.WarmSnapshot | None = None
+        if report is None and warning is None:
+            snapshot, warning = self._warm_snapshot(record, installed, decision.accel)
         if snapshot is not None:
             progress(f"phase=start restoring a warm {record.environment} snapshot")
             try:
@@ -188,6 +214,122 @@ class VmService:
             last_error=None,
         )
         return self._get(vm_id)
+
+    def suspend_vm(self, vm_id: str) -> dict[str, Any]:
+        """Save a running VM whole (memory, devices) next to its disks; its process exits.
+
+        The next ``start_vm`` resumes it: every process in the guest carries on.
+        If saving fails (no room), the VM keeps running and the error says so.
+
+        Returns:
+            ``suspend_ms`` and ``memory_bytes`` (the size of the saved state).
+        """
+        with self.lifecycle_lock(vm_id):
+            return self._suspend_vm(vm_id)
+
+    def _suspend_vm(self, vm_id: str) -> dict[str, Any]:
+        record = self.status_vm(vm_id)
+        require_state(vm_id, record.state, (VmState.RUNNING,), "Start it first.")
+        if record.workspace_disk is None:
+            raise StateError(
+                f"VM {vm_id}", "a raw VM", "a workspace's VM", "Stop it with `pyro vm stop`."
+            )
+        files = self._files(vm_id)
+        installed = self._installed_for(record)
+        memory_anonymous = record.boot_kind in ("warm", "resumed")
+        machine = replace(
+            self.machine_spec(record, installed, files, record.accel or "tcg"),
+            memory_anonymous=memory_anonymous,
+            incoming=True,
+        )
+        _check_room_for_memory(files, record)
+        suspend.discard(files.dir)
+        try:
+            with SupervisorClient(files.control_socket) as client:
+                result = client.call(
+                    "suspend",
+                    {"path": str(suspend.partial(files.dir))},
+                    timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 10,
+                )
+        except (VMError, AgentError) as exc:
+            suspend.discard(files.dir)
+            if self._still_running(record, files):
+                raise VMError(f"could not suspend {vm_id}; it keeps running: {exc}") from exc
+            self._reconcile(self._get(vm_id))
+            raise VMError(
+                f"{vm_id} died while it was being suspended ({exc}); its disks are intact: "
+                "start it again (it boots from them)"
+            ) from exc
+        if record.supervisor_pid is not None:
+            backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
+        saved = suspend.record(files.dir, machine, memory_anonymous)
+        self.store.update_vm(vm_id, state=VmState.STOPPED, supervisor_pid=None)
+        return {"suspend_ms": int(result.get("suspend_ms", 0)), "memory_bytes": saved.bytes}
+
+    def _still_running(self, record: VmRecord, files: VmFiles) -> bool:
+        """After a failed suspend: does the guest still run (or did its VM die)?"""
+        try:
+            with SupervisorClient(files.control_socket) as client:
+                client.agent("ping", {}, 10)
+            return True
+        except PyroError:
+            if record.supervisor_pid is not None:
+                backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
+            return False
+
+    def suspended(self, vm_id: str) -> dict[str, Any] | None:
+        """``suspended_at`` and ``bytes`` of a suspended VM's saved state, or None."""
+        return suspend.summary(self._files(vm_id).dir)
+
+    def discard_suspended(self, vm_id: str) -> None:
+        """Forget a suspended VM's memory: its next start boots from the disks."""
+        suspend.discard(self._files(vm_id).dir)
+
+    def _resume(
+        self,
+        record: VmRecord,
+        installed: InstalledEnvironment,
+        files: VmFiles,
+        accel_name: str,
+        progress: Progress,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Resume a suspended VM: its report, or None and why it must boot from its disks."""
+
+        def machine_for(memory_anonymous: bool) -> MachineSpec:
+            return replace(
+                self.machine_spec(record, installed, files, accel_name),
+                memory_anonymous=memory_anonymous,
+                incoming=True,
+            )
+
+        saved, why = suspend.load(files.dir, machine_for)
+        if saved is None:
+            suspend.discard(files.dir)
+            if why is None:
+                return None, None
+            log.warning("%s: not resumed: %s", record.vm_id, why)
+            return None, f"not resumed: {why}; booted from its disks (files kept)"
+        progress(f"phase=start resuming {record.vm_id}")
+        hello = {k: v for k, v in self._hello(record).items() if k != "machine_id"}
+        try:
+            report = backend.launch(
+                files,
+                machine_for(saved.memory_anonymous),
+                config.RESTORE_TIMEOUT_SECONDS,
+                owner_bound=record.owner_bound,
+                restore=saved.state,
+                restore_shared=False,
+                hello=hello,
+                watch_pid=self.watch_pid,
+            )
+        except (VMError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            log.warning("%s: resume failed: %s", record.vm_id, first)
+            files.exit_record.unlink(missing_ok=True)
+            return None, f"not resumed: {first}; booted from its disks (files kept)"
+        finally:
+            suspend.discard(files.dir)
+        return report, None
 
     def _check_capacity(self, vm_id: str) -> None:
         """Refuse to start one VM more than the host's cap (``config.max_running_vms``).
@@ -615,6 +757,30 @@ class VmService:
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
         )
+
+
+def _check_room_for_memory(files: VmFiles, record: VmRecord) -> None:
+    """Refuse to suspend when the saved memory may not fit (the VM then keeps running)."""
+    need = record.mem_mib * 2**20
+    with contextlib.suppress(OSError, ValueError):
+        status = Path(f"/proc/{_qemu_pid(files)}/status").read_text()
+        rss_kib = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+        )
+        need = min(need, rss_kib * 1024) + SUSPEND_MARGIN_BYTES
+    stat = os.statvfs(files.dir)
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        raise StoreError(
+            f"not enough room to save {record.vm_id}'s memory (about {need // 2**20} MiB "
+            f"needed, {free // 2**20} MiB free where PYRO_HOME lives); it keeps running. "
+            "Free space there, or stop it with --discard-memory."
+        )
+
+
+def _qemu_pid(files: VmFiles) -> int:
+    with SupervisorClient(files.control_socket) as client:
+        return int(client.call("status", timeout=10)["qemu_pid"])
 
 
 def _fresh_root(installed: InstalledEnvironment, files: VmFiles) -> None:

@@ -115,7 +115,6 @@ def register(commands: Any) -> None:
     for action, help_text in (
         ("status", "a workspace's state, seed and counts"),
         ("logs", "the command journal"),
-        ("stop", "stop the VM, keeping the disks"),
         ("start", "boot a stopped workspace"),
         ("delete", "remove the workspace and its disks"),
     ):
@@ -123,6 +122,18 @@ def register(commands: Any) -> None:
         simple.add_argument("workspace")
         simple.add_argument("--json", action="store_true")
         simple.set_defaults(handler=handle_simple, action=action)
+
+    stop = sub.add_parser(
+        "stop",
+        help="suspend: save the memory, free the host's; start resumes every process",
+        description="Suspend the workspace: its memory is saved next to its disks and the VM "
+        "process exits; `pyro workspace start` resumes services, shells and /tmp as they "
+        "were. --discard-memory stops it instead (disks kept, processes end).",
+    )
+    stop.add_argument("workspace")
+    stop.add_argument("--discard-memory", action="store_true", help="stop instead of suspending")
+    stop.add_argument("--json", action="store_true")
+    stop.set_defaults(handler=handle_stop)
 
     include_help = (
         "also show what the project's .gitignore rules ignore (left out by default for a "
@@ -294,7 +305,6 @@ def handle_simple(args: argparse.Namespace) -> int:
     method = {
         "status": pyro.status_workspace,
         "logs": pyro.logs_workspace,
-        "stop": pyro.stop_workspace,
         "start": pyro.start_workspace,
         "delete": pyro.delete_workspace,
     }[args.action]
@@ -306,6 +316,21 @@ def handle_simple(args: argparse.Namespace) -> int:
             print(render_journal_entry(entry))
     elif args.action == "delete":
         print(f"deleted {result['workspace_id']}")
+    else:
+        print(_describe(result))
+    return 0
+
+
+def handle_stop(args: argparse.Namespace) -> int:
+    result = Pyro().stop_workspace(args.workspace, discard_memory=args.discard_memory)
+    if args.json:
+        print_json(result)
+    elif result["suspended"]:
+        print(
+            f"suspended {result['workspace_id']} in {result['suspend_ms']} ms "
+            f"({result['memory_bytes'] // 2**20} MiB of memory saved; `pyro workspace start` "
+            "resumes it)"
+        )
     else:
         print(_describe(result))
     return 0

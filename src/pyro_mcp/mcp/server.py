@@ -676,8 +676,17 @@ def _tools(
         status = pyro.stop_service(workspace_id, service_name)
         return _reply(_render_service(status), status)
 
-    def workspace_stop(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
-        workspace = pyro.stop_workspace(workspace_id)
+    def workspace_stop(
+        workspace_id: WorkspaceId,
+        discard_memory: Annotated[
+            bool,
+            Field(
+                description="End every process instead of suspending: by default the memory "
+                "is saved and workspace_start (or the next call) resumes it as it was."
+            ),
+        ] = False,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        workspace = pyro.stop_workspace(workspace_id, discard_memory=discard_memory)
         return _reply(_render_workspace(workspace), workspace)
 
     def workspace_start(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:

@@ -30,6 +30,7 @@ def launch(
     owner_bound: bool,
     *,
     restore: Path | None = None,
+    restore_shared: bool = True,
     hello: dict[str, Any] | None = None,
     watch_pid: int | None = None,
 ) -> dict[str, Any]:
@@ -41,7 +42,8 @@ def launch(
 
     Args:
         restore: a warm snapshot's device state to load instead of booting
-            (``machine`` must then be ``incoming``, with the snapshot's RAM file).
+            (``machine`` must then be ``incoming``, with the snapshot's RAM file),
+            or with ``restore_shared=False`` a suspended guest's whole state.
         hello: extra hello arguments for the agent (hostname, machine_id, mounts).
 
     Returns:
@@ -56,6 +58,7 @@ def launch(
         "boot_timeout": boot_timeout,
         "owner_bound": owner_bound,
         "restore": str(restore) if restore else None,
+        "restore_shared": restore_shared,
         "hello": hello or {},
         "watch_pid": watch_pid,
     }

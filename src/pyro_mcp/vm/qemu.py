@@ -36,6 +36,9 @@ class MachineSpec:
     # by every VM restored from it.
     memory_file: Path | None = None
     memory_shared: bool = False
+    # Guest RAM as an anonymous backend with the same id as the file one: a
+    # suspended warm-started guest resumes into it (its RAM block is "ram").
+    memory_anonymous: bool = False
     # Start paused, waiting for a warm snapshot's device state over QMP.
     incoming: bool = False
 
@@ -54,6 +57,9 @@ class MachineSpec:
                 f"memory-backend-file,id=ram,size={self.mem_mib}M,mem-path={self.memory_file},"
                 f"share={'on' if self.memory_shared else 'off'}",
             ]
+        elif self.memory_anonymous:
+            machine += ",memory-backend=ram"
+            memory = ["-object", f"memory-backend-ram,id=ram,size={self.mem_mib}M"]
         argv = [
             str(self.qemu),
             "-M",

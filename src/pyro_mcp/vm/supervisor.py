@@ -49,6 +49,9 @@ HELLO_TIMEOUT_SECONDS = 30.0
 # Polling QMP while an incoming migration loads (it takes ~10 ms).
 RESTORE_POLL_SECONDS = 0.005
 STOP_GRACE_SECONDS = 5.0
+# Saving a suspended guest's memory: no bandwidth cap, and a bound for the whole save.
+SUSPEND_BANDWIDTH = 64 * 1024**3
+SUSPEND_TIMEOUT_SECONDS = 120.0
 # How long a stopping VM's guest may take to flush its filesystems.
 SYNC_GRACE_SECONDS = 20.0
 OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
@@ -115,6 +118,9 @@ class Supervisor:
         self.owner_bound: bool = bool(spec.get("owner_bound"))
         # A warm restore: the device state file to load instead of booting.
         self.restore: str | None = spec.get("restore")
+        # True for a warm snapshot (RAM in a shared file, only devices in the
+        # stream); False for a suspended VM (its whole RAM is in the stream).
+        self.restore_shared: bool = bool(spec.get("restore_shared", True))
         # Extra hello arguments: hostname, machine_id, mounts.
         self.hello: dict[str, Any] = dict(spec.get("hello") or {})
         # Stop when this process is gone (a `pyro prepare` that was killed).
@@ -175,7 +181,7 @@ class Supervisor:
                     "pid": os.getpid(),
                     "qemu_pid": self.qemu.pid if self.qemu else None,
                     "boot_ms": self.boot_ms,
-                    "boot_kind": "warm" if self.restore else "cold",
+                    "boot_kind": self._boot_kind(),
                     "info": self.info,
                 }
             )
@@ -190,6 +196,11 @@ class Supervisor:
             console_server.close()
             qmp_server.close()
             await self._shutdown()
+
+    def _boot_kind(self) -> str:
+        if not self.restore:
+            return "cold"
+        return "warm" if self.restore_shared else "resumed"
 
     async def _boot(self, started: float) -> None:
         qemu_log = self.files.qemu_log.open("wb")
@@ -259,7 +270,7 @@ class Supervisor:
         try:
             await self.qmp(
                 "migrate-set-capabilities",
-                {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+                {"capabilities": [{"capability": "x-ignore-shared", "state": self.restore_shared}]},
             )
             await self.qmp(
                 "migrate-incoming", {"uri": "exec:cat " + shlex.quote(self.restore or "")}
@@ -313,6 +324,44 @@ class Supervisor:
             await self.qmp("quit")
         self.request_stop("saved as a warm snapshot")
         return {"path": path}
+
+    async def suspend(self, path: str) -> dict[str, Any]:
+        """Save the running guest whole (RAM and devices) to ``path``; then QEMU exits.
+
+        The guest's filesystems are flushed first, so the disks are consistent
+        with the saved memory. If saving fails (a full disk), the guest runs on
+        and the error says why.
+        """
+        started = time.monotonic()
+        await self.agent_request("sync", {}, SYNC_GRACE_SECONDS)
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
+        )
+        # The default bandwidth cap (32 MiB/s) is for live migration over a network.
+        await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
+        await self.qmp("stop")
+        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
+        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
+        while True:
+            state = await self.qmp("query-migrate")
+            status = state.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                with contextlib.suppress(VMError):
+                    await self.qmp("migrate_cancel")
+                    await self.qmp("cont")
+                raise VMError(
+                    f"saving the guest's memory failed ({status}): "
+                    f"{state.get('error-desc', 'timed out')}; the workspace keeps running"
+                )
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
+        self.saved = True
+        with contextlib.suppress(VMError):
+            await self.qmp("quit")
+        self.request_stop("suspended")
+        return {"path": path, "suspend_ms": int((time.monotonic() - started) * 1000)}
 
     def _boot_failure(self, what: str) -> str:
         code = self.qemu.returncode if self.qemu else None
@@ -493,6 +542,9 @@ class Supervisor:
                 result = await self.hostfwd(
                     str(args.get("action")), int(args["host_port"]), int(args.get("guest_port", 0))
                 )
+                reply = {"id": request_id, "ok": True, "result": result}
+            elif op == "suspend":
+                result = await self.suspend(str(args["path"]))
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "save_template":
                 result = await self.save_template(str(args["path"]))

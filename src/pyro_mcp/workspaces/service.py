@@ -236,16 +236,19 @@ class WorkspaceService:
         if touch:
             workspace = self._touch(workspace)
         vm = self.vms.status_vm(workspace["vm_id"])
-        if vm.state.value != "running":
+        suspended = self.vms.suspended(vm.vm_id) if vm.state.value == "stopped" else None
+        if vm.state.value != "running" and suspended is None:
             # The VM died or stopped: QEMU took its port forwards with it.
             self.store.delete_published_ports(workspace["workspace_id"])
+        extra = {"suspended_at": suspended["suspended_at"]} if suspended else {}
         return {
             **{k: v for k, v in workspace.items() if k != "vm_id"},
             "origin_kind": workspace["seed"].get("origin_kind", "seed_path"),
             "origin_ref": workspace["seed"].get(
                 "origin_ref", workspace["seed"].get("source") or ""
             ),
-            "state": vm.state.value,
+            "state": "suspended" if suspended else vm.state.value,
+            **extra,
             "accel": vm.accel,
             "boot_ms": vm.boot_ms,
             "boot_kind": vm.boot_kind,
@@ -496,6 +499,7 @@ class WorkspaceService:
         if snapshot not in (None, snapshot_ops.BASELINE):
             source = self.snapshots.path(workspace, str(snapshot))  # NotFound before any change
         self.vms.stop_vm(workspace["vm_id"])
+        self.vms.discard_suspended(workspace["vm_id"])
         self.store.delete_published_ports(workspace["workspace_id"])
         self.vms.reset_root_disk(workspace["vm_id"])
         fresh = folder / "workspace.qcow2.new"
@@ -566,17 +570,66 @@ class WorkspaceService:
             **_warning(self.store.find_workspace(workspace["workspace_id"]) or workspace),
         }
 
-    def stop(self, ref: str) -> dict[str, Any]:
+    def stop(self, ref: str, *, discard_memory: bool = False) -> dict[str, Any]:
+        """Suspend the workspace (memory saved, every process carries on at start), or
+        with ``discard_memory`` stop it (the disks are kept; processes end)."""
         workspace = self._find(ref)
+        vm = self.vms.status_vm(workspace["vm_id"])
+        if vm.state.value == "running" and not discard_memory:
+            saved = self.vms.suspend_vm(workspace["vm_id"])
+            self._journal(workspace, "suspend", saved)
+            return {**self.status(workspace["workspace_id"]), "suspended": True, **saved}
         self.vms.stop_vm(workspace["vm_id"])
+        self.vms.discard_suspended(workspace["vm_id"])
         self.store.delete_published_ports(workspace["workspace_id"])
-        return self.status(workspace["workspace_id"])
+        return {**self.status(workspace["workspace_id"]), "suspended": False}
 
     def start(self, ref: str) -> dict[str, Any]:
+        """Resume a suspended workspace, or boot a stopped one from its disks."""
         workspace = self._touch(self._find(ref))
-        self.vms.start_vm(workspace["vm_id"])
-        self._after_boot(workspace)
-        return self.status(workspace["workspace_id"])
+        had_memory = self.vms.suspended(workspace["vm_id"]) is not None
+        vm = self.vms.start_vm(workspace["vm_id"])
+        resumed = vm.boot_kind == "resumed"
+        warnings = []
+        if resumed:
+            warnings = self._republish(workspace)
+            self._journal(workspace, "resume", {"resume_ms": vm.boot_ms})
+        else:
+            self.store.delete_published_ports(workspace["workspace_id"])
+            self._after_boot(workspace)
+        result: dict[str, Any] = {**self.status(workspace["workspace_id"]), "resumed": resumed}
+        if resumed:
+            result["resume_ms"] = vm.boot_ms
+        elif had_memory or (vm.boot_warning or "").startswith("not resumed"):
+            result["reason"] = vm.boot_warning
+        if warnings:
+            result["warning"] = "; ".join([*warnings, *filter(None, [result.get("warning")])])
+        return result
+
+    def _republish(self, workspace: dict[str, Any]) -> list[str]:
+        """Put a resumed workspace's published ports back (QEMU's forwards died with it)."""
+        warnings = []
+        rows = self.store.published_ports(workspace["workspace_id"])
+        if not rows:
+            return []
+        with self._connect(workspace) as client:
+            for row in rows:
+                try:
+                    client.call(
+                        "hostfwd",
+                        {
+                            "action": "add",
+                            "host_port": row["host_port"],
+                            "guest_port": row["guest_port"],
+                        },
+                    )
+                except PyroError as exc:
+                    self.store.delete_published_ports(workspace["workspace_id"], row["service"])
+                    warnings.append(
+                        f"port {row['host_port']} of service {row['service']} could not be "
+                        f"published again ({exc}); restart the service to publish it"
+                    )
+        return warnings
 
     def delete(self, ref: str, *, reason: str = "deleted on request") -> dict[str, Any]:
         workspace = self._find(ref)
@@ -636,8 +689,14 @@ class WorkspaceService:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def _connect(self, workspace: dict[str, Any]) -> SupervisorClient:
+        """A connection to the workspace's running VM; a suspended one is resumed first."""
         self._touch(workspace)
         ref = workspace["name"] or workspace["workspace_id"]
+        with self.vms.lifecycle_lock(workspace["vm_id"]):  # waits out a suspend or resume
+            suspended = self.vms.suspended(workspace["vm_id"]) is not None
+        if suspended:
+            with contextlib.suppress(StateError):  # another call resumed it first
+                self.start(workspace["workspace_id"])
         return self.vms.connect(workspace["vm_id"], f"Start it with `pyro workspace start {ref}`.")
 
     def check_writable(

@@ -71,6 +71,8 @@ def render_journal_entry(entry: dict[str, Any]) -> str:
         "secret_use": lambda e: f"secrets {', '.join(e.get('names', []))} used by {e.get('by')}",
         "service": lambda e: f"service {e.get('name')} {e.get('action')}: {e.get('state')}",
         "snapshot": lambda e: f"snapshot {e.get('name')} {e.get('action')}",
+        "suspend": lambda e: f"suspended ({e.get('memory_bytes', 0) // 2**20} MiB saved)",
+        "resume": lambda e: f"resumed in {e.get('resume_ms')} ms",
     }
     describe = details.get(kind)
     return f"{when}  {kind:<8} {describe(entry) if describe else kind}"

@@ -1,0 +1,141 @@
+"""A suspended VM's saved state: its whole memory and devices, next to its disks.
+
+Suspending writes QEMU's migration stream (RAM and device state) to
+``suspended.state`` in the VM directory, then ``suspended.json`` last: the
+state's size and CRC-32, when it was saved, how guest RAM was laid out (a warm
+start maps it from a file, a cold boot does not: the resumed QEMU must offer
+the same RAM block), and the exact machine it must resume into. A state is
+used only if all of that still holds; otherwise the VM cold-boots from its
+disks and the reason is reported. The state is removed once the guest runs
+again (it would only describe the past).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.vm.qemu import MachineSpec
+
+STATE_NAME = "suspended.state"
+META_NAME = "suspended.json"
+FORMAT = 1
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A usable saved state: the stream to load and the machine to load it into."""
+
+    state: Path
+    memory_anonymous: bool
+    saved_at: float
+    bytes: int
+
+
+def paths(vm_dir: Path) -> tuple[Path, Path]:
+    return vm_dir / STATE_NAME, vm_dir / META_NAME
+
+
+def partial(vm_dir: Path) -> Path:
+    """Where the stream is written before it is complete and described."""
+    return vm_dir / (STATE_NAME + ".partial")
+
+
+def record(vm_dir: Path, machine: MachineSpec, memory_anonymous: bool) -> Saved:
+    """Describe a completed stream (at ``partial``) and make it the VM's saved state."""
+    state, meta = paths(vm_dir)
+    written = partial(vm_dir)
+    size, crc = _measure(written)
+    with written.open("rb") as handle:
+        os.fsync(handle.fileno())
+    written.replace(state)
+    saved_at = time.time()
+    data = {
+        "format": FORMAT,
+        "bytes": size,
+        "crc32": crc,
+        "saved_at": saved_at,
+        "memory_anonymous": memory_anonymous,
+        "machine": _machine_key(machine),
+    }
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(meta)
+    return Saved(state, memory_anonymous, saved_at, size)
+
+
+def exists(vm_dir: Path) -> bool:
+    return paths(vm_dir)[1].exists()
+
+
+def summary(vm_dir: Path) -> dict[str, Any] | None:
+    """When and how large, for status (no checks)."""
+    try:
+        data = json.loads(paths(vm_dir)[1].read_text())
+        return {"suspended_at": float(data["saved_at"]), "bytes": int(data["bytes"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load(vm_dir: Path, machine_for: Any) -> tuple[Saved | None, str | None]:
+    """The saved state if it is whole and fits this host's machine, else why not.
+
+    ``machine_for(memory_anonymous)`` builds the machine the state would resume
+    into today; it must equal the one recorded at suspend time.
+    """
+    state, meta = paths(vm_dir)
+    if not meta.exists():
+        if state.exists() or partial(vm_dir).exists():
+            return None, "the saved memory was never completed (the suspend was interrupted)"
+        return None, None
+    try:
+        data = json.loads(meta.read_text())
+        size, crc = int(data["bytes"]), int(data["crc32"])
+        memory_anonymous = bool(data["memory_anonymous"])
+        machine = data["machine"]
+        if data.get("format") != FORMAT:
+            return None, f"the saved memory has format {data.get('format')}, not {FORMAT}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "the saved memory's description is unreadable"
+    try:
+        actual_size, actual_crc = _measure(state)
+    except OSError:
+        return None, "the saved memory is missing"
+    if actual_size != size or actual_crc != crc:
+        return None, "the saved memory is corrupt (its size or checksum changed)"
+    if _machine_key(machine_for(memory_anonymous)) != machine:
+        return None, "QEMU, the environment or the VM's shape changed since it was suspended"
+    return Saved(state, memory_anonymous, float(data.get("saved_at", 0)), size), None
+
+
+def discard(vm_dir: Path) -> None:
+    """Remove the saved state (description first, so a half-removed one is never used)."""
+    state, meta = paths(vm_dir)
+    for path in (meta, state, partial(vm_dir), meta.with_suffix(".tmp")):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _measure(path: Path) -> tuple[int, int]:
+    size, crc = 0, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            size += len(chunk)
+            crc = zlib.crc32(chunk, crc)
+    return size, crc
+
+
+def _machine_key(machine: MachineSpec) -> dict[str, Any]:
+    """What must match between the suspended QEMU and the resuming one."""
+    stat = machine.qemu.stat()
+    return {
+        "argv": machine.argv(),
+        "qemu": [str(machine.qemu), stat.st_size, int(stat.st_mtime)],
+    }

@@ -1,0 +1,191 @@
+"""Suspend and resume: a stopped workspace holds no host memory, and every process carries on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.errors import PyroError, StoreError
+from pyro_mcp.vm import suspend
+from tests.conftest import leaked_processes
+
+
+def vm_dir(pyro: Pyro, ws: str) -> Path:
+    return pyro._workspaces.vms.paths.vms_dir / pyro.status_workspace(ws)["vm_id"]
+
+
+def test_services_shells_and_tmp_survive_a_suspend(pyro: Pyro, state_dir: Path) -> None:
+    ws = pyro.create_workspace(name="keep")["workspace_id"]
+    try:
+        pyro.start_service(ws, "ticker", "while true; do date +%s%N >> /tmp/ticks; sleep 1; done")
+        shell = pyro.open_shell(ws)
+        pyro.write_shell(ws, shell["shell_id"], "echo before-suspend")
+        before = pyro.read_shell(ws, shell["shell_id"], wait_for_idle_ms=500)
+        pyro.exec_workspace(ws, "echo kept > /tmp/note; echo on-disk > /workspace/f")
+
+        stopped = pyro.stop_workspace(ws)
+        assert stopped["suspended"] and stopped["state"] == "suspended"
+        assert stopped["memory_bytes"] > 10 * 2**20 and stopped["suspend_ms"] > 0
+        assert pyro.status_workspace(ws)["state"] == "suspended"
+        assert leaked_processes(state_dir) == []  # no VM process holds memory now
+        assert [w["state"] for w in pyro.list_workspaces()] == ["suspended"]
+
+        started = pyro.start_workspace(ws)
+        assert started["resumed"] and started["boot_kind"] == "resumed"
+        assert started["resume_ms"] > 0 and "reason" not in started
+        seen = pyro.exec_workspace(ws, "cat /tmp/note /workspace/f; wc -l < /tmp/ticks")
+        assert seen["stdout"].startswith("kept\non-disk\n")
+        ticks = int(seen["stdout"].split()[-1])
+        assert pyro.status_service(ws, "ticker")["state"] == "ready"
+        time.sleep(2.5)
+        later = int(pyro.exec_workspace(ws, "wc -l < /tmp/ticks")["stdout"])
+        assert later > ticks  # the service kept running after the resume
+        # The shell: same id, its scrollback and cursor carry on.
+        pyro.write_shell(ws, shell["shell_id"], "echo after-resume")
+        after = pyro.read_shell(
+            ws, shell["shell_id"], cursor=before["next_cursor"], wait_for_idle_ms=500
+        )
+        assert "after-resume" in after["output"] and "before-suspend" not in after["output"]
+        whole = pyro.read_shell(ws, shell["shell_id"], cursor=0, wait_for_idle_ms=100)
+        assert "before-suspend" in whole["output"] and "after-resume" in whole["output"]
+        kinds = [e["kind"] for e in pyro.logs_workspace(ws)["entries"]]
+        assert "suspend" in kinds and "resume" in kinds
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_a_call_on_a_suspended_workspace_resumes_it_and_concurrent_calls_wait(
+    pyro: Pyro,
+) -> None:
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "echo 1 > /tmp/x")
+        pyro.stop_workspace(ws)
+        results: list[str] = []
+
+        def call() -> None:
+            results.append(pyro.exec_workspace(ws, "cat /tmp/x")["stdout"])
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert results == ["1\n"] * 3
+        assert pyro.status_workspace(ws)["boot_kind"] == "resumed"
+        assert pyro.list_workspace_files(ws)["entries"] == []  # file ops work too
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_discard_memory_stops_instead(pyro: Pyro) -> None:
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "echo gone > /tmp/x; echo kept > /workspace/y")
+        stopped = pyro.stop_workspace(ws, discard_memory=True)
+        assert stopped["state"] == "stopped" and not stopped["suspended"]
+        started = pyro.start_workspace(ws)
+        assert not started["resumed"] and "reason" not in started
+        out = pyro.exec_workspace(ws, "cat /workspace/y; test -e /tmp/x || echo no-tmp")
+        assert out["stdout"] == "kept\nno-tmp\n"
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_a_corrupt_or_interrupted_saved_state_boots_from_the_disks(pyro: Pyro) -> None:
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "echo kept > /workspace/y; sync")
+        pyro.stop_workspace(ws)
+        state, _ = suspend.paths(vm_dir(pyro, ws))
+        with state.open("r+b") as handle:
+            handle.seek(state.stat().st_size // 2)
+            byte = handle.read(1)
+            handle.seek(-1, 1)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        started = pyro.start_workspace(ws)
+        assert not started["resumed"] and "corrupt" in started["reason"]
+        assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
+        assert not state.exists()
+
+        # A suspend killed half-way leaves a stream without its description.
+        pyro.stop_workspace(ws, discard_memory=True)
+        suspend.partial(vm_dir(pyro, ws)).write_bytes(b"QEVM half a stream")
+        started = pyro.start_workspace(ws)
+        assert not started["resumed"] and "interrupted" in started["reason"]
+        assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_a_published_port_answers_again_after_a_resume(pyro: Pyro) -> None:
+    ws = pyro.create_workspace(network_policy="egress+published-ports")["workspace_id"]
+    try:
+        service = pyro.start_service(
+            ws,
+            "web",
+            "python3 -m http.server 8000",
+            ready_http="http://127.0.0.1:8000/",
+            published_ports=["8000"],
+        )
+        port = service["published_ports"][0]["host_port"]
+        pyro.stop_workspace(ws)
+        assert pyro.start_workspace(ws)["resumed"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+            assert reply.status == 200
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_no_room_for_the_memory_keeps_the_workspace_running(
+    pyro: Pyro, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        monkeypatch.setattr("pyro_mcp.vms.SUSPEND_MARGIN_BYTES", 2**50)  # a disk this full
+        with pytest.raises(StoreError, match=r"not enough room.*keeps running.*discard-memory"):
+            pyro.stop_workspace(ws)
+        assert pyro.status_workspace(ws)["state"] == "running"
+        assert pyro.exec_workspace(ws, "echo alive")["stdout"] == "alive\n"
+    finally:
+        pyro.delete_workspace(ws)
+
+
+@pytest.mark.parametrize("victim", ["qemu", "supervisor"])
+def test_kill_9_during_a_suspend_loses_nothing(pyro: Pyro, victim: str) -> None:
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "echo kept > /workspace/y; sync")
+        vm = pyro._workspaces.vms.status_vm(pyro.status_workspace(ws)["vm_id"])
+        with SupervisorClient(vm_dir(pyro, ws) / "ctl.sock") as client:
+            pids = {"qemu": int(client.call("status")["qemu_pid"]), "supervisor": vm.supervisor_pid}
+        outcome: list[object] = []
+
+        def stop() -> None:
+            try:
+                outcome.append(pyro.stop_workspace(ws)["state"])
+            except PyroError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=stop)
+        thread.start()
+        time.sleep(0.15)  # inside the save
+        os.kill(int(pids[victim] or 0), signal.SIGKILL)
+        thread.join(120)
+        assert outcome and (
+            outcome[0] in ("suspended", "stopped") or isinstance(outcome[0], PyroError)
+        )
+        assert pyro.status_workspace(ws)["state"] in ("running", "suspended", "stopped")
+        if pyro.status_workspace(ws)["state"] != "running":
+            pyro.start_workspace(ws)
+        assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
+    finally:
+        pyro.delete_workspace(ws)
