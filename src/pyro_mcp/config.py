@@ -208,3 +208,11 @@ def qemu_override() -> str | None:
     """``PYRO_QEMU``: the QEMU binary to use instead of the one on PATH."""
     value = os.environ.get("PYRO_QEMU", "").strip()
     return value or None
+
+
+# A running workspace idle this long is suspended (its memory saved, its VM
+# process gone); the next call that needs it resumes it. Per workspace with
+# ``idle_suspend_seconds`` (0: never), server-wide with `pyro mcp serve
+# --idle-suspend-seconds`.
+DEFAULT_IDLE_SUSPEND_SECONDS = 300
+MAX_IDLE_SUSPEND_SECONDS = 365 * 86400

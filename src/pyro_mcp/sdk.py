@@ -90,8 +90,10 @@ class Pyro:
         self._progress = progress or _quiet
         self._vms = VmService(self.paths)
         self._workspaces = WorkspaceService(self._vms)
-        # Expired workspaces are reaped lazily, by whichever pyro call comes next.
+        # Expired workspaces are reaped, and idle ones suspended, lazily: by
+        # whichever pyro call comes next (and by `pyro mcp serve` on a timer).
         self._workspaces.reap_expired()
+        self._workspaces.suspend_idle()
 
     # ------------------------------------------------------------- one-shot
 
@@ -216,6 +218,12 @@ class Pyro:
         self._vms.reap_expired()
         return [record.to_dict() for record in self._vms.list_vms()]
 
+    def suspend_idle_workspaces(self) -> dict[str, Any]:
+        """Suspend running workspaces idle past their ``idle_suspend_seconds`` now
+        (pyro also does this lazily on each new ``Pyro`` and on a timer in
+        ``pyro mcp serve``)."""
+        return {"suspended": self._workspaces.suspend_idle()}
+
     def reap_expired(self) -> dict[str, Any]:
         """Delete VMs past their TTL and one-shot VMs whose owner died."""
         return {"reaped": self._vms.reap_expired()}
@@ -232,6 +240,7 @@ class Pyro:
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
         max_lifetime_seconds: int | None = None,
+        idle_suspend_seconds: int | None = None,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
@@ -256,7 +265,9 @@ class Pyro:
         into commands with ``secret_env``, and redacted from every result.
 
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
-        forward; ``max_lifetime_seconds`` caps the total. With ``network``, the
+        forward; ``max_lifetime_seconds`` caps the total. After
+        ``idle_suspend_seconds`` without a call (default 300; 0: never) the
+        workspace is suspended, and the next call resumes it. With ``network``, the
         host's CA bundle is installed in the guest unless ``host_ca`` is False.
 
         Returns:
@@ -272,6 +283,7 @@ class Pyro:
             labels=labels,
             ttl_seconds=ttl_seconds,
             max_lifetime_seconds=max_lifetime_seconds,
+            idle_suspend_seconds=idle_suspend_seconds,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
@@ -300,14 +312,17 @@ class Pyro:
         clear_name: bool = False,
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
+        idle_suspend_seconds: int | None = None,
     ) -> dict[str, Any]:
-        """Rename (or drop the name), add or change labels, or clear labels by key."""
+        """Rename (or drop the name), add or change labels, clear labels by key, or
+        change how long it may sit idle before it is suspended (0: never)."""
         return self._workspaces.update(
             workspace,
             name=name,
             clear_name=clear_name,
             labels=labels,
             clear_labels=clear_labels,
+            idle_suspend_seconds=idle_suspend_seconds,
         )
 
     @_redacting

@@ -13,7 +13,7 @@ import pytest
 
 from pyro_mcp import Pyro
 from pyro_mcp.agent.client import SupervisorClient
-from pyro_mcp.errors import PyroError, StoreError
+from pyro_mcp.errors import InvalidArgument, PyroError, StoreError
 from pyro_mcp.vm import suspend
 from tests.conftest import leaked_processes
 
@@ -189,3 +189,31 @@ def test_kill_9_during_a_suspend_loses_nothing(pyro: Pyro, victim: str) -> None:
         assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
     finally:
         pyro.delete_workspace(ws)
+
+
+def test_an_idle_workspace_suspends_itself_and_the_next_call_resumes_it(pyro: Pyro) -> None:
+    idle = pyro.create_workspace(name="idle", idle_suspend_seconds=1)["workspace_id"]
+    never = pyro.create_workspace(name="never", idle_suspend_seconds=0)["workspace_id"]
+    try:
+        assert pyro.status_workspace(idle)["idle_suspend_seconds"] == 1
+        pyro.exec_workspace(idle, "echo 1 > /tmp/x")
+        time.sleep(1.5)
+        assert pyro.suspend_idle_workspaces()["suspended"] == [idle]
+        states = {w["name"]: w["state"] for w in pyro.list_workspaces()}
+        assert states == {"idle": "suspended", "never": "running"}
+        # The chat's next call just works.
+        assert pyro.exec_workspace(idle, "cat /tmp/x")["stdout"] == "1\n"
+        entries = pyro.logs_workspace(idle)["entries"]
+        assert any(e["kind"] == "suspend" and "idle" in e.get("reason", "") for e in entries)
+        pyro.update_workspace(idle, idle_suspend_seconds=0)
+        time.sleep(1.5)
+        assert pyro.suspend_idle_workspaces()["suspended"] == []
+    finally:
+        pyro.delete_workspace(idle)
+        pyro.delete_workspace(never)
+
+
+def test_idle_suspend_seconds_is_checked(pyro: Pyro) -> None:
+    with pytest.raises(InvalidArgument, match="idle_suspend_seconds"):
+        pyro.create_workspace(idle_suspend_seconds=-1)
+    assert pyro.list_workspaces() == []

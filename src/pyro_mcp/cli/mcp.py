@@ -105,6 +105,15 @@ def register(commands: Any) -> None:
         help="reap a workspace the chat created after this long without activity, unless it "
         "set its own ttl_seconds (default: %(default)s, 24 h; 0: never)",
     )
+    serve.add_argument(
+        "--idle-suspend-seconds",
+        type=int,
+        default=config.DEFAULT_IDLE_SUSPEND_SECONDS,
+        metavar="S",
+        help="suspend a workspace after this long without a call, unless it set its own "
+        "idle_suspend_seconds: its memory is saved and the next call resumes it "
+        "(default: %(default)s; 0: never)",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.add_argument(
         "--verbose",
@@ -160,12 +169,21 @@ def handle_serve(args: argparse.Namespace) -> int:
             environment=args.environment,
             allow_host_paths=allowed,
             default_ttl_seconds=args.default_ttl_seconds,
+            idle_suspend_seconds=args.idle_suspend_seconds,
         )
 
     if not 0 <= args.default_ttl_seconds <= 365 * 86400:
         raise InvalidArgument("--default-ttl-seconds", "must be 0 (never) up to a year in seconds")
+    if not 0 <= args.idle_suspend_seconds <= config.MAX_IDLE_SUSPEND_SECONDS:
+        raise InvalidArgument("--idle-suspend-seconds", "must be 0 (never) up to a year in seconds")
     key = fast_start.cache_key(
-        [args.profile, args.mode, args.environment, args.default_ttl_seconds]
+        [
+            args.profile,
+            args.mode,
+            args.environment,
+            args.default_ttl_seconds,
+            args.idle_suspend_seconds,
+        ]
     )
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))
     return 0

@@ -70,6 +70,12 @@ def register(commands: Any) -> None:
     create.add_argument("--ttl-seconds", type=int, help="delete after this long without activity")
     create.add_argument("--max-lifetime-seconds", type=int, help="delete this long after creation")
     create.add_argument(
+        "--idle-suspend-seconds",
+        type=int,
+        help="suspend after this long without a call; the next call resumes it "
+        f"(default {config.DEFAULT_IDLE_SUSPEND_SECONDS}; 0: never)",
+    )
+    create.add_argument(
         "--no-host-ca",
         action="store_true",
         help="with --network, do not install the host's CA bundle in the guest",
@@ -109,6 +115,9 @@ def register(commands: Any) -> None:
     names.add_argument("--clear-name", action="store_true", help="remove the workspace's name")
     update.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     update.add_argument("--clear-label", action="append", default=[], metavar="KEY")
+    update.add_argument(
+        "--idle-suspend-seconds", type=int, help="suspend after this long idle (0: never)"
+    )
     update.add_argument("--json", action="store_true")
     update.set_defaults(handler=handle_update)
 
@@ -248,6 +257,7 @@ def handle_create(args: argparse.Namespace) -> int:
         labels=parse_labels(args.label),
         ttl_seconds=args.ttl_seconds,
         max_lifetime_seconds=args.max_lifetime_seconds,
+        idle_suspend_seconds=args.idle_suspend_seconds,
         host_ca=not args.no_host_ca,
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
@@ -295,6 +305,7 @@ def handle_update(args: argparse.Namespace) -> int:
         clear_name=args.clear_name,
         labels=parse_labels(args.label),
         clear_labels=args.clear_label,
+        idle_suspend_seconds=args.idle_suspend_seconds,
     )
     print_json(workspace) if args.json else print(_describe(workspace))
     return 0

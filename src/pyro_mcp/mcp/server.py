@@ -11,6 +11,8 @@ server never dies on bad input and writes nothing but protocol to stdout.
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -63,6 +65,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # The one-shot VM of vm_run is deleted after this long whatever happens (unless
 # the call gives its own ttl_seconds): a chat must not leave VMs behind.
 VM_RUN_TTL_SECONDS = 600
+# How often a running server looks for idle workspaces to suspend.
+IDLE_CHECK_SECONDS = 30.0
 # A tool whose arguments are narrower outside workspace-full is kept under this
 # prefix (workspace_create: no secrets or network policy in core and the modes).
 CORE_VARIANT = "core:"
@@ -99,6 +103,7 @@ def create_server(
     environment: str = config.DEFAULT_ENVIRONMENT,
     allow_host_paths: Sequence[Path] = (),
     default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
+    idle_suspend_seconds: int = config.DEFAULT_IDLE_SUSPEND_SECONDS,
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -114,6 +119,9 @@ def create_server(
             arguments (seed_path, sync sources, export outputs) may name.
         default_ttl_seconds: the idle TTL of workspaces created without one (a
             chat that forgets a workspace must not hold a guest forever); 0: never.
+        idle_suspend_seconds: how long a workspace created without its own value
+            may sit idle before it is suspended (memory saved, no host memory
+            held; the next call resumes it); 0: never. The server checks on a timer.
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
@@ -122,9 +130,17 @@ def create_server(
     policy = HostPathPolicy([*roots, *allow_host_paths])
     if isinstance(default_ttl_seconds, bool) or not 0 <= default_ttl_seconds <= 365 * 86400:
         raise InvalidArgument("default_ttl_seconds", "must be 0 (never) up to a year in seconds")
-    tools = _tools(client, source, environment, policy, default_ttl_seconds or None)
+    if (
+        isinstance(idle_suspend_seconds, bool)
+        or not 0 <= idle_suspend_seconds <= config.MAX_IDLE_SUSPEND_SECONDS
+    ):
+        raise InvalidArgument("idle_suspend_seconds", "must be 0 (never) up to a year in seconds")
+    tools = _tools(
+        client, source, environment, policy, default_ttl_seconds or None, idle_suspend_seconds
+    )
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
     warm_up = BackgroundWarmUp(client, environment)
+    IdleSuspender(client).start()
     server = PyroMCPServer(
         "pyro",
         version=__version__,
@@ -143,12 +159,37 @@ def create_server(
     return server
 
 
+class IdleSuspender(threading.Thread):
+    """Every ``IDLE_CHECK_SECONDS``: suspend idle workspaces and reap expired ones.
+
+    A chat that walks away leaves no guest holding memory: its workspaces are
+    suspended after their ``idle_suspend_seconds``, and the next call resumes them.
+    """
+
+    def __init__(self, pyro: Pyro) -> None:
+        super().__init__(name="pyro-idle-suspend", daemon=True)
+        self.pyro = pyro
+
+    def run(self) -> None:
+        while True:
+            time.sleep(IDLE_CHECK_SECONDS)
+            try:
+                suspended = self.pyro.suspend_idle_workspaces()["suspended"]
+                self.pyro.list_workspaces()  # reaps expired workspaces
+            except Exception as exc:  # never let the timer die
+                log.warning("idle check failed: %s", exc)
+                continue
+            if suspended:
+                log.info("suspended idle workspaces: %s", ", ".join(suspended))
+
+
 def _tools(
     pyro: Pyro,
     source: ProjectSource,
     default_environment: str,
     policy: HostPathPolicy,
     default_ttl: int | None,
+    default_idle_suspend: int,
 ) -> dict[str, Callable[..., Any]]:
     """Every tool function, by name; profiles and modes pick from these."""
 
@@ -214,6 +255,16 @@ def _tools(
         int | None,
         Field(description="Delete the workspace this many seconds after creation.", ge=1),
     ]
+    IdleSuspendArg = Annotated[
+        int | None,
+        Field(
+            description="Suspend the workspace after this many seconds without a call (its "
+            "memory is saved; the next call resumes it as it was); 0: never "
+            f"(default: {default_idle_suspend}, set by the server).",
+            ge=0,
+            le=config.MAX_IDLE_SUSPEND_SECONDS,
+        ),
+    ]
     VcpuArg = Annotated[int, Field(ge=1, le=8)]
     MemArg = Annotated[int, Field(ge=128, le=16384)]
 
@@ -224,6 +275,7 @@ def _tools(
         labels: LabelsArg = None,
         ttl_seconds: TtlArg = None,
         max_lifetime_seconds: MaxLifetimeArg = None,
+        idle_suspend_seconds: IdleSuspendArg = None,
         vcpu_count: VcpuArg = config.DEFAULT_VCPU_COUNT,
         mem_mib: MemArg = config.DEFAULT_MEM_MIB,
         network: Annotated[
@@ -257,6 +309,9 @@ def _tools(
             labels=labels,
             ttl_seconds=ttl_seconds if ttl_seconds is not None else default_ttl,
             max_lifetime_seconds=max_lifetime_seconds,
+            idle_suspend_seconds=(
+                idle_suspend_seconds if idle_suspend_seconds is not None else default_idle_suspend
+            ),
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
@@ -282,6 +337,7 @@ def _tools(
         labels: LabelsArg = None,
         ttl_seconds: TtlArg = None,
         max_lifetime_seconds: MaxLifetimeArg = None,
+        idle_suspend_seconds: IdleSuspendArg = None,
         vcpu_count: VcpuArg = config.DEFAULT_VCPU_COUNT,
         mem_mib: MemArg = config.DEFAULT_MEM_MIB,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
@@ -294,6 +350,7 @@ def _tools(
             labels=labels,
             ttl_seconds=ttl_seconds,
             max_lifetime_seconds=max_lifetime_seconds,
+            idle_suspend_seconds=idle_suspend_seconds,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
         )
@@ -316,6 +373,7 @@ def _tools(
         clear_labels: Annotated[
             list[str] | None, Field(description="Label keys to remove.")
         ] = None,
+        idle_suspend_seconds: IdleSuspendArg = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.update_workspace(
             workspace_id,
@@ -323,6 +381,7 @@ def _tools(
             clear_name=clear_name,
             labels=labels,
             clear_labels=clear_labels or (),
+            idle_suspend_seconds=idle_suspend_seconds,
         )
         return _reply(_render_workspace(workspace), workspace)
 

@@ -98,6 +98,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE vms ADD COLUMN boot_warning TEXT;
     ALTER TABLE vms ADD COLUMN fresh_root INTEGER NOT NULL DEFAULT 1;
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN idle_suspend_seconds INTEGER;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)

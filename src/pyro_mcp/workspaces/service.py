@@ -111,6 +111,7 @@ class WorkspaceService:
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
         max_lifetime_seconds: int | None = None,
+        idle_suspend_seconds: int | None = None,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
@@ -142,6 +143,7 @@ class WorkspaceService:
                 raise InvalidArgument(field, "must be a whole number of seconds from 1 to a year")
         if name is not None and not _NAME.match(name):
             raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        _check_idle_suspend(idle_suspend_seconds)
         labels = check_labels(labels or {})
         if name is not None and self.store.find_workspace(name) is not None:
             raise InvalidArgument("name", f"a workspace called {name!r} exists")
@@ -196,6 +198,7 @@ class WorkspaceService:
                 "last_activity_at": now,
                 "ttl_seconds": ttl_seconds,
                 "max_lifetime_seconds": max_lifetime_seconds,
+                "idle_suspend_seconds": idle_suspend_seconds,
                 "host_ca": int(host_ca),
                 "network_policy": policy,
             }
@@ -249,6 +252,7 @@ class WorkspaceService:
             ),
             "state": "suspended" if suspended else vm.state.value,
             **extra,
+            "idle_suspend_seconds": idle_suspend_limit(workspace),
             "accel": vm.accel,
             "boot_ms": vm.boot_ms,
             "boot_kind": vm.boot_kind,
@@ -286,8 +290,10 @@ class WorkspaceService:
         clear_name: bool = False,
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
+        idle_suspend_seconds: int | None = None,
     ) -> dict[str, Any]:
         workspace = self._find(ref)
+        _check_idle_suspend(idle_suspend_seconds)
         if clear_name and name is not None:
             raise InvalidArgument("clear_name", "give a new name or clear_name, not both")
         merged = {k: v for k, v in workspace["labels"].items() if k not in set(clear_labels)}
@@ -304,6 +310,8 @@ class WorkspaceService:
             fields["name"] = name
         if clear_name:
             fields["name"] = None
+        if idle_suspend_seconds is not None:
+            fields["idle_suspend_seconds"] = idle_suspend_seconds
         self.store.update_workspace(workspace["workspace_id"], **fields)
         return self.status(workspace["workspace_id"])
 
@@ -646,6 +654,32 @@ class WorkspaceService:
         self.store.delete_workspace(workspace["workspace_id"])
         return {"workspace_id": workspace["workspace_id"], "deleted": True}
 
+    def suspend_idle(self, now: float | None = None) -> list[str]:
+        """Suspend running workspaces idle past their ``idle_suspend_seconds``.
+
+        Never one with a command or transfer in flight, nor one whose services
+        publish ports (a published port must keep answering).
+        """
+        now = time.time() if now is None else now
+        suspended = []
+        for workspace in self.store.list_workspaces():
+            limit = idle_suspend_limit(workspace)
+            if not limit or now - workspace["last_activity_at"] < limit:
+                continue
+            vm = self.vms.status_vm(workspace["vm_id"])
+            if vm.state.value != "running" or vm.workspace_disk is None:
+                continue
+            if self.vms.busy(vm.vm_id) or self.store.published_ports(workspace["workspace_id"]):
+                continue
+            try:
+                saved = self.vms.suspend_vm(vm.vm_id)
+            except PyroError as exc:
+                log.warning("could not suspend idle %s: %s", workspace["workspace_id"], exc)
+                continue
+            self._journal(workspace, "suspend", {**saved, "reason": f"idle for {limit} s"})
+            suspended.append(workspace["workspace_id"])
+        return suspended
+
     def reap_expired(self, now: float | None = None) -> list[str]:
         """Delete expired workspaces, and the remains of creates that were killed midway."""
         now = time.time() if now is None else now
@@ -852,6 +886,21 @@ class WorkspaceService:
 def _relative(guest_path: str) -> str:
     relative = str(PurePosixPath(guest_path).relative_to(WORKSPACE_ROOT))
     return relative or "."
+
+
+def idle_suspend_limit(workspace: dict[str, Any]) -> int:
+    """Seconds of inactivity before the workspace is suspended; 0 for never."""
+    value = workspace.get("idle_suspend_seconds")
+    return config.DEFAULT_IDLE_SUSPEND_SECONDS if value is None else int(value)
+
+
+def _check_idle_suspend(value: int | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not 0 <= value <= config.MAX_IDLE_SUSPEND_SECONDS
+    ):
+        raise InvalidArgument(
+            "idle_suspend_seconds", "must be a whole number of seconds from 0 (never) to a year"
+        )
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
