@@ -218,6 +218,15 @@ class Pyro:
         self._vms.reap_expired()
         return [record.to_dict() for record in self._vms.list_vms()]
 
+    @_redacting
+    def fork_workspace(
+        self, workspace: str, *, name: str | None = None, count: int = 1
+    ) -> dict[str, Any]:
+        """Copy a running workspace as it is now, processes included, into ``count``
+        new workspaces (named ``name``, or ``name-1``...``name-K``); the source pauses
+        briefly and runs on. Returns ``forks`` (their statuses), ``pause_ms``, ``fork_ms``."""
+        return self._workspaces.fork(workspace, name=name, count=count)
+
     def suspend_idle_workspaces(self) -> dict[str, Any]:
         """Suspend running workspaces idle past their ``idle_suspend_seconds`` now
         (pyro also does this lazily on each new ``Pyro`` and on a timer in

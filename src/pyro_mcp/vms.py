@@ -277,6 +277,76 @@ class VmService:
                 backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
             return False
 
+    def fork_save(
+        self, vm_id: str, memory: Path, disk_copies: Sequence[tuple[Path, Path]]
+    ) -> dict[str, Any]:
+        """Copy a running VM's disks and save its memory during one brief pause.
+
+        Returns ``pause_ms`` and ``memory_anonymous`` (how its RAM is laid out).
+        """
+        with self.lifecycle_lock(vm_id):
+            record = self.status_vm(vm_id)
+            require_state(vm_id, record.state, (VmState.RUNNING,), "Start it first.")
+            files = self._files(vm_id)
+            _check_room_for_memory(files, record)
+            copies = [[str(source), str(target)] for source, target in disk_copies]
+            with SupervisorClient(files.control_socket) as client:
+                result = client.call(
+                    "fork_save",
+                    {"path": str(memory), "copies": copies},
+                    timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
+                )
+        return {
+            "pause_ms": int(result.get("pause_ms", 0)),
+            "memory_anonymous": record.boot_kind in ("warm", "resumed"),
+        }
+
+    def clone_vm(
+        self,
+        parent_id: str,
+        *,
+        root_disk: Path,
+        workspace_disk: Path,
+        baseline_disk: Path,
+        memory: Path,
+        memory_anonymous: bool,
+    ) -> VmRecord:
+        """A new VM that resumes as a copy of ``parent_id`` (a fork): same build and shape,
+        its own disks, the saved ``memory`` to resume from, a machine id of its own."""
+        parent = self._get(parent_id)
+        vm_id = "vm-" + uuid.uuid4().hex[:12]
+        files = self._files(vm_id)
+        record = replace(
+            parent,
+            vm_id=vm_id,
+            state=VmState.STOPPED,
+            created_at=time.time(),
+            expires_at=None,
+            supervisor_pid=None,
+            started_at=None,
+            workspace_disk=str(workspace_disk),
+            baseline_disk=str(baseline_disk),
+            boot_warning=None,
+            fresh_root=False,
+            last_error=None,
+        )
+        files.dir.mkdir(parents=True)
+        try:
+            shutil.copyfile(root_disk, files.root_disk)
+            os.link(memory, suspend.partial(files.dir))
+            installed = self._installed_for(record)
+            machine = replace(
+                self.machine_spec(record, installed, files, record.accel or "tcg"),
+                memory_anonymous=memory_anonymous,
+                incoming=True,
+            )
+            suspend.record(files.dir, machine, memory_anonymous, fresh_identity=True)
+            self.store.insert_vm(record)
+        except BaseException:
+            shutil.rmtree(files.dir, ignore_errors=True)
+            raise
+        return record
+
     def suspended(self, vm_id: str) -> dict[str, Any] | None:
         """``suspended_at`` and ``bytes`` of a suspended VM's saved state, or None."""
         return suspend.summary(self._files(vm_id).dir)
@@ -310,7 +380,9 @@ class VmService:
             log.warning("%s: not resumed: %s", record.vm_id, why)
             return None, f"not resumed: {why}; booted from its disks (files kept)"
         progress(f"phase=start resuming {record.vm_id}")
-        hello = {k: v for k, v in self._hello(record).items() if k != "machine_id"}
+        hello = self._hello(record)
+        if not saved.fresh_identity:
+            hello.pop("machine_id")  # the same machine, carrying on
         try:
             report = backend.launch(
                 files,

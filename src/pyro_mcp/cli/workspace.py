@@ -144,6 +144,20 @@ def register(commands: Any) -> None:
     stop.add_argument("--json", action="store_true")
     stop.set_defaults(handler=handle_stop)
 
+    fork = sub.add_parser(
+        "fork",
+        help="copy a running workspace, processes included, into new workspaces",
+        description="Copy a running workspace as it is now (/workspace, root disk, memory, "
+        "running services and shells) into COUNT new workspaces; the source pauses briefly "
+        "and runs on. Example: `pyro workspace fork WS --name try --count 3` makes try-1, "
+        "try-2 and try-3.",
+    )
+    fork.add_argument("workspace")
+    fork.add_argument("--name", help="the fork's name (with --count: NAME-1, NAME-2, ...)")
+    fork.add_argument("--count", type=int, default=1, help="how many forks (1 to 8)")
+    fork.add_argument("--json", action="store_true")
+    fork.set_defaults(handler=handle_fork)
+
     include_help = (
         "also show what the project's .gitignore rules ignore (left out by default for a "
         "workspace seeded from a Git project)"
@@ -329,6 +343,20 @@ def handle_simple(args: argparse.Namespace) -> int:
         print(f"deleted {result['workspace_id']}")
     else:
         print(_describe(result))
+    return 0
+
+
+def handle_fork(args: argparse.Namespace) -> int:
+    result = Pyro().fork_workspace(args.workspace, name=args.name, count=args.count)
+    if args.json:
+        print_json(result)
+        return 0
+    print(
+        f"forked {result['workspace_id']} into {len(result['forks'])} workspace(s) in "
+        f"{result['fork_ms']} ms (source paused {result['pause_ms']} ms)"
+    )
+    for fork in result["forks"]:
+        print(f"  {fork['workspace_id']}  {fork['name'] or '-'}  {fork['state']}")
     return 0
 
 

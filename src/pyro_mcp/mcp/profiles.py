@@ -54,6 +54,7 @@ WORKSPACE_FULL = (
     *SERVICES,
     *SNAPSHOTS,
     *DISK,
+    "workspace_fork",
     "workspace_start",
     "workspace_stop",
     *RAW_VMS,
@@ -93,6 +94,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "review-eval": (
         *LIFECYCLE,
         "workspace_diff",
+        "workspace_fork",
         "workspace_file_list",
         "workspace_file_read",
         "workspace_reset",
@@ -163,6 +165,12 @@ DESCRIPTIONS: dict[str, str] = {
         "and the workspace stays usable."
     ),
     "workspace_logs": "The journal of commands run in the workspace: command, cwd, exit code, duration, output.",
+    "workspace_fork": (
+        "Copy a running workspace as it is now into count new workspaces: /workspace, "
+        "installed packages and running processes (services, shells) included. Use it to "
+        "try several fixes or evaluations from one prepared state. Each fork has its own "
+        "disks, memory, machine identity and host ports; the source keeps running."
+    ),
     "workspace_summary": (
         "What happened since the workspace was created or last reset: commands with exit "
         "codes, file writes, patches, syncs, exports, and the files changed. Short enough to "
@@ -203,8 +211,12 @@ DESCRIPTIONS: dict[str, str] = {
         "changes in /workspace are gone. The workspace_id stays."
     ),
     "workspace_delete": "Delete the workspace and its disks. Call it when the task is finished.",
-    "workspace_stop": "Stop the workspace's VM, keeping /workspace; workspace_start boots it again.",
-    "workspace_start": "Boot a stopped workspace again with /workspace intact.",
+    "workspace_stop": (
+        "Suspend the workspace: its memory is saved and its VM stops using the host's; "
+        "workspace_start (or any later call) resumes every process as it was. "
+        "discard_memory: stop instead (files kept, processes end)."
+    ),
+    "workspace_start": "Resume a suspended workspace, or boot a stopped one with /workspace intact.",
     "shell_open": "Open an interactive bash on a real terminal (PTY) inside the workspace, for programs that need one: REPLs, debuggers, curses tools, anything that asks questions. For one-off commands prefer workspace_exec. Returns shell_id; the shell lives until shell_close, reset or delete.",
     "shell_write": "Type input into a shell (Enter is pressed after it unless append_newline=false). Then call shell_read to see what happened.",
     "shell_read": "Read a shell's output from cursor on (omit cursor for everything still kept; pass next_cursor from the last read to continue). plain=true (default) strips colours and applies carriage returns so the text reads like the screen; wait_for_idle_ms waits until the output has been quiet that long (bounded by max_wait_ms), which is how to wait for a command to finish. missed_bytes > 0 means older output left the 1 MiB buffer.",

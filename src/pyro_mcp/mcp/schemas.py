@@ -139,6 +139,13 @@ class Exported(_Open):
     ignored_count: int
 
 
+class Forked(_Open):
+    workspace_id: str
+    forks: list[dict[str, Any]]
+    pause_ms: int
+    fork_ms: int
+
+
 class Deleted(_Open):
     deleted: bool
 

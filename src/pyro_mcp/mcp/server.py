@@ -748,6 +748,19 @@ def _tools(
         workspace = pyro.stop_workspace(workspace_id, discard_memory=discard_memory)
         return _reply(_render_workspace(workspace), workspace)
 
+    def workspace_fork(
+        workspace_id: WorkspaceId,
+        name: Annotated[
+            str | None,
+            Field(description="Name of the fork (with count > 1: name-1, name-2, ...)."),
+        ] = None,
+        count: Annotated[int, Field(description="How many forks.", ge=1, le=8)] = 1,
+    ) -> Annotated[CallToolResult, schemas.Forked]:
+        result = pyro.fork_workspace(workspace_id, name=name, count=count)
+        lines = [f"forked {result['workspace_id']} in {result['fork_ms']} ms:"]
+        lines += [f"  {f['workspace_id']} {f['name'] or ''}".rstrip() for f in result["forks"]]
+        return _reply("\n".join(lines), result)
+
     def workspace_start(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.start_workspace(workspace_id)
         return _reply(_render_workspace(workspace), workspace)
@@ -826,6 +839,7 @@ def _tools(
         workspace_delete,
         workspace_stop,
         workspace_start,
+        workspace_fork,
         vm_create,
         vm_start,
         vm_exec,

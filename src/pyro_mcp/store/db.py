@@ -101,6 +101,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workspaces ADD COLUMN idle_suspend_seconds INTEGER;
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN forked_from TEXT;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)

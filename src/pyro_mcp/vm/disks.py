@@ -44,3 +44,28 @@ def create_blank(image: Path, size_mib: int) -> None:
     )
     if result.returncode != 0:
         raise VMError(f"qemu-img could not create {image}: {result.stderr.strip()}")
+
+
+def rebase_in_place(overlay: Path, backing: Path, backing_format: str = "raw") -> None:
+    """Point ``overlay`` at ``backing`` (same content, another path): rewrites the header only."""
+    qemu_img = host_tools.require(host_tools.QEMU_IMG)["qemu-img"]
+    result = subprocess.run(
+        [
+            str(qemu_img),
+            "rebase",
+            "-u",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            backing_format,
+            "-b",
+            str(backing),
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise VMError(f"qemu-img could not rebase {overlay}: {result.stderr.strip()}")

@@ -363,6 +363,51 @@ class Supervisor:
         self.request_stop("suspended")
         return {"path": path, "suspend_ms": int((time.monotonic() - started) * 1000)}
 
+    async def fork_save(self, path: str, copies: list[list[str]]) -> dict[str, Any]:
+        """Save the running guest's memory and copy its disks at one instant; it runs on.
+
+        The memory is saved live (the guest keeps running while most of it is
+        written); QEMU pauses the guest for the last dirty pages and, once the
+        save completes, leaves it paused with its drives drained and flushed.
+        The disks are copied then, so they match the saved memory exactly, and
+        the guest continues. The pause is that last step plus the copies.
+        """
+        started = time.monotonic()
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
+        )
+        await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
+        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
+        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
+        try:
+            while True:
+                state = await self.qmp("query-migrate")
+                status = state.get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                    with contextlib.suppress(VMError):
+                        await self.qmp("migrate_cancel")
+                    raise VMError(
+                        f"saving the guest's memory failed ({status}): "
+                        f"{state.get('error-desc', 'timed out')}"
+                    )
+                await asyncio.sleep(RESTORE_POLL_SECONDS)
+            paused = time.monotonic()
+            loop = asyncio.get_running_loop()
+            for source, target in copies:
+                await loop.run_in_executor(None, shutil.copyfile, source, target)
+        finally:
+            status = await self.qmp("query-status")
+            if status.get("status") != "running":
+                await self.qmp("cont")
+        downtime = int(state.get("downtime", 0))
+        return {
+            "pause_ms": downtime + int((time.monotonic() - paused) * 1000),
+            "save_ms": int((time.monotonic() - started) * 1000),
+        }
+
     def _boot_failure(self, what: str) -> str:
         code = self.qemu.returncode if self.qemu else None
         qemu_out = ""
@@ -545,6 +590,9 @@ class Supervisor:
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "suspend":
                 result = await self.suspend(str(args["path"]))
+                reply = {"id": request_id, "ok": True, "result": result}
+            elif op == "fork_save":
+                result = await self.fork_save(str(args["path"]), list(args["copies"]))
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "save_template":
                 result = await self.save_template(str(args["path"]))

@@ -37,6 +37,8 @@ class Saved:
     memory_anonymous: bool
     saved_at: float
     bytes: int
+    # A fork's copy of another VM's memory: it gets a machine id of its own.
+    fresh_identity: bool = False
 
 
 def paths(vm_dir: Path) -> tuple[Path, Path]:
@@ -48,7 +50,9 @@ def partial(vm_dir: Path) -> Path:
     return vm_dir / (STATE_NAME + ".partial")
 
 
-def record(vm_dir: Path, machine: MachineSpec, memory_anonymous: bool) -> Saved:
+def record(
+    vm_dir: Path, machine: MachineSpec, memory_anonymous: bool, *, fresh_identity: bool = False
+) -> Saved:
     """Describe a completed stream (at ``partial``) and make it the VM's saved state."""
     state, meta = paths(vm_dir)
     written = partial(vm_dir)
@@ -63,12 +67,13 @@ def record(vm_dir: Path, machine: MachineSpec, memory_anonymous: bool) -> Saved:
         "crc32": crc,
         "saved_at": saved_at,
         "memory_anonymous": memory_anonymous,
+        "fresh_identity": fresh_identity,
         "machine": _machine_key(machine),
     }
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(meta)
-    return Saved(state, memory_anonymous, saved_at, size)
+    return Saved(state, memory_anonymous, saved_at, size, fresh_identity)
 
 
 def exists(vm_dir: Path) -> bool:
@@ -99,6 +104,7 @@ def load(vm_dir: Path, machine_for: Any) -> tuple[Saved | None, str | None]:
         data = json.loads(meta.read_text())
         size, crc = int(data["bytes"]), int(data["crc32"])
         memory_anonymous = bool(data["memory_anonymous"])
+        fresh_identity = bool(data.get("fresh_identity", False))
         machine = data["machine"]
         if data.get("format") != FORMAT:
             return None, f"the saved memory has format {data.get('format')}, not {FORMAT}"
@@ -112,7 +118,8 @@ def load(vm_dir: Path, machine_for: Any) -> tuple[Saved | None, str | None]:
         return None, "the saved memory is corrupt (its size or checksum changed)"
     if _machine_key(machine_for(memory_anonymous)) != machine:
         return None, "QEMU, the environment or the VM's shape changed since it was suspended"
-    return Saved(state, memory_anonymous, float(data.get("saved_at", 0)), size), None
+    saved_at = float(data.get("saved_at", 0))
+    return Saved(state, memory_anonymous, saved_at, size, fresh_identity), None
 
 
 def discard(vm_dir: Path) -> None:

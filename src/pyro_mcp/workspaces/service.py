@@ -69,6 +69,19 @@ log = logging.getLogger("pyro.workspaces")
 
 
 DIFF_FORMATS = ("changes", "patch")
+# How many forks one call may make.
+MAX_FORKS = 8
+# What a fork keeps of its parent's record (the rest is its own).
+_FORKED_FIELDS = (
+    "labels",
+    "environment",
+    "seed",
+    "ttl_seconds",
+    "max_lifetime_seconds",
+    "host_ca",
+    "network_policy",
+    "idle_suspend_seconds",
+)
 
 
 def _quiet(_: str) -> None:
@@ -613,6 +626,140 @@ class WorkspaceService:
         if warnings:
             result["warning"] = "; ".join([*warnings, *filter(None, [result.get("warning")])])
         return result
+
+    def fork(self, ref: str, *, name: str | None = None, count: int = 1) -> dict[str, Any]:
+        """New workspaces that are copies of this one as it is now, processes included.
+
+        The source pauses while its disks are copied and its memory saved, then
+        runs on. Each fork resumes from that memory with its own copy of the
+        disks, fresh entropy, clock, hostname and machine id, its own secrets
+        and its own host ports for the source's published ports; its diff
+        baseline is the source's. Nothing is left of a fork that fails.
+        """
+        parent = self._find(ref)
+        label = parent["name"] or parent["workspace_id"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
+            raise InvalidArgument("count", f"must be a whole number from 1 to {MAX_FORKS}")
+        state = self.status(parent["workspace_id"])["state"]
+        if state != "running":
+            raise StateError(
+                f"workspace {label}",
+                state,
+                "running",
+                f"Start it first (`pyro workspace start {label}`), then fork it.",
+            )
+        names: list[str | None] = [None] * count
+        if name is not None:
+            names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+            for each in names:
+                if not _NAME.match(str(each)):
+                    raise InvalidArgument(
+                        "name", f"{each!r}: use 1-64 letters, digits, '.', '_' or '-'"
+                    )
+                if self.store.find_workspace(str(each)) is not None:
+                    raise InvalidArgument("name", f"a workspace called {each!r} exists")
+        started = time.monotonic()
+        parent_folder = self.root / parent["workspace_id"]
+        work = self.root / f".fork-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        try:
+            vm = self.vms.status_vm(parent["vm_id"])
+            saved = self.vms.fork_save(
+                parent["vm_id"],
+                work / "memory.state",
+                [
+                    (self.vms.paths.vms_dir / vm.vm_id / "root.qcow2", work / "root.qcow2"),
+                    (parent_folder / "workspace.qcow2", work / "workspace.qcow2"),
+                ],
+            )
+            forks = [self._make_fork(parent, work, each, saved) for each in names]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
+        return {
+            "workspace_id": parent["workspace_id"],
+            "forks": forks,
+            "pause_ms": saved["pause_ms"],
+            "fork_ms": int((time.monotonic() - started) * 1000),
+        }
+
+    def _make_fork(
+        self,
+        parent: dict[str, Any],
+        work: Path,
+        name: str | None,
+        saved: dict[str, Any],
+    ) -> dict[str, Any]:
+        workspace_id = "ws-" + uuid.uuid4().hex[:12]
+        folder = self.root / workspace_id
+        folder.mkdir(mode=0o700)
+        parent_folder = self.root / parent["workspace_id"]
+        vm_id: str | None = None
+        try:
+            os.link(parent_folder / "baseline.ext4", folder / "baseline.ext4")  # immutable
+            shutil.copyfile(work / "workspace.qcow2", folder / "workspace.qcow2")
+            disks.rebase_in_place(folder / "workspace.qcow2", folder / "baseline.ext4")
+            if (parent_folder / "secrets").is_dir():
+                shutil.copytree(parent_folder / "secrets", folder / "secrets")
+            if (parent_folder / ignore.RULES_FILE).exists():
+                shutil.copyfile(parent_folder / ignore.RULES_FILE, folder / ignore.RULES_FILE)
+            record = self.vms.clone_vm(
+                parent["vm_id"],
+                root_disk=work / "root.qcow2",
+                workspace_disk=folder / "workspace.qcow2",
+                baseline_disk=folder / "baseline.ext4",
+                memory=work / "memory.state",
+                memory_anonymous=saved["memory_anonymous"],
+            )
+            vm_id = record.vm_id
+            now = time.time()
+            row = {
+                **{k: v for k, v in parent.items() if k in _FORKED_FIELDS},
+                "workspace_id": workspace_id,
+                "name": name,
+                "vm_id": vm_id,
+                "created_at": now,
+                "last_activity_at": now,
+                "forked_from": parent["workspace_id"],
+            }
+            row["expires_at"] = lifetime.expires_at(row)
+            self.store.insert_workspace(row)
+            self.vms.start_vm(vm_id)
+            self._journal(row, "fork", {"from": parent["workspace_id"]})
+            warnings = self._publish_like(parent, row)
+        except BaseException:
+            if vm_id is not None:
+                with contextlib.suppress(PyroError):
+                    self.vms.delete_vm(vm_id)
+            self.store.delete_workspace(workspace_id)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        status = self.status(workspace_id)
+        if warnings:
+            status["warning"] = "; ".join(warnings)
+        return status
+
+    def _publish_like(self, parent: dict[str, Any], fork: dict[str, Any]) -> list[str]:
+        """Publish a fork's copies of the parent's published ports, on new host ports."""
+        rows = self.store.published_ports(parent["workspace_id"])
+        warnings: list[str] = []
+        if not rows:
+            return warnings
+        with self._connect(fork) as client:
+            for row in rows:
+                port = processes.free_host_port()
+                try:
+                    client.call(
+                        "hostfwd",
+                        {"action": "add", "host_port": port, "guest_port": row["guest_port"]},
+                    )
+                except PyroError as exc:
+                    warnings.append(f"guest port {row['guest_port']} not published: {exc}")
+                    continue
+                self.store.add_published_port(
+                    fork["workspace_id"], row["service"], port, row["guest_port"]
+                )
+        return warnings
 
     def _republish(self, workspace: dict[str, Any]) -> list[str]:
         """Put a resumed workspace's published ports back (QEMU's forwards died with it)."""

@@ -1,0 +1,89 @@
+"""Fork: one running workspace becomes several, processes included, each its own machine."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.errors import InvalidArgument, NotFound, StateError
+
+
+def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> None:
+    source = pyro.create_workspace(
+        name="src", network_policy="egress+published-ports", secrets={"TOKEN": "s3cret-value"}
+    )["workspace_id"]
+    try:
+        service = pyro.start_service(
+            source,
+            "web",
+            "python3 -m http.server 8000",
+            ready_http="http://127.0.0.1:8000/",
+            published_ports=["8000"],
+        )
+        source_port = service["published_ports"][0]["host_port"]
+        pyro.exec_workspace(source, "echo prepared > /workspace/state; echo t > /tmp/t")
+        ids = pyro.exec_workspace(source, "cat /etc/machine-id; hostname")["stdout"]
+
+        result = pyro.fork_workspace(source, name="try", count=2)
+        assert result["workspace_id"] == source and result["pause_ms"] >= 0
+        forks = result["forks"]
+        assert [f["name"] for f in forks] == ["try-1", "try-2"]
+        assert all(f["forked_from"] == source and f["boot_kind"] == "resumed" for f in forks)
+        seen = set()
+        for fork in forks:
+            ws = fork["workspace_id"]
+            out = pyro.exec_workspace(
+                ws,
+                "cat /workspace/state /tmp/t; cat /etc/machine-id; hostname; printenv TOKEN_VAR",
+                secret_env=["TOKEN:TOKEN_VAR"],
+            )
+            lines = out["stdout"].split("\n")
+            assert lines[:2] == ["prepared", "t"]
+            assert "\n".join(lines[2:4]) + "\n" != ids  # its own machine id and hostname
+            assert "s3cret-value" not in out["stdout"]  # its own copy of the secret, redacted
+            seen.add(lines[2])
+            # The service runs in the fork, published on a new host port.
+            assert pyro.status_service(ws, "web")["state"] == "ready"
+            port = pyro.list_services(ws)["services"][0]["published_ports"][0]["host_port"]
+            assert port != source_port
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+                assert reply.status == 200
+            # The diff baseline is the source's seed baseline.
+            assert [c["path"] for c in pyro.diff_workspace(ws)["changes"]] == ["state"]
+        assert len(seen) == 2
+        # Each goes its own way: nothing crosses.
+        pyro.exec_workspace(forks[0]["workspace_id"], "echo mine > /workspace/state")
+        assert pyro.exec_workspace(source, "cat /workspace/state")["stdout"] == "prepared\n"
+        second = pyro.exec_workspace(forks[1]["workspace_id"], "cat /workspace/state")
+        assert second["stdout"] == "prepared\n"
+        assert pyro.exec_workspace(source, "echo ok")["stdout"] == "ok\n"  # source runs on
+        assert "fork" in [e["kind"] for e in pyro.logs_workspace(source)["entries"]]
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+
+
+def test_bad_forks_are_refused_and_leave_nothing(pyro: Pyro) -> None:
+    source = pyro.create_workspace(name="src")["workspace_id"]
+    other = pyro.create_workspace(name="taken")["workspace_id"]
+    try:
+        with pytest.raises(InvalidArgument, match="count: must be a whole number from 1 to 8"):
+            pyro.fork_workspace(source, count=9)
+        with pytest.raises(InvalidArgument, match="taken"):
+            pyro.fork_workspace(source, name="taken")
+        with pytest.raises(NotFound):
+            pyro.fork_workspace("ws-doesnotexist")
+        pyro.stop_workspace(source)
+        with pytest.raises(StateError, match=r"suspended.*workspace start src"):
+            pyro.fork_workspace(source)
+        pyro.stop_workspace(source, discard_memory=True)
+        with pytest.raises(StateError, match="stopped"):
+            pyro.fork_workspace(source)
+        assert sorted(w["name"] for w in pyro.list_workspaces()) == ["src", "taken"]
+        leftovers = [p.name for p in pyro._workspaces.root.iterdir() if p.name.startswith(".fork")]
+        assert leftovers == []
+    finally:
+        pyro.delete_workspace(source)
+        pyro.delete_workspace(other)
