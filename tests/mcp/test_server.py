@@ -64,6 +64,7 @@ EXPECTED = {
     | {
         "workspace_stop",
         "workspace_start",
+        "workspace_fork",
         "vm_list_environments",
         "vm_create",
         "vm_start",
@@ -81,7 +82,7 @@ EXPECTED = {
     ("--mode", "review-eval"): MODE_BASE
     | SHELLS
     | SNAPSHOTS
-    | {"workspace_diff", "workspace_reset"},
+    | {"workspace_diff", "workspace_reset", "workspace_fork"},
 }
 
 

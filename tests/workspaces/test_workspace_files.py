@@ -197,7 +197,7 @@ def test_file_and_patch_bad_input_changes_nothing(pyro: Pyro, repo: Path) -> Non
 
 def test_stopped_deleted_and_killed_workspaces_give_clear_errors(pyro: Pyro) -> None:
     ws = pyro.create_workspace(name="fragile")["workspace_id"]
-    pyro.stop_workspace(ws)
+    pyro.stop_workspace(ws, discard_memory=True)
     with pytest.raises(StateError, match="pyro workspace start fragile"):
         pyro.diff_workspace(ws)
     assert (

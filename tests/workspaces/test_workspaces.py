@@ -105,7 +105,7 @@ def test_workspace_survives_stop_and_start_and_timeouts(pyro: Pyro, repo: Path) 
     timed = pyro.exec_workspace(ws, "sleep 60", timeout_seconds=1)
     assert timed["timed_out"] is True
     assert pyro.exec_workspace(ws, "cat note.txt", cwd="src")["stdout"] == "kept\n"
-    assert pyro.stop_workspace(ws)["state"] == "stopped"
+    assert pyro.stop_workspace(ws, discard_memory=True)["state"] == "stopped"
     assert pyro.start_workspace(ws)["state"] == "running"
     assert pyro.exec_workspace(ws, ["cat", "src/note.txt"])["stdout"] == "kept\n"
     pyro.delete_workspace(ws)

@@ -567,7 +567,7 @@ class WorkspaceService:
         status = self.status(workspace["workspace_id"])
         changes: dict[str, Any] | None = None
         note = None
-        if status["state"] == "running":
+        if status["state"] in ("running", "suspended"):  # the diff resumes a suspended one
             diff = self.diff(workspace["workspace_id"], include_ignored=include_ignored)
             changes = {
                 "counts": diff["counts"],
@@ -579,7 +579,7 @@ class WorkspaceService:
         return {
             "workspace_id": workspace["workspace_id"],
             "name": workspace["name"],
-            "state": status["state"],
+            "state": self.status(workspace["workspace_id"], touch=False)["state"],
             "since": resets[-1]["started_at"] if resets else workspace["created_at"],
             "resets": len(resets),
             "commands": commands,
