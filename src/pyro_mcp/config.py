@@ -159,6 +159,19 @@ def release_reserve(state_dir: Path) -> bool:
     return True
 
 
+# Below this much free space, pyro trims /workspace after each command (so
+# files a command deleted give their space back at once).
+TRIM_BELOW_BYTES = 128 * 1024 * 1024
+
+
+def space_is_low(state_dir: Path) -> bool:
+    try:
+        stat = os.statvfs(state_dir)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < TRIM_BELOW_BYTES
+
+
 def disk_full_message(state_dir: Path) -> str:
     """What to say when PYRO_HOME's filesystem is full: where, how much, what to free."""
     free = "unknown"

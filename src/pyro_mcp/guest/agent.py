@@ -403,13 +403,27 @@ def op_workspace_check(args: dict[str, Any]) -> dict[str, Any]:
         return {"state": "read_only", "message": f"{again} (after mounting it again)"}
     # Blocks written before the journal stopped may be free in ext4 now but
     # still held on the host's disk: discard every free block.
+    _trim_workspace()
+    return {"state": "repaired", "message": problem}
+
+
+def op_trim(args: dict[str, Any]) -> dict[str, Any]:
+    """Discard every free block of /workspace (the host asks when its disk is low)."""
+    if not _is_guest() or not os.path.ismount(WORKSPACE):
+        return {"trimmed": 0}
+    return {"trimmed": _trim_workspace()}
+
+
+def _trim_workspace() -> int:
+    """FITRIM /workspace; the bytes the kernel discarded (0 if it could not)."""
     with contextlib.suppress(OSError):
         fd = os.open(WORKSPACE, os.O_RDONLY)
         try:
-            fcntl.ioctl(fd, FITRIM, struct.pack("QQQ", 0, 2**64 - 1, 0))
+            result = fcntl.ioctl(fd, FITRIM, struct.pack("QQQ", 0, 2**64 - 1, 0))
         finally:
             os.close(fd)
-    return {"state": "repaired", "message": problem}
+        return int(struct.unpack("QQQ", result)[1])
+    return 0
 
 
 def _workspace_problem() -> str | None:
@@ -587,6 +601,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "package_index": op_package_index,
     "freeze": op_freeze,
     "workspace_check": op_workspace_check,
+    "trim": op_trim,
     **fileops.OPERATIONS,
     **processes.OPERATIONS,
 }

@@ -355,6 +355,11 @@ class WorkspaceService:
                     secret_env=secret_vars,
                     client=client,
                 )
+                if config.space_is_low(self.vms.paths.state_dir):
+                    # The command may have deleted files: hand their blocks back to
+                    # the host now, whatever the guest's discards did on a full disk.
+                    with contextlib.suppress(PyroError):
+                        client.agent("trim", {}, 120)
         finally:
             workspace = self._touch(workspace)
         redact = self.redactor(workspace["workspace_id"])
