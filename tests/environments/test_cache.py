@@ -97,3 +97,18 @@ def test_prune_drops_initramfs_files_of_other_versions_only(tmp_path: Path) -> N
     cache.prune()
     assert current.exists()
     assert not (build / "initrd-0000000000000000.img").exists()
+
+
+def test_prune_leaves_an_environment_that_is_being_built(tmp_path: Path) -> None:
+    import fcntl
+
+    cache = EnvironmentCache(tmp_path)
+    current = make_build(cache)
+    partial = current.parent / ".partial-in-progress"
+    partial.mkdir()
+    with (current.parent.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a build in another process
+        cache.prune()
+        assert partial.exists()
+    cache.prune()
+    assert not partial.exists()

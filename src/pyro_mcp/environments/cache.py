@@ -233,22 +233,25 @@ class EnvironmentCache:
         freed = 0
         if self.environments_dir.is_dir():
             for env_dir in sorted(self.environments_dir.iterdir()):
-                current = (
-                    (env_dir / "current").resolve() if (env_dir / "current").exists() else None
-                )
-                builds = env_dir / "builds"
-                for build in sorted(builds.iterdir()) if builds.is_dir() else []:
-                    resolved = build.resolve()
-                    if resolved in keep:
-                        continue
-                    if resolved == current and not remove_installed:
-                        removed += _prune_initrds(build)
-                        continue
-                    freed += used_bytes(build)
-                    shutil.rmtree(build, ignore_errors=True)
-                    removed.append(str(build))
-                if remove_installed and current is not None and current not in keep:
-                    (env_dir / "current").unlink(missing_ok=True)
+                with _try_lock(env_dir) as locked:
+                    if not locked:
+                        continue  # being built right now: its partial build is not debris
+                    current = (
+                        (env_dir / "current").resolve() if (env_dir / "current").exists() else None
+                    )
+                    builds = env_dir / "builds"
+                    for build in sorted(builds.iterdir()) if builds.is_dir() else []:
+                        resolved = build.resolve()
+                        if resolved in keep:
+                            continue
+                        if resolved == current and not remove_installed:
+                            removed += _prune_initrds(build)
+                            continue
+                        freed += used_bytes(build)
+                        shutil.rmtree(build, ignore_errors=True)
+                        removed.append(str(build))
+                    if remove_installed and current is not None and current not in keep:
+                        (env_dir / "current").unlink(missing_ok=True)
         for path in (self.debs_dir, self.kernels_dir):
             if path.is_dir():
                 freed += used_bytes(path)
@@ -282,6 +285,24 @@ class EnvironmentCache:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _try_lock(env_dir: Path) -> Iterator[bool]:
+    """The environment's build lock if nobody holds it (True), without waiting."""
+    if not env_dir.is_dir():
+        yield False
+        return
+    with (env_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_manifest(build_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
