@@ -11,9 +11,14 @@ from typing import Any
 from pyro_mcp import config, host_tools
 from pyro_mcp.environments.cache import EnvironmentCache
 from pyro_mcp.errors import PyroError
+from pyro_mcp.models import VmState
 from pyro_mcp.vm import accel
 from pyro_mcp.vm.qemu import qemu_version
 from pyro_mcp.vms import VmService
+
+# Host memory an idle warm-started workspace holds (QEMU PSS, benchmarks/density.py);
+# what "room for N more" in the capacity line assumes.
+IDLE_GUEST_MIB = 100
 
 
 def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, Any]:
@@ -138,6 +143,39 @@ def daily_loop(vms: VmService, environment: str) -> dict[str, Any]:
         "network": {"status": network.status, "reason": network.reason},
         "fix": fix if status.status != "warm" else None,
     }
+
+
+def capacity(vms: VmService) -> dict[str, Any]:
+    """How many workspaces run and are suspended, and how many more this host can run."""
+    records = vms.list_vms()
+    running = sum(1 for r in records if r.state is VmState.RUNNING)
+    suspended = sum(
+        1 for r in records if r.state is VmState.STOPPED and vms.suspended(r.vm_id) is not None
+    )
+    cap = config.max_running_vms()
+    available = _mem_available_mib()
+    by_memory = available // IDLE_GUEST_MIB if available is not None else cap
+    return {
+        "running": running,
+        "suspended": suspended,
+        "max_running": cap,
+        "room_for": max(0, min(cap - running, by_memory)),
+        "memory_available_mib": available,
+        "note": (
+            "suspended workspaces hold no memory; running ones suspend after "
+            f"idle_suspend_seconds (default {config.DEFAULT_IDLE_SUSPEND_SECONDS} s)"
+        ),
+    }
+
+
+def _mem_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _has_user_networking(qemu: str) -> bool:

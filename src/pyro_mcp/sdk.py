@@ -787,13 +787,16 @@ class Pyro:
 
         ``daily_loop`` says whether workspaces of ``environment`` start
         ``warm``, ``cold`` (no snapshot yet) or ``stale`` (something changed
-        since it was taken), and the command that fixes it. ``platform_only``
-        reports the host alone (no environments, no daily loop).
+        since it was taken), and the command that fixes it. ``capacity``: how
+        many workspaces run and are suspended, and ``room_for`` how many more
+        this host can run. ``platform_only`` reports the host alone (no
+        environments, no daily loop, no capacity).
         """
         report = doctor.diagnose(self.paths, platform_only=platform_only)
         if platform_only:
             return report
         report["daily_loop"] = doctor.daily_loop(self._vms, environment)
+        report["capacity"] = doctor.capacity(self._vms)
         if report["daily_loop"]["status"] != "warm":
             report["warnings"].append(
                 f"the daily loop for {environment} is {report['daily_loop']['status']}: "

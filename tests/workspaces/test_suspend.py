@@ -28,7 +28,11 @@ def test_services_shells_and_tmp_survive_a_suspend(pyro: Pyro, state_dir: Path) 
         pyro.start_service(ws, "ticker", "while true; do date +%s%N >> /tmp/ticks; sleep 1; done")
         shell = pyro.open_shell(ws)
         pyro.write_shell(ws, shell["shell_id"], "echo before-suspend")
+        deadline = time.monotonic() + 60
         before = pyro.read_shell(ws, shell["shell_id"], wait_for_idle_ms=500)
+        # The typed line, then its output (reads without a cursor start at 0).
+        while before["output"].count("before-suspend") < 2 and time.monotonic() < deadline:
+            before = pyro.read_shell(ws, shell["shell_id"], wait_for_idle_ms=500)
         pyro.exec_workspace(ws, "echo kept > /tmp/note; echo on-disk > /workspace/f")
 
         stopped = pyro.stop_workspace(ws)
@@ -50,10 +54,12 @@ def test_services_shells_and_tmp_survive_a_suspend(pyro: Pyro, state_dir: Path) 
         assert later > ticks  # the service kept running after the resume
         # The shell: same id, its scrollback and cursor carry on.
         pyro.write_shell(ws, shell["shell_id"], "echo after-resume")
-        after = pyro.read_shell(
-            ws, shell["shell_id"], cursor=before["next_cursor"], wait_for_idle_ms=500
-        )
-        assert "after-resume" in after["output"] and "before-suspend" not in after["output"]
+        output, cursor = "", before["next_cursor"]
+        deadline = time.monotonic() + 60
+        while output.count("after-resume") < 2 and time.monotonic() < deadline:
+            after = pyro.read_shell(ws, shell["shell_id"], cursor=cursor, wait_for_idle_ms=500)
+            output, cursor = output + after["output"], after["next_cursor"]
+        assert output.count("after-resume") >= 2 and "before-suspend" not in output, output
         whole = pyro.read_shell(ws, shell["shell_id"], cursor=0, wait_for_idle_ms=100)
         assert "before-suspend" in whole["output"] and "after-resume" in whole["output"]
         kinds = [e["kind"] for e in pyro.logs_workspace(ws)["entries"]]

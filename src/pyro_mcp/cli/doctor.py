@@ -77,6 +77,12 @@ def handle(args: argparse.Namespace) -> int:
     if not loop.get("warm_enabled", True):
         detail += " (PYRO_WARM=0: every start cold-boots)"
     print(f"  daily loop   {loop['environment']}: {loop['status']}, {detail}")
+    room = report["capacity"]
+    print(
+        f"  capacity     {room['running']} running, {room['suspended']} suspended (no memory "
+        f"held); room for {room['room_for']} more running (cap {room['max_running']}, "
+        "PYRO_MAX_RUNNING)"
+    )
     for problem in report["problems"]:
         print(f"  PROBLEM: {problem}")
     for warning in report["warnings"]:
