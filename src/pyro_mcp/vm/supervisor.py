@@ -302,24 +302,9 @@ class Supervisor:
         if self.restore:
             raise ValueError("only a cold-booted template VM can be saved")
         await self.agent_request("sync", {}, HELLO_TIMEOUT_SECONDS)
-        await self.qmp(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
-        )
         await self.qmp("stop")
         self.saved = True
-        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
-        deadline = time.monotonic() + 60
-        while True:
-            state = await self.qmp("query-migrate")
-            status = state.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                raise VMError(
-                    f"saving the warm snapshot failed ({status}): {state.get('error-desc', '')}"
-                )
-            await asyncio.sleep(RESTORE_POLL_SECONDS)
+        await self._save_to(path, shared_ram=True, timeout=60, what="saving the warm snapshot")
         with contextlib.suppress(VMError):
             await self.qmp("quit")
         self.request_stop("saved as a warm snapshot")
@@ -334,29 +319,13 @@ class Supervisor:
         """
         started = time.monotonic()
         await self.agent_request("sync", {}, SYNC_GRACE_SECONDS)
-        await self.qmp(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
-        )
-        # The default bandwidth cap (32 MiB/s) is for live migration over a network.
-        await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
         await self.qmp("stop")
-        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
-        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
-        while True:
-            state = await self.qmp("query-migrate")
-            status = state.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                with contextlib.suppress(VMError):
-                    await self.qmp("migrate_cancel")
-                    await self.qmp("cont")
-                raise VMError(
-                    f"saving the guest's memory failed ({status}): "
-                    f"{state.get('error-desc', 'timed out')}; the workspace keeps running"
-                )
-            await asyncio.sleep(RESTORE_POLL_SECONDS)
+        try:
+            await self._save_to(path, what="saving the guest's memory")
+        except VMError as exc:
+            with contextlib.suppress(VMError):
+                await self.qmp("cont")
+            raise VMError(f"{exc}; the workspace keeps running") from exc
         self.saved = True
         with contextlib.suppress(VMError):
             await self.qmp("quit")
@@ -373,27 +342,8 @@ class Supervisor:
         the guest continues. The pause is that last step plus the copies.
         """
         started = time.monotonic()
-        await self.qmp(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
-        )
-        await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
-        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
-        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
         try:
-            while True:
-                state = await self.qmp("query-migrate")
-                status = state.get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                    with contextlib.suppress(VMError):
-                        await self.qmp("migrate_cancel")
-                    raise VMError(
-                        f"saving the guest's memory failed ({status}): "
-                        f"{state.get('error-desc', 'timed out')}"
-                    )
-                await asyncio.sleep(RESTORE_POLL_SECONDS)
+            state = await self._save_to(path, what="saving the guest's memory")
             paused = time.monotonic()
             loop = asyncio.get_running_loop()
             for source, target in copies:
@@ -407,6 +357,38 @@ class Supervisor:
             "pause_ms": downtime + int((time.monotonic() - paused) * 1000),
             "save_ms": int((time.monotonic() - started) * 1000),
         }
+
+    async def _save_to(
+        self,
+        path: str,
+        *,
+        shared_ram: bool = False,
+        timeout: float = SUSPEND_TIMEOUT_SECONDS,
+        what: str,
+    ) -> dict[str, Any]:
+        """QEMU's migration stream into ``path``, waited for; its final ``query-migrate``.
+
+        ``shared_ram`` leaves out RAM kept in a shared file (a warm template's).
+        The default bandwidth cap (32 MiB/s) is for live migration over a
+        network; a local file takes it uncapped.
+        """
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": shared_ram}]},
+        )
+        await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
+        await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
+        deadline = time.monotonic() + timeout
+        while True:
+            state: dict[str, Any] = await self.qmp("query-migrate")
+            status = state.get("status")
+            if status == "completed":
+                return state
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                with contextlib.suppress(VMError):
+                    await self.qmp("migrate_cancel")
+                raise VMError(f"{what} failed ({status}): {state.get('error-desc', 'timed out')}")
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
 
     def _boot_failure(self, what: str) -> str:
         code = self.qemu.returncode if self.qemu else None

@@ -17,19 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pyro_mcp.guest.agent import PACKAGE_VARIABLES
+
 log = logging.getLogger("pyro.workspaces")
 
-# Variables copied into the guest's command environment when the host has them.
-VARIABLES = (
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_INDEX",
-    "NPM_CONFIG_REGISTRY",
-)
+# Variables copied into the guest's command environment when the host has them
+# (the guest agent takes exactly these).
+VARIABLES = PACKAGE_VARIABLES
 PIP_KEYS = ("index-url", "extra-index-url", "trusted-host")
 MAX_VALUE_CHARS = 2048
 
