@@ -168,13 +168,15 @@ async def from_checkout(
     async with mcp_session(
         env, checkout, "--profile", "workspace-full", "--environment", ENVIRONMENT
     ) as client:
-        with s.step("workspace_create with egress", "guest runtime"):
+        with s.step("workspace_create with egress to the package index only", "guest runtime"):
             ws = await call(
                 client,
                 "workspace_create",
                 network_policy="egress+published-ports",
+                allow_package_index=True,
                 name=project.name,
             )
+            check(ws["egress"]["mode"] == "allow-list", str(ws["egress"]))
         wid = ws["workspace_id"]
         try:
             with s.step("only tracked files seeded; the missing one reported", "guest runtime"):
@@ -188,6 +190,7 @@ async def from_checkout(
                 untracked = names & {"build", "debug.log", "my-notes.txt", "secret.key"}
                 check(not untracked, f"untracked files seeded: {untracked}")
             await install_and_test(client, wid, project, s)
+            await nothing_but_the_index(client, wid, s)
             await patch_and_export(client, wid, project, checkout, s)
             await service_loop(client, wid, s)
         finally:
@@ -234,6 +237,28 @@ async def install_and_test(client: Client, wid: str, project: Project, s: Scenar
         passed = _passed(done["stdout"])
         check(passed >= project.min_passed, f"only {passed} tests passed")
     s.result = f"{project.name} {project.version}: {passed} tests passed in the guest"
+
+
+async def nothing_but_the_index(client: Client, wid: str, s: Scenario) -> None:
+    """The install went through the egress proxy; any other host is refused."""
+    with s.step("another host is refused by the egress policy", "guest runtime"):
+        done = await call(
+            client,
+            "workspace_exec",
+            workspace_id=wid,
+            command='python3 -c "import urllib.request; '
+            "urllib.request.urlopen('https://example.com/', timeout=20)\"",
+        )
+        check(
+            done["exit_code"] != 0 and "403" in done["stderr"],
+            f"example.com was not refused: {done['_text'][-400:]}",
+        )
+        summary = await call(client, "workspace_summary", workspace_id=wid)
+        egress = [c for c in summary["host_crossings"] if c["kind"] == "egress"]
+        allowed = sum(c["connections"] for c in egress if c["allowed"])
+        check(allowed > 0, f"no allowed connection journalled: {egress}")
+        check(any(c["host"] == "example.com" and not c["allowed"] for c in egress), str(egress))
+    s.result += f"; {allowed} index connections, everything else refused"
 
 
 def _passed(output: str) -> int:

@@ -110,8 +110,12 @@ def test_two_runs_at_once_are_isolated(pyro: Pyro) -> None:
 def test_network_is_off_unless_asked_for(pyro: Pyro) -> None:
     offline = pyro.run_in_vm(command="ls /sys/class/net")
     assert offline["stdout"].split() == ["lo"]
-    online = pyro.run_in_vm(command="ls /sys/class/net; cat /etc/resolv.conf", network=True)
-    assert "eth0" in online["stdout"] and "nameserver 10.0.2.3" in online["stdout"]
+    online = pyro.run_in_vm(
+        command="ls /sys/class/net; cat /etc/resolv.conf; echo $https_proxy", network=True
+    )
+    # Out only through the egress proxy; DNS points at nothing, so lookups fail at once.
+    assert "eth0" in online["stdout"] and "nameserver 127.0.0.1" in online["stdout"]
+    assert "http://10.0.2.100:3128" in online["stdout"]
 
 
 def test_a_killed_caller_leaves_no_vm_behind(

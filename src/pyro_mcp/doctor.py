@@ -112,7 +112,8 @@ def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, A
         "host_tools": tools,
         "networking": {
             "user_mode_nat": qemu["user_networking"],
-            "note": "guests have no NIC unless --network is given; egress is user-mode NAT",
+            "note": "guests have no NIC unless --network is given; with one they reach only "
+            "pyro's egress proxy (QEMU user-mode networking, restrict=on)",
         },
         "state_dir": str(paths.state_dir),
         "cache_dir": str(paths.cache_dir),

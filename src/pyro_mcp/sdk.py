@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 from pyro_mcp import config, doctor
 from pyro_mcp import prepare as prepare_ops
+from pyro_mcp.egress import config as egress_config
 from pyro_mcp.errors import PyroError
 from pyro_mcp.hosts import service as host_service
 from pyro_mcp.hosts.server_command import ServerOptions
 from pyro_mcp.vms import VmService
-from pyro_mcp.workspaces.secrets import Redactor
+from pyro_mcp.workspaces.secrets import Redactor, SecretSpec
 from pyro_mcp.workspaces.service import WorkspaceService
 
 Progress = Callable[[str], None]
@@ -198,19 +199,21 @@ class Pyro:
         return self._vms.status_vm(vm_id).to_dict()
 
     def network_info_vm(self, vm_id: str) -> dict[str, Any]:
-        """How the VM reaches the network: none, or user-mode NAT with its addresses."""
+        """How the VM reaches the network: none, or only through the egress proxy."""
         record = self.status_vm(vm_id)
         if not record["network"]:
             return {"vm_id": vm_id, "network": False, "mode": "none", "note": "no NIC at all"}
         return {
             "vm_id": vm_id,
             "network": True,
-            "mode": "user-mode NAT",
+            "mode": "egress proxy",
             "guest_ip": "10.0.2.15/24",
             "gateway": "10.0.2.2",
-            "dns": "10.0.2.3",
-            "note": "egress reaches what this host reaches; nothing reaches the guest "
-            "unless a port is published on 127.0.0.1",
+            "proxy": egress_config.PROXY_URL,
+            "dns": "none (the proxy resolves names on the host)",
+            "note": "the guest reaches only the egress proxy: HTTP(S) clients through "
+            "HTTP(S)_PROXY, any public host (no host loopback or private addresses); "
+            "nothing reaches the guest unless a port is published on 127.0.0.1",
         }
 
     def list_vms(self) -> list[dict[str, Any]]:
@@ -255,8 +258,13 @@ class Pyro:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
-        secrets: dict[str, str] | None = None,
-        secret_files: Mapping[str, str | Path] | None = None,
+        secrets: Mapping[str, SecretSpec] | None = None,
+        secret_files: Mapping[str, SecretSpec] | None = None,
+        allow_hosts: Sequence[str] | None = None,
+        allow_package_index: bool = False,
+        deny_hosts: Sequence[str] = (),
+        allow_private_egress: bool = False,
+        allow_host_services: bool = False,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
@@ -265,13 +273,24 @@ class Pyro:
         (as in the working tree; ignored and untracked files stay out). ``origin``
         overrides the reported ``origin_kind``/``origin_ref``.
 
-        ``network_policy`` is ``off`` (no NIC, the default), ``egress`` (user-mode
-        NAT; ``network=True`` means this) or ``egress+published-ports`` (services
-        may also publish ports on the host's 127.0.0.1).
+        ``network_policy`` is ``off`` (no NIC, the default), ``egress`` (outbound
+        through pyro's egress proxy; ``network=True`` means this) or
+        ``egress+published-ports`` (services may also publish ports on the host's
+        127.0.0.1). With egress, ``allow_hosts`` (``name``, ``*.name``, either with
+        ``:port``) are the only hosts the guest reaches; without it any public
+        host. ``allow_package_index`` adds the hosts of this host's package index
+        settings (pip's index URLs, the ``PIP_``/``UV_`` index variables, npm's
+        registry) to ``allow_hosts``. ``deny_hosts`` are refused first. The host's
+        loopback, link-local and private networks are refused unless ``allow_private_egress``;
+        ``host.pyro.internal:PORT`` reaches the host's 127.0.0.1:PORT only with
+        ``allow_host_services`` (both are the operator's switches).
 
         ``secrets`` (NAME: value) and ``secret_files`` (NAME: host path) are stored
         0600 on the host, materialized under /run/pyro-secrets in the guest, mapped
-        into commands with ``secret_env``, and redacted from every result.
+        into commands with ``secret_env``, and redacted from every result. Given as
+        ``{"value": ..., "hosts": [...]}`` (``{"path": ..., "hosts": [...]}``) the
+        guest sees a placeholder instead, and the egress proxy puts the real value
+        in place of it in requests to those hosts only.
 
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
         forward; ``max_lifetime_seconds`` caps the total. After
@@ -300,6 +319,11 @@ class Pyro:
             host_ca=host_ca,
             secrets=secrets,
             secret_files=secret_files,
+            allow_hosts=allow_hosts,
+            allow_package_index=allow_package_index,
+            deny_hosts=deny_hosts,
+            allow_private_egress=allow_private_egress,
+            allow_host_services=allow_host_services,
             progress=self._progress,
         )
 
@@ -322,9 +346,12 @@ class Pyro:
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
         idle_suspend_seconds: int | None = None,
+        allow_hosts: Sequence[str] = (),
+        deny_hosts: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Rename (or drop the name), add or change labels, clear labels by key, or
-        change how long it may sit idle before it is suspended (0: never)."""
+        """Rename (or drop the name), add or change labels, clear labels by key,
+        change how long it may sit idle before it is suspended (0: never), or
+        allow and deny egress hosts (effective at once, running or not)."""
         return self._workspaces.update(
             workspace,
             name=name,
@@ -332,6 +359,8 @@ class Pyro:
             labels=labels,
             clear_labels=clear_labels,
             idle_suspend_seconds=idle_suspend_seconds,
+            allow_hosts=allow_hosts,
+            deny_hosts=deny_hosts,
         )
 
     @_redacting

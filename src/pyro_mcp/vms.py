@@ -24,6 +24,7 @@ from typing import Any
 
 from pyro_mcp import config, host_tools
 from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
+from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import get_spec
@@ -589,6 +590,16 @@ class VmService:
         require_state(vm_id, record.state, (VmState.RUNNING,), fix)
         return SupervisorClient(self._files(vm_id).control_socket)
 
+    def set_egress(self, vm_id: str, settings: egress_config.EgressConfig) -> None:
+        """Give the VM these egress settings: at its next launch, and now if it runs."""
+        self._get(vm_id)
+        files = self._files(vm_id)
+        egress_config.write(files.dir, settings)
+        record = self.status_vm(vm_id)
+        if record.state is VmState.RUNNING:
+            with SupervisorClient(files.control_socket) as client:
+                client.call("egress_reload", timeout=30)
+
     def busy(self, vm_id: str) -> bool:
         """True while the VM's agent has requests in flight (a command, a transfer)."""
         record = self.store.get_vm(vm_id)
@@ -828,6 +839,7 @@ class VmService:
             network=record.network,
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
+            egress_command=egress_config.relay_command() if record.network else "",
         )
 
 

@@ -32,8 +32,10 @@ def test_the_machine_is_a_microvm_without_default_devices() -> None:
 def test_no_network_means_no_nic_at_all() -> None:
     argv = spec().argv()
     assert "-netdev" not in argv and "pyro.net=1" not in " ".join(argv)
-    networked = spec(network=True).argv()
-    assert "user,id=n0" in networked
+    networked = spec(network=True, egress_command="relay egress.sock").argv()
+    # The guest reaches nothing but the egress proxy's address.
+    netdev = networked[networked.index("-netdev") + 1]
+    assert netdev == "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:relay egress.sock"
     assert "pyro.net=1" in networked[networked.index("-append") + 1]
 
 

@@ -52,7 +52,7 @@ def handle(args: argparse.Namespace) -> int:
     print(f"  accel        {accel['accel']}: {accel['reason']}")
     print(f"  qemu         {qemu['version'] or 'missing'} ({qemu['path'] or 'not installed'})")
     nat = "available" if report["networking"]["user_mode_nat"] else "unavailable"
-    print(f"  networking   user-mode NAT {nat}")
+    print(f"  networking   user-mode networking {nat} (egress through pyro's proxy)")
     missing = [t for t in report["host_tools"] if not t["found"]]
     print(
         f"  host tools   {len(report['host_tools']) - len(missing)}/"

@@ -114,6 +114,18 @@ def register(commands: Any) -> None:
         "idle_suspend_seconds: its memory is saved and the next call resumes it "
         "(default: %(default)s; 0: never)",
     )
+    serve.add_argument(
+        "--allow-private-egress",
+        action="store_true",
+        help="workspaces this server creates may reach loopback, link-local and private "
+        "addresses (the chat cannot ask for this)",
+    )
+    serve.add_argument(
+        "--allow-host-services",
+        action="store_true",
+        help="workspaces this server creates may reach this host's 127.0.0.1:PORT as "
+        "host.pyro.internal:PORT when they allow it (the chat cannot ask for this switch)",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.add_argument(
         "--verbose",
@@ -170,6 +182,8 @@ def handle_serve(args: argparse.Namespace) -> int:
             allow_host_paths=allowed,
             default_ttl_seconds=args.default_ttl_seconds,
             idle_suspend_seconds=args.idle_suspend_seconds,
+            allow_private_egress=args.allow_private_egress,
+            allow_host_services=args.allow_host_services,
         )
 
     if not 0 <= args.default_ttl_seconds <= 365 * 86400:
@@ -183,6 +197,8 @@ def handle_serve(args: argparse.Namespace) -> int:
             args.environment,
             args.default_ttl_seconds,
             args.idle_suspend_seconds,
+            args.allow_private_egress,
+            args.allow_host_services,
         ]
     )
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))

@@ -64,7 +64,9 @@ def register(commands: Any) -> None:
     )
     demo.add_argument("--environment", default=config.DEFAULT_ENVIRONMENT)
     demo.add_argument(
-        "--network", action="store_true", help="give the demo VM a NIC (user-mode NAT egress)"
+        "--network",
+        action="store_true",
+        help="give the demo VM a NIC (egress through pyro's proxy)",
     )
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(handler=handle_demo)
@@ -126,7 +128,7 @@ def handle_demo(args: argparse.Namespace) -> int:
         outputs = {}
         commands = ["uname -sr", "cat /etc/debian_version", "git --version"]
         if args.network:
-            # The NIC and its route out (user-mode NAT), without contacting any site.
+            # The NIC and its route to the egress proxy, without contacting any site.
             commands.append(
                 """awk '$2 == "00000000" {print "default route via " $1}' /proc/net/route"""
             )

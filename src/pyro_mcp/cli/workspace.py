@@ -39,6 +39,10 @@ examples:
   pyro workspace summary "$WS"
   pyro workspace reset "$WS"
   pyro workspace update "$WS" --label owner=me --clear-label issue
+  pyro workspace create debian:12 --network-policy egress \
+      --allow-host pypi.example.org --allow-host '*.example.com' \
+      --secret API_TOKEN=... --secret-host API_TOKEN=api.example.com
+  pyro workspace update "$WS" --allow-host git.example.net:22 --deny-host old.example.org
   pyro workspace stop "$WS"; pyro workspace start "$WS"
   pyro workspace delete "$WS"
 
@@ -88,7 +92,25 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--network-policy",
         choices=["off", "egress", "egress+published-ports"],
-        help="off: no NIC (default); egress: NAT; egress+published-ports: services may publish",
+        help="off: no NIC (default); egress: out through pyro's egress proxy; "
+        "egress+published-ports: services may also publish ports",
+    )
+    add_host_rule_flags(create)
+    create.add_argument(
+        "--allow-package-index",
+        action="store_true",
+        help="with egress, also allow the hosts of this host's package index settings (pip, "
+        "uv, npm); with no other --allow-host: the package index and nothing else",
+    )
+    create.add_argument(
+        "--allow-private-egress",
+        action="store_true",
+        help="operator: let the guest reach loopback, link-local and private addresses",
+    )
+    create.add_argument(
+        "--allow-host-services",
+        action="store_true",
+        help="operator: let --allow-host host.pyro.internal:PORT reach this host's 127.0.0.1:PORT",
     )
     create.add_argument(
         "--secret", action="append", default=[], metavar="NAME=VALUE", help="a secret (repeatable)"
@@ -100,6 +122,14 @@ def register(commands: Any) -> None:
         metavar="NAME=PATH",
         help="a secret read from a host file (repeatable)",
     )
+    create.add_argument(
+        "--secret-host",
+        action="append",
+        default=[],
+        metavar="NAME=HOST",
+        help="send secret NAME's real value only to HOST (repeatable); the guest sees a "
+        "placeholder that the egress proxy swaps in requests to HOST",
+    )
     create.add_argument("--id-only", action="store_true", help="print only the workspace id")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=handle_create)
@@ -108,7 +138,12 @@ def register(commands: Any) -> None:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=handle_list)
 
-    update = sub.add_parser("update", help="rename or change labels")
+    update = sub.add_parser(
+        "update",
+        help="rename, change labels, the idle limit or the egress host rules",
+        description="Change a workspace; --allow-host and --deny-host apply to the guest's "
+        "next connections at once, running or not.",
+    )
     update.add_argument("workspace")
     names = update.add_mutually_exclusive_group()
     names.add_argument("--name")
@@ -118,6 +153,7 @@ def register(commands: Any) -> None:
     update.add_argument(
         "--idle-suspend-seconds", type=int, help="suspend after this long idle (0: never)"
     )
+    add_host_rule_flags(update)
     update.add_argument("--json", action="store_true")
     update.set_defaults(handler=handle_update)
 
@@ -262,7 +298,48 @@ def register(commands: Any) -> None:
     execute.set_defaults(handler=handle_exec)
 
 
+def add_host_rule_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="with egress, the guest reaches only these hosts: name, *.name, either with "
+        ":PORT (repeatable)",
+    )
+    parser.add_argument(
+        "--deny-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="refuse this host even if it is allowed (repeatable)",
+    )
+
+
+def _secrets_with_hosts(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """--secret/--secret-file values, as {"value"/"path": ..., "hosts": [...]} when bound."""
+    literal: dict[str, Any] = dict(parse_pairs(args.secret, "--secret", secret=True))
+    files: dict[str, Any] = dict(parse_pairs(args.secret_file, "--secret-file"))
+    hosts: dict[str, list[str]] = {}
+    for pair in args.secret_host:
+        name, sep, host = pair.partition("=")
+        if not sep or not name or not host:
+            raise InvalidArgument("--secret-host", f"{pair!r} is not NAME=HOST")
+        hosts.setdefault(name, []).append(host)
+    for name, bound in hosts.items():
+        if name in literal:
+            literal[name] = {"value": literal[name], "hosts": bound}
+        elif name in files:
+            files[name] = {"path": files[name], "hosts": bound}
+        else:
+            raise InvalidArgument(
+                "--secret-host", f"no --secret or --secret-file called {name!r} to bind"
+            )
+    return literal, files
+
+
 def handle_create(args: argparse.Namespace) -> int:
+    secrets, secret_files = _secrets_with_hosts(args)
     workspace = Pyro(progress=progress_printer("workspace")).create_workspace(
         args.environment,
         seed_path=args.seed_path,
@@ -277,8 +354,13 @@ def handle_create(args: argparse.Namespace) -> int:
         mem_mib=args.mem_mib,
         network=args.network,
         network_policy=args.network_policy,
-        secrets=parse_pairs(args.secret, "--secret", secret=True),
-        secret_files=parse_pairs(args.secret_file, "--secret-file"),
+        secrets=secrets,
+        secret_files=secret_files,
+        allow_hosts=args.allow_host,
+        allow_package_index=args.allow_package_index,
+        deny_hosts=args.deny_host,
+        allow_private_egress=args.allow_private_egress,
+        allow_host_services=args.allow_host_services,
     )
     if args.id_only:
         print(workspace["workspace_id"])
@@ -320,6 +402,8 @@ def handle_update(args: argparse.Namespace) -> int:
         labels=parse_labels(args.label),
         clear_labels=args.clear_label,
         idle_suspend_seconds=args.idle_suspend_seconds,
+        allow_hosts=args.allow_host or (),
+        deny_hosts=args.deny_host,
     )
     print_json(workspace) if args.json else print(_describe(workspace))
     return 0
@@ -441,6 +525,11 @@ def _describe(workspace: dict[str, Any]) -> str:
         f"({seed['file_count']} files, {seed['bytes']} bytes)",
         f"  commands   {workspace['command_count']}",
     ]
+    egress = workspace.get("egress")
+    if egress:
+        lines.append(f"  network    {workspace['network_policy']}: {describe_egress(egress)}")
+        for name, bound in egress["secrets"].items():
+            lines.append(f"  secret     {name} -> {', '.join(bound['hosts'])} (guest: placeholder)")
     if workspace.get("boot_kind") and workspace["state"] == "running":
         lines.append(f"  boot       {workspace['boot_kind']}, {workspace['boot_ms']} ms")
     if workspace.get("boot_warning"):
@@ -448,6 +537,22 @@ def _describe(workspace: dict[str, Any]) -> str:
     if workspace.get("last_error"):
         lines.append(f"  last error {workspace['last_error']}")
     return "\n".join(lines)
+
+
+def describe_egress(egress: dict[str, Any]) -> str:
+    """``only a, b; deny c; private egress allowed`` for the status lines."""
+    parts = [
+        "any public host"
+        if egress["allow_hosts"] is None
+        else "only " + (", ".join(egress["allow_hosts"]) or "(no host)")
+    ]
+    if egress["deny_hosts"]:
+        parts.append("deny " + ", ".join(egress["deny_hosts"]))
+    if egress["allow_private_egress"]:
+        parts.append("private addresses allowed")
+    if egress["allow_host_services"]:
+        parts.append("host services allowed")
+    return "; ".join(parts)
 
 
 def _ago(timestamp: float) -> str:

@@ -152,7 +152,7 @@ DESCRIPTIONS: dict[str, str] = {
         "counts."
     ),
     "workspace_list": "List workspaces (id, name, labels, state, last activity, expiry), most recent first.",
-    "workspace_update": "Rename a workspace or change its labels (labels to set, clear_labels to remove).",
+    "workspace_update": "Rename a workspace or change its labels (labels to set, clear_labels to remove), how long it may sit idle, and (workspace-full) the hosts its network may reach.",
     "workspace_status": (
         "State of one workspace: running or stopped (with last_error when its VM died), "
         "origin of its files, seed counts, number of commands run, expiry."
@@ -241,7 +241,7 @@ DESCRIPTIONS: dict[str, str] = {
     "vm_status": "State of a raw VM (created, running or stopped, with last_error when it died on its own).",
     "vm_list": "List raw VMs made with vm_create: vm_id, environment, state. Workspaces have their own list.",
     "vm_list_environments": "List the environments workspaces and VMs can use (debian:12-base, debian:12 with git, debian:12-build with compilers) and whether each is built on this host. Use it to pick the environment argument of workspace_create or vm_run.",
-    "vm_network_info": "Say how a raw VM reaches the network: no NIC at all, or user-mode NAT with its guest address, gateway and DNS.",
+    "vm_network_info": "Say how a raw VM reaches the network: no NIC at all, or egress only through pyro's proxy (its address, the guest's address).",
     "vm_reap_expired": "Delete raw VMs whose ttl_seconds has passed and one-shot VMs whose caller died. Returns the reaped vm_ids.",
 }
 

@@ -16,6 +16,25 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# Inputs (closed: an unknown key is an error the model sees).
+
+
+class SecretWithHosts(BaseModel):
+    """A secret whose real value only the named hosts receive (the guest sees a placeholder)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: str
+    hosts: list[str]
+
+
+class SecretFileWithHosts(BaseModel):
+    """A file-backed secret whose real value only the named hosts receive."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    hosts: list[str]
+
+
 class CommandResult(_Open):
     exit_code: int
     stdout: str

@@ -104,6 +104,8 @@ def create_server(
     allow_host_paths: Sequence[Path] = (),
     default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
     idle_suspend_seconds: int = config.DEFAULT_IDLE_SUSPEND_SECONDS,
+    allow_private_egress: bool = False,
+    allow_host_services: bool = False,
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -122,6 +124,9 @@ def create_server(
         idle_suspend_seconds: how long a workspace created without its own value
             may sit idle before it is suspended (memory saved, no host memory
             held; the next call resumes it); 0: never. The server checks on a timer.
+        allow_private_egress, allow_host_services: the operator's egress switches
+            for every workspace this server creates (never tool arguments): reach
+            private addresses; reach this host's 127.0.0.1 as host.pyro.internal.
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
@@ -136,7 +141,16 @@ def create_server(
     ):
         raise InvalidArgument("idle_suspend_seconds", "must be 0 (never) up to a year in seconds")
     tools = _tools(
-        client, source, environment, policy, default_ttl_seconds or None, idle_suspend_seconds
+        client,
+        source,
+        environment,
+        policy,
+        default_ttl_seconds or None,
+        idle_suspend_seconds,
+        {
+            "allow_private_egress": allow_private_egress,
+            "allow_host_services": allow_host_services,
+        },
     )
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
     warm_up = BackgroundWarmUp(client, environment)
@@ -190,6 +204,7 @@ def _tools(
     policy: HostPathPolicy,
     default_ttl: int | None,
     default_idle_suspend: int,
+    operator_egress: dict[str, bool],
 ) -> dict[str, Callable[..., Any]]:
     """Every tool function, by name; profiles and modes pick from these."""
 
@@ -200,7 +215,8 @@ def _tools(
         ] = default_environment,
         timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS,
         network: Annotated[
-            bool, Field(description="Give the VM outbound network access (NAT).")
+            bool,
+            Field(description="Give the VM outbound network access (through the egress proxy)."),
         ] = False,
         vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
         mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
@@ -267,6 +283,25 @@ def _tools(
     ]
     VcpuArg = Annotated[int, Field(ge=1, le=8)]
     MemArg = Annotated[int, Field(ge=128, le=16384)]
+    AllowHostsArg = Annotated[
+        list[str] | None,
+        Field(
+            description="With network egress, the only hosts the sandbox may reach: "
+            "'name', '*.name' (subdomains) or either with ':port', e.g. "
+            "['pypi.example.org', '*.example.com', 'git.example.net:22']. Leave it out for "
+            "any public host. Clients use the HTTP(S)_PROXY the sandbox sets; others get "
+            "no network."
+            + (
+                " This server lets 'host.pyro.internal:PORT' reach the user's 127.0.0.1:PORT."
+                if operator_egress["allow_host_services"]
+                else ""
+            )
+        ),
+    ]
+    DenyHostsArg = Annotated[
+        list[str] | None,
+        Field(description="Hosts refused even if allowed (same patterns as allow_hosts)."),
+    ]
 
     def workspace_create(
         environment: EnvironmentArg = default_environment,
@@ -279,31 +314,60 @@ def _tools(
         vcpu_count: VcpuArg = config.DEFAULT_VCPU_COUNT,
         mem_mib: MemArg = config.DEFAULT_MEM_MIB,
         network: Annotated[
-            bool, Field(description="Give the workspace outbound network access (NAT).")
+            bool, Field(description="Give the workspace outbound network access (egress).")
         ] = False,
         network_policy: Annotated[
             str | None,
             Field(
-                description="off (no network), egress (outbound NAT) or egress+published-ports "
-                "(services may also publish ports on the user's 127.0.0.1). Overrides network."
+                description="off (no network), egress (outbound, through pyro's egress "
+                "proxy) or egress+published-ports (services may also publish ports on the "
+                "user's 127.0.0.1). Overrides network."
             ),
         ] = None,
+        allow_hosts: AllowHostsArg = None,
+        allow_package_index: Annotated[
+            bool,
+            Field(
+                description="Also allow the package index the user's machine installs from "
+                "(pip, uv, npm settings; the sandbox's pip and npm already point there). "
+                "Without allow_hosts: that index and nothing else."
+            ),
+        ] = False,
+        deny_hosts: DenyHostsArg = None,
         secrets: Annotated[
-            dict[str, str] | None,
-            Field(description="NAME: value secrets, kept out of every result (see secret_env)."),
+            dict[str, str | schemas.SecretWithHosts] | None,
+            Field(
+                description="NAME: value secrets, kept out of every result (see secret_env). "
+                "NAME: {value, hosts}: the sandbox only ever sees a placeholder, and the "
+                "egress proxy puts the real value in its place in requests to those hosts."
+            ),
         ] = None,
         secret_files: Annotated[
-            dict[str, str] | None,
-            Field(description="NAME: host path secrets, read from allowed host paths."),
+            dict[str, str | schemas.SecretFileWithHosts] | None,
+            Field(
+                description="NAME: host path secrets, read from allowed host paths; "
+                "NAME: {path, hosts} binds one to hosts as in secrets."
+            ),
         ] = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
-        files = {
-            name: policy.readable(path, "secret_files")
-            for name, path in (secret_files or {}).items()
+        literal: dict[str, Any] = {
+            name: spec.model_dump() if isinstance(spec, schemas.SecretWithHosts) else spec
+            for name, spec in (secrets or {}).items()
         }
+        files: dict[str, Any] = {}
+        for name, spec in (secret_files or {}).items():
+            if isinstance(spec, schemas.SecretFileWithHosts):
+                readable = policy.readable(spec.path, "secret_files")
+                files[name] = {"path": readable, "hosts": spec.hosts}
+            else:
+                files[name] = policy.readable(spec, "secret_files")
         common: dict[str, Any] = dict(
-            secrets=secrets,
+            secrets=literal,
             secret_files=files,
+            allow_hosts=allow_hosts,
+            allow_package_index=allow_package_index,
+            deny_hosts=deny_hosts or (),
+            **operator_egress,
             network_policy=network_policy,
             name=name,
             labels=labels,
@@ -374,6 +438,17 @@ def _tools(
             list[str] | None, Field(description="Label keys to remove.")
         ] = None,
         idle_suspend_seconds: IdleSuspendArg = None,
+        allow_hosts: Annotated[
+            list[str] | None,
+            Field(
+                description="Hosts to add to the allow list (a workspace with open egress "
+                "then reaches only these); effective for the next connection."
+            ),
+        ] = None,
+        deny_hosts: Annotated[
+            list[str] | None,
+            Field(description="Hosts to refuse (taken off the allow list)."),
+        ] = None,
     ) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.update_workspace(
             workspace_id,
@@ -382,8 +457,32 @@ def _tools(
             labels=labels,
             clear_labels=clear_labels or (),
             idle_suspend_seconds=idle_suspend_seconds,
+            allow_hosts=allow_hosts or (),
+            deny_hosts=deny_hosts or (),
         )
         return _reply(_render_workspace(workspace), workspace)
+
+    def workspace_update_core(
+        workspace_id: WorkspaceId,
+        name: Annotated[str | None, Field(description="A new name.")] = None,
+        clear_name: Annotated[bool, Field(description="Remove the workspace's name.")] = False,
+        labels: Annotated[
+            dict[str, str] | None, Field(description="Labels to add or change.")
+        ] = None,
+        clear_labels: Annotated[
+            list[str] | None, Field(description="Label keys to remove.")
+        ] = None,
+        idle_suspend_seconds: IdleSuspendArg = None,
+    ) -> Annotated[CallToolResult, schemas.Workspace]:
+        # Host rules are workspace-full's, with the network they apply to.
+        return workspace_update(
+            workspace_id,
+            name=name,
+            clear_name=clear_name,
+            labels=labels,
+            clear_labels=clear_labels,
+            idle_suspend_seconds=idle_suspend_seconds,
+        )
 
     def workspace_status(workspace_id: WorkspaceId) -> Annotated[CallToolResult, schemas.Workspace]:
         workspace = pyro.status_workspace(workspace_id)
@@ -869,6 +968,7 @@ def _tools(
     ]
     tools = {fn.__name__: _as_tool_errors(fn) for fn in functions}
     tools[CORE_VARIANT + "workspace_create"] = _as_tool_errors(workspace_create_core)
+    tools[CORE_VARIANT + "workspace_update"] = _as_tool_errors(workspace_update_core)
     return tools
 
 

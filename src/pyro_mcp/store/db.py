@@ -104,6 +104,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workspaces ADD COLUMN forked_from TEXT;
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN egress TEXT;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)
@@ -358,7 +361,7 @@ class Store:
         ]
 
 
-_JSON_WORKSPACE_FIELDS = ("labels", "seed")
+_JSON_WORKSPACE_FIELDS = ("labels", "seed", "egress")
 
 
 def _encode_workspace(row: dict[str, Any]) -> dict[str, Any]:
@@ -366,7 +369,10 @@ def _encode_workspace(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_workspace(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: json.loads(row[k]) if k in _JSON_WORKSPACE_FIELDS else row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row iterates values)
+    return {
+        k: json.loads(row[k]) if k in _JSON_WORKSPACE_FIELDS and row[k] is not None else row[k]
+        for k in row.keys()  # noqa: SIM118 (sqlite3.Row iterates values)
+    }
 
 
 def _vm_row(record: VmRecord) -> dict[str, Any]:

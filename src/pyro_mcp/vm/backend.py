@@ -61,6 +61,7 @@ def launch(
         "restore_shared": restore_shared,
         "hello": hello or {},
         "watch_pid": watch_pid,
+        "network": machine.network,
     }
     files.spec.write_text(json.dumps(spec))
     with files.supervisor_log.open("ab") as log:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from pyro_mcp.agent.protocol import AGENT_PORT_NAME
 
+# Where the guest finds the egress proxy (QEMU forwards it to the supervisor).
+EGRESS_GUEST_ADDRESS = "10.0.2.100"
+EGRESS_GUEST_PORT = 3128
+
 
 @dataclass(frozen=True)
 class MachineSpec:
@@ -41,6 +45,9 @@ class MachineSpec:
     memory_anonymous: bool = False
     # Start paused, waiting for a warm snapshot's device state over QMP.
     incoming: bool = False
+    # With a NIC: what QEMU runs for each guest connection to the egress proxy.
+    # The guest reaches nothing else (restrict=on).
+    egress_command: str = ""
 
     def argv(self) -> list[str]:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
@@ -124,7 +131,13 @@ class MachineSpec:
         if self.accel == "kvm":
             argv += ["-cpu", "host"]
         if self.network:
-            argv += ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
+            netdev = "user,id=n0,restrict=on"
+            if self.egress_command:
+                netdev += (
+                    f",guestfwd=tcp:{EGRESS_GUEST_ADDRESS}:{EGRESS_GUEST_PORT}"
+                    f"-cmd:{self.egress_command}"
+                )
+            argv += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
         if self.incoming:
             argv += ["-incoming", "defer"]
         return argv

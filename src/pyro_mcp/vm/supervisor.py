@@ -33,6 +33,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
-from pyro_mcp.errors import VMError
+from pyro_mcp.errors import PyroError, VMError
 from pyro_mcp.vm.qemu import die_with_parent
 
 CONSOLE_LOG_MAX_BYTES = 2 * 1024 * 1024
@@ -52,6 +53,8 @@ STOP_GRACE_SECONDS = 5.0
 # Saving a suspended guest's memory: no bandwidth cap, and a bound for the whole save.
 SUSPEND_BANDWIDTH = 64 * 1024**3
 SUSPEND_TIMEOUT_SECONDS = 120.0
+# Egress connections journalled per VM run (see _journal_writer).
+EGRESS_JOURNAL_LIMIT = 5000
 # How long a stopping VM's guest may take to flush its filesystems.
 SYNC_GRACE_SECONDS = 20.0
 OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
@@ -79,9 +82,16 @@ class VmFiles:
         self.supervisor_log = vm_dir / "supervisor.log"
         self.exit_record = vm_dir / "exit.json"
         self.root_disk = vm_dir / "root.qcow2"
+        self.egress_socket = vm_dir / "egress.sock"
 
     def sockets(self) -> tuple[Path, ...]:
-        return (self.agent_socket, self.console_socket, self.qmp_socket, self.control_socket)
+        return (
+            self.agent_socket,
+            self.console_socket,
+            self.qmp_socket,
+            self.control_socket,
+            self.egress_socket,
+        )
 
 
 def console_tail(files: VmFiles, limit: int = CONSOLE_TAIL_BYTES) -> str:
@@ -125,6 +135,11 @@ class Supervisor:
         self.hello: dict[str, Any] = dict(spec.get("hello") or {})
         # Stop when this process is gone (a `pyro prepare` that was killed).
         self.watch_pid: int | None = spec.get("watch_pid")
+        # A VM with a NIC runs its egress proxy here (see pyro_mcp.egress).
+        self.network: bool = bool(spec.get("network"))
+        self.egress: Any = None
+        self.egress_ca: bytes | None = None
+        self.egress_listener: socket.socket | None = None
         self.saved = False
         self.agent_connected: asyncio.Future[None] | None = None
         self.qemu: asyncio.subprocess.Process | None = None
@@ -167,6 +182,10 @@ class Supervisor:
         qmp_server = await asyncio.start_unix_server(self._on_qmp, self.files.qmp_socket.name)
         try:
             try:
+                if self.network:
+                    # Bound now, so no guest connection is lost; served once the
+                    # proxy is loaded, while QEMU boots (see _boot).
+                    self.egress_listener = _listen(self.files.egress_socket.name)
                 await self._boot(started)
             except VMError as exc:
                 _report({"ok": False, "error": str(exc)})
@@ -217,6 +236,10 @@ class Supervisor:
         finally:
             qemu_log.close()
         exit_watch: asyncio.Future[None] = asyncio.ensure_future(self._watch_qemu())
+        loading: asyncio.Future[Any] | None = None
+        if self.network:
+            # Loading the proxy (imports, settings, secrets) overlaps QEMU's start.
+            loading = asyncio.get_running_loop().run_in_executor(None, self._load_egress)
         if self.restore:
             await self._restore(exit_watch)
         else:
@@ -225,6 +248,16 @@ class Supervisor:
         self.boot_ms = int((time.monotonic() - started) * 1000)
         nonce = secrets.token_hex(8)
         hello_timeout = min(HELLO_TIMEOUT_SECONDS, self.boot_timeout)
+        egress: dict[str, Any] = {}
+        if loading is not None:
+            try:
+                self.egress = await loading
+            except VMError:
+                self._kill_qemu()
+                raise
+            assert self.egress_listener is not None
+            self.egress.serve(self.egress_listener)
+            egress = {"egress": self._guest_egress()}
         try:
             reply = await self.agent_request(
                 "hello",
@@ -232,6 +265,7 @@ class Supervisor:
                     "time_ns": time.time_ns(),
                     "entropy": base64.b64encode(os.urandom(64)).decode(),
                     **self.hello,
+                    **egress,
                     "nonce": nonce,
                 },
                 hello_timeout,
@@ -246,6 +280,46 @@ class Supervisor:
             )
         self.info = {k: v for k, v in result.items() if k != "nonce" and isinstance(v, str)}
         self.boot_ms = int((time.monotonic() - started) * 1000)
+
+    # --------------------------------------------------------------- egress
+
+    def _load_egress(self) -> Any:
+        """The VM's egress proxy, from its settings (in a worker thread, during boot)."""
+        from pyro_mcp.egress import config as egress_config
+        from pyro_mcp.egress.proxy import EgressProxy
+
+        try:
+            config = egress_config.read(self.files.dir)
+            self.egress_ca = config.ca.cert.read_bytes() if config.ca is not None else None
+            values = config.secret_values()
+        except (OSError, ValueError, TypeError, KeyError, PyroError) as exc:
+            raise VMError(
+                f"the VM's egress settings ({self.files.dir / egress_config.EGRESS_FILE}) "
+                f"cannot be read ({exc}); `pyro workspace start` writes them again from the "
+                "workspace's record"
+            ) from exc
+        return EgressProxy(
+            config.policy, values, config.ca, _journal_writer(config), scratch=self.files.dir
+        )
+
+    def _guest_egress(self) -> dict[str, Any]:
+        """Every boot and restore (in the hello): the guest uses the proxy, trusts its CA."""
+        from pyro_mcp.egress import config as egress_config
+
+        args: dict[str, Any] = {"proxy": egress_config.PROXY_URL}
+        if self.egress_ca is not None:
+            args["ca"] = base64.b64encode(self.egress_ca).decode("ascii")
+        return args
+
+    def reload_egress(self) -> dict[str, Any]:
+        """New rules from ``egress.json`` for the guest's next connections."""
+        from pyro_mcp.egress import config as egress_config
+
+        if self.egress is None:
+            raise ValueError("this VM has no network")
+        config = egress_config.read(self.files.dir)
+        self.egress.update(config.policy, config.secret_values())
+        return {"policy": config.policy.to_dict()}
 
     async def _until(
         self, waited: asyncio.Future[Any], exit_watch: asyncio.Future[None], what: str
@@ -576,6 +650,8 @@ class Supervisor:
             elif op == "fork_save":
                 result = await self.fork_save(str(args["path"]), list(args["copies"]))
                 reply = {"id": request_id, "ok": True, "result": result}
+            elif op == "egress_reload":
+                reply = {"id": request_id, "ok": True, "result": self.reload_egress()}
             elif op == "save_template":
                 result = await self.save_template(str(args["path"]))
                 reply = {"id": request_id, "ok": True, "result": result}
@@ -652,6 +728,8 @@ class Supervisor:
             except TimeoutError:
                 self._kill_qemu()
                 await qemu.wait()
+        if self.egress is not None:
+            await self.egress.close()
         for path in self.files.sockets():
             path.unlink(missing_ok=True)
         record = {
@@ -664,6 +742,46 @@ class Supervisor:
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(record))
             tmp.replace(self.files.exit_record)
+
+
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    listener.setblocking(False)
+    return listener
+
+
+def _journal_writer(config: Any) -> Any:
+    """Records each crossing in the workspace's journal (None: a VM without a workspace)."""
+    if config.journal_db is None or config.workspace_id is None:
+        return None
+    from pyro_mcp.store.db import Store
+
+    store = Store(config.journal_db)
+    workspace_id = config.workspace_id
+    written = itertools.count(1)
+
+    def write(entry: dict[str, Any]) -> None:
+        # A guest opening connections without end must not grow the database
+        # without end: past the limit, one entry says so and the rest go unrecorded.
+        count = next(written)
+        if count > EGRESS_JOURNAL_LIMIT + 1:
+            return
+        if count == EGRESS_JOURNAL_LIMIT + 1:
+            entry = {
+                **entry,
+                "host": "(journal limit)",
+                "reason": f"{EGRESS_JOURNAL_LIMIT} connections journalled since this VM "
+                "started; later ones are not (they are still decided by the policy)",
+            }
+        with contextlib.suppress(Exception):  # bookkeeping must not break the proxy
+            store.add_journal(workspace_id, "egress", entry["started_at"], entry)
+
+    return write
 
 
 def _pid_alive(pid: int) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +41,26 @@ class IndexSettings:
 
     def empty(self) -> bool:
         return not (self.env or self.pip or self.npm_registry)
+
+    def hosts(self) -> list[str]:
+        """The index hosts these settings name (``host`` or ``host:port``), in order."""
+        words = [w for value in self.env.values() for w in value.split()]
+        words += [w for key, value in self.pip.items() for w in value.split()]
+        words += [self.npm_registry] if self.npm_registry else []
+        found: list[str] = []
+        for word in words:
+            # UV_INDEX entries may be NAME=URL; trusted-host entries are bare hosts.
+            url = word.split("=", 1)[1] if "=" in word and "://" not in word.split("=")[0] else word
+            parts = urlsplit(url if "://" in url else f"//{url}")
+            try:
+                host, port = parts.hostname, parts.port
+            except ValueError:
+                continue
+            if host:
+                entry = f"{host}:{port}" if port else host
+                if entry not in found:
+                    found.append(entry)
+        return found
 
     def pip_conf(self) -> str:
         if not self.pip:
@@ -75,6 +97,45 @@ def host_settings(environ: dict[str, str] | None = None, home: Path | None = Non
             ", ".join(settings.withheld),
         )
     return settings
+
+
+PRIMARY_PYTHON_INDEX = ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "index-url")
+# pip's own default index, as the host's pip names it (its index and file hosts).
+_PIP_DEFAULT = (
+    "from pip._internal.models.index import PyPI; print(PyPI.netloc); "
+    "print(PyPI.file_storage_domain)"
+)
+
+
+def index_hosts(settings: IndexSettings) -> list[str]:
+    """Every host the guest's pip, uv and npm will ask, as allow-list entries.
+
+    The configured index hosts, plus pip's default index where no primary
+    Python index is configured, and npm's default registry where none is
+    configured: each as the host's own pip and npm name it (the guest's
+    clients use the same defaults).
+    """
+    hosts = settings.hosts()
+    if not any(settings.env.get(name) or settings.pip.get(name) for name in PRIMARY_PYTHON_INDEX):
+        for python in (sys.executable, "python3"):
+            output = _run([python, "-c", _PIP_DEFAULT])
+            if output:
+                hosts += [h for h in output.split() if h not in hosts]
+                break
+    if not settings.npm_registry:
+        registry = _run(["npm", "config", "get", "registry"]).strip()
+        host = urlsplit(registry).hostname if "://" in registry else None
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
 
 
 def _shareable(name: str, value: str, settings: IndexSettings) -> bool:

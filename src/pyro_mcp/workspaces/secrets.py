@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pyro_mcp.errors import InvalidArgument
 
@@ -31,17 +32,24 @@ def check_name(name: str, field: str = "secret") -> str:
     return name
 
 
+# A secret given with the hosts that get its real value: {"value"|"path": ..., "hosts": [...]}.
+SecretSpec = str | Path | Mapping[str, Any]
+
+
 def collect(
-    literal: Mapping[str, str] | None, files: Mapping[str, str | Path] | None
+    literal: Mapping[str, SecretSpec] | None, files: Mapping[str, SecretSpec] | None
 ) -> dict[str, bytes]:
     """Secret values from literals and host files, validated."""
     values: dict[str, bytes] = {}
     for name, literal_value in (literal or {}).items():
-        values[check_name(name)] = str(literal_value).encode("utf-8")
-    for name, path in (files or {}).items():
+        values[check_name(name)] = str(_unwrap(name, literal_value, "value", "secrets")).encode(
+            "utf-8"
+        )
+    for name, spec in (files or {}).items():
         check_name(name, "secret_file")
         if name in values:
             raise InvalidArgument("secret_file", f"secret {name} is given twice")
+        path = _unwrap(name, spec, "path", "secret_files")
         try:
             values[name] = Path(path).expanduser().read_bytes()
         except OSError as exc:
@@ -54,6 +62,36 @@ def collect(
                 "secret", f"{name}: a secret must be {MIN_SECRET_BYTES} bytes to 64 KiB long"
             )
     return values
+
+
+def bound_hosts(*specs: Mapping[str, SecretSpec] | None) -> dict[str, list[str]]:
+    """Secret name -> the hosts its ``hosts`` list names (only secrets given with one)."""
+    bound: dict[str, list[str]] = {}
+    for group in specs:
+        for name, spec in (group or {}).items():
+            if isinstance(spec, Mapping):
+                hosts = spec.get("hosts")
+                if not isinstance(hosts, list | tuple) or not all(
+                    isinstance(h, str) for h in hosts
+                ):
+                    raise InvalidArgument("secrets", f"{name}: hosts must be a list of host names")
+                bound[name] = list(hosts)
+    return bound
+
+
+def _unwrap(name: str, spec: SecretSpec, key: str, field: str) -> str | Path:
+    if not isinstance(spec, Mapping):
+        return spec
+    unknown = set(spec) - {key, "hosts"}
+    if unknown or not isinstance(spec.get(key), str | Path):
+        raise InvalidArgument(
+            field,
+            f"{name}: give a {key} string, or {{{key!r}: ..., 'hosts': [...]}} to send the real "
+            "value only to those hosts"
+            + (f" (unknown keys: {', '.join(sorted(map(str, unknown)))})" if unknown else ""),
+        )
+    value: str | Path = spec[key]
+    return value
 
 
 def store(folder: Path, values: Mapping[str, bytes]) -> None:

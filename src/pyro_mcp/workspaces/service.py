@@ -50,6 +50,7 @@ from pyro_mcp.workspaces import (
     project_source,
     transfer,
 )
+from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
@@ -80,6 +81,7 @@ _FORKED_FIELDS = (
     "max_lifetime_seconds",
     "host_ca",
     "network_policy",
+    "egress",
     "idle_suspend_seconds",
 )
 
@@ -91,7 +93,7 @@ def _quiet(_: str) -> None:
 # What the summary shows of each crossing of the host boundary.
 _CROSSING_FIELDS = (
     *("origin_kind", "origin_ref", "source", "dest", "path", "output", "files", "bytes"),
-    *("names", "by"),
+    *("names", "by", "allow_hosts", "deny_hosts"),
 )
 
 
@@ -130,8 +132,13 @@ class WorkspaceService:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
-        secrets: dict[str, str] | None = None,
-        secret_files: Mapping[str, str | Path] | None = None,
+        secrets: Mapping[str, secret_store.SecretSpec] | None = None,
+        secret_files: Mapping[str, secret_store.SecretSpec] | None = None,
+        allow_hosts: Sequence[str] | None = None,
+        allow_package_index: bool = False,
+        deny_hosts: Sequence[str] = (),
+        allow_private_egress: bool = False,
+        allow_host_services: bool = False,
         progress: Progress = _quiet,
     ) -> dict[str, Any]:
         """Seed a workspace and boot it. On any failure nothing is left behind.
@@ -141,6 +148,14 @@ class WorkspaceService:
             project_path: a Git checkout whose tracked files are copied instead.
             origin: how to report where the files came from (kind, ref); by default
                 derived from the seed.
+            allow_hosts: the only hosts the guest may reach (None: any public host).
+            allow_package_index: add the hosts of this host's package index settings
+                (what the guest's pip and npm are pointed at) to allow_hosts.
+            allow_private_egress, allow_host_services: operator switches (never
+                from a model): private addresses, and host.pyro.internal.
+            secrets, secret_files: NAME -> value (path), or {"value" ("path"): ...,
+                "hosts": [...]}: those hosts get the real value through the egress
+                proxy and the guest sees a placeholder.
         """
         if seed_path is not None and project_path is not None:
             raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
@@ -148,6 +163,16 @@ class WorkspaceService:
         # `network=True` is shorthand for the egress policy.
         policy = processes.check_policy(network_policy or ("egress" if network else "off"))
         network = policy != "off"
+        egress_policy = workspace_egress.build_policy(
+            network=network,
+            allow_hosts=allow_hosts,
+            allow_package_index=allow_package_index,
+            deny_hosts=deny_hosts,
+            allow_private_egress=allow_private_egress,
+            allow_host_services=allow_host_services,
+            secret_hosts=secret_store.bound_hosts(secrets, secret_files),
+            secret_names=sorted(secret_values),
+        )
         for field, value in (
             ("ttl_seconds", ttl_seconds),
             ("max_lifetime_seconds", max_lifetime_seconds),
@@ -168,6 +193,8 @@ class WorkspaceService:
         try:
             if secret_values:
                 secret_store.store(folder / "secrets", secret_values)
+            if egress_policy is not None:
+                workspace_egress.ensure_ca(folder, egress_policy, workspace_id)
             progress("phase=seed staging the seed")
             staging = folder / "seed"
             if project_path is not None:
@@ -214,9 +241,11 @@ class WorkspaceService:
                 "idle_suspend_seconds": idle_suspend_seconds,
                 "host_ca": int(host_ca),
                 "network_policy": policy,
+                "egress": egress_policy.to_dict() if egress_policy is not None else None,
             }
             row["expires_at"] = lifetime.expires_at(row)
             self.store.insert_workspace(row)
+            self._apply_egress(row)
             self.vms.start_vm(vm_id, progress=progress)
             self._after_boot(row)
             # Host crossings are journalled, so the summary shows them.
@@ -275,6 +304,7 @@ class WorkspaceService:
             "command_count": self.store.count_journal(workspace["workspace_id"], "exec"),
             "network": vm.network,
             "network_policy": workspace.get("network_policy", "off"),
+            "egress": workspace_egress.describe(workspace_egress.policy_of(workspace)),
             "secrets": sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets")),
             "services": self.services.counts(workspace)
             if vm.state.value == "running"
@@ -304,9 +334,20 @@ class WorkspaceService:
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
         idle_suspend_seconds: int | None = None,
+        allow_hosts: Sequence[str] = (),
+        deny_hosts: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """Rename, relabel, change the idle limit or the egress host rules.
+
+        Host rules apply to the guest's next connections at once, running or not.
+        """
         workspace = self._find(ref)
         _check_idle_suspend(idle_suspend_seconds)
+        egress_policy = None
+        if allow_hosts or deny_hosts:
+            egress_policy = workspace_egress.updated(
+                workspace_egress.policy_of(workspace), allow_hosts, deny_hosts
+            )
         if clear_name and name is not None:
             raise InvalidArgument("clear_name", "give a new name or clear_name, not both")
         merged = {k: v for k, v in workspace["labels"].items() if k not in set(clear_labels)}
@@ -325,7 +366,16 @@ class WorkspaceService:
             fields["name"] = None
         if idle_suspend_seconds is not None:
             fields["idle_suspend_seconds"] = idle_suspend_seconds
+        if egress_policy is not None:
+            fields["egress"] = egress_policy.to_dict()
         self.store.update_workspace(workspace["workspace_id"], **fields)
+        if egress_policy is not None:
+            self._apply_egress({**workspace, **fields})
+            self._journal(
+                workspace,
+                "egress_policy",
+                {"allow_hosts": list(allow_hosts), "deny_hosts": list(deny_hosts)},
+            )
         return self.status(workspace["workspace_id"])
 
     def exec(
@@ -535,6 +585,7 @@ class WorkspaceService:
         else:
             shutil.copyfile(source, fresh)
         fresh.replace(folder / "workspace.qcow2")
+        self._apply_egress(workspace)
         self.vms.start_vm(workspace["vm_id"])
         self._after_boot(workspace)
         self._journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
@@ -567,8 +618,10 @@ class WorkspaceService:
         crossings = [
             {"kind": e["kind"], **{k: e[k] for k in _CROSSING_FIELDS if k in e}}
             for e in entries
-            if e["kind"] in ("seed", "sync", "export", "secret_use")
+            if e["kind"] in ("seed", "sync", "export", "secret_use", "egress_policy")
         ]
+        # Network crossings since the last reset, folded per host.
+        crossings += workspace_egress.crossings([e for e in since if e["kind"] == "egress"])
         status = self.status(workspace["workspace_id"])
         changes: dict[str, Any] | None = None
         note = None
@@ -614,6 +667,7 @@ class WorkspaceService:
         """Resume a suspended workspace, or boot a stopped one from its disks."""
         workspace = self._touch(self._find(ref))
         had_memory = self.vms.suspended(workspace["vm_id"]) is not None
+        self._apply_egress(workspace)  # from the record: a damaged egress.json heals here
         vm = self.vms.start_vm(workspace["vm_id"])
         resumed = vm.boot_kind == "resumed"
         warnings = []
@@ -708,6 +762,12 @@ class WorkspaceService:
                 shutil.copytree(parent_folder / "secrets", folder / "secrets")
             if (parent_folder / ignore.RULES_FILE).exists():
                 shutil.copyfile(parent_folder / ignore.RULES_FILE, folder / ignore.RULES_FILE)
+            if (parent_folder / workspace_egress.CA_FOLDER).is_dir():
+                # The fork resumes the parent's memory, which trusts this CA.
+                shutil.copytree(
+                    parent_folder / workspace_egress.CA_FOLDER,
+                    folder / workspace_egress.CA_FOLDER,
+                )
             record = self.vms.clone_vm(
                 parent["vm_id"],
                 root_disk=work / "root.qcow2",
@@ -729,6 +789,7 @@ class WorkspaceService:
             }
             row["expires_at"] = lifetime.expires_at(row)
             self.store.insert_workspace(row)
+            self._apply_egress(row)
             self.vms.start_vm(vm_id)
             self._journal(row, "fork", {"from": parent["workspace_id"]})
             warnings = self._publish_like(parent, row)
@@ -1004,9 +1065,23 @@ class WorkspaceService:
             log.warning("could not record activity: %s", exc)
         return touched
 
+    def _apply_egress(self, workspace: dict[str, Any]) -> None:
+        """Hand the workspace's egress policy to its VM (now if running, else at boot)."""
+        policy = workspace_egress.policy_of(workspace)
+        if policy is None:
+            return
+        folder = self.root / workspace["workspace_id"]
+        self.vms.set_egress(
+            workspace["vm_id"],
+            workspace_egress.config_for(workspace, folder, policy, self.store.path),
+        )
+
     def _after_boot(self, workspace: dict[str, Any]) -> None:
         """Per-boot guest set-up: secrets, and the host's CAs for a workspace with egress."""
-        values = secret_store.load(self.root / workspace["workspace_id"] / "secrets")
+        values = workspace_egress.guest_values(
+            workspace_egress.policy_of(workspace),
+            secret_store.load(self.root / workspace["workspace_id"] / "secrets"),
+        )
         if values:
             encoded = {
                 name: base64.b64encode(value).decode("ascii") for name, value in values.items()

@@ -30,6 +30,10 @@ def render_summary(summary: dict[str, Any]) -> str:
                 lines.append(
                     f"  sync {crossing.get('source')} -> /workspace/{crossing.get('dest')}"
                 )
+            elif crossing["kind"] == "egress":
+                lines.append("  " + _egress_line(crossing))
+            elif crossing["kind"] == "egress_policy":
+                lines.append("  egress rules " + _rule_change(crossing))
             else:
                 lines.append(
                     f"  export /workspace/{crossing.get('path')} -> {crossing.get('output')}"
@@ -73,6 +77,30 @@ def render_journal_entry(entry: dict[str, Any]) -> str:
         "snapshot": lambda e: f"snapshot {e.get('name')} {e.get('action')}",
         "suspend": lambda e: f"suspended ({e.get('memory_bytes', 0) // 2**20} MiB saved)",
         "resume": lambda e: f"resumed in {e.get('resume_ms')} ms",
+        "egress": _egress_line,
+        "egress_policy": _rule_change,
     }
     describe = details.get(kind)
     return f"{when}  {kind:<8} {describe(entry) if describe else kind}"
+
+
+def _egress_line(entry: dict[str, Any]) -> str:
+    """``out  host:443 allowed, 3 connections, 12 KiB out / 3 MiB in, secrets TOKEN``."""
+    target = f"{entry.get('host')}:{entry.get('port')}" if entry.get("port") else entry.get("host")
+    count = entry.get("connections")
+    parts = [f"out {target}", "allowed" if entry.get("allowed") else "DENIED"]
+    if count:
+        parts.append(f"{count} connection(s)")
+    if entry.get("allowed") and "bytes_sent" in entry:
+        parts.append(f"{entry['bytes_sent']} B out / {entry.get('bytes_received', 0)} B in")
+    if entry.get("secrets"):
+        parts.append("secrets " + ", ".join(entry["secrets"]))
+    if not entry.get("allowed") and entry.get("reason"):
+        parts.append(str(entry["reason"]))
+    return " ".join(parts[:2]) + (": " + ", ".join(parts[2:]) if parts[2:] else "")
+
+
+def _rule_change(entry: dict[str, Any]) -> str:
+    allow = ", ".join(entry.get("allow_hosts") or []) or "-"
+    deny = ", ".join(entry.get("deny_hosts") or []) or "-"
+    return f"changed: allow {allow}; deny {deny}"

@@ -1,0 +1,1 @@
+"""Egress: the per-workspace proxy that decides every connection a guest makes."""
