@@ -253,6 +253,7 @@ class Pyro:
         ttl_seconds: int | None = None,
         max_lifetime_seconds: int | None = None,
         idle_suspend_seconds: int | None = None,
+        idle_suspend_published: bool = False,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
@@ -295,7 +296,9 @@ class Pyro:
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
         forward; ``max_lifetime_seconds`` caps the total. After
         ``idle_suspend_seconds`` without a call (default 300; 0: never) the
-        workspace is suspended, and the next call resumes it. With ``network``, the
+        workspace is suspended, and the next call resumes it; one whose services
+        publish ports is not, unless ``idle_suspend_published`` (its ports then
+        stop answering until a call resumes it). With ``network``, the
         host's CA bundle is installed in the guest unless ``host_ca`` is False.
 
         Returns:
@@ -312,6 +315,7 @@ class Pyro:
             ttl_seconds=ttl_seconds,
             max_lifetime_seconds=max_lifetime_seconds,
             idle_suspend_seconds=idle_suspend_seconds,
+            idle_suspend_published=idle_suspend_published,
             vcpu_count=vcpu_count,
             mem_mib=mem_mib,
             network=network,
@@ -346,6 +350,7 @@ class Pyro:
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
         idle_suspend_seconds: int | None = None,
+        idle_suspend_published: bool | None = None,
         allow_hosts: Sequence[str] = (),
         deny_hosts: Sequence[str] = (),
     ) -> dict[str, Any]:
@@ -359,6 +364,7 @@ class Pyro:
             labels=labels,
             clear_labels=clear_labels,
             idle_suspend_seconds=idle_suspend_seconds,
+            idle_suspend_published=idle_suspend_published,
             allow_hosts=allow_hosts,
             deny_hosts=deny_hosts,
         )

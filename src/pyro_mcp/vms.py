@@ -165,7 +165,7 @@ class VmService:
             (VmState.CREATED, VmState.STOPPED),
             "It is already running; use exec_vm, or stop_vm first.",
         )
-        self._check_capacity(vm_id)
+        self.check_capacity(exclude=vm_id)
         files = self._files(vm_id)
         installed = self._installed_for(record)
         decision = self.accel_decision(installed)
@@ -392,6 +392,7 @@ class VmService:
                 owner_bound=record.owner_bound,
                 restore=saved.state,
                 restore_shared=False,
+                restore_check={"bytes": saved.bytes, "crc32": saved.crc32},
                 hello=hello,
                 watch_pid=self.watch_pid,
             )
@@ -404,15 +405,15 @@ class VmService:
             suspend.discard(files.dir)
         return report, None
 
-    def _check_capacity(self, vm_id: str) -> None:
-        """Refuse to start one VM more than the host's cap (``config.max_running_vms``).
+    def check_capacity(self, *, more: int = 1, exclude: str | None = None) -> None:
+        """Refuse to start ``more`` VMs past the host's cap (``config.max_running_vms``).
 
         A looping caller must not exhaust host memory; the message names what
         runs, so the caller can stop or delete something first.
         """
         cap = config.max_running_vms()
-        running = [r for r in self.list_vms() if r.state is VmState.RUNNING and r.vm_id != vm_id]
-        if len(running) < cap:
+        running = [r for r in self.list_vms() if r.state is VmState.RUNNING and r.vm_id != exclude]
+        if len(running) + more <= cap:
             return
         names = self.store.workspace_names_by_vm()
         listed = ", ".join(
@@ -421,7 +422,8 @@ class VmService:
         raise StateError(
             "this host",
             f"running {len(running)} VMs",
-            f"below its cap of {cap} (PYRO_MAX_RUNNING, sized from its memory)",
+            f"with room for {more} more under its cap of {cap} (PYRO_MAX_RUNNING, sized from "
+            "its memory)",
             f"Stop or delete one first (`pyro workspace stop WS` / `pyro workspace delete WS`, "
             f"`pyro vm delete VM`); running: {listed}",
         )

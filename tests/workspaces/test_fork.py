@@ -65,7 +65,9 @@ def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> 
             pyro.delete_workspace(workspace["workspace_id"])
 
 
-def test_bad_forks_are_refused_and_leave_nothing(pyro: Pyro) -> None:
+def test_bad_forks_are_refused_and_leave_nothing(
+    pyro: Pyro, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = pyro.create_workspace(name="src")["workspace_id"]
     other = pyro.create_workspace(name="taken")["workspace_id"]
     try:
@@ -81,6 +83,12 @@ def test_bad_forks_are_refused_and_leave_nothing(pyro: Pyro) -> None:
         pyro.stop_workspace(source, discard_memory=True)
         with pytest.raises(StateError, match="stopped"):
             pyro.fork_workspace(source)
+        assert sorted(w["name"] for w in pyro.list_workspaces()) == ["src", "taken"]
+        pyro.start_workspace(source)
+        # Forks start side by side: the host's cap is checked for all of them first.
+        monkeypatch.setenv("PYRO_MAX_RUNNING", "3")
+        with pytest.raises(StateError, match="room for 2 more under its cap of 3"):
+            pyro.fork_workspace(source, count=2)
         assert sorted(w["name"] for w in pyro.list_workspaces()) == ["src", "taken"]
         leftovers = [p.name for p in pyro._workspaces.root.iterdir() if p.name.startswith(".fork")]
         assert leftovers == []

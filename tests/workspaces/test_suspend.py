@@ -133,7 +133,9 @@ def test_a_corrupt_or_interrupted_saved_state_boots_from_the_disks(pyro: Pyro) -
 
 
 def test_a_published_port_answers_again_after_a_resume(pyro: Pyro) -> None:
-    ws = pyro.create_workspace(network_policy="egress+published-ports")["workspace_id"]
+    ws = pyro.create_workspace(network_policy="egress+published-ports", idle_suspend_seconds=1)[
+        "workspace_id"
+    ]
     try:
         service = pyro.start_service(
             ws,
@@ -145,6 +147,19 @@ def test_a_published_port_answers_again_after_a_resume(pyro: Pyro) -> None:
         port = service["published_ports"][0]["host_port"]
         pyro.stop_workspace(ws)
         assert pyro.start_workspace(ws)["resumed"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+            assert reply.status == 200
+
+        # Idle, it keeps running for its port; unless the user opts in.
+        time.sleep(1.5)
+        assert pyro.suspend_idle_workspaces()["suspended"] == []
+        changed = pyro.update_workspace(ws, idle_suspend_published=True)
+        assert changed["idle_suspend_published"] is True
+        time.sleep(1.5)
+        assert pyro.suspend_idle_workspaces()["suspended"] == [ws]
+        with pytest.raises(OSError):  # the port does not answer while suspended
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        pyro.exec_workspace(ws, "true")  # the next call resumes it, port included
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
             assert reply.status == 200
     finally:

@@ -80,6 +80,12 @@ def register(commands: Any) -> None:
         f"(default {config.DEFAULT_IDLE_SUSPEND_SECONDS}; 0: never)",
     )
     create.add_argument(
+        "--idle-suspend-published",
+        action="store_true",
+        help="suspend when idle even while services publish ports (they stop answering "
+        "until the next call resumes the workspace)",
+    )
+    create.add_argument(
         "--no-host-ca",
         action="store_true",
         help="with --network, do not install the host's CA bundle in the guest",
@@ -152,6 +158,12 @@ def register(commands: Any) -> None:
     update.add_argument("--clear-label", action="append", default=[], metavar="KEY")
     update.add_argument(
         "--idle-suspend-seconds", type=int, help="suspend after this long idle (0: never)"
+    )
+    update.add_argument(
+        "--idle-suspend-published",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="suspend when idle even while services publish ports (--no-...: never then)",
     )
     add_host_rule_flags(update)
     update.add_argument("--json", action="store_true")
@@ -349,6 +361,7 @@ def handle_create(args: argparse.Namespace) -> int:
         ttl_seconds=args.ttl_seconds,
         max_lifetime_seconds=args.max_lifetime_seconds,
         idle_suspend_seconds=args.idle_suspend_seconds,
+        idle_suspend_published=args.idle_suspend_published,
         host_ca=not args.no_host_ca,
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
@@ -402,6 +415,7 @@ def handle_update(args: argparse.Namespace) -> int:
         labels=parse_labels(args.label),
         clear_labels=args.clear_label,
         idle_suspend_seconds=args.idle_suspend_seconds,
+        idle_suspend_published=args.idle_suspend_published,
         allow_hosts=args.allow_host or (),
         deny_hosts=args.deny_host,
     )

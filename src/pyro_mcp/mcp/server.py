@@ -283,6 +283,14 @@ def _tools(
     ]
     VcpuArg = Annotated[int, Field(ge=1, le=8)]
     MemArg = Annotated[int, Field(ge=128, le=16384)]
+    IdleSuspendPublishedArg = Annotated[
+        bool,
+        Field(
+            description="Suspend when idle even while services publish ports: they stop "
+            "answering until the next call resumes the workspace (default: such a "
+            "workspace keeps running)."
+        ),
+    ]
     AllowHostsArg = Annotated[
         list[str] | None,
         Field(
@@ -324,6 +332,7 @@ def _tools(
                 "user's 127.0.0.1). Overrides network."
             ),
         ] = None,
+        idle_suspend_published: IdleSuspendPublishedArg = False,
         allow_hosts: AllowHostsArg = None,
         allow_package_index: Annotated[
             bool,
@@ -364,6 +373,7 @@ def _tools(
         common: dict[str, Any] = dict(
             secrets=literal,
             secret_files=files,
+            idle_suspend_published=idle_suspend_published,
             allow_hosts=allow_hosts,
             allow_package_index=allow_package_index,
             deny_hosts=deny_hosts or (),
@@ -438,6 +448,13 @@ def _tools(
             list[str] | None, Field(description="Label keys to remove.")
         ] = None,
         idle_suspend_seconds: IdleSuspendArg = None,
+        idle_suspend_published: Annotated[
+            bool | None,
+            Field(
+                description="Suspend when idle even while services publish ports (true), "
+                "or keep such a workspace running (false)."
+            ),
+        ] = None,
         allow_hosts: Annotated[
             list[str] | None,
             Field(
@@ -457,6 +474,7 @@ def _tools(
             labels=labels,
             clear_labels=clear_labels or (),
             idle_suspend_seconds=idle_suspend_seconds,
+            idle_suspend_published=idle_suspend_published,
             allow_hosts=allow_hosts or (),
             deny_hosts=deny_hosts or (),
         )

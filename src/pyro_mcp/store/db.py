@@ -107,6 +107,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workspaces ADD COLUMN egress TEXT;
     """,
+    """
+    ALTER TABLE workspaces ADD COLUMN idle_suspend_published INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _VM_COLUMNS = tuple(VmRecord.__dataclass_fields__)

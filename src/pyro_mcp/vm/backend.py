@@ -31,6 +31,7 @@ def launch(
     *,
     restore: Path | None = None,
     restore_shared: bool = True,
+    restore_check: dict[str, int] | None = None,
     hello: dict[str, Any] | None = None,
     watch_pid: int | None = None,
 ) -> dict[str, Any]:
@@ -44,6 +45,8 @@ def launch(
         restore: a warm snapshot's device state to load instead of booting
             (``machine`` must then be ``incoming``, with the snapshot's RAM file),
             or with ``restore_shared=False`` a suspended guest's whole state.
+        restore_check: that state's ``bytes`` and ``crc32``, checked while it
+            loads; the guest runs only if they match.
         hello: extra hello arguments for the agent (hostname, machine_id, mounts).
 
     Returns:
@@ -59,6 +62,7 @@ def launch(
         "owner_bound": owner_bound,
         "restore": str(restore) if restore else None,
         "restore_shared": restore_shared,
+        "restore_check": restore_check,
         "hello": hello or {},
         "watch_pid": watch_pid,
         "network": machine.network,

@@ -131,6 +131,8 @@ class Supervisor:
         # True for a warm snapshot (RAM in a shared file, only devices in the
         # stream); False for a suspended VM (its whole RAM is in the stream).
         self.restore_shared: bool = bool(spec.get("restore_shared", True))
+        # For a suspended state: its expected size and CRC-32, checked during the load.
+        self.restore_check: dict[str, int] | None = spec.get("restore_check")
         # Extra hello arguments: hostname, machine_id, mounts.
         self.hello: dict[str, Any] = dict(spec.get("hello") or {})
         # Stop when this process is gone (a `pyro prepare` that was killed).
@@ -341,6 +343,16 @@ class Supervisor:
         await self._until(self.qmp_ready, exit_watch, "QEMU's monitor did not answer")
         await self._until(self.agent_connected, exit_watch, "the agent port did not connect")
         deadline = time.monotonic() + self.boot_timeout
+        # A suspended state's checksum is computed while QEMU loads it; the
+        # guest runs only once it matched (the stream was saved paused, so it
+        # loads paused and waits for our cont).
+        checking: asyncio.Future[tuple[int, int]] | None = None
+        if self.restore_check is not None:
+            from pyro_mcp.vm import suspend
+
+            checking = asyncio.get_running_loop().run_in_executor(
+                None, suspend.measure, Path(self.restore or "")
+            )
         try:
             await self.qmp(
                 "migrate-set-capabilities",
@@ -351,6 +363,9 @@ class Supervisor:
             )
             while True:
                 status = await self.qmp("query-status")
+                if status.get("status") in ("running", "paused") and checking is not None:
+                    await self._check_restore(checking)
+                    checking = None
                 if status.get("status") == "running":
                     return
                 if status.get("status") not in ("inmigrate", "paused", "prelaunch"):
@@ -364,7 +379,20 @@ class Supervisor:
                 await asyncio.sleep(RESTORE_POLL_SECONDS)
         except (VMError, TimeoutError) as exc:
             self._kill_qemu()
+            if checking is not None:  # a damaged stream often fails the load itself
+                with contextlib.suppress(VMError):
+                    await self._check_restore(checking)
             raise VMError(self._boot_failure(f"warm restore failed: {exc}")) from exc
+
+    async def _check_restore(self, checking: asyncio.Future[tuple[int, int]]) -> None:
+        assert self.restore_check is not None
+        try:
+            size, crc = await checking
+        except OSError as exc:
+            raise VMError(f"the saved memory cannot be read: {exc}") from exc
+        if (size, crc) != (self.restore_check["bytes"], self.restore_check["crc32"]):
+            self._kill_qemu()
+            raise VMError("the saved memory is corrupt (its size or checksum changed)")
 
     async def save_template(self, path: str) -> dict[str, Any]:
         """Save this freshly booted guest's device state; the VM never runs again.

@@ -12,6 +12,7 @@ sockets, logs) in ``<state>/vms/<vm_id>/``.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -70,8 +71,9 @@ log = logging.getLogger("pyro.workspaces")
 
 
 DIFF_FORMATS = ("changes", "patch")
-# How many forks one call may make.
+# How many forks one call may make, and how many are made at once.
 MAX_FORKS = 8
+FORK_WORKERS = 4
 # What a fork keeps of its parent's record (the rest is its own).
 _FORKED_FIELDS = (
     "labels",
@@ -83,6 +85,7 @@ _FORKED_FIELDS = (
     "network_policy",
     "egress",
     "idle_suspend_seconds",
+    "idle_suspend_published",
 )
 
 
@@ -127,6 +130,7 @@ class WorkspaceService:
         ttl_seconds: int | None = None,
         max_lifetime_seconds: int | None = None,
         idle_suspend_seconds: int | None = None,
+        idle_suspend_published: bool = False,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
@@ -239,6 +243,7 @@ class WorkspaceService:
                 "ttl_seconds": ttl_seconds,
                 "max_lifetime_seconds": max_lifetime_seconds,
                 "idle_suspend_seconds": idle_suspend_seconds,
+                "idle_suspend_published": int(idle_suspend_published),
                 "host_ca": int(host_ca),
                 "network_policy": policy,
                 "egress": egress_policy.to_dict() if egress_policy is not None else None,
@@ -295,6 +300,7 @@ class WorkspaceService:
             "state": "suspended" if suspended else vm.state.value,
             **extra,
             "idle_suspend_seconds": idle_suspend_limit(workspace),
+            "idle_suspend_published": bool(workspace.get("idle_suspend_published")),
             "accel": vm.accel,
             "boot_ms": vm.boot_ms,
             "boot_kind": vm.boot_kind,
@@ -334,6 +340,7 @@ class WorkspaceService:
         labels: dict[str, str] | None = None,
         clear_labels: Sequence[str] = (),
         idle_suspend_seconds: int | None = None,
+        idle_suspend_published: bool | None = None,
         allow_hosts: Sequence[str] = (),
         deny_hosts: Sequence[str] = (),
     ) -> dict[str, Any]:
@@ -366,6 +373,8 @@ class WorkspaceService:
             fields["name"] = None
         if idle_suspend_seconds is not None:
             fields["idle_suspend_seconds"] = idle_suspend_seconds
+        if idle_suspend_published is not None:
+            fields["idle_suspend_published"] = int(idle_suspend_published)
         if egress_policy is not None:
             fields["egress"] = egress_policy.to_dict()
         self.store.update_workspace(workspace["workspace_id"], **fields)
@@ -717,6 +726,8 @@ class WorkspaceService:
                     )
                 if self.store.find_workspace(str(each)) is not None:
                     raise InvalidArgument("name", f"a workspace called {each!r} exists")
+        # Checked for all K at once: the forks start side by side.
+        self.vms.check_capacity(more=count)
         started = time.monotonic()
         parent_folder = self.root / parent["workspace_id"]
         work = self.root / f".fork-{uuid.uuid4().hex[:8]}"
@@ -731,7 +742,7 @@ class WorkspaceService:
                     (parent_folder / "workspace.qcow2", work / "workspace.qcow2"),
                 ],
             )
-            forks = [self._make_fork(parent, work, each, saved) for each in names]
+            forks = self._make_forks(parent, work, names, saved)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
@@ -741,6 +752,25 @@ class WorkspaceService:
             "pause_ms": saved["pause_ms"],
             "fork_ms": int((time.monotonic() - started) * 1000),
         }
+
+    def _make_forks(
+        self, parent: dict[str, Any], work: Path, names: list[str | None], saved: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The forks, made side by side (each resume mostly waits on its own QEMU).
+
+        All or nothing: if one fails, the others are deleted and its error raised.
+        """
+        with concurrent.futures.ThreadPoolExecutor(max_workers=FORK_WORKERS) as pool:
+            futures = [pool.submit(self._make_fork, parent, work, n, saved) for n in names]
+            concurrent.futures.wait(futures)
+        failed = [error for f in futures if (error := f.exception()) is not None]
+        if failed:
+            for future in futures:
+                if future.exception() is None:
+                    with contextlib.suppress(PyroError):
+                        self.delete(future.result()["workspace_id"], reason="a sibling fork failed")
+            raise failed[0]
+        return [f.result() for f in futures]
 
     def _make_fork(
         self,
@@ -871,7 +901,9 @@ class WorkspaceService:
         """Suspend running workspaces idle past their ``idle_suspend_seconds``.
 
         Never one with a command or transfer in flight, nor one whose services
-        publish ports (a published port must keep answering).
+        publish ports (a published port must keep answering) unless it was
+        created or updated with ``idle_suspend_published``: its ports then stop
+        answering while it is suspended and come back when a call resumes it.
         """
         now = time.time() if now is None else now
         suspended = []
@@ -882,7 +914,10 @@ class WorkspaceService:
             vm = self.vms.status_vm(workspace["vm_id"])
             if vm.state.value != "running" or vm.workspace_disk is None:
                 continue
-            if self.vms.busy(vm.vm_id) or self.store.published_ports(workspace["workspace_id"]):
+            if self.vms.busy(vm.vm_id):
+                continue
+            ports = self.store.published_ports(workspace["workspace_id"])
+            if ports and not workspace.get("idle_suspend_published"):
                 continue
             try:
                 saved = self.vms.suspend_vm(vm.vm_id)
