@@ -306,7 +306,7 @@ class VmService:
         self,
         parent_id: str,
         *,
-        root_disk: Path,
+        root_layer: disks.Layer,
         workspace_disk: Path,
         baseline_disk: Path,
         memory: Path,
@@ -333,7 +333,7 @@ class VmService:
         )
         files.dir.mkdir(parents=True)
         try:
-            shutil.copyfile(root_disk, files.root_disk)
+            disks.stack_on(root_layer, files.dir)  # root.qcow2 on the shared layers
             os.link(memory, suspend.partial(files.dir))
             installed = self._installed_for(record)
             machine = replace(

@@ -95,3 +95,38 @@ def test_bad_forks_are_refused_and_leave_nothing(
     finally:
         pyro.delete_workspace(source)
         pyro.delete_workspace(other)
+
+
+def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None:
+    parent = pyro.create_workspace(name="big")["workspace_id"]
+    root = pyro._workspaces.root
+    try:
+        pyro.exec_workspace(
+            parent, "head -c 20000000 /dev/urandom > /workspace/data; md5sum data > sum; sync"
+        )
+        child = pyro.fork_workspace(parent, name="child")["forks"][0]["workspace_id"]
+        # The child writes on a small image of its own; the parent's 20 MB are a
+        # shared read-only layer, linked into the child's folder, not copied per fork.
+        top = root / child / "workspace.qcow2"
+        layer = root / child / "workspace.layer-1.qcow2"
+        assert top.stat().st_size < 2 * 2**20 and layer.stat().st_size > 20 * 10**6
+        grandchild = pyro.fork_workspace(child, name="grandchild")["forks"][0]["workspace_id"]
+        assert (root / grandchild / "workspace.layer-2.qcow2").exists()
+        assert (root / grandchild / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
+
+        # Deleting the ancestors leaves the descendants whole.
+        pyro.delete_workspace(parent)
+        pyro.delete_workspace(child)
+        check = pyro.exec_workspace(grandchild, "md5sum -c sum && echo more > more")
+        assert check["exit_code"] == 0, check
+        pyro.create_snapshot(grandchild, "kept")
+        pyro.stop_workspace(grandchild, discard_memory=True)  # and booted from its disks
+        pyro.start_workspace(grandchild)
+        assert pyro.exec_workspace(grandchild, "md5sum -c sum")["exit_code"] == 0
+        pyro.reset_workspace(grandchild, snapshot="kept")
+        assert pyro.exec_workspace(grandchild, "cat more")["stdout"] == "more\n"
+        pyro.reset_workspace(grandchild)  # the baseline: the seed, nothing forked
+        assert pyro.exec_workspace(grandchild, "test -e data || echo gone")["stdout"] == "gone\n"
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])

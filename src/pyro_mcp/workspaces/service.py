@@ -742,7 +742,14 @@ class WorkspaceService:
                     (parent_folder / "workspace.qcow2", work / "workspace.qcow2"),
                 ],
             )
-            forks = self._make_forks(parent, work, names, saved)
+            # The copies become layers every fork shares: a fork costs what it writes.
+            layers = {
+                "root": disks.freeze(work / "root.qcow2", "root"),
+                "workspace": disks.freeze(
+                    work / "workspace.qcow2", "workspace", frozenset({"baseline.ext4"})
+                ),
+            }
+            forks = self._make_forks(parent, work, names, saved, layers)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
@@ -754,14 +761,19 @@ class WorkspaceService:
         }
 
     def _make_forks(
-        self, parent: dict[str, Any], work: Path, names: list[str | None], saved: dict[str, Any]
+        self,
+        parent: dict[str, Any],
+        work: Path,
+        names: list[str | None],
+        saved: dict[str, Any],
+        layers: dict[str, disks.Layer],
     ) -> list[dict[str, Any]]:
         """The forks, made side by side (each resume mostly waits on its own QEMU).
 
         All or nothing: if one fails, the others are deleted and its error raised.
         """
         with concurrent.futures.ThreadPoolExecutor(max_workers=FORK_WORKERS) as pool:
-            futures = [pool.submit(self._make_fork, parent, work, n, saved) for n in names]
+            futures = [pool.submit(self._make_fork, parent, work, n, saved, layers) for n in names]
             concurrent.futures.wait(futures)
         failed = [error for f in futures if (error := f.exception()) is not None]
         if failed:
@@ -778,6 +790,7 @@ class WorkspaceService:
         work: Path,
         name: str | None,
         saved: dict[str, Any],
+        layers: dict[str, disks.Layer],
     ) -> dict[str, Any]:
         workspace_id = "ws-" + uuid.uuid4().hex[:12]
         folder = self.root / workspace_id
@@ -786,8 +799,7 @@ class WorkspaceService:
         vm_id: str | None = None
         try:
             os.link(parent_folder / "baseline.ext4", folder / "baseline.ext4")  # immutable
-            shutil.copyfile(work / "workspace.qcow2", folder / "workspace.qcow2")
-            disks.rebase_in_place(folder / "workspace.qcow2", folder / "baseline.ext4")
+            disks.stack_on(layers["workspace"], folder)
             if (parent_folder / "secrets").is_dir():
                 shutil.copytree(parent_folder / "secrets", folder / "secrets")
             if (parent_folder / ignore.RULES_FILE).exists():
@@ -800,7 +812,7 @@ class WorkspaceService:
                 )
             record = self.vms.clone_vm(
                 parent["vm_id"],
-                root_disk=work / "root.qcow2",
+                root_layer=layers["root"],
                 workspace_disk=folder / "workspace.qcow2",
                 baseline_disk=folder / "baseline.ext4",
                 memory=work / "memory.state",
