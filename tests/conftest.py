@@ -13,6 +13,7 @@ import pytest
 from pyro_mcp import Pyro
 from pyro_mcp.config import default_paths
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
+from tests.egress.servers import LocalCA
 
 TEST_ENVIRONMENT = "debian:12"
 
@@ -60,6 +61,18 @@ def private_cache(tmp_path: Path, cache_dir: Path, warm_environment: dict[str, A
     private.mkdir()
     (private / "environments").symlink_to(cache_dir / "environments")
     return private
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
+    """A CA for local TLS test servers, trusted by this process and the VMs it starts.
+
+    Its bundle (the system's CAs plus it) is SSL_CERT_FILE: the egress proxy
+    verifies the servers with it, and guests get it as the host's CA bundle.
+    """
+    ca = LocalCA(tmp_path / "test-ca")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
+    return ca
 
 
 @pytest.fixture

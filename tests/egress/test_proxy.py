@@ -79,13 +79,6 @@ class Harness:
 
 
 @pytest.fixture
-def test_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
-    ca = LocalCA(tmp_path / "test-ca")
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
-    return ca
-
-
-@pytest.fixture
 def harness(tmp_path: Path, test_ca: LocalCA) -> Iterator[Harness]:
     ca = create_ca(tmp_path / "workspace-ca", "test")
     proxy = Harness(tmp_path, ca)
@@ -183,21 +176,24 @@ def test_sni_must_name_the_connect_host(harness: Harness, test_ca: LocalCA) -> N
         assert not entry["allowed"] and "evil.example" in entry["reason"]
 
 
+def terminated(harness: Harness, port: int, workspace_ca: Path) -> ssl.SSLSocket:
+    """A guest connection to localhost:PORT, where TOKEN is bound, TLS terminated by the proxy."""
+    binding = SecretBinding(PLACEHOLDER, tuple(parse_patterns([f"localhost:{port}"])))
+    harness.use(
+        rules([f"localhost:{port}"], allow_private_egress=True, secrets={"TOKEN": binding}),
+        {"TOKEN": SECRET.encode()},
+    )
+    guest = harness.guest()
+    assert connect(guest, f"localhost:{port}").startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(workspace_ca))
+    return context.wrap_socket(guest, server_hostname="localhost")
+
+
 def test_terminated_tls_injects_secrets_and_hides_echoes(
     harness: Harness, test_ca: LocalCA, tmp_path: Path
 ) -> None:
     with serve(test_ca) as (port, seen):
-        binding = SecretBinding(PLACEHOLDER, tuple(parse_patterns([f"localhost:{port}"])))
-        harness.use(
-            rules([f"localhost:{port}"], allow_private_egress=True, secrets={"TOKEN": binding}),
-            {"TOKEN": SECRET.encode()},
-        )
-        guest = harness.guest()
-        assert connect(guest, f"localhost:{port}").startswith(b"HTTP/1.1 200")
-        workspace_ca = tmp_path / "workspace-ca" / "ca.pem"
-        tls = ssl.create_default_context(cafile=str(workspace_ca)).wrap_socket(
-            guest, server_hostname="localhost"
-        )
+        tls = terminated(harness, port, tmp_path / "workspace-ca" / "ca.pem")
         basic = base64.b64encode(f"user:{PLACEHOLDER}".encode()).decode()
         for path, header in (
             (f"/a?k={PLACEHOLDER}", f"Bearer {PLACEHOLDER}"),
@@ -234,15 +230,7 @@ def test_terminated_tls_refuses_another_host_inside(
     harness: Harness, test_ca: LocalCA, tmp_path: Path
 ) -> None:
     with serve(test_ca) as (port, seen):
-        binding = SecretBinding(PLACEHOLDER, tuple(parse_patterns([f"localhost:{port}"])))
-        harness.use(
-            rules([f"localhost:{port}"], allow_private_egress=True, secrets={"TOKEN": binding}),
-            {"TOKEN": SECRET.encode()},
-        )
-        guest = harness.guest()
-        connect(guest, f"localhost:{port}")
-        context = ssl.create_default_context(cafile=str(tmp_path / "workspace-ca" / "ca.pem"))
-        tls = context.wrap_socket(guest, server_hostname="localhost")
+        tls = terminated(harness, port, tmp_path / "workspace-ca" / "ca.pem")
         tls.sendall(b"GET / HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
         head, rest = read_head(tls)
         assert head.startswith(b"HTTP/1.1 403 Forbidden")

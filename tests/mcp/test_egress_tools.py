@@ -18,7 +18,7 @@ REAL = "mcp-real-token-8d1e55"
 def test_a_chat_binds_a_secret_to_a_host_and_widens_the_list(
     mcp_env: dict[str, str], tmp_path: Path
 ) -> None:
-    ca = LocalCA(tmp_path / "ca")
+    ca = LocalCA(tmp_path / "ca")  # the server's environment, not this process's
     env = {**mcp_env, "SSL_CERT_FILE": str(ca.bundle)}
 
     async def scenario(port: int, other: int, seen: list[dict[str, object]]) -> None:

@@ -25,13 +25,6 @@ REAL = "real-token-3f9a1c77e2"
 
 
 @pytest.fixture
-def test_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
-    ca = LocalCA(tmp_path / "test-ca")
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
-    return ca
-
-
-@pytest.fixture
 def servers(test_ca: LocalCA) -> Iterator[dict[str, Any]]:
     with serve(test_ca) as (allowed, seen), serve(test_ca) as (other, other_seen):
         yield {"allowed": allowed, "seen": seen, "other": other, "other_seen": other_seen}

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import h11
 
 from pyro_mcp.egress.policy import Decision, EgressPolicy, SecretBinding, normalise_host
+from pyro_mcp.egress.rewrite import StreamRewriter
 from pyro_mcp.egress.tls import (
     MAX_CLIENT_HELLO,
     CaFiles,
@@ -525,7 +526,7 @@ class EgressProxy:
                 raise Refused(502, "the server closed the connection without an answer")
             # A server that echoes what it was sent must not hand the guest the
             # secret: neither the value nor a header value made from it.
-            rewriter = _Rewriter([(real, fake) for fake, real, _ in swaps] + echoes)
+            rewriter = StreamRewriter([(real, fake) for fake, real, _ in swaps] + echoes)
             await _send(
                 conn,
                 writer,
@@ -693,7 +694,7 @@ def _swap_basic(encoded: bytes, swap: Callable[[bytes], bytes]) -> bytes:
 
 
 def _response_headers(
-    response: h11.Response, rewriter: _Rewriter, method: bytes
+    response: h11.Response, rewriter: StreamRewriter, method: bytes
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's headers with secrets hidden; re-framed when the body may change."""
     keep_length = (
@@ -707,36 +708,3 @@ def _response_headers(
             continue
         headers.append((name, rewriter.replace(value)))
     return headers
-
-
-class _Rewriter:
-    """Replaces byte strings in a stream, holding back a tail that could start one."""
-
-    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        self._pairs = sorted((p for p in pairs if p[0]), key=lambda p: -len(p[0]))
-        self._held = b""
-
-    def active(self) -> bool:
-        return bool(self._pairs)
-
-    def replace(self, data: bytes) -> bytes:
-        for old, new in self._pairs:
-            data = data.replace(old, new)
-        return data
-
-    def feed(self, data: bytes) -> bytes:
-        if not self._pairs:
-            return data
-        data = self.replace(self._held + data)
-        keep = 0
-        for old, _ in self._pairs:
-            for size in range(min(len(old) - 1, len(data)), keep, -1):
-                if data.endswith(old[:size]):
-                    keep = size
-                    break
-        self._held = data[len(data) - keep :] if keep else b""
-        return data[: len(data) - keep]
-
-    def flush(self) -> bytes:
-        held, self._held = self._held, b""
-        return held

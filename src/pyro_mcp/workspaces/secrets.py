@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.egress import rewrite
 from pyro_mcp.errors import InvalidArgument
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -150,10 +151,4 @@ class Redactor:
 
     def held_back(self, data: bytes) -> int:
         """How many trailing bytes of ``data`` could begin a secret (to send later)."""
-        longest = 0
-        for _, value in self._values:
-            for size in range(min(len(value) - 1, len(data)), longest, -1):
-                if data.endswith(value[:size]):
-                    longest = size
-                    break
-        return longest
+        return rewrite.held_back(data, (value for _, value in self._values))

@@ -265,11 +265,7 @@ class WorkspaceService:
                 },
             )
         except BaseException:
-            if vm_id is not None:
-                with contextlib.suppress(PyroError):
-                    self.vms.delete_vm(vm_id)
-            self.store.delete_workspace(workspace_id)
-            shutil.rmtree(folder, ignore_errors=True)
+            self._discard_half_made(workspace_id, folder, vm_id)
             raise
         created = self.status(workspace_id)
         config.keep_reserve(self.vms.paths.state_dir)
@@ -836,16 +832,20 @@ class WorkspaceService:
             self._journal(row, "fork", {"from": parent["workspace_id"]})
             warnings = self._publish_like(parent, row)
         except BaseException:
-            if vm_id is not None:
-                with contextlib.suppress(PyroError):
-                    self.vms.delete_vm(vm_id)
-            self.store.delete_workspace(workspace_id)
-            shutil.rmtree(folder, ignore_errors=True)
+            self._discard_half_made(workspace_id, folder, vm_id)
             raise
         status = self.status(workspace_id)
         if warnings:
             status["warning"] = "; ".join(warnings)
         return status
+
+    def _discard_half_made(self, workspace_id: str, folder: Path, vm_id: str | None) -> None:
+        """Remove what a create or fork that failed midway made: VM, record, folder."""
+        if vm_id is not None:
+            with contextlib.suppress(PyroError):
+                self.vms.delete_vm(vm_id)
+        self.store.delete_workspace(workspace_id)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _publish_like(self, parent: dict[str, Any], fork: dict[str, Any]) -> list[str]:
         """Publish a fork's copies of the parent's published ports, on new host ports."""
