@@ -39,7 +39,7 @@ from pyro_mcp.errors import (
 )
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
-from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, warm
+from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, thin, warm
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
 from pyro_mcp.vm.supervisor import VmFiles
 
@@ -202,6 +202,8 @@ class VmService:
             except VMError as exc:
                 self.store.update_vm(vm_id, state=VmState.STOPPED, last_error=str(exc)[:4000])
                 raise
+        if not _maps_base(files):
+            files.memory_base.unlink(missing_ok=True)  # a thin state would need the guest on it
         self.store.update_vm(
             vm_id,
             state=VmState.RUNNING,
@@ -237,12 +239,7 @@ class VmService:
             )
         files = self._files(vm_id)
         installed = self._installed_for(record)
-        memory_anonymous = record.boot_kind in ("warm", "resumed")
-        machine = replace(
-            self.machine_spec(record, installed, files, record.accel or "tcg"),
-            memory_anonymous=memory_anonymous,
-            incoming=True,
-        )
+        memory = _memory_layout(record, files)
         _check_room_for_memory(files, record)
         suspend.discard(files.dir)
         try:
@@ -263,7 +260,10 @@ class VmService:
             ) from exc
         if record.supervisor_pid is not None:
             backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
-        saved = suspend.record(files.dir, machine, memory_anonymous)
+        if memory == "base":
+            memory = _thin(vm_id, suspend.partial(files.dir), files.memory_base)
+        machine = self._resume_machine(record, installed, files, record.accel or "tcg", memory)
+        saved = suspend.record(files.dir, machine, memory)
         self.store.update_vm(vm_id, state=VmState.STOPPED, supervisor_pid=None)
         return {"suspend_ms": int(result.get("suspend_ms", 0)), "memory_bytes": saved.bytes}
 
@@ -283,12 +283,15 @@ class VmService:
     ) -> dict[str, Any]:
         """Copy a running VM's disks and save its memory during one brief pause.
 
-        Returns ``pause_ms`` and ``memory_anonymous`` (how its RAM is laid out).
+        Returns ``pause_ms`` and ``memory``: how the forks' RAM is laid out (see
+        ``vm/suspend.py``). With ``base``, the RAM file the memory was thinned
+        against is linked next to ``memory`` as ``memory.base``.
         """
         with self.lifecycle_lock(vm_id):
             record = self.status_vm(vm_id)
             require_state(vm_id, record.state, (VmState.RUNNING,), "Start it first.")
             files = self._files(vm_id)
+            layout = _memory_layout(record, files)
             _check_room_for_memory(files, record)
             copies = [[str(source), str(target)] for source, target in disk_copies]
             with SupervisorClient(files.control_socket) as client:
@@ -297,10 +300,17 @@ class VmService:
                     {"path": str(memory), "copies": copies},
                     timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
                 )
-        return {
-            "pause_ms": int(result.get("pause_ms", 0)),
-            "memory_anonymous": record.boot_kind in ("warm", "resumed"),
-        }
+            base = memory.with_name(suspend.BASE_NAME)
+            if layout == "base":
+                # Linked while the source still maps it (a later warm start relinks).
+                try:
+                    os.link(files.memory_base, base)
+                except OSError as exc:
+                    log.warning("%s: fork memory kept whole (%s)", vm_id, exc)
+                    layout = "anonymous"
+        if layout == "base":
+            layout = _thin(vm_id, memory, base)
+        return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}
 
     def clone_vm(
         self,
@@ -310,7 +320,7 @@ class VmService:
         workspace_disk: Path,
         baseline_disk: Path,
         memory: Path,
-        memory_anonymous: bool,
+        memory_layout: str,
     ) -> VmRecord:
         """A new VM that resumes as a copy of ``parent_id`` (a fork): same build and shape,
         its own disks, the saved ``memory`` to resume from, a machine id of its own."""
@@ -335,13 +345,13 @@ class VmService:
         try:
             disks.stack_on(root_layer, files.dir)  # root.qcow2 on the shared layers
             os.link(memory, suspend.partial(files.dir))
+            if memory_layout == "base":
+                os.link(memory.with_name(suspend.BASE_NAME), files.memory_base)
             installed = self._installed_for(record)
-            machine = replace(
-                self.machine_spec(record, installed, files, record.accel or "tcg"),
-                memory_anonymous=memory_anonymous,
-                incoming=True,
+            machine = self._resume_machine(
+                record, installed, files, record.accel or "tcg", memory_layout
             )
-            suspend.record(files.dir, machine, memory_anonymous, fresh_identity=True)
+            suspend.record(files.dir, machine, memory_layout, fresh_identity=True)
             self.store.insert_vm(record)
         except BaseException:
             shutil.rmtree(files.dir, ignore_errors=True)
@@ -366,12 +376,8 @@ class VmService:
     ) -> tuple[dict[str, Any] | None, str | None]:
         """Resume a suspended VM: its report, or None and why it must boot from its disks."""
 
-        def machine_for(memory_anonymous: bool) -> MachineSpec:
-            return replace(
-                self.machine_spec(record, installed, files, accel_name),
-                memory_anonymous=memory_anonymous,
-                incoming=True,
-            )
+        def machine_for(memory: str) -> MachineSpec:
+            return self._resume_machine(record, installed, files, accel_name, memory)
 
         saved, why = suspend.load(files.dir, machine_for)
         if saved is None:
@@ -387,7 +393,7 @@ class VmService:
         try:
             report = backend.launch(
                 files,
-                machine_for(saved.memory_anonymous),
+                machine_for(saved.memory),
                 config.RESTORE_TIMEOUT_SECONDS,
                 owner_bound=record.owner_bound,
                 restore=saved.state,
@@ -514,7 +520,7 @@ class VmService:
             self.machine_spec(record, installed, files, accel_name),
             workspace_disk=workspace_disk,
             baseline_disk=baseline_disk or snapshot.baseline_disk,
-            memory_file=snapshot.ram,
+            memory_file=_link_base(snapshot.ram, files),
             memory_shared=False,
             incoming=True,
         )
@@ -527,6 +533,22 @@ class VmService:
             hello=self._hello(record),
             watch_pid=self.watch_pid,
         )
+
+    def _resume_machine(
+        self,
+        record: VmRecord,
+        installed: InstalledEnvironment,
+        files: VmFiles,
+        accel_name: str,
+        memory: str,
+    ) -> MachineSpec:
+        """The machine a saved state of layout ``memory`` resumes into."""
+        machine = replace(self.machine_spec(record, installed, files, accel_name), incoming=True)
+        if memory == "anonymous":
+            return replace(machine, memory_anonymous=True)
+        if memory == "base":
+            return replace(machine, memory_file=files.memory_base, memory_shared=False)
+        return machine
 
     def _hello(self, record: VmRecord) -> dict[str, Any]:
         """What makes this boot the VM's own: its name, machine id and disks to mount."""
@@ -843,6 +865,52 @@ class VmService:
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
             egress_command=egress_config.relay_command() if record.network else "",
         )
+
+
+def _link_base(ram: Path, files: VmFiles) -> Path:
+    """The warm snapshot's RAM file, linked into the VM directory as ``memory.base``.
+
+    The link keeps it for this VM's saved states (thinned against it) even if
+    the snapshot is pruned. Where it cannot be linked (another filesystem), the
+    VM maps the snapshot's file and its suspends save all of its memory.
+    """
+    files.memory_base.unlink(missing_ok=True)
+    try:
+        os.link(ram, files.memory_base)
+    except OSError as exc:
+        log.info("%s: RAM file not linked (%s); suspends save whole memory", files.dir, exc)
+        return ram
+    return files.memory_base
+
+
+def _maps_base(files: VmFiles) -> bool:
+    """Whether the VM running now maps ``memory.base`` (else it must not be kept)."""
+    with contextlib.suppress(OSError, ValueError):
+        spec = json.loads(files.spec.read_text())
+        return f"mem-path={files.memory_base}," in " ".join(spec.get("argv", []))
+    return False
+
+
+def _memory_layout(record: VmRecord, files: VmFiles) -> str:
+    """How a running VM's saved memory will resume (see ``vm/suspend.py``)."""
+    if record.boot_kind not in ("warm", "resumed"):
+        return "plain"
+    return "base" if _maps_base(files) else "anonymous"
+
+
+def _thin(vm_id: str, stream: Path, base: Path) -> str:
+    """Thin a saved stream against ``base`` in place: ``base``, or ``anonymous`` if it
+    stays whole (it resumes correctly either way)."""
+    thinned = stream.with_name(stream.name + ".thin")
+    try:
+        result = thin.thin(stream, base, thinned)
+    except (thin.ThinError, OSError) as exc:
+        thinned.unlink(missing_ok=True)
+        log.warning("%s: saved memory kept whole (%s)", vm_id, exc)
+        return "anonymous"
+    thinned.replace(stream)
+    log.debug("%s: saved memory thinned: %s", vm_id, result)
+    return "base"
 
 
 def _check_room_for_memory(files: VmFiles, record: VmRecord) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from pyro_mcp import Pyro
 from pyro_mcp.errors import InvalidArgument, NotFound, StateError
+from pyro_mcp.vm import suspend
 
 
 def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> None:
@@ -114,11 +115,22 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         assert (root / grandchild / "workspace.layer-2.qcow2").exists()
         assert (root / grandchild / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
 
+        # Their memory was saved against the warm snapshot's RAM file, which
+        # each links (so it outlives any of them, and a pruned snapshot).
+        vms = pyro._workspaces.vms.paths.vms_dir
+        bases = [
+            vms / pyro.status_workspace(ws)["vm_id"] / suspend.BASE_NAME
+            for ws in (parent, child, grandchild)
+        ]
+        assert len({base.stat().st_ino for base in bases}) == 1
+
         # Deleting the ancestors leaves the descendants whole.
         pyro.delete_workspace(parent)
         pyro.delete_workspace(child)
         check = pyro.exec_workspace(grandchild, "md5sum -c sum && echo more > more")
         assert check["exit_code"] == 0, check
+        assert pyro.stop_workspace(grandchild)["memory_bytes"] < 32 * 2**20
+        assert pyro.start_workspace(grandchild)["resumed"]
         pyro.create_snapshot(grandchild, "kept")
         pyro.stop_workspace(grandchild, discard_memory=True)  # and booted from its disks
         pyro.start_workspace(grandchild)

@@ -83,6 +83,8 @@ class VmFiles:
         self.exit_record = vm_dir / "exit.json"
         self.root_disk = vm_dir / "root.qcow2"
         self.egress_socket = vm_dir / "egress.sock"
+        # A warm snapshot's RAM file the guest maps copy-on-write (see vm/suspend.py).
+        self.memory_base = vm_dir / "memory.base"
 
     def sockets(self) -> tuple[Path, ...]:
         return (

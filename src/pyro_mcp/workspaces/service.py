@@ -812,7 +812,7 @@ class WorkspaceService:
                 workspace_disk=folder / "workspace.qcow2",
                 baseline_disk=folder / "baseline.ext4",
                 memory=work / "memory.state",
-                memory_anonymous=saved["memory_anonymous"],
+                memory_layout=saved["memory"],
             )
             vm_id = record.vm_id
             now = time.time()
