@@ -1,7 +1,11 @@
 """Cache states, using hand-made builds (building for real is covered in tests/test_run.py)."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from pyro_mcp.environments.builder import sha256_file
 from pyro_mcp.environments.cache import MANIFEST_FORMAT, EnvironmentCache, _check_files
@@ -84,6 +88,26 @@ def test_prune_all_also_removes_the_installed_build(tmp_path: Path) -> None:
     cache.prune(remove_installed=True)
     assert not current.exists()
     assert not cache.status("debian:12").installed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root (as builds do)")
+def test_a_killed_debootstrap_s_mounts_are_undone_before_its_build_is_removed(
+    tmp_path: Path,
+) -> None:
+    cache = EnvironmentCache(tmp_path)
+    current = make_build(cache, build_id="c-current")
+    proc = current.parent / ".partial-x" / "root fs" / "proc"  # a space: escaped in mounts
+    proc.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        (current.parent / ".partial-y").mkdir()
+        result = cache.prune()
+        assert not (current.parent / ".partial-x").exists()
+        assert str(proc) not in Path("/proc/self/mounts").read_text().replace("\\040", " ")
+        assert str(current.parent / ".partial-x") in result["removed"]
+        assert not (current.parent / ".partial-y").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(proc)], check=False, capture_output=True)
 
 
 def test_prune_drops_initramfs_files_of_other_versions_only(tmp_path: Path) -> None:

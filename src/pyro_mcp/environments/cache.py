@@ -17,9 +17,13 @@ reference their root image.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -32,6 +36,8 @@ from typing import Any
 from pyro_mcp.environments import builder
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec
 from pyro_mcp.errors import EnvironmentBuildError, NotFound
+
+log = logging.getLogger("pyro.environments")
 
 MANIFEST_FORMAT = 1
 
@@ -198,7 +204,7 @@ class EnvironmentCache:
             partial.rename(final)
             self._set_current(spec, final)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_build(partial)
             raise
         progress(f"phase=done {spec.name} built in {manifest['build_seconds']} s")
         return InstalledEnvironment(spec.name, final, manifest)
@@ -247,9 +253,9 @@ class EnvironmentCache:
                         if resolved == current and not remove_installed:
                             removed += _prune_initrds(build)
                             continue
-                        freed += used_bytes(build)
-                        shutil.rmtree(build, ignore_errors=True)
-                        removed.append(str(build))
+                        if (freed_here := _remove_build(build)) is not None:
+                            freed += freed_here
+                            removed.append(str(build))
                     if remove_installed and current is not None and current not in keep:
                         (env_dir / "current").unlink(missing_ok=True)
         for path in (self.debs_dir, self.kernels_dir):
@@ -346,7 +352,50 @@ def _prune_initrds(build: Path) -> list[str]:
 
 def _remove_partials(builds: Path) -> None:
     for partial in builds.glob(".partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_build(partial)
+
+
+def _remove_build(build: Path) -> int | None:
+    """Remove a build directory, first unmounting what debootstrap mounted in it;
+    the bytes freed, or None if it had to stay.
+
+    debootstrap mounts ``proc`` and ``sys`` inside the root it builds and
+    unmounts them when it exits, but not when it is killed. Removing (or
+    measuring) the tree with those still mounted would descend into the
+    host's live filesystems; what cannot be unmounted leaves the build in place.
+    """
+    for target in sorted(_mounts_below(build), key=len, reverse=True):
+        if _libc().umount2(target.encode(), MNT_DETACH) != 0:
+            error = os.strerror(ctypes.get_errno())
+            log.warning("cannot unmount %s (%s); leaving %s in place", target, error, build)
+    if _mounts_below(build):
+        return None
+    freed = used_bytes(build)
+    shutil.rmtree(build, ignore_errors=True)
+    return freed
+
+
+MNT_DETACH = 2
+
+
+def _mounts_below(path: Path) -> list[str]:
+    """Mount points strictly inside ``path`` (from /proc/self/mounts)."""
+    prefix = str(path.resolve()) + "/"
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [_unescape(line.split()[1]) for line in lines if len(line.split()) > 1]
+    return [point for point in points if point.startswith(prefix)]
+
+
+def _unescape(field: str) -> str:
+    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
