@@ -7,8 +7,10 @@ For an idle workspace (the default environment, 1 vCPU, 1 GiB):
 - suspend: `stop_workspace` (memory saved, VM process exits) against
   `stop_workspace(discard_memory=True)`;
 - back to a usable guest: `start_workspace` plus the first exec answered,
-  after a suspend (resume) against after a stop (cold boot from the disks);
-- the saved memory's size;
+  after a suspend (resume) against after a stop (cold boot from the disks),
+  and the resume of a cold-booted guest, whose memory is saved whole;
+- the saved memory's size, thin (a warm-started guest: only what differs from
+  its snapshot's RAM) and whole (a cold-booted guest);
 - fork of a running workspace with a service up, to a usable child (its first
   exec answered), against creating a new workspace and starting the same
   service in it (the setup a fork saves), and the source's pause.
@@ -39,24 +41,39 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyro-bench-") as tmp:
         pyro = Pyro(state_dir=Path(tmp) / "state")
-        ws = pyro.create_workspace()["workspace_id"]
+        samples: dict[str, list[float]] = {k: [] for k in ("sus", "stop", "res", "cold", "whole")}
+        sizes: dict[str, list[int]] = {"thin": [], "whole": []}
+        warm = pyro.create_workspace()["workspace_id"]  # suspends thin (a warm start)
+        booted = pyro.create_workspace()["workspace_id"]  # stopped and cold-booted
         try:
-            pyro.exec_workspace(ws, "true")
-            samples: dict[str, list[float]] = {k: [] for k in ("sus", "stop", "res", "cold")}
-            sizes = []
+            pyro.exec_workspace(warm, "true")
+            pyro.exec_workspace(booted, "true")
             for _ in range(args.runs):
                 samples["sus"].append(
-                    timed(lambda: sizes.append(pyro.stop_workspace(ws)["memory_bytes"]))
+                    timed(lambda: sizes["thin"].append(pyro.stop_workspace(warm)["memory_bytes"]))
                 )
                 samples["res"].append(
-                    timed(lambda: (pyro.start_workspace(ws), pyro.exec_workspace(ws, "true")))
+                    timed(lambda: (pyro.start_workspace(warm), pyro.exec_workspace(warm, "true")))
                 )
-                samples["stop"].append(timed(lambda: pyro.stop_workspace(ws, discard_memory=True)))
+                samples["stop"].append(
+                    timed(lambda: pyro.stop_workspace(booted, discard_memory=True))
+                )
                 samples["cold"].append(
-                    timed(lambda: (pyro.start_workspace(ws), pyro.exec_workspace(ws, "true")))
+                    timed(
+                        lambda: (pyro.start_workspace(booted), pyro.exec_workspace(booted, "true"))
+                    )
+                )
+            # A cold-booted guest's memory is saved whole (nothing to thin against).
+            for _ in range(args.runs):
+                sizes["whole"].append(pyro.stop_workspace(booted)["memory_bytes"])
+                samples["whole"].append(
+                    timed(
+                        lambda: (pyro.start_workspace(booted), pyro.exec_workspace(booted, "true"))
+                    )
                 )
         finally:
-            pyro.delete_workspace(ws)
+            pyro.delete_workspace(warm)
+            pyro.delete_workspace(booted)
         ws = pyro.create_workspace()["workspace_id"]
         fork_samples, pauses, fresh_samples = [], [], []
         try:
@@ -92,7 +109,14 @@ def main() -> None:
         f"start + first exec, resumed       {med['res']:7.0f} ms   "
         f"cold boot from disks  {med['cold']:7.0f} ms   ratio {med['cold'] / med['res']:.1f}x"
     )
-    print(f"saved memory                      {statistics.median(sizes) / 2**20:7.0f} MiB")
+    print(
+        f"  cold-booted guest (saved whole) {med['whole']:7.0f} ms   "
+        f"ratio to the thin resume {med['whole'] / med['res']:.2f}"
+    )
+    print(
+        f"saved memory                      {statistics.median(sizes['thin']) / 2**20:7.1f} MiB   "
+        f"cold-booted guest (whole) {statistics.median(sizes['whole']) / 2**20:5.0f} MiB"
+    )
     print(
         f"fork (service up) to first exec   {med['fork']:7.0f} ms   "
         f"create + start service {med['fresh']:6.0f} ms   "

@@ -239,7 +239,7 @@ class VmService:
             )
         files = self._files(vm_id)
         installed = self._installed_for(record)
-        memory = _memory_layout(record, files)
+        memory = _memory_layout(files)
         _check_room_for_memory(files, record)
         suspend.discard(files.dir)
         try:
@@ -291,7 +291,7 @@ class VmService:
             record = self.status_vm(vm_id)
             require_state(vm_id, record.state, (VmState.RUNNING,), "Start it first.")
             files = self._files(vm_id)
-            layout = _memory_layout(record, files)
+            layout = _memory_layout(files)
             _check_room_for_memory(files, record)
             copies = [[str(source), str(target)] for source, target in disk_copies]
             with SupervisorClient(files.control_socket) as client:
@@ -885,17 +885,21 @@ def _link_base(ram: Path, files: VmFiles) -> Path:
 
 def _maps_base(files: VmFiles) -> bool:
     """Whether the VM running now maps ``memory.base`` (else it must not be kept)."""
-    with contextlib.suppress(OSError, ValueError):
-        spec = json.loads(files.spec.read_text())
-        return f"mem-path={files.memory_base}," in " ".join(spec.get("argv", []))
-    return False
+    return _memory_layout(files) == "base"
 
 
-def _memory_layout(record: VmRecord, files: VmFiles) -> str:
-    """How a running VM's saved memory will resume (see ``vm/suspend.py``)."""
-    if record.boot_kind not in ("warm", "resumed"):
+def _memory_layout(files: VmFiles) -> str:
+    """How the running VM's memory is laid out, so how its saved memory resumes
+    (see ``vm/suspend.py``): from the QEMU command line of its current run."""
+    try:
+        argv = " ".join(json.loads(files.spec.read_text()).get("argv", []))
+    except (OSError, ValueError, AttributeError):
         return "plain"
-    return "base" if _maps_base(files) else "anonymous"
+    if f"mem-path={files.memory_base}," in argv:
+        return "base"
+    if "memory-backend-" in argv:  # a snapshot's RAM file it could not link, or anonymous
+        return "anonymous"
+    return "plain"
 
 
 def _thin(vm_id: str, stream: Path, base: Path) -> str:

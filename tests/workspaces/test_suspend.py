@@ -126,6 +126,11 @@ def test_discard_memory_stops_instead(pyro: Pyro) -> None:
         assert not started["resumed"] and "reason" not in started
         out = pyro.exec_workspace(ws, "cat /workspace/y; test -e /tmp/x || echo no-tmp")
         assert out["stdout"] == "kept\nno-tmp\n"
+        # A cold-booted guest's memory is saved whole, resumed or not before.
+        for _ in range(2):
+            assert pyro.stop_workspace(ws)["memory_bytes"] > 32 * 2**20
+            started = pyro.start_workspace(ws)
+            assert started["resumed"], started.get("reason")
     finally:
         pyro.delete_workspace(ws)
 
