@@ -11,6 +11,8 @@ For an idle workspace (the default environment, 1 vCPU, 1 GiB):
   and the resume of a cold-booted guest, whose memory is saved whole;
 - the saved memory's size, thin (a warm-started guest: only what differs from
   its snapshot's RAM) and whole (a cold-booted guest);
+- a guest that used 300 MB and freed it: its QEMU RSS, what its suspend saves
+  (freed pages are zeroed by the guest and left out) and its RSS once resumed;
 - fork of a running workspace with a service up, to a usable child (its first
   exec answered), against creating a new workspace and starting the same
   service in it (the setup a fork saves), and the source's pause.
@@ -21,6 +23,7 @@ Each line ends with the ratio of the slower path to the faster one.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -33,6 +36,38 @@ def timed(action: object) -> float:
     started = time.monotonic()
     action()  # type: ignore[operator]
     return (time.monotonic() - started) * 1000
+
+
+def qemu_rss_mib(pyro: Pyro, ws: str) -> int:
+    """The RSS of a workspace's QEMU process (it runs in its VM directory)."""
+    vm_dir = str(pyro._workspaces.vms.paths.vms_dir / pyro.status_workspace(ws)["vm_id"])
+    for entry in Path("/proc").iterdir():
+        try:
+            if "qemu-system" in (entry / "cmdline").read_text() and (
+                os.readlink(entry / "cwd") == vm_dir
+            ):
+                status = (entry / "status").read_text().splitlines()
+                return (
+                    int(next(line for line in status if line.startswith("VmRSS")).split()[1]) >> 10
+                )
+        except (OSError, StopIteration):
+            continue
+    return 0
+
+
+def freed_memory(pyro: Pyro) -> dict[str, float]:
+    """A guest that used 300 MB and freed it: its QEMU RSS then, the saved memory, and
+    its QEMU RSS once resumed."""
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "python3 -c \"x = b'x' * (300 << 20)\"")
+        used = qemu_rss_mib(pyro, ws)
+        saved = pyro.stop_workspace(ws)["memory_bytes"] / 2**20
+        pyro.start_workspace(ws)
+        pyro.exec_workspace(ws, "true")
+        return {"used": used, "saved": saved, "resumed": qemu_rss_mib(pyro, ws)}
+    finally:
+        pyro.delete_workspace(ws)
 
 
 def main() -> None:
@@ -74,6 +109,7 @@ def main() -> None:
         finally:
             pyro.delete_workspace(warm)
             pyro.delete_workspace(booted)
+        freed = freed_memory(pyro)
         ws = pyro.create_workspace()["workspace_id"]
         fork_samples, pauses, fresh_samples = [], [], []
         try:
@@ -116,6 +152,10 @@ def main() -> None:
     print(
         f"saved memory                      {statistics.median(sizes['thin']) / 2**20:7.1f} MiB   "
         f"cold-booted guest (whole) {statistics.median(sizes['whole']) / 2**20:5.0f} MiB"
+    )
+    print(
+        f"300 MB used and freed in the guest: QEMU RSS {freed['used']:.0f} MiB; saved "
+        f"{freed['saved']:.1f} MiB; QEMU RSS once resumed {freed['resumed']:.0f} MiB"
     )
     print(
         f"fork (service up) to first exec   {med['fork']:7.0f} ms   "
