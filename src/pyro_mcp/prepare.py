@@ -133,7 +133,9 @@ def _take(
         template_hello: extra hello arguments for the template (tests age its
             clock with ``time_ns``).
     """
-    _check_space(partial, vms.warm.estimate_bytes(key))
+    # The template's kernel zeroes all of its RAM as it boots (init_on_free):
+    # the RAM file is whole until its zero pages are punched out after the save.
+    _check_space(partial, max(vms.warm.estimate_bytes(key), key.mem_mib * 2**20 + FULL_DISK_BYTES))
     progress(f"phase=boot booting a template guest (accel={key.accel})")
     _make_standins(installed, partial)
     files = VmFiles(partial / "template")
@@ -158,6 +160,7 @@ def _take(
         baseline_disk=partial / warm.BASELINE,
         memory_file=partial / warm.RAM,
         memory_shared=True,
+        zero_freed_memory=True,
     )
     try:
         report = backend.launch(
@@ -189,6 +192,8 @@ def _take(
     devices = partial / warm.DEVICES
     if not devices.is_file() or devices.stat().st_size == 0:
         raise VMError("saving the template wrote no device state (is the disk full?)")
+    progress("phase=sparsify punching the zero pages out of the RAM file")
+    warm.punch_zero_pages(partial / warm.RAM)
     return warm.WarmSnapshot(partial, {"files": warm.describe_files(partial)})
 
 

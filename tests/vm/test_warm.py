@@ -72,6 +72,18 @@ def test_two_workspaces_restored_from_one_snapshot_are_independent(pyro: Pyro) -
     assert pyro.diff_workspace(first["workspace_id"])["counts"]["added"] == 1
 
 
+def test_a_warm_guest_zeroes_what_it_frees_and_its_snapshot_ram_is_sparse(
+    pyro: Pyro, cache_dir: Path
+) -> None:
+    ws = pyro.create_workspace(TEST_ENVIRONMENT)["workspace_id"]
+    out = pyro.exec_workspace(ws, "cat /proc/cmdline; dmesg | grep 'mem auto-init'")
+    assert "init_on_free=1" in out["stdout"] and "heap free:on" in out["stdout"]
+    ram = _snapshot_dir(cache_dir) / warm.RAM
+    # The template zeroed all of RAM as it booted; the zero pages are holes.
+    assert ram.stat().st_size == 1024 * 2**20
+    assert ram.stat().st_blocks * 512 < 256 * 2**20
+
+
 def test_a_warm_workspace_gets_its_seed_secrets_and_baseline(pyro: Pyro, tmp_path: Path) -> None:
     seed = tmp_path / "seed"
     seed.mkdir()
@@ -277,7 +289,9 @@ def test_a_full_disk_while_preparing_keeps_the_previous_snapshot(
 ) -> None:
     warm_root = private_pyro.paths.cache_dir / "warm"
     warm_root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600m", "tmpfs", str(warm_root)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1400m", "tmpfs", str(warm_root)], check=True
+    )
     try:
         private_pyro.prepare(TEST_ENVIRONMENT)
         good = _snapshot_dir(private_pyro.paths.cache_dir)

@@ -45,6 +45,11 @@ class MachineSpec:
     memory_anonymous: bool = False
     # Start paused, waiting for a warm snapshot's device state over QMP.
     incoming: bool = False
+    # The guest kernel zeroes the memory it frees (init_on_free=1). Set for warm
+    # templates only: every guest restored from one inherits it, so the memory
+    # a guest used and freed is zero, and a suspend leaves it out (vm/thin.py).
+    # A cold boot would zero all of RAM as the kernel first frees it.
+    zero_freed_memory: bool = False
     # With a NIC: what QEMU runs for each guest connection to the egress proxy.
     # The guest reaches nothing else (restrict=on).
     egress_command: str = ""
@@ -53,6 +58,8 @@ class MachineSpec:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
         if self.accel == "tcg":
             append += tcg_clock_arguments()
+        if self.zero_freed_memory:
+            append += " init_on_free=1"
         if self.network:
             append += " pyro.net=1"
         machine = f"microvm,accel={self.accel}"

@@ -79,7 +79,7 @@ def thin(stream: Path, base: Path, out: Path) -> Thinned:
             mmap.mmap(base_handle.fileno(), 0, prot=mmap.PROT_READ) as base_data,
         ):
             parsed = _parse(data, base_size)
-            extents = _data_extents(base_handle.fileno(), base_size)
+            extents = data_extents(base_handle.fileno(), base_size)
             kept, dropped = _write(data, parsed, base_data, extents, out)
     return Thinned(size, out.stat().st_size, kept, dropped)
 
@@ -301,7 +301,7 @@ def _write(
     return len(records), sent - len(keep)
 
 
-def _data_extents(fd: int, length: int) -> list[tuple[int, int]]:
+def data_extents(fd: int, length: int) -> list[tuple[int, int]]:
     """Where the base file has data (the rest are holes: zero, not worth reading)."""
     extents: list[tuple[int, int]] = []
     offset = 0

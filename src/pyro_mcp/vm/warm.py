@@ -26,9 +26,11 @@ mapping of the old RAM file even after prune unlinks it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import json
+import mmap
 import os
 import shutil
 import time
@@ -45,7 +47,7 @@ from pyro_mcp.vm.qemu import qemu_version
 
 # Bump when the machine layout of warm VMs changes (devices, their order, RAM
 # backend): a snapshot of another layout cannot be restored.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 RAM = "ram.img"
 DEVICES = "devices.snap"
 ROOT = "root.qcow2"
@@ -331,6 +333,55 @@ class WarmStore:
             directory = link.resolve()
             found.append((directory, _read_manifest(directory)[0]))
         return found
+
+
+def punch_zero_pages(path: Path) -> int:
+    """Make every all-zero page of a RAM file a hole; the bytes given back.
+
+    A template guest zeroes the memory it frees, all of RAM as it boots, so
+    its RAM file comes out whole. Holes cost no disk, and a warm VM's saved
+    memory is thinned against them without reading them (see ``thin.py``).
+    """
+    from pyro_mcp.vm.thin import PAGE_SIZE, data_extents
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    zero_chunk = bytes(ZERO_SCAN_CHUNK)
+    zero_page = bytes(PAGE_SIZE)
+    freed = 0
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        runs: list[tuple[int, int]] = []
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as data:
+            for start, end in data_extents(fd, size):
+                for chunk in range(start, end, ZERO_SCAN_CHUNK):
+                    stop = min(chunk + ZERO_SCAN_CHUNK, end)
+                    if data[chunk:stop] == zero_chunk[: stop - chunk]:
+                        _extend(runs, chunk, stop)
+                        continue
+                    for page in range(chunk, stop, PAGE_SIZE):
+                        if data[page : page + PAGE_SIZE] == zero_page:
+                            _extend(runs, page, page + PAGE_SIZE)
+        for start, end in runs:
+            if libc.fallocate(fd, FALLOC_PUNCH_HOLE_KEEP_SIZE, start, end - start) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot punch holes in {path}")
+            freed += end - start
+    finally:
+        os.close(fd)
+    return freed
+
+
+# fallocate(2): FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE.
+FALLOC_PUNCH_HOLE_KEEP_SIZE = 0x01 | 0x02
+ZERO_SCAN_CHUNK = 2 * 1024 * 1024
+
+
+def _extend(runs: list[tuple[int, int]], start: int, end: int) -> None:
+    if runs and runs[-1][1] == start:
+        runs[-1] = (runs[-1][0], end)
+    else:
+        runs.append((start, end))
 
 
 def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
