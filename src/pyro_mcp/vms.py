@@ -279,13 +279,13 @@ class VmService:
             return False
 
     def fork_save(
-        self, vm_id: str, memory: Path, disk_copies: Sequence[tuple[Path, Path]]
+        self, vm_id: str, memory: Path, layers: Sequence[disks.LayerPlan]
     ) -> dict[str, Any]:
-        """Copy a running VM's disks and save its memory during one brief pause.
+        """Turn a running VM's disks into layers and save its memory at one instant.
 
-        Returns ``pause_ms`` and ``memory``: how the forks' RAM is laid out (see
-        ``vm/suspend.py``). With ``base``, the RAM file the memory was thinned
-        against is linked next to ``memory`` as ``memory.base``.
+        Returns ``pause_ms``, ``frozen_ms`` and ``memory``: how the forks' RAM is
+        laid out (see ``vm/suspend.py``). With ``base``, the RAM file the memory
+        was thinned against is linked next to ``memory`` as ``memory.base``.
         """
         with self.lifecycle_lock(vm_id):
             record = self.status_vm(vm_id)
@@ -293,11 +293,10 @@ class VmService:
             files = self._files(vm_id)
             layout = _memory_layout(files)
             _check_room_for_memory(files, record)
-            copies = [[str(source), str(target)] for source, target in disk_copies]
             with SupervisorClient(files.control_socket) as client:
                 result = client.call(
                     "fork_save",
-                    {"path": str(memory), "copies": copies},
+                    {"path": str(memory), "layers": [plan.to_dict() for plan in layers]},
                     timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
                 )
             base = memory.with_name(suspend.BASE_NAME)
@@ -310,7 +309,11 @@ class VmService:
                     layout = "anonymous"
         if layout == "base":
             layout = _thin(vm_id, memory, base)
-        return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}
+        return {
+            "pause_ms": int(result.get("pause_ms", 0)),
+            "frozen_ms": int(result.get("frozen_ms", 0)),
+            "memory": layout,
+        }
 
     def clone_vm(
         self,
@@ -388,7 +391,9 @@ class VmService:
             return None, f"not resumed: {why}; booted from its disks (files kept)"
         progress(f"phase=start resuming {record.vm_id}")
         hello = self._hello(record)
-        if not saved.fresh_identity:
+        if saved.fresh_identity:
+            hello["thaw"] = supervisor.FROZEN_FOR_FORK  # its source was frozen for the fork
+        else:
             hello.pop("machine_id")  # the same machine, carrying on
         try:
             report = backend.launch(

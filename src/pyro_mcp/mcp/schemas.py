@@ -162,6 +162,7 @@ class Forked(_Open):
     workspace_id: str
     forks: list[dict[str, Any]]
     pause_ms: int
+    frozen_ms: int
     fork_ms: int
 
 
