@@ -13,9 +13,6 @@ For an idle workspace (the default environment, 1 vCPU, 1 GiB):
   its snapshot's RAM) and whole (a cold-booted guest);
 - a guest that used 300 MB and freed it: its QEMU RSS, what its suspend saves
   (freed pages are zeroed by the guest and left out) and its RSS once resumed;
-- a fork of a source that wrote 500 MB: the source's pause, how long its writes
-  waited, the child's own disk, against copying the source's top image (what a
-  fork did in its pause before its disks became layers);
 - fork of a running workspace with a service up, to a usable child (its first
   exec answered), against creating a new workspace and starting the same
   service in it (the setup a fork saves), and the source's pause.
@@ -27,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -74,46 +70,6 @@ def freed_memory(pyro: Pyro) -> dict[str, float]:
         pyro.delete_workspace(ws)
 
 
-def big_fork(pyro: Pyro, megabytes: int) -> dict[str, float]:
-    """Fork a source that wrote ``megabytes`` to /workspace: its pause, how long its
-    writes waited, the fork to the child's first exec, the child's own disk, and
-    what copying the source's top image (the former fork's pause) takes."""
-    ws = pyro.create_workspace()["workspace_id"]
-    folder = pyro._workspaces.root / ws
-    try:
-        pyro.exec_workspace(
-            ws,
-            f"head -c {megabytes * 10**6} /dev/urandom > /workspace/big; sync",
-            timeout_seconds=600,
-        )
-        top = folder / "workspace.qcow2"
-        copy = folder.parent / "bench-copy.qcow2"
-        started = time.monotonic()
-        shutil.copyfile(top, copy)
-        copy_ms = (time.monotonic() - started) * 1000
-        copy.unlink()
-        started = time.monotonic()
-        result = pyro.fork_workspace(ws)
-        child = result["forks"][0]["workspace_id"]
-        pyro.exec_workspace(child, "true")
-        fork_ms = (time.monotonic() - started) * 1000
-        own = sum(
-            p.stat().st_blocks * 512
-            for p in (pyro._workspaces.root / child).rglob("*")
-            if p.is_file() and p.stat().st_nlink == 1
-        )
-        pyro.delete_workspace(child)
-        return {
-            "pause": result["pause_ms"],
-            "frozen": result["frozen_ms"],
-            "fork": fork_ms,
-            "own_mib": own / 2**20,
-            "copy": copy_ms,
-        }
-    finally:
-        pyro.delete_workspace(ws)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -154,7 +110,6 @@ def main() -> None:
             pyro.delete_workspace(warm)
             pyro.delete_workspace(booted)
         freed = freed_memory(pyro)
-        big = big_fork(pyro, 500)
         ws = pyro.create_workspace()["workspace_id"]
         fork_samples, pauses, fresh_samples = [], [], []
         try:
@@ -207,13 +162,6 @@ def main() -> None:
         f"create + start service {med['fresh']:6.0f} ms   "
         f"ratio {med['fresh'] / med['fork']:.1f}x   "
         f"source paused {statistics.median(pauses):.0f} ms"
-    )
-
-    print(
-        f"fork of a source that wrote 500 MB: paused {big['pause']:.0f} ms, its writes held "
-        f"{big['frozen']:.0f} ms, to the child's first exec {big['fork']:.0f} ms; the child's "
-        f"own disk {big['own_mib']:.1f} MiB; copying the source's top image (what a fork's "
-        f"pause did before) {big['copy']:.0f} ms"
     )
 
 
