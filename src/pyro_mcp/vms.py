@@ -279,13 +279,13 @@ class VmService:
             return False
 
     def fork_save(
-        self, vm_id: str, memory: Path, layers: Sequence[disks.LayerPlan]
+        self, vm_id: str, memory: Path, disk_copies: Sequence[tuple[Path, Path]]
     ) -> dict[str, Any]:
-        """Turn a running VM's disks into layers and save its memory at one instant.
+        """Copy a running VM's disks and save its memory during one brief pause.
 
-        Returns ``pause_ms``, ``frozen_ms`` and ``memory``: how the forks' RAM is
-        laid out (see ``vm/suspend.py``). With ``base``, the RAM file the memory
-        was thinned against is linked next to ``memory`` as ``memory.base``.
+        Returns ``pause_ms`` and ``memory``: how the forks' RAM is laid out (see
+        ``vm/suspend.py``). With ``base``, the RAM file the memory was thinned
+        against is linked next to ``memory`` as ``memory.base``.
         """
         with self.lifecycle_lock(vm_id):
             record = self.status_vm(vm_id)
@@ -293,10 +293,11 @@ class VmService:
             files = self._files(vm_id)
             layout = _memory_layout(files)
             _check_room_for_memory(files, record)
+            copies = [[str(source), str(target)] for source, target in disk_copies]
             with SupervisorClient(files.control_socket) as client:
                 result = client.call(
                     "fork_save",
-                    {"path": str(memory), "layers": [plan.to_dict() for plan in layers]},
+                    {"path": str(memory), "copies": copies},
                     timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
                 )
             base = memory.with_name(suspend.BASE_NAME)
@@ -309,11 +310,7 @@ class VmService:
                     layout = "anonymous"
         if layout == "base":
             layout = _thin(vm_id, memory, base)
-        return {
-            "pause_ms": int(result.get("pause_ms", 0)),
-            "frozen_ms": int(result.get("frozen_ms", 0)),
-            "memory": layout,
-        }
+        return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}
 
     def clone_vm(
         self,
@@ -391,9 +388,7 @@ class VmService:
             return None, f"not resumed: {why}; booted from its disks (files kept)"
         progress(f"phase=start resuming {record.vm_id}")
         hello = self._hello(record)
-        if saved.fresh_identity:
-            hello["thaw"] = supervisor.FROZEN_FOR_FORK  # its source was frozen for the fork
-        else:
+        if not saved.fresh_identity:
             hello.pop("machine_id")  # the same machine, carrying on
         try:
             report = backend.launch(

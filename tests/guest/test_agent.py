@@ -123,9 +123,6 @@ def test_bad_requests_get_error_replies_and_the_agent_keeps_serving(peer: AgentP
         peer.request("exec", argv=["/no/such/program"], cwd="/")["error"]["kind"] == "spawn_failed"
     )
     assert peer.request("exec", shell="true", env={"A": 1}, cwd="/")["error"]["kind"] == "bad_args"
-    for paths in (["/etc"], [], "/", ["/workspace", "/home"]):
-        reply = peer.request("freeze", freeze=True, paths=paths)
-        assert reply["error"]["kind"] == "bad_args", paths  # nothing frozen
     assert peer.request("ping")["ok"] is True
 
 

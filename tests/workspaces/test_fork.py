@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import pytest
@@ -61,32 +60,10 @@ def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> 
         second = pyro.exec_workspace(forks[1]["workspace_id"], "cat /workspace/state")
         assert second["stdout"] == "prepared\n"
         assert pyro.exec_workspace(source, "echo ok")["stdout"] == "ok\n"  # source runs on
-        # The filesystems frozen for the fork are thawed in the source and the forks.
-        for ws in (source, *(f["workspace_id"] for f in forks)):
-            wrote = pyro.exec_workspace(
-                ws, "touch /var/tmp/root-ok /workspace/ws-ok && echo ok", timeout_seconds=10
-            )
-            assert wrote["stdout"] == "ok\n", wrote
         assert "fork" in [e["kind"] for e in pyro.logs_workspace(source)["entries"]]
     finally:
         for workspace in pyro.list_workspaces():
             pyro.delete_workspace(workspace["workspace_id"])
-
-
-def test_a_filesystem_frozen_by_a_supervisor_that_died_thaws_by_itself(pyro: Pyro) -> None:
-    ws = pyro.create_workspace()["workspace_id"]
-    try:
-        with pyro._workspaces.vms.connect(pyro.status_workspace(ws)["vm_id"], "") as client:
-            client.agent(
-                "freeze", {"freeze": True, "paths": ["/", "/workspace"], "thaw_after": 2}, 30
-            )
-        started = time.monotonic()
-        out = pyro.exec_workspace(
-            ws, "touch /var/tmp/x /workspace/x && echo ok", timeout_seconds=30
-        )
-        assert out["stdout"] == "ok\n" and time.monotonic() - started > 1
-    finally:
-        pyro.delete_workspace(ws)
 
 
 def test_bad_forks_are_refused_and_leave_nothing(
@@ -134,34 +111,18 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         top = root / child / "workspace.qcow2"
         layer = root / child / "workspace.layer-1.qcow2"
         assert top.stat().st_size < 2 * 2**20 and layer.stat().st_size > 20 * 10**6
-        # Nothing was copied: the layer is the parent's former top image, and
-        # the parent writes on a new small one under the old name.
-        assert (root / parent / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
-        assert (root / parent / "workspace.qcow2").stat().st_size < 2 * 2**20
-        pyro.exec_workspace(parent, "echo after > /workspace/after")  # the parent writes on
-        assert layer.stat().st_mode & 0o222 == 0
-        # Its own chain works from its disks: a snapshot, a cold boot, the offline tools.
-        pyro.create_snapshot(parent, "layered")
-        pyro.stop_workspace(parent, discard_memory=True)
-        assert "after" in [e["path"] for e in pyro.list_workspace_disk(parent)["entries"]]
-        pyro.start_workspace(parent)
-        assert pyro.exec_workspace(parent, "md5sum -c sum && cat after")["stdout"].endswith(
-            "after\n"
-        )
         grandchild = pyro.fork_workspace(child, name="grandchild")["forks"][0]["workspace_id"]
         assert (root / grandchild / "workspace.layer-2.qcow2").exists()
         assert (root / grandchild / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
 
         # Their memory was saved against the warm snapshot's RAM file, which
-        # each links (so it outlives any of them, and a pruned snapshot); the
-        # parent cold-booted above, so it maps none any more.
+        # each links (so it outlives any of them, and a pruned snapshot).
         vms = pyro._workspaces.vms.paths.vms_dir
         bases = [
             vms / pyro.status_workspace(ws)["vm_id"] / suspend.BASE_NAME
             for ws in (parent, child, grandchild)
         ]
-        assert not bases[0].exists()
-        assert bases[1].stat().st_ino == bases[2].stat().st_ino
+        assert len({base.stat().st_ino for base in bases}) == 1
 
         # Deleting the ancestors leaves the descendants whole.
         pyro.delete_workspace(parent)

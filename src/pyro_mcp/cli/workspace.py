@@ -451,8 +451,7 @@ def handle_fork(args: argparse.Namespace) -> int:
         return 0
     print(
         f"forked {result['workspace_id']} into {len(result['forks'])} workspace(s) in "
-        f"{result['fork_ms']} ms (source paused {result['pause_ms']} ms, its writes "
-        f"held {result['frozen_ms']} ms)"
+        f"{result['fork_ms']} ms (source paused {result['pause_ms']} ms)"
     )
     for fork in result["forks"]:
         print(f"  {fork['workspace_id']}  {fork['name'] or '-'}  {fork['state']}")

@@ -141,9 +141,6 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
     the baseline, which are never mounted in a snapshot. With ``egress``, it
     points the guest's clients at the egress proxy (see ``op_egress``).
     """
-    thaw = args.get("thaw")
-    if isinstance(thaw, list) and all(p in FREEZABLE for p in thaw) and _is_guest():
-        _thaw(thaw)  # a fork resumes the memory of a source frozen for it
     time_ns = args.get("time_ns")
     if isinstance(time_ns, int) and _is_guest():
         with contextlib.suppress(OSError):
@@ -475,50 +472,18 @@ FITHAW = 0xC0045878
 
 
 def op_freeze(args: dict[str, Any]) -> dict[str, Any]:
-    """Flush and freeze filesystems (writes block until thawed), or thaw them.
-
-    ``paths``: mount points among FREEZABLE (default /workspace). With
-    ``thaw_after`` seconds, they are thawed then if nobody did it before (the
-    host that froze them may be gone).
-    """
-    paths = args.get("paths", [WORKSPACE])
-    if not isinstance(paths, list) or not paths or any(p not in FREEZABLE for p in paths):
-        raise RequestError("bad_args", f"paths must be some of {sorted(FREEZABLE)}")
-    if not args.get("freeze"):
-        _thaw(paths)
-        return {"frozen": False}
-    frozen: list[str] = []
-    os.sync()
-    for path in sorted(paths, key=len, reverse=True):  # /workspace before /
-        try:
-            _ioctl_path(path, FIFREEZE)
-        except OSError as exc:
-            _thaw(frozen)
-            raise RequestError("freeze_failed", f"cannot freeze {path}: {exc}") from exc
-        frozen.append(path)
-    thaw_after = args.get("thaw_after")
-    if isinstance(thaw_after, (int, float)) and thaw_after > 0:
-        timer = threading.Timer(float(thaw_after), _thaw, args=(frozen,))
-        timer.daemon = True
-        timer.start()
-    return {"frozen": True}
-
-
-FREEZABLE = frozenset({"/", "/workspace"})
-
-
-def _thaw(paths: list[str]) -> None:
-    for path in sorted(paths, key=len):  # / before /workspace
-        with contextlib.suppress(OSError):  # not frozen
-            _ioctl_path(path, FITHAW)
-
-
-def _ioctl_path(path: str, request: int) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Flush and freeze /workspace (writes block until thawed), or thaw it."""
+    fd = os.open("/workspace", os.O_RDONLY)
     try:
-        fcntl.ioctl(fd, request, 0)
+        if args.get("freeze"):
+            os.sync()
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        else:
+            with contextlib.suppress(OSError):  # not frozen
+                fcntl.ioctl(fd, FITHAW, 0)
     finally:
         os.close(fd)
+    return {"frozen": bool(args.get("freeze"))}
 
 
 WORKSPACE = "/workspace"

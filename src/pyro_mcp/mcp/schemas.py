@@ -162,7 +162,6 @@ class Forked(_Open):
     workspace_id: str
     forks: list[dict[str, Any]]
     pause_ms: int
-    frozen_ms: int
     fork_ms: int
 
 

@@ -37,13 +37,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.errors import PyroError, VMError
-from pyro_mcp.vm import disks
 from pyro_mcp.vm.qemu import die_with_parent
 
 CONSOLE_LOG_MAX_BYTES = 2 * 1024 * 1024
@@ -67,11 +65,6 @@ OWNER_GONE_REASONS = (OWNER_GONE, NO_OWNER)
 # was removed (by hand, or with a whole state directory), nobody can reach or
 # delete this VM any more, so it stops instead of running forever.
 DIRECTORY_CHECK_SECONDS = 5.0
-# A fork freezes the source's filesystems while its disks become layers and
-# its memory is saved; the agent thaws them by itself after this long if the
-# supervisor never does (it died).
-FROZEN_FOR_FORK = ["/", "/workspace"]
-FORK_THAW_AFTER = 60
 
 
 class VmFiles:
@@ -443,80 +436,31 @@ class Supervisor:
         self.request_stop("suspended")
         return {"path": path, "suspend_ms": int((time.monotonic() - started) * 1000)}
 
-    async def fork_save(self, path: str, layers: list[dict[str, Any]]) -> dict[str, Any]:
-        """Turn the running guest's disks into layers and save its memory; it runs on.
+    async def fork_save(self, path: str, copies: list[list[str]]) -> dict[str, Any]:
+        """Save the running guest's memory and copy its disks at one instant; it runs on.
 
-        The guest's filesystems are frozen (flushed; writes wait) and each top
-        image becomes a read-only layer while QEMU carries on writing to a new
-        one (``blockdev-snapshot``; see ``vm/disks.py``). Nothing is copied.
-        The memory is then saved live: the guest keeps running while most of
-        it is written, and QEMU pauses it only for the last dirty pages. No
-        write reached the disks since the freeze, so the layers match the saved
-        memory, in which the filesystems are still frozen: a fork thaws them in
-        its hello, the source once the save is done. ``frozen_ms`` is how long
-        the source's writes waited, ``pause_ms`` how long it stood still.
+        The memory is saved live (the guest keeps running while most of it is
+        written); QEMU pauses the guest for the last dirty pages and, once the
+        save completes, leaves it paused with its drives drained and flushed.
+        The disks are copied then, so they match the saved memory exactly, and
+        the guest continues. The pause is that last step plus the copies.
         """
         started = time.monotonic()
-        await self.agent_request(
-            "freeze",
-            {"freeze": True, "paths": FROZEN_FOR_FORK, "thaw_after": FORK_THAW_AFTER},
-            SYNC_GRACE_SECONDS,
-        )
         try:
-            for plan in layers:
-                await self._make_layer(plan)
             state = await self._save_to(path, what="saving the guest's memory")
+            paused = time.monotonic()
+            loop = asyncio.get_running_loop()
+            for source, target in copies:
+                await loop.run_in_executor(None, shutil.copyfile, source, target)
         finally:
             status = await self.qmp("query-status")
             if status.get("status") != "running":
                 await self.qmp("cont")
-            with contextlib.suppress(VMError):
-                await self.agent_request(
-                    "freeze", {"freeze": False, "paths": FROZEN_FOR_FORK}, SYNC_GRACE_SECONDS
-                )
+        downtime = int(state.get("downtime", 0))
         return {
-            "pause_ms": int(state.get("downtime", 0)),
-            "frozen_ms": int((time.monotonic() - started) * 1000),
+            "pause_ms": downtime + int((time.monotonic() - paused) * 1000),
             "save_ms": int((time.monotonic() - started) * 1000),
         }
-
-    async def _make_layer(self, plan: dict[str, Any]) -> None:
-        """The drive's top image becomes ``plan["layer"]``; QEMU writes to a new top."""
-        device, top, layer = str(plan["device"]), str(plan["top"]), str(plan["layer"])
-        next_top = str(plan["next_top"])
-        blocks = await self.qmp("query-block")
-        node = next((b["inserted"]["node-name"] for b in blocks if b.get("device") == device), None)
-        if node is None:
-            raise VMError(f"the VM has no drive {device!r}")
-        os.link(top, layer)
-        overlay = f"{device}-{uuid.uuid4().hex[:8]}"
-        added = False
-        try:
-            await self.qmp(
-                "blockdev-add",
-                {
-                    "driver": "qcow2",
-                    "node-name": overlay,
-                    "discard": "unmap",
-                    "file": {"driver": "file", "filename": next_top, "discard": "unmap"},
-                    "backing": None,
-                },
-            )
-            added = True
-            await self.qmp("blockdev-snapshot", {"node": node, "overlay": overlay})
-        except BaseException:
-            if added:
-                with contextlib.suppress(VMError):
-                    await self.qmp("blockdev-del", {"node-name": overlay})
-            Path(layer).unlink(missing_ok=True)
-            raise
-        # The new top takes the drive's name; the old file lives on as the layer,
-        # naming its own backing relative to its folder so that it resolves in
-        # every folder it is linked into.
-        os.replace(next_top, top)
-        if plan.get("backing"):
-            disks.rename_backing(Path(layer), str(plan["backing"]))
-        os.chmod(layer, 0o444)
 
     async def _save_to(
         self,
@@ -734,7 +678,7 @@ class Supervisor:
                 result = await self.suspend(str(args["path"]))
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "fork_save":
-                result = await self.fork_save(str(args["path"]), list(args["layers"]))
+                result = await self.fork_save(str(args["path"]), list(args["copies"]))
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "egress_reload":
                 reply = {"id": request_id, "ok": True, "result": self.reload_egress()}

@@ -728,35 +728,31 @@ class WorkspaceService:
         parent_folder = self.root / parent["workspace_id"]
         work = self.root / f".fork-{uuid.uuid4().hex[:8]}"
         work.mkdir()
-        plans: list[disks.LayerPlan] = []
         try:
             vm = self.vms.status_vm(parent["vm_id"])
-            # The source's top images become layers every fork shares (nothing
-            # is copied): a fork costs what it writes.
-            plans.append(
-                disks.plan_layer("root", self.vms.paths.vms_dir / vm.vm_id / "root.qcow2", "root")
+            saved = self.vms.fork_save(
+                parent["vm_id"],
+                work / "memory.state",
+                [
+                    (self.vms.paths.vms_dir / vm.vm_id / "root.qcow2", work / "root.qcow2"),
+                    (parent_folder / "workspace.qcow2", work / "workspace.qcow2"),
+                ],
             )
-            plans.append(
-                disks.plan_layer(
-                    "ws",
-                    parent_folder / "workspace.qcow2",
-                    "workspace",
-                    frozenset({"baseline.ext4"}),
-                )
-            )
-            saved = self.vms.fork_save(parent["vm_id"], work / "memory.state", plans)
-            layers = {"root": plans[0].as_layer(), "workspace": plans[1].as_layer()}
+            # The copies become layers every fork shares: a fork costs what it writes.
+            layers = {
+                "root": disks.freeze(work / "root.qcow2", "root"),
+                "workspace": disks.freeze(
+                    work / "workspace.qcow2", "workspace", frozenset({"baseline.ext4"})
+                ),
+            }
             forks = self._make_forks(parent, work, names, saved, layers)
         finally:
-            for plan in plans:
-                plan.discard()
             shutil.rmtree(work, ignore_errors=True)
         self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
         return {
             "workspace_id": parent["workspace_id"],
             "forks": forks,
             "pause_ms": saved["pause_ms"],
-            "frozen_ms": saved["frozen_ms"],
             "fork_ms": int((time.monotonic() - started) * 1000),
         }
 
