@@ -111,6 +111,13 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         top = root / child / "workspace.qcow2"
         layer = root / child / "workspace.layer-1.qcow2"
         assert top.stat().st_size < 2 * 2**20 and layer.stat().st_size > 20 * 10**6
+        # Forked again (and again) while it runs on: each call gets its own layer.
+        pyro.exec_workspace(parent, "echo after > after")
+        for again in ("again-1", "again-2"):
+            other = pyro.fork_workspace(parent, name=again)["forks"][0]["workspace_id"]
+            assert pyro.exec_workspace(other, "cat after; md5sum -c sum")["exit_code"] == 0
+            pyro.delete_workspace(other)
+        assert pyro.exec_workspace(parent, "cat after")["stdout"] == "after\n"
         grandchild = pyro.fork_workspace(child, name="grandchild")["forks"][0]["workspace_id"]
         assert (root / grandchild / "workspace.layer-2.qcow2").exists()
         assert (root / grandchild / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
