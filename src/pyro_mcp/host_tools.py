@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -75,3 +78,9 @@ def require(*tools: HostTool) -> dict[str, Path]:
             "(then `pyro doctor` checks the whole host)"
         )
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def libc() -> ctypes.CDLL:
+    """The C library, for the system calls Python does not wrap (umount2, fallocate)."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -202,7 +202,7 @@ class VmService:
             except VMError as exc:
                 self.store.update_vm(vm_id, state=VmState.STOPPED, last_error=str(exc)[:4000])
                 raise
-        if not _maps_base(files):
+        if _memory_layout(files) != "base":
             files.memory_base.unlink(missing_ok=True)  # a thin state would need the guest on it
         self.store.update_vm(
             vm_id,
@@ -881,11 +881,6 @@ def _link_base(ram: Path, files: VmFiles) -> Path:
         log.info("%s: RAM file not linked (%s); suspends save whole memory", files.dir, exc)
         return ram
     return files.memory_base
-
-
-def _maps_base(files: VmFiles) -> bool:
-    """Whether the VM running now maps ``memory.base`` (else it must not be kept)."""
-    return _memory_layout(files) == "base"
 
 
 def _memory_layout(files: VmFiles) -> str:

@@ -18,7 +18,6 @@ reference their root image.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import json
 import logging
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec
 from pyro_mcp.errors import EnvironmentBuildError, NotFound
@@ -365,7 +365,7 @@ def _remove_build(build: Path) -> int | None:
     host's live filesystems; what cannot be unmounted leaves the build in place.
     """
     for target in sorted(_mounts_below(build), key=len, reverse=True):
-        if _libc().umount2(target.encode(), MNT_DETACH) != 0:
+        if host_tools.libc().umount2(target.encode(), MNT_DETACH) != 0:
             error = os.strerror(ctypes.get_errno())
             log.warning("cannot unmount %s (%s); leaving %s in place", target, error, build)
     if _mounts_below(build):
@@ -392,10 +392,6 @@ def _mounts_below(path: Path) -> list[str]:
 def _unescape(field: str) -> str:
     """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import host_tools
 from pyro_mcp.environments.builder import sha256_file
 from pyro_mcp.environments.cache import InstalledEnvironment, used_bytes
 from pyro_mcp.environments.catalog import get_spec
@@ -344,8 +345,8 @@ def punch_zero_pages(path: Path) -> int:
     """
     from pyro_mcp.vm.thin import PAGE_SIZE, data_extents
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate = host_tools.libc().fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     zero_chunk = bytes(ZERO_SCAN_CHUNK)
     zero_page = bytes(PAGE_SIZE)
     freed = 0
@@ -364,7 +365,7 @@ def punch_zero_pages(path: Path) -> int:
                         if data[page : page + PAGE_SIZE] == zero_page:
                             _extend(runs, page, page + PAGE_SIZE)
         for start, end in runs:
-            if libc.fallocate(fd, FALLOC_PUNCH_HOLE_KEEP_SIZE, start, end - start) != 0:
+            if fallocate(fd, FALLOC_PUNCH_HOLE_KEEP_SIZE, start, end - start) != 0:
                 raise OSError(ctypes.get_errno(), f"cannot punch holes in {path}")
             freed += end - start
     finally:
