@@ -50,4 +50,7 @@ def test_doctor_platform_reports_the_host_alone(cli_env: dict[str, str]) -> None
     assert result.returncode == 0 and report["accel"]["accel"] in ("kvm", "tcg")
     assert "environments" not in report and "daily_loop" not in report
     human = pyro_cli(cli_env, "doctor", "--platform")
+    assert human.returncode == 0, human.stderr
     assert "qemu" in human.stdout and "daily loop" not in human.stdout
+    assert report["memory_merge"]["state"] in ("on", "off", "unavailable")
+    assert "same-page merging" in human.stdout

@@ -217,6 +217,17 @@ def warm_enabled() -> bool:
     return os.environ.get("PYRO_WARM", "").strip().lower() not in ("0", "false", "no", "off")
 
 
+def memory_merge_enabled() -> bool:
+    """False when ``PYRO_MEMORY_MERGE=off``: pyro leaves the host's same-page merging
+    (KSM) as it finds it instead of turning it on (vm/merge.py)."""
+    return os.environ.get("PYRO_MEMORY_MERGE", "").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
+
+
 def qemu_override() -> str | None:
     """``PYRO_QEMU``: the QEMU binary to use instead of the one on PATH."""
     value = os.environ.get("PYRO_QEMU", "").strip()

@@ -12,7 +12,7 @@ from pyro_mcp import config, host_tools
 from pyro_mcp.environments.cache import EnvironmentCache
 from pyro_mcp.errors import PyroError
 from pyro_mcp.models import VmState
-from pyro_mcp.vm import accel
+from pyro_mcp.vm import accel, merge
 from pyro_mcp.vm.qemu import qemu_version
 from pyro_mcp.vms import VmService
 
@@ -88,6 +88,12 @@ def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, A
             "guests run under TCG (software emulation): expect about 4-5 s per cold boot"
         )
 
+    memory_merge = merge.status()
+    if memory_merge.state != "on":
+        warnings.append(
+            memory_merge.note + (f"; to turn it on, {memory_merge.fix}" if memory_merge.fix else "")
+        )
+
     space = config.low_space_warning(paths.state_dir)
     if space is not None:
         warnings.append(space)
@@ -115,6 +121,7 @@ def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, A
             "note": "guests have no NIC unless --network is given; with one they reach only "
             "pyro's egress proxy (QEMU user-mode networking, restrict=on)",
         },
+        "memory_merge": memory_merge.to_dict(),
         "state_dir": str(paths.state_dir),
         "cache_dir": str(paths.cache_dir),
         **({} if platform_only else {"environments": environments}),

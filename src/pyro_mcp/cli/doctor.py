@@ -53,6 +53,16 @@ def handle(args: argparse.Namespace) -> int:
     print(f"  qemu         {qemu['version'] or 'missing'} ({qemu['path'] or 'not installed'})")
     nat = "available" if report["networking"]["user_mode_nat"] else "unavailable"
     print(f"  networking   user-mode networking {nat} (egress through pyro's proxy)")
+    merging = report["memory_merge"]
+    print(
+        f"  memory       same-page merging {merging['state']}"
+        + (
+            f": {merging['folded_mib']:.0f} MiB of freed guest memory given back, "
+            f"{merging['merged_mib']:.0f} MiB merged"
+            if merging["state"] == "on"
+            else ""
+        )
+    )
     missing = [t for t in report["host_tools"] if not t["found"]]
     print(
         f"  host tools   {len(report['host_tools']) - len(missing)}/"
@@ -72,6 +82,16 @@ def handle(args: argparse.Namespace) -> int:
             else (f"broken: {env['problem']}" if env["problem"] else "not installed")
         )
         print(f"  environment  {env['name']:<16} {state}")
+    if "daily_loop" in report:  # not with --platform
+        _print_workspaces(report)
+    for problem in report["problems"]:
+        print(f"  PROBLEM: {problem}")
+    for warning in report["warnings"]:
+        print(f"  note: {warning}")
+    return 0 if report["ok"] else 1
+
+
+def _print_workspaces(report: dict[str, Any]) -> None:
     loop = report["daily_loop"]
     detail = f"snapshot of {loop['prepared_at']}" if loop["status"] == "warm" else loop["reason"]
     if not loop.get("warm_enabled", True):
@@ -83,8 +103,3 @@ def handle(args: argparse.Namespace) -> int:
         f"held); room for {room['room_for']} more running (cap {room['max_running']}, "
         "PYRO_MAX_RUNNING)"
     )
-    for problem in report["problems"]:
-        print(f"  PROBLEM: {problem}")
-    for warning in report["warnings"]:
-        print(f"  note: {warning}")
-    return 0 if report["ok"] else 1

@@ -14,6 +14,7 @@ from typing import Any
 
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, VMError
+from pyro_mcp.vm import merge
 from pyro_mcp.vm.qemu import MachineSpec
 from pyro_mcp.vm.supervisor import VmFiles
 
@@ -56,6 +57,8 @@ def launch(
     Raises:
         VMError: QEMU or the guest failed; the message has the console tail.
     """
+    if not machine.memory_shared:
+        merge.ensure()  # so that the memory this guest frees goes back to the host
     spec = {
         "argv": machine.argv(),
         "boot_timeout": boot_timeout,
