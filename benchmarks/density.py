@@ -1,13 +1,15 @@
 """How many idle workspaces one host holds: memory of N running, and M suspended resumed.
 
-    uv run python benchmarks/density.py [--running N] [--suspended M]
+    uv run python benchmarks/density.py [--running N] [--suspended M] [--settle S]
 
 Prints, in one run:
 
 - N idle warm-started workspaces running at once: the summed PSS of their QEMU
   processes per workspace (PSS splits the shared, clean pages of the warm
   snapshot's RAM file between the guests mapping it) and their RSS, next to
-  the same for cold-booted guests (a few, PYRO_WARM=0);
+  the same for cold-booted guests (a few, PYRO_WARM=0); with ``--settle``, the
+  warm ones again that many seconds later, once the host's same-page merging
+  (KSM, vm/merge.py) has folded zero pages and merged identical ones;
 - M workspaces suspended at once: how many QEMU processes remain (none), how
   long listing them takes, and the median time to resume each (start + exec).
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 from pyro_mcp import Pyro
+from pyro_mcp.vm import merge
 
 
 def qemu_usage(marker: str, kind: str = "qemu-system") -> list[tuple[float, float]]:
@@ -47,9 +50,12 @@ def qemu_usage(marker: str, kind: str = "qemu-system") -> list[tuple[float, floa
     return found
 
 
-def running_usage(count: int, cold: bool) -> tuple[float, float, int, float]:
+def running_usage(
+    count: int, cold: bool, settle: float = 0.0
+) -> tuple[float, float, int, float, tuple[float, float] | None]:
     """Per-workspace QEMU RSS and PSS, the count measured and the supervisor's PSS (MiB),
-    with ``count`` idle workspaces running at once."""
+    with ``count`` idle workspaces running at once; with ``settle``, QEMU RSS and PSS
+    again after that many more seconds of the host's same-page merging."""
     previous = os.environ.get("PYRO_WARM")
     os.environ["PYRO_WARM"] = "0" if cold else "1"
     try:
@@ -64,6 +70,14 @@ def running_usage(count: int, cold: bool) -> tuple[float, float, int, float]:
                 time.sleep(5)  # idle
                 usage = qemu_usage(tmp)
                 supervisors = qemu_usage(tmp, "pyro_mcp.vm.supervisor")
+                settled = None
+                if settle:
+                    time.sleep(settle)
+                    later = qemu_usage(tmp)
+                    settled = (
+                        sum(u[0] for u in later) / len(later),
+                        sum(u[1] for u in later) / len(later),
+                    )
             finally:
                 for ws in ids:
                     pyro.delete_workspace(ws)
@@ -77,6 +91,7 @@ def running_usage(count: int, cold: bool) -> tuple[float, float, int, float]:
         sum(u[1] for u in usage) / len(usage),
         len(usage),
         sum(u[1] for u in supervisors) / max(1, len(supervisors)),
+        settled,
     )
 
 
@@ -113,15 +128,30 @@ def main() -> None:
     parser.add_argument("--running", type=int, default=20)
     parser.add_argument("--cold", type=int, default=3, help="cold-booted guests to compare")
     parser.add_argument("--suspended", type=int, default=20, help="at least 1")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="also measure the running workspaces after this many more seconds, once the "
+        "host's same-page merging (pyro doctor: memory) has scanned them",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYRO_MAX_RUNNING", str(max(args.running, args.cold) + 2))
-    warm_rss, warm_pss, warm_n, supervisor_pss = running_usage(args.running, cold=False)
-    cold_rss, cold_pss, cold_n, _ = running_usage(args.cold, cold=True)
+    warm_rss, warm_pss, warm_n, supervisor_pss, settled = running_usage(
+        args.running, cold=False, settle=args.settle
+    )
+    cold_rss, cold_pss, cold_n, _, _ = running_usage(args.cold, cold=True)
     print(
         f"{warm_n} idle warm workspaces running: QEMU PSS {warm_pss:.0f} MiB, RSS "
         f"{warm_rss:.0f} MiB each; with its supervisor (PSS {supervisor_pss:.0f} MiB) "
         f"{warm_pss + supervisor_pss:.0f} MiB per workspace"
     )
+    if settled is not None:
+        print(
+            f"  {args.settle:.0f} s later (same-page merging {merge.status().state}): QEMU PSS "
+            f"{settled[1]:.0f} MiB, RSS {settled[0]:.0f} MiB each; with its supervisor "
+            f"{settled[1] + supervisor_pss:.0f} MiB per workspace"
+        )
     print(
         f"{cold_n} idle cold-booted workspaces: PSS {cold_pss:.0f} MiB, "
         f"RSS {cold_rss:.0f} MiB each (warm PSS is {cold_pss / warm_pss:.1f}x smaller)"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from pyro_mcp import Pyro
 from pyro_mcp.errors import InvalidArgument, NotFound, StateError
 from pyro_mcp.vm import suspend
+from tests.workspaces.test_snapshots_disk import fsck_clean
 
 
 def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> None:
@@ -146,6 +149,49 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         assert pyro.exec_workspace(grandchild, "cat more")["stdout"] == "more\n"
         pyro.reset_workspace(grandchild)  # the baseline: the seed, nothing forked
         assert pyro.exec_workspace(grandchild, "test -e data || echo gone")["stdout"] == "gone\n"
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+
+
+# Appends numbered lines, each with its number's checksum, and rewrites a file
+# in place, without pause: a fork lands in the middle of these writes.
+WRITER = (
+    "i=0; while true; do i=$((i+1)); "
+    'echo "$i $(echo $i | md5sum | cut -c1-32)" >> /workspace/log; '
+    "dd if=/dev/urandom of=/workspace/churn bs=64k count=8 conv=notrunc status=none; done"
+)
+CHECK_LOG = (
+    "sync; echo 3 > /proc/sys/vm/drop_caches; md5sum -c blob.md5 >/dev/null || echo BAD blob; "
+    "n=0; while read i h; do n=$((n+1)); "
+    '[ "$i" = "$n" ] && [ "$(echo $i | md5sum | cut -c1-32)" = "$h" ] || echo BAD line $n; '
+    "done < log; echo lines $n"
+)
+
+
+def test_a_fork_taken_while_the_source_writes_has_whole_disks(pyro: Pyro, tmp_path: Path) -> None:
+    """The disks are copied while the guest runs and finished during the pause: the
+    fork's disks match its memory, so its files read back whole from the disk and
+    its filesystem checks clean; the source's too."""
+    source = pyro.create_workspace(name="busy")["workspace_id"]
+    root = pyro._workspaces.root
+    try:
+        pyro.exec_workspace(
+            source, "head -c 30000000 /dev/urandom > blob; md5sum blob > blob.md5; sync"
+        )
+        pyro.start_service(source, "writer", WRITER)
+        time.sleep(2)
+        forked = pyro.fork_workspace(source, name="busy-child")
+        child = forked["forks"][0]["workspace_id"]
+        for ws in (child, source):
+            if ws == source or pyro.status_workspace(ws)["boot_kind"] == "resumed":
+                pyro.stop_service(ws, "writer")
+            else:  # a fork that could not resume says so, and has the disks all the same
+                assert "booted from the copied disks" in forked["forks"][0]["warning"]
+            seen = pyro.exec_workspace(ws, CHECK_LOG, timeout_seconds=120)["stdout"]
+            assert "BAD" not in seen and int(seen.split()[-1]) > 0, seen
+            pyro.stop_workspace(ws, discard_memory=True)  # its /workspace frozen clean
+            assert fsck_clean(root / ws / "workspace.qcow2", tmp_path)
     finally:
         for workspace in pyro.list_workspaces():
             pyro.delete_workspace(workspace["workspace_id"])

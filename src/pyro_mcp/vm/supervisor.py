@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -439,20 +440,28 @@ class Supervisor:
     async def fork_save(self, path: str, copies: list[list[str]]) -> dict[str, Any]:
         """Save the running guest's memory and copy its disks at one instant; it runs on.
 
-        The memory is saved live (the guest keeps running while most of it is
-        written); QEMU pauses the guest for the last dirty pages and, once the
-        save completes, leaves it paused with its drives drained and flushed.
-        The disks are copied then, so they match the saved memory exactly, and
-        the guest continues. The pause is that last step plus the copies.
+        Each disk's top image is mirrored into its copy while the guest runs
+        (QEMU ``drive-mirror``, top layer only, into a new image on the same
+        backing); once every mirror is in step, the memory is saved live. QEMU
+        pauses the guest for the last dirty pages and waits before switching
+        over: the mirrors finish there, with only the last writes left to copy,
+        so the copies match the saved memory exactly. Then the save completes
+        and the guest continues. The pause does not grow with what the guest
+        wrote to its disks.
         """
         started = time.monotonic()
+        jobs: list[str] = []
         try:
-            state = await self._save_to(path, what="saving the guest's memory")
+            jobs = await self._start_mirrors(copies)
+            await self._wait_for_jobs(jobs, "ready", what="copying the disks")
+            state = await self._save_to(
+                path,
+                what="saving the guest's memory",
+                before_switchover=lambda: self._finish_mirrors(jobs),
+            )
             paused = time.monotonic()
-            loop = asyncio.get_running_loop()
-            for source, target in copies:
-                await loop.run_in_executor(None, shutil.copyfile, source, target)
         finally:
+            await self._drop_jobs(jobs)
             status = await self.qmp("query-status")
             if status.get("status") != "running":
                 await self.qmp("cont")
@@ -462,6 +471,80 @@ class Supervisor:
             "save_ms": int((time.monotonic() - started) * 1000),
         }
 
+    async def _start_mirrors(self, copies: list[list[str]]) -> list[str]:
+        """A mirror job per (top image, copy); the copy is created on the same backing."""
+        drives = {
+            os.path.realpath(str(b["inserted"]["file"])): str(b["device"])
+            for b in await self.qmp("query-block")
+            if b.get("inserted")
+        }
+        jobs: list[str] = []
+        for source, target in copies:
+            device = drives.get(os.path.realpath(source))
+            if device is None:
+                raise VMError(f"no drive of this VM has {source} on top")
+            job = f"fork-{device}"
+            await self.qmp(
+                "drive-mirror",
+                {
+                    "job-id": job,
+                    "device": device,
+                    "target": target,
+                    "format": "qcow2",
+                    "sync": "top",
+                    "mode": "absolute-paths",
+                    "auto-dismiss": False,
+                },
+            )
+            jobs.append(job)
+        return jobs
+
+    async def _finish_mirrors(self, jobs: list[str]) -> None:
+        """With the guest paused: end each mirror in step (a ready mirror's cancel
+        completes it, the copy whole, without switching the VM over to it)."""
+        for job in jobs:
+            await self.qmp("block-job-cancel", {"device": job})
+        await self._wait_for_jobs(jobs, "concluded", what="finishing the disk copies")
+
+    async def _wait_for_jobs(self, jobs: list[str], status: str, *, what: str) -> None:
+        """Until every job in ``jobs`` has ``status``; VMError if one fails first."""
+        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
+        while True:
+            found = {j["id"]: j for j in await self.qmp("query-jobs") if j["id"] in jobs}
+            failed = [j for j in found.values() if j.get("error")]
+            if failed or len(found) < len(jobs):
+                error = failed[0].get("error") if failed else "a job vanished"
+                raise VMError(f"{what} failed: {error}; the workspace keeps running")
+            if all(j["status"] == status for j in found.values()):
+                return
+            if status == "ready" and any(j["status"] == "concluded" for j in found.values()):
+                raise VMError(
+                    f"{what} failed: a mirror ended early ({list(found.values())}); "
+                    "the workspace keeps running"
+                )
+            if time.monotonic() > deadline:
+                raise VMError(
+                    f"{what} did not finish in {SUSPEND_TIMEOUT_SECONDS:.0f} s (the guest "
+                    "writes faster than its disks can be copied); the workspace keeps running"
+                )
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
+
+    async def _drop_jobs(self, jobs: list[str]) -> None:
+        """Cancel and dismiss whatever is left of ``jobs`` (after a failure, or done)."""
+        for job in jobs:
+            with contextlib.suppress(VMError):
+                await self.qmp("block-job-cancel", {"device": job, "force": True})
+        deadline = time.monotonic() + 30
+        while jobs and time.monotonic() < deadline:
+            with contextlib.suppress(VMError):
+                left = [j for j in await self.qmp("query-jobs") if j["id"] in jobs]
+                for job in left:
+                    if job["status"] == "concluded":
+                        await self.qmp("job-dismiss", {"id": job["id"]})
+                if not left:
+                    return
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
+
     async def _save_to(
         self,
         path: str,
@@ -469,16 +552,23 @@ class Supervisor:
         shared_ram: bool = False,
         timeout: float = SUSPEND_TIMEOUT_SECONDS,
         what: str,
+        before_switchover: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """QEMU's migration stream into ``path``, waited for; its final ``query-migrate``.
 
         ``shared_ram`` leaves out RAM kept in a shared file (a warm template's).
         The default bandwidth cap (32 MiB/s) is for live migration over a
-        network; a local file takes it uncapped.
+        network; a local file takes it uncapped. ``before_switchover`` runs
+        with the guest paused and its last pages not yet written.
         """
         await self.qmp(
             "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": shared_ram}]},
+            {
+                "capabilities": [
+                    {"capability": "x-ignore-shared", "state": shared_ram},
+                    {"capability": "pause-before-switchover", "state": bool(before_switchover)},
+                ]
+            },
         )
         await self.qmp("migrate-set-parameters", {"max-bandwidth": SUSPEND_BANDWIDTH})
         await self.qmp("migrate", {"uri": "exec:cat > " + shlex.quote(path)})
@@ -488,6 +578,17 @@ class Supervisor:
             status = state.get("status")
             if status == "completed":
                 return state
+            if status == "pre-switchover" and before_switchover is not None:
+                # Once: the state stays pre-switchover for a moment after the continue.
+                switchover, before_switchover = before_switchover, None
+                try:
+                    await switchover()
+                except BaseException:
+                    with contextlib.suppress(VMError):
+                        await self.qmp("migrate_cancel")
+                    raise
+                await self.qmp("migrate-continue", {"state": "pre-switchover"})
+                continue
             if status in ("failed", "cancelled") or time.monotonic() > deadline:
                 with contextlib.suppress(VMError):
                     await self.qmp("migrate_cancel")

@@ -835,6 +835,12 @@ class WorkspaceService:
             self._discard_half_made(workspace_id, folder, vm_id)
             raise
         status = self.status(workspace_id)
+        if status.get("boot_kind") != "resumed":
+            warnings.insert(
+                0,
+                f"this fork booted from the copied disks ({status.get('boot_warning')}): "
+                "the source's running processes, shells and /tmp were not carried over",
+            )
         if warnings:
             status["warning"] = "; ".join(warnings)
         return status
