@@ -214,18 +214,18 @@ def max_running_vms(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def warm_enabled() -> bool:
     """False when ``PYRO_WARM=0``: every start cold-boots (comparison, debugging)."""
-    return os.environ.get("PYRO_WARM", "").strip().lower() not in ("0", "false", "no", "off")
+    return _switched_on("PYRO_WARM")
 
 
 def memory_merge_enabled() -> bool:
     """False when ``PYRO_MEMORY_MERGE=off``: pyro leaves the host's same-page merging
     (KSM) as it finds it instead of turning it on (vm/merge.py)."""
-    return os.environ.get("PYRO_MEMORY_MERGE", "").strip().lower() not in (
-        "0",
-        "false",
-        "no",
-        "off",
-    )
+    return _switched_on("PYRO_MEMORY_MERGE")
+
+
+def _switched_on(variable: str) -> bool:
+    """An on-by-default switch: off only when ``variable`` is 0, false, no or off."""
+    return os.environ.get(variable, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def qemu_override() -> str | None:
