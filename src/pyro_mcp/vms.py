@@ -166,6 +166,7 @@ class VmService:
             "It is already running; use exec_vm, or stop_vm first.",
         )
         self.check_capacity(exclude=vm_id)
+        self.settle_disks(vm_id)  # a VM that died after a fork left its drives renamed
         files = self._files(vm_id)
         installed = self._installed_for(record)
         decision = self.accel_decision(installed)
@@ -260,6 +261,7 @@ class VmService:
             ) from exc
         if record.supervisor_pid is not None:
             backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
+        self.settle_disks(vm_id)
         if memory == "base":
             memory = _thin(vm_id, suspend.partial(files.dir), files.memory_base)
         machine = self._resume_machine(record, installed, files, record.accel or "tcg", memory)
@@ -279,13 +281,16 @@ class VmService:
             return False
 
     def fork_save(
-        self, vm_id: str, memory: Path, disk_copies: Sequence[tuple[Path, Path]]
-    ) -> dict[str, Any]:
-        """Copy a running VM's disks and save its memory during one brief pause.
+        self, vm_id: str, memory: Path, drives: Sequence[Path]
+    ) -> tuple[dict[str, Any], list[disks.Layer]]:
+        """Save a running VM's memory and freeze its ``drives`` during one brief pause.
 
-        Returns ``pause_ms`` and ``memory``: how the forks' RAM is laid out (see
-        ``vm/suspend.py``). With ``base``, the RAM file the memory was thinned
-        against is linked next to ``memory`` as ``memory.base``.
+        Each drive's live top becomes a read-only layer and the VM runs on, on a
+        new empty top (see ``disks``). Returns ``pause_ms`` and ``memory`` (how
+        the forks' RAM is laid out, see ``vm/suspend.py``; with ``base``, the
+        RAM file the memory was thinned against is linked next to ``memory`` as
+        ``memory.base``), and the layers, in the order of ``drives``. If it
+        fails, the VM runs on as before.
         """
         with self.lifecycle_lock(vm_id):
             record = self.status_vm(vm_id)
@@ -293,13 +298,23 @@ class VmService:
             files = self._files(vm_id)
             layout = _memory_layout(files)
             _check_room_for_memory(files, record)
-            copies = [[str(source), str(target)] for source, target in disk_copies]
-            with SupervisorClient(files.control_socket) as client:
-                result = client.call(
-                    "fork_save",
-                    {"path": str(memory), "copies": copies},
-                    timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
-                )
+            splits: list[disks.Split] = []
+            try:
+                for drive in drives:
+                    splits.append(disks.split(drive))
+                with SupervisorClient(files.control_socket) as client:
+                    result = client.call(
+                        "fork_save",
+                        {
+                            "path": str(memory),
+                            "splits": [[str(s.live), str(s.top)] for s in splits],
+                        },
+                        timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
+                    )
+            except BaseException:
+                _undo_splits(files, splits)
+                raise
+            layers = [disks.freeze(s) for s in splits]
             base = memory.with_name(suspend.BASE_NAME)
             if layout == "base":
                 # Linked while the source still maps it (a later warm start relinks).
@@ -310,7 +325,14 @@ class VmService:
                     layout = "anonymous"
         if layout == "base":
             layout = _thin(vm_id, memory, base)
-        return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}
+        return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}, layers
+
+    def settle_disks(self, vm_id: str) -> None:
+        """A stopped VM's drives under their own names again (after forks while it ran)."""
+        record = self._get(vm_id)
+        disks.settle(self._files(vm_id).root_disk)
+        if record.workspace_disk:
+            disks.settle(Path(record.workspace_disk))
 
     def clone_vm(
         self,
@@ -646,6 +668,7 @@ class VmService:
         """Stop the VM, keeping its disk; stopping a stopped VM is fine."""
         record = self.status_vm(vm_id)
         backend.stop(self._files(vm_id), record.supervisor_pid)
+        self.settle_disks(vm_id)
         if record.state is VmState.RUNNING:
             self.store.update_vm(vm_id, state=VmState.STOPPED, supervisor_pid=None)
         return self._get(vm_id)
@@ -941,7 +964,25 @@ def _fresh_root(installed: InstalledEnvironment, files: VmFiles) -> None:
     fresh = files.root_disk.with_name("root.qcow2.new")
     fresh.unlink(missing_ok=True)
     disks.create_overlay(installed.rootfs, fresh)
-    fresh.replace(files.root_disk)
+    disks.replace_top(fresh, files.root_disk)
+
+
+def _undo_splits(files: VmFiles, splits: list[disks.Split]) -> None:
+    """After a failed fork: drop the new tops the VM did not switch onto.
+
+    Which ones it did is asked of the VM; if it cannot answer (it died), the
+    files stay, and ``settle`` makes the new tops the drives' on the next start:
+    empty on the old ones, they read the same either way.
+    """
+    try:
+        with SupervisorClient(files.control_socket) as client:
+            active = set(client.call("drives", timeout=10).values())
+    except PyroError as exc:
+        log.warning("fork: could not ask which disks the VM writes to (%s)", exc)
+        return
+    for prepared in splits:
+        if str(prepared.top) not in active:
+            disks.unsplit(prepared)
 
 
 def _check_range(field: str, value: int, low: int, high: int) -> None:

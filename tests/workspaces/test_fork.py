@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pyro_mcp import Pyro
-from pyro_mcp.errors import InvalidArgument, NotFound, StateError
-from pyro_mcp.vm import suspend
+from pyro_mcp.errors import InvalidArgument, NotFound, StateError, VMError
+from pyro_mcp.vm import disks, suspend
 from tests.workspaces.test_snapshots_disk import fsck_clean
 
 
@@ -101,6 +101,41 @@ def test_bad_forks_are_refused_and_leave_nothing(
         pyro.delete_workspace(other)
 
 
+def test_a_fork_that_fails_midway_leaves_the_source_running_on_its_own_disks(
+    pyro: Pyro, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU refuses the new top it is to switch onto (damaged here after it was
+    made): the save is cancelled, the source runs on where it was, and no fork,
+    layer or new top is left behind."""
+    source = pyro.create_workspace(name="src")["workspace_id"]
+    folder = pyro._workspaces.root / source
+    vm_dir = pyro._workspaces.vms.paths.vms_dir / pyro.status_workspace(source)["vm_id"]
+    real_split = disks.split
+
+    def damaged(image: Path) -> disks.Split:
+        prepared = real_split(image)
+        if image.name == "workspace.qcow2":
+            prepared.top.write_bytes(b"not an image")
+        return prepared
+
+    try:
+        pyro.exec_workspace(source, "echo kept > /workspace/kept")
+        monkeypatch.setattr(disks, "split", damaged)
+        with pytest.raises(VMError, match=r"forking failed.*the workspace keeps running"):
+            pyro.fork_workspace(source, name="never")
+        monkeypatch.undo()
+        assert [w["name"] for w in pyro.list_workspaces()] == ["src"]
+        left = [p.name for d in (folder, vm_dir) for p in d.glob("*.qcow2") if "-" in p.name]
+        assert left == []
+        assert pyro.exec_workspace(source, "cat kept; echo more > more")["exit_code"] == 0
+        # And the next fork goes through.
+        child = pyro.fork_workspace(source, name="child")["forks"][0]["workspace_id"]
+        assert pyro.exec_workspace(child, "cat kept more")["stdout"] == "kept\nmore\n"
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+
+
 def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None:
     parent = pyro.create_workspace(name="big")["workspace_id"]
     root = pyro._workspaces.root
@@ -108,12 +143,18 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         pyro.exec_workspace(
             parent, "head -c 20000000 /dev/urandom > /workspace/data; md5sum data > sum; sync"
         )
+        before = (root / parent / "workspace.qcow2").stat().st_ino
         child = pyro.fork_workspace(parent, name="child")["forks"][0]["workspace_id"]
-        # The child writes on a small image of its own; the parent's 20 MB are a
-        # shared read-only layer, linked into the child's folder, not copied per fork.
+        # Nothing is copied: the parent's own top image (its 20 MB) became a
+        # read-only layer, linked into the child's folder, and each of them writes
+        # on a small new image of its own.
         top = root / child / "workspace.qcow2"
         layer = root / child / "workspace.layer-1.qcow2"
         assert top.stat().st_size < 2 * 2**20 and layer.stat().st_size > 20 * 10**6
+        assert layer.stat().st_ino == before and not layer.stat().st_mode & 0o222
+        parent_top = disks.live_top(root / parent / "workspace.qcow2")
+        assert parent_top.name == "workspace.top-1.qcow2"
+        assert parent_top.stat().st_size < 2 * 2**20
         # Forked again (and again) while it runs on: each call gets its own layer.
         pyro.exec_workspace(parent, "echo after > after")
         for again in ("again-1", "again-2"):
@@ -121,6 +162,13 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
             assert pyro.exec_workspace(other, "cat after; md5sum -c sum")["exit_code"] == 0
             pyro.delete_workspace(other)
         assert pyro.exec_workspace(parent, "cat after")["stdout"] == "after\n"
+        # Stopped, the parent's newest top takes the drive's name again; it
+        # resumes on it, and so does a cold boot.
+        pyro.stop_workspace(parent)
+        names = sorted(p.name for p in (root / parent).glob("workspace.*"))
+        assert names == [f"workspace.layer-{n}.qcow2" for n in (1, 2, 3)] + ["workspace.qcow2"]
+        assert pyro.start_workspace(parent)["resumed"]
+        assert pyro.exec_workspace(parent, "cat after; md5sum -c sum")["exit_code"] == 0
         grandchild = pyro.fork_workspace(child, name="grandchild")["forks"][0]["workspace_id"]
         assert (root / grandchild / "workspace.layer-2.qcow2").exists()
         assert (root / grandchild / "workspace.layer-1.qcow2").stat().st_ino == layer.stat().st_ino
@@ -170,9 +218,10 @@ CHECK_LOG = (
 
 
 def test_a_fork_taken_while_the_source_writes_has_whole_disks(pyro: Pyro, tmp_path: Path) -> None:
-    """The disks are copied while the guest runs and finished during the pause: the
-    fork's disks match its memory, so its files read back whole from the disk and
-    its filesystem checks clean; the source's too."""
+    """The source's images become the fork's layers during the pause, while it is
+    in the middle of writing: the fork's disks match its memory, so its files
+    read back whole from the disk and its filesystem checks clean; the source's
+    too, on its new images."""
     source = pyro.create_workspace(name="busy")["workspace_id"]
     root = pyro._workspaces.root
     try:
@@ -187,7 +236,7 @@ def test_a_fork_taken_while_the_source_writes_has_whole_disks(pyro: Pyro, tmp_pa
             if ws == source or pyro.status_workspace(ws)["boot_kind"] == "resumed":
                 pyro.stop_service(ws, "writer")
             else:  # a fork that could not resume says so, and has the disks all the same
-                assert "booted from the copied disks" in forked["forks"][0]["warning"]
+                assert "booted from its disks" in forked["forks"][0]["warning"]
             seen = pyro.exec_workspace(ws, CHECK_LOG, timeout_seconds=120)["stdout"]
             assert "BAD" not in seen and int(seen.split()[-1]) > 0, seen
             pyro.stop_workspace(ws, discard_memory=True)  # its /workspace frozen clean

@@ -437,31 +437,32 @@ class Supervisor:
         self.request_stop("suspended")
         return {"path": path, "suspend_ms": int((time.monotonic() - started) * 1000)}
 
-    async def fork_save(self, path: str, copies: list[list[str]]) -> dict[str, Any]:
-        """Save the running guest's memory and copy its disks at one instant; it runs on.
+    async def fork_save(self, path: str, splits: list[list[str]]) -> dict[str, Any]:
+        """Save the running guest's memory and freeze its disks at one instant; it runs on.
 
-        Each disk's top image is mirrored into its copy while the guest runs
-        (QEMU ``drive-mirror``, top layer only, into a new image on the same
-        backing); once every mirror is in step, the memory is saved live. QEMU
-        pauses the guest for the last dirty pages and waits before switching
-        over: the mirrors finish there, with only the last writes left to copy,
-        so the copies match the saved memory exactly. Then the save completes
-        and the guest continues. The pause does not grow with what the guest
-        wrote to its disks.
+        ``splits`` pairs each drive's live top image with an empty image made on
+        it beforehand. The memory is saved live; QEMU pauses the guest for the
+        last dirty pages and waits before switching over. There, in one
+        transaction, every drive moves onto its new top (``blockdev-snapshot-sync``,
+        an existing image): the old tops, now read-only, hold exactly the disks
+        that match the saved memory, and become the layers forks share. Then the
+        save completes and the guest continues on its new tops. Nothing is
+        copied, so the pause does not grow with what the guest wrote.
         """
         started = time.monotonic()
-        jobs: list[str] = []
+        actions = await self._switch_actions(splits)
+
+        async def switch() -> None:
+            await self.qmp("transaction", {"actions": actions})
+
         try:
-            jobs = await self._start_mirrors(copies)
-            await self._wait_for_jobs(jobs, "ready", what="copying the disks")
             state = await self._save_to(
-                path,
-                what="saving the guest's memory",
-                before_switchover=lambda: self._finish_mirrors(jobs),
+                path, what="saving the guest's memory", before_switchover=switch
             )
             paused = time.monotonic()
+        except VMError as exc:
+            raise VMError(f"forking failed: {exc}; the workspace keeps running") from exc
         finally:
-            await self._drop_jobs(jobs)
             status = await self.qmp("query-status")
             if status.get("status") != "running":
                 await self.qmp("cont")
@@ -471,79 +472,37 @@ class Supervisor:
             "save_ms": int((time.monotonic() - started) * 1000),
         }
 
-    async def _start_mirrors(self, copies: list[list[str]]) -> list[str]:
-        """A mirror job per (top image, copy); the copy is created on the same backing."""
-        drives = {
-            os.path.realpath(str(b["inserted"]["file"])): str(b["device"])
+    async def _switch_actions(self, splits: list[list[str]]) -> list[dict[str, Any]]:
+        """The transaction that moves each drive from its live top onto the new one."""
+        drives = await self.drives()
+        actions = []
+        for live, top in splits:
+            device = next(
+                (d for d, f in drives.items() if os.path.realpath(f) == os.path.realpath(live)),
+                None,
+            )
+            if device is None:
+                raise VMError(f"no drive of this VM writes to {live} (drives: {drives})")
+            actions.append(
+                {
+                    "type": "blockdev-snapshot-sync",
+                    "data": {
+                        "device": device,
+                        "snapshot-file": top,
+                        "format": "qcow2",
+                        "mode": "existing",
+                    },
+                }
+            )
+        return actions
+
+    async def drives(self) -> dict[str, str]:
+        """Each drive and the image it writes to now."""
+        return {
+            str(b["device"]): _image_file(str(b["inserted"]["file"]))
             for b in await self.qmp("query-block")
             if b.get("inserted")
         }
-        jobs: list[str] = []
-        for source, target in copies:
-            device = drives.get(os.path.realpath(source))
-            if device is None:
-                raise VMError(f"no drive of this VM has {source} on top")
-            job = f"fork-{device}"
-            await self.qmp(
-                "drive-mirror",
-                {
-                    "job-id": job,
-                    "device": device,
-                    "target": target,
-                    "format": "qcow2",
-                    "sync": "top",
-                    "mode": "absolute-paths",
-                    "auto-dismiss": False,
-                },
-            )
-            jobs.append(job)
-        return jobs
-
-    async def _finish_mirrors(self, jobs: list[str]) -> None:
-        """With the guest paused: end each mirror in step (a ready mirror's cancel
-        completes it, the copy whole, without switching the VM over to it)."""
-        for job in jobs:
-            await self.qmp("block-job-cancel", {"device": job})
-        await self._wait_for_jobs(jobs, "concluded", what="finishing the disk copies")
-
-    async def _wait_for_jobs(self, jobs: list[str], status: str, *, what: str) -> None:
-        """Until every job in ``jobs`` has ``status``; VMError if one fails first."""
-        deadline = time.monotonic() + SUSPEND_TIMEOUT_SECONDS
-        while True:
-            found = {j["id"]: j for j in await self.qmp("query-jobs") if j["id"] in jobs}
-            failed = [j for j in found.values() if j.get("error")]
-            if failed or len(found) < len(jobs):
-                error = failed[0].get("error") if failed else "a job vanished"
-                raise VMError(f"{what} failed: {error}; the workspace keeps running")
-            if all(j["status"] == status for j in found.values()):
-                return
-            if status == "ready" and any(j["status"] == "concluded" for j in found.values()):
-                raise VMError(
-                    f"{what} failed: a mirror ended early ({list(found.values())}); "
-                    "the workspace keeps running"
-                )
-            if time.monotonic() > deadline:
-                raise VMError(
-                    f"{what} did not finish in {SUSPEND_TIMEOUT_SECONDS:.0f} s (the guest "
-                    "writes faster than its disks can be copied); the workspace keeps running"
-                )
-            await asyncio.sleep(RESTORE_POLL_SECONDS)
-
-    async def _drop_jobs(self, jobs: list[str]) -> None:
-        """Cancel and dismiss whatever is left of ``jobs`` (after a failure, or done)."""
-        for job in jobs:
-            with contextlib.suppress(VMError):
-                await self.qmp("block-job-cancel", {"device": job, "force": True})
-        deadline = time.monotonic() + 30
-        while jobs and time.monotonic() < deadline:
-            with contextlib.suppress(VMError):
-                left = [j for j in await self.qmp("query-jobs") if j["id"] in jobs]
-                for job in left:
-                    if job["status"] == "concluded":
-                        await self.qmp("job-dismiss", {"id": job["id"]})
-                if not left:
-                    return
-            await asyncio.sleep(RESTORE_POLL_SECONDS)
 
     async def _save_to(
         self,
@@ -779,8 +738,10 @@ class Supervisor:
                 result = await self.suspend(str(args["path"]))
                 reply = {"id": request_id, "ok": True, "result": result}
             elif op == "fork_save":
-                result = await self.fork_save(str(args["path"]), list(args["copies"]))
+                result = await self.fork_save(str(args["path"]), list(args["splits"]))
                 reply = {"id": request_id, "ok": True, "result": result}
+            elif op == "drives":
+                reply = {"id": request_id, "ok": True, "result": await self.drives()}
             elif op == "egress_reload":
                 reply = {"id": request_id, "ok": True, "result": self.reload_egress()}
             elif op == "save_template":
@@ -873,6 +834,18 @@ class Supervisor:
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(record))
             tmp.replace(self.files.exit_record)
+
+
+def _image_file(name: str) -> str:
+    """The file of a drive's top image, from QEMU's name for it: a path, or (once
+    the chain differs from what the image header says, as after a fork) a
+    ``json:`` description whose ``file`` is the top's."""
+    if not name.startswith("json:"):
+        return name
+    try:
+        return str(json.loads(name[len("json:") :])["file"]["filename"])
+    except (ValueError, KeyError, TypeError):
+        return name
 
 
 def _listen(path: str) -> socket.socket:

@@ -589,7 +589,7 @@ class WorkspaceService:
             disks.create_overlay(folder / "baseline.ext4", fresh)
         else:
             shutil.copyfile(source, fresh)
-        fresh.replace(folder / "workspace.qcow2")
+        disks.replace_top(fresh, folder / "workspace.qcow2")
         self._apply_egress(workspace)
         self.vms.start_vm(workspace["vm_id"])
         self._after_boot(workspace)
@@ -694,11 +694,12 @@ class WorkspaceService:
     def fork(self, ref: str, *, name: str | None = None, count: int = 1) -> dict[str, Any]:
         """New workspaces that are copies of this one as it is now, processes included.
 
-        The source pauses while its disks are copied and its memory saved, then
-        runs on. Each fork resumes from that memory with its own copy of the
-        disks, fresh entropy, clock, hostname and machine id, its own secrets
-        and its own host ports for the source's published ports; its diff
-        baseline is the source's. Nothing is left of a fork that fails.
+        The source pauses while its memory is saved and its disks become
+        read-only layers, then runs on, on new images of its own. Each fork
+        resumes from that memory on its own images over those layers, with
+        fresh entropy, clock, hostname and machine id, its own secrets and its
+        own host ports for the source's published ports; its diff baseline is
+        the source's. Nothing is left of a fork that fails.
         """
         parent = self._find(ref)
         label = parent["name"] or parent["workspace_id"]
@@ -729,22 +730,17 @@ class WorkspaceService:
         work = self.root / f".fork-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         try:
-            vm = self.vms.status_vm(parent["vm_id"])
-            saved = self.vms.fork_save(
+            # The source's live tops become layers every fork shares: a fork costs
+            # what it writes, and so does the source from now on.
+            saved, (root_layer, workspace_layer) = self.vms.fork_save(
                 parent["vm_id"],
                 work / "memory.state",
                 [
-                    (self.vms.paths.vms_dir / vm.vm_id / "root.qcow2", work / "root.qcow2"),
-                    (parent_folder / "workspace.qcow2", work / "workspace.qcow2"),
+                    self.vms.paths.vms_dir / parent["vm_id"] / "root.qcow2",
+                    parent_folder / "workspace.qcow2",
                 ],
             )
-            # The copies become layers every fork shares: a fork costs what it writes.
-            layers = {
-                "root": disks.freeze(work / "root.qcow2", "root"),
-                "workspace": disks.freeze(
-                    work / "workspace.qcow2", "workspace", frozenset({"baseline.ext4"})
-                ),
-            }
+            layers = {"root": root_layer, "workspace": workspace_layer}
             forks = self._make_forks(parent, work, names, saved, layers)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -838,7 +834,7 @@ class WorkspaceService:
         if status.get("boot_kind") != "resumed":
             warnings.insert(
                 0,
-                f"this fork booted from the copied disks ({status.get('boot_warning')}): "
+                f"this fork booted from its disks ({status.get('boot_warning')}): "
                 "the source's running processes, shells and /tmp were not carried over",
             )
         if warnings:

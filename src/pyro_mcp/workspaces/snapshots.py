@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
+from pyro_mcp.vm import disks
 
 if TYPE_CHECKING:
     from pyro_mcp.workspaces.service import WorkspaceService
@@ -52,7 +53,11 @@ class SnapshotOps:
             )
         if len(existing) >= MAX_SNAPSHOTS:
             raise InvalidArgument("name", f"at most {MAX_SNAPSHOTS} snapshots per workspace")
-        source = self.ws.root / workspace_id / "workspace.qcow2"
+        vm = self.ws.vms.status_vm(workspace["vm_id"])
+        if vm.state.value != "running":
+            self.ws.vms.settle_disks(vm.vm_id)
+        # A running workspace forked since it started writes to a newer top.
+        source = disks.live_top(self.ws.root / workspace_id / "workspace.qcow2")
         target = self.folder(workspace_id) / f"{name}.qcow2"
         target.parent.mkdir(mode=0o700, exist_ok=True)
         partial = target.with_suffix(".partial")
@@ -62,7 +67,6 @@ class SnapshotOps:
         stat = os.statvfs(target.parent)
         if stat.f_bavail * stat.f_frsize < source.stat().st_size + SNAPSHOT_MARGIN_BYTES:
             raise StoreError(disk_full_message(state_dir))
-        vm = self.ws.vms.status_vm(workspace["vm_id"])
         try:
             if vm.state.value == "running":
                 with self.ws.vms.connect(workspace["vm_id"], "") as client:
@@ -77,6 +81,7 @@ class SnapshotOps:
                         client.agent("freeze", {"freeze": False}, 60)
             else:
                 shutil.copyfile(source, partial)  # a stopped VM's disk is already consistent
+            disks.pin_backing(partial, source.parent)
             partial.rename(target)
         except OSError as exc:
             partial.unlink(missing_ok=True)
