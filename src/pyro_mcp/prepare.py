@@ -161,6 +161,7 @@ def _take(
         memory_file=partial / warm.RAM,
         memory_shared=True,
         zero_freed_memory=True,
+        free_page_reporting=False,
     )
     try:
         report = backend.launch(

@@ -545,6 +545,7 @@ class VmService:
             memory_file=_link_base(snapshot.ram, files),
             memory_shared=False,
             incoming=True,
+            free_page_reporting=False,
         )
         return backend.launch(
             files,
@@ -566,10 +567,16 @@ class VmService:
     ) -> MachineSpec:
         """The machine a saved state of layout ``memory`` resumes into."""
         machine = replace(self.machine_spec(record, installed, files, accel_name), incoming=True)
+        # A warm-started guest's devices are its template's: no balloon.
         if memory == "anonymous":
-            return replace(machine, memory_anonymous=True)
+            return replace(machine, memory_anonymous=True, free_page_reporting=False)
         if memory == "base":
-            return replace(machine, memory_file=files.memory_base, memory_shared=False)
+            return replace(
+                machine,
+                memory_file=files.memory_base,
+                memory_shared=False,
+                free_page_reporting=False,
+            )
         return machine
 
     def _hello(self, record: VmRecord) -> dict[str, Any]:
@@ -887,6 +894,7 @@ class VmService:
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
             egress_command=egress_config.relay_command() if record.network else "",
+            free_page_reporting=True,  # anonymous RAM (warm starts turn it off)
         )
 
 

@@ -42,7 +42,11 @@ GUEST_MODULES = (
     "failover",
     "net_failover",
     "virtio_net",
+    # Free page reporting: a cold-booted guest hands the memory it frees back.
+    "virtio_balloon",
 )
+# Builds made before a module was added lack it: their guests do without.
+OPTIONAL_MODULES = frozenset({"virtio_balloon"})
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,9 @@ def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
     package = _resolve_kernel_package()
     version = _apt_candidate_version(package)
     target = kernels_dir / f"{package}_{version}"
-    if (target / "vmlinuz").is_file() and (target / "modules" / "virtio_net.ko").is_file():
+    if (target / "vmlinuz").is_file() and all(
+        (target / "modules" / f"{name}.ko").is_file() for name in GUEST_MODULES
+    ):
         return Kernel(package, version, target / "vmlinuz", target / "modules")
 
     progress(f"phase=kernel downloading {package} {version}")
@@ -210,7 +216,10 @@ def build_initramfs(kernel_modules: Path, output: Path) -> None:
     archive.device("dev/null", major=1, minor=3)
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
     for name in GUEST_MODULES:
-        archive.file(f"lib/modules/{name}.ko", (kernel_modules / f"{name}.ko").read_bytes())
+        module = kernel_modules / f"{name}.ko"
+        if name in OPTIONAL_MODULES and not module.is_file():
+            continue
+        archive.file(f"lib/modules/{name}.ko", module.read_bytes())
     for name, data in guest_files().items():
         archive.file(name, data, mode=0o755 if name == "init" else 0o644)
     # Several pyro processes (even versions) may build the same file at once:

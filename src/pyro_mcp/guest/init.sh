@@ -42,6 +42,10 @@ done
 for module in virtio_ring virtio virtio_mmio virtio_blk virtio_console; do
     insmod "/lib/modules/$module.ko" || fail "cannot load $module"
 done
+# Free page reporting (a cold-booted guest's balloon device; absent in older builds).
+if [ -f /lib/modules/virtio_balloon.ko ]; then
+    insmod /lib/modules/virtio_balloon.ko || fail "cannot load virtio_balloon"
+fi
 if [ "$net" = 1 ]; then
     for module in failover net_failover virtio_net; do
         insmod "/lib/modules/$module.ko" || fail "cannot load $module"

@@ -7,9 +7,11 @@ same-page merging (KSM) running and ``use_zero_pages`` set, the host folds
 those zero pages back onto the kernel's zero page: an idle guest shrinks while
 it runs, not only when it is suspended.
 
-Why not virtio free page reporting or a balloon: QEMU 7.2 discards a page by
-punching a hole in the guest's RAM file, and a warm guest's RAM file is the
-snapshot every guest of it maps (docs/host-requirements.md).
+Why not virtio free page reporting for warm guests too: QEMU 7.2 discards a
+reported page by punching a hole in the guest's RAM file, and a warm guest's
+RAM file is the snapshot every guest of it maps. Cold-booted guests, whose RAM
+is anonymous, do report their free pages (``MachineSpec.free_page_reporting``;
+docs/host-requirements.md).
 
 KSM is a host-wide setting. pyro turns it on only when it is off (``run`` is
 0) and ``PYRO_MEMORY_MERGE`` is not ``off``; a host that set it up already is
@@ -71,7 +73,7 @@ def status(root: Path = KSM_DIR) -> MergeStatus:
             False,
             0.0,
             0.0,
-            "this kernel has no same-page merging (CONFIG_KSM): running guests keep "
+            "this kernel has no same-page merging (CONFIG_KSM): running warm guests keep "
             "the memory they freed until they are suspended",
             None,
         )
@@ -87,7 +89,7 @@ def status(root: Path = KSM_DIR) -> MergeStatus:
             merged,
             "same-page merging is off"
             + (f" ({reason})" if reason else "")
-            + ": running guests keep the memory they freed until they are suspended",
+            + ": running warm guests keep the memory they freed until they are suspended",
             FIX,
         )
     note = "running warm guests give the memory they free back within a scan"
