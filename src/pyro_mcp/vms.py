@@ -311,6 +311,15 @@ class VmService:
                         },
                         timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
                     )
+            except (VMError, AgentError) as exc:
+                _undo_splits(files, splits)
+                if self._still_running(record, files):
+                    raise
+                self._reconcile(self._get(vm_id))
+                raise VMError(
+                    f"{vm_id} died while it was being forked ({exc}); its disks are intact: "
+                    "start it again (it boots from them)"
+                ) from exc
             except BaseException:
                 _undo_splits(files, splits)
                 raise

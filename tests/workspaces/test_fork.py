@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyro_mcp import Pyro
-from pyro_mcp.errors import InvalidArgument, NotFound, StateError, VMError
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StateError, VMError
 from pyro_mcp.vm import disks, suspend
 from tests.workspaces.test_snapshots_disk import fsck_clean
 
@@ -131,6 +134,48 @@ def test_a_fork_that_fails_midway_leaves_the_source_running_on_its_own_disks(
         # And the next fork goes through.
         child = pyro.fork_workspace(source, name="child")["forks"][0]["workspace_id"]
         assert pyro.exec_workspace(child, "cat kept more")["stdout"] == "kept\nmore\n"
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+
+
+def test_a_source_killed_during_its_fork_loses_nothing(pyro: Pyro) -> None:
+    """QEMU killed while the fork saves its memory: a clear error (or, if the kill
+    came after the save, a whole fork); the source starts again from its disks
+    with every file, under its drives' own names."""
+    source = pyro.create_workspace(name="src")["workspace_id"]
+    folder = pyro._workspaces.root / source
+    try:
+        # 150 MB in the guest's page cache: the memory save takes a while.
+        pyro.exec_workspace(
+            source,
+            "head -c 150000000 /dev/urandom > big; md5sum big > big.md5; sync",
+            timeout_seconds=120,
+        )
+        supervisor = pyro.status_vm(pyro.status_workspace(source)["vm_id"])["supervisor_pid"]
+        qemu = int(Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()[0])
+        killer = threading.Timer(0.5, os.kill, (qemu, signal.SIGKILL))
+        killer.start()
+        try:
+            forks = pyro.fork_workspace(source, name="child")["forks"]
+        except PyroError as exc:
+            assert "died while it was being forked" in str(exc), exc
+            assert "start it again" in str(exc)
+            forks = []
+        finally:
+            killer.join()
+        assert sorted(w["name"] for w in pyro.list_workspaces()) == sorted(
+            ["src"] + [f["name"] for f in forks]
+        )
+        leftovers = [p.name for p in pyro._workspaces.root.iterdir() if p.name.startswith(".fork")]
+        assert leftovers == []
+        started = pyro.start_workspace(source)
+        assert not started["resumed"]
+        assert pyro.exec_workspace(source, "md5sum -c big.md5")["exit_code"] == 0
+        assert not list(folder.glob("workspace.top-*"))
+        for fork in forks:
+            check = pyro.exec_workspace(fork["workspace_id"], "md5sum -c big.md5")
+            assert check["exit_code"] == 0, check
     finally:
         for workspace in pyro.list_workspaces():
             pyro.delete_workspace(workspace["workspace_id"])
