@@ -339,9 +339,15 @@ class VmService:
     def settle_disks(self, vm_id: str) -> None:
         """A stopped VM's drives under their own names again (after forks while it ran)."""
         record = self._get(vm_id)
-        disks.settle(self._files(vm_id).root_disk)
-        if record.workspace_disk:
-            disks.settle(Path(record.workspace_disk))
+        try:
+            disks.settle(self._files(vm_id).root_disk)
+            if record.workspace_disk:
+                disks.settle(Path(record.workspace_disk))
+        except OSError as exc:
+            raise VMError(
+                f"cannot give {vm_id}'s drives their names back after a fork ({exc}); "
+                "check PYRO_HOME's filesystem, then start it again"
+            ) from exc
 
     def clone_vm(
         self,
@@ -435,7 +441,8 @@ class VmService:
             )
         except (VMError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.warning("%s: resume failed: %s", record.vm_id, first)
+            # Whole (console tail included): the cold boot that follows reuses the logs.
+            log.warning("%s: resume failed: %s", record.vm_id, str(exc).strip() or repr(exc))
             files.exit_record.unlink(missing_ok=True)
             return None, f"not resumed: {first}; booted from its disks (files kept)"
         finally:
@@ -684,7 +691,10 @@ class VmService:
         """Stop the VM, keeping its disk; stopping a stopped VM is fine."""
         record = self.status_vm(vm_id)
         backend.stop(self._files(vm_id), record.supervisor_pid)
-        self.settle_disks(vm_id)
+        try:
+            self.settle_disks(vm_id)
+        except VMError as exc:  # the next start settles them, or refuses to start
+            log.warning("%s: drives not renamed after the stop: %s", vm_id, exc)
         if record.state is VmState.RUNNING:
             self.store.update_vm(vm_id, state=VmState.STOPPED, supervisor_pid=None)
         return self._get(vm_id)

@@ -92,30 +92,39 @@ def qemu_rss_mib(pyro: Pyro, ws: str) -> int:
     raise AssertionError("no VmRSS")
 
 
+# Writes one byte per page of 200 MB it takes fresh: every other byte must be 0.
+FRESH_PAGES_READ_ZERO = (
+    'python3 -c "import mmap; n = 200 << 20; m = mmap.mmap(-1, n)\n'
+    "for i in range(0, n, 4096): m[i] = 1\n"
+    'print(m[:].count(0) == n - n // 4096)"'
+)
+
+
+def assert_freed_memory_comes_back(pyro: Pyro, ws: str, use: str, bound: float) -> None:
+    """After ``use`` (a command that takes 300 MB and exits), QEMU's RSS drops by
+    200 MiB within ``bound`` seconds while the guest runs, and the pages the host
+    dropped read as zero when the guest takes them again."""
+    pyro.exec_workspace(ws, use, timeout_seconds=120)
+    peak = qemu_rss_mib(pyro, ws)
+    assert peak > 350
+    deadline = time.monotonic() + bound
+    rss = peak
+    while rss > peak - 200 and time.monotonic() < deadline:
+        time.sleep(1)
+        rss = qemu_rss_mib(pyro, ws)
+    assert rss <= peak - 200, f"QEMU RSS {peak} MiB after the free, still {rss} MiB"
+    check = pyro.exec_workspace(ws, FRESH_PAGES_READ_ZERO)
+    assert check["stdout"].strip() == "True", check
+
+
 def test_a_running_warm_guest_gives_the_memory_it_freed_back(pyro: Pyro, fast_scan: None) -> None:
+    """ksmd folds the zeroed pages back in the background. A guest with
+    init_on_free does not zero the pages it hands out (they were zeroed when
+    freed), so pages the host folded must still read as zero."""
     ws = pyro.create_workspace()["workspace_id"]
     try:
         assert merge.status().state == "on"  # the launch turned it on
-        pyro.exec_workspace(ws, "python3 -c \"x = b'x' * (300 << 20)\"")
-        peak = qemu_rss_mib(pyro, ws)
-        assert peak > 350
-        # ksmd folds the zeroed pages back in the background: wait for it, bounded.
-        deadline = time.monotonic() + 180
-        rss = peak
-        while rss > peak - 200 and time.monotonic() < deadline:
-            time.sleep(1)
-            rss = qemu_rss_mib(pyro, ws)
-        assert rss <= peak - 200, f"QEMU RSS {peak} MiB after the free, still {rss} MiB"
-        # The guest's memory is still right. A guest with init_on_free does not zero
-        # the pages it hands out (they were zeroed when freed), so pages the host
-        # folded must still read as zero once the guest writes to them again.
-        check = pyro.exec_workspace(
-            ws,
-            'python3 -c "import mmap; n = 200 << 20; m = mmap.mmap(-1, n)\n'
-            "for i in range(0, n, 4096): m[i] = 1\n"
-            'print(m[:].count(0) == n - n // 4096)"',
-        )
-        assert check["stdout"].strip() == "True", check
+        assert_freed_memory_comes_back(pyro, ws, "python3 -c \"x = b'x' * (300 << 20)\"", bound=180)
     finally:
         pyro.delete_workspace(ws)
 
@@ -137,23 +146,7 @@ def test_a_running_cold_booted_guest_hands_the_memory_it_freed_back(
     ws = pyro.create_workspace()["workspace_id"]
     try:
         assert pyro.status_workspace(ws)["boot_kind"] == "cold"
-        pyro.exec_workspace(ws, DISTINCT_300MB, timeout_seconds=120)
-        peak = qemu_rss_mib(pyro, ws)
-        assert peak > 350
-        deadline = time.monotonic() + 120
-        rss = peak
-        while rss > peak - 200 and time.monotonic() < deadline:
-            time.sleep(1)
-            rss = qemu_rss_mib(pyro, ws)
-        assert rss <= peak - 200, f"QEMU RSS {peak} MiB after the free, still {rss} MiB"
-        # Pages QEMU dropped read as zero when the guest takes them again.
-        check = pyro.exec_workspace(
-            ws,
-            'python3 -c "import mmap; n = 200 << 20; m = mmap.mmap(-1, n)\n'
-            "for i in range(0, n, 4096): m[i] = 1\n"
-            'print(m[:].count(0) == n - n // 4096)"',
-        )
-        assert check["stdout"].strip() == "True", check
+        assert_freed_memory_comes_back(pyro, ws, DISTINCT_300MB, bound=120)
         # The balloon device is part of the saved machine: it suspends and resumes.
         pyro.stop_workspace(ws)
         assert pyro.start_workspace(ws)["resumed"]

@@ -20,6 +20,7 @@ workspace unlinks only its names.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from pyro_mcp import host_tools
 from pyro_mcp.errors import VMError
+
+log = logging.getLogger("pyro.disks")
 
 _NUMBERED = re.compile(r"^(?P<stem>.+)\.(?:layer|top)-(?P<n>\d+)\.qcow2$")
 _QCOW2_MAGIC = b"QFI\xfb"
@@ -147,12 +150,12 @@ def settle(image: Path) -> None:
         tops[-1][1].replace(image)
         for _, stale in tops[:-1]:
             stale.unlink(missing_ok=True)
-    if image.exists():
-        backing = backing_name(image)
+    try:
+        backing = backing_name(image) if image.exists() else None
         if backing and os.path.isabs(backing) and Path(backing).parent == image.parent:
-            fmt = "qcow2" if backing.endswith(".qcow2") else "raw"
-            rebase = ["rebase", "-u", "-q", "-f", "qcow2", "-F", fmt, "-b", Path(backing).name]
-            _qemu_img([*rebase, str(image)], image)
+            _rename_backing(image, Path(backing).name)
+    except (VMError, OSError) as exc:  # a damaged image: QEMU will say what is wrong
+        log.warning("could not read or rename the backing of %s: %s", image, exc)
 
 
 def pin_backing(image: Path, folder: Path) -> None:
@@ -161,9 +164,7 @@ def pin_backing(image: Path, folder: Path) -> None:
     again once the copy is a drive's top in ``folder``."""
     backing = backing_name(image)
     if backing and not os.path.isabs(backing):
-        fmt = "qcow2" if backing.endswith(".qcow2") else "raw"
-        rebase = ["rebase", "-u", "-q", "-f", "qcow2", "-F", fmt, "-b", str(folder / backing)]
-        _qemu_img([*rebase, str(image)], image)
+        _rename_backing(image, str(folder / backing))
 
 
 def replace_top(fresh: Path, image: Path) -> None:
@@ -201,6 +202,13 @@ def backing_chain(image: Path) -> list[dict[str, str]]:
     except ValueError as exc:
         raise VMError(f"qemu-img info {image} answered garbage") from exc
     return [{"filename": str(i["filename"]), "format": str(i["format"])} for i in images]
+
+
+def _rename_backing(image: Path, name: str) -> None:
+    """Write ``name`` as ``image``'s backing file, the same file named another way
+    (layers are qcow2; the baseline a workspace's chain ends in is raw)."""
+    fmt = "qcow2" if name.endswith(".qcow2") else "raw"
+    _qemu_img(["rebase", "-u", "-q", "-f", "qcow2", "-F", fmt, "-b", name, str(image)], image)
 
 
 def _virtual_size(image: Path) -> int:

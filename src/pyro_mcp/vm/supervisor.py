@@ -451,6 +451,9 @@ class Supervisor:
         """
         started = time.monotonic()
         actions = await self._switch_actions(splits)
+        # Flushed first, as for a suspend: a fork that cannot resume its memory
+        # boots from its disks, and they should hold what the guest wrote.
+        await self.agent_request("sync", {}, SYNC_GRACE_SECONDS)
 
         async def switch() -> None:
             await self.qmp("transaction", {"actions": actions})
