@@ -280,17 +280,15 @@ class VmService:
                 backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
             return False
 
-    def fork_save(
-        self, vm_id: str, memory: Path, drives: Sequence[Path]
-    ) -> tuple[dict[str, Any], list[disks.Layer]]:
-        """Save a running VM's memory and freeze its ``drives`` during one brief pause.
+    def fork_save(self, vm_id: str, memory: Path) -> tuple[dict[str, Any], list[disks.Layer]]:
+        """Save a running VM's memory and freeze its drives during one brief pause.
 
         Each drive's live top becomes a read-only layer and the VM runs on, on a
         new empty top (see ``disks``). Returns ``pause_ms`` and ``memory`` (how
         the forks' RAM is laid out, see ``vm/suspend.py``; with ``base``, the
         RAM file the memory was thinned against is linked next to ``memory`` as
-        ``memory.base``), and the layers, in the order of ``drives``. If it
-        fails, the VM runs on as before.
+        ``memory.base``), and the layers of its root and workspace drives, in
+        that order. If it fails, the VM runs on as before.
         """
         with self.lifecycle_lock(vm_id):
             record = self.status_vm(vm_id)
@@ -300,7 +298,7 @@ class VmService:
             _check_room_for_memory(files, record)
             splits: list[disks.Split] = []
             try:
-                for drive in drives:
+                for drive in self._drives(record):
                     splits.append(disks.split(drive))
                 with SupervisorClient(files.control_socket) as client:
                     result = client.call(
@@ -338,11 +336,9 @@ class VmService:
 
     def settle_disks(self, vm_id: str) -> None:
         """A stopped VM's drives under their own names again (after forks while it ran)."""
-        record = self._get(vm_id)
         try:
-            disks.settle(self._files(vm_id).root_disk)
-            if record.workspace_disk:
-                disks.settle(Path(record.workspace_disk))
+            for drive in self._drives(self._get(vm_id)):
+                disks.settle(drive)
         except OSError as exc:
             raise VMError(
                 f"cannot give {vm_id}'s drives their names back after a fork ({exc}); "
@@ -860,9 +856,18 @@ class VmService:
         pid = record.supervisor_pid
         return pid is not None and backend.supervisor_alive(pid, self._files(record.vm_id))
 
+    def _drives(self, record: VmRecord) -> list[Path]:
+        """The VM's writable drives: its root disk, and its workspace's."""
+        root = self._files(record.vm_id).root_disk
+        return [root, Path(record.workspace_disk)] if record.workspace_disk else [root]
+
     def _reconcile(self, record: VmRecord) -> VmRecord:
         if record.state is not VmState.RUNNING or self._alive(record):
             return record
+        try:
+            self.settle_disks(record.vm_id)  # it may have died after a fork
+        except VMError as exc:  # reads must work; the next start settles them or refuses
+            log.warning("%s", exc)
         reason = "the VM's supervisor is gone"
         with contextlib.suppress(OSError, ValueError):
             exit_record = json.loads(self._files(record.vm_id).exit_record.read_text())

@@ -33,7 +33,7 @@ from pyro_mcp.errors import VMError
 
 log = logging.getLogger("pyro.disks")
 
-_NUMBERED = re.compile(r"^(?P<stem>.+)\.(?:layer|top)-(?P<n>\d+)\.qcow2$")
+_NUMBERED = re.compile(r"^(?P<stem>.+)\.(?P<kind>layer|top)-(?P<n>\d+)\.qcow2$")
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
@@ -54,16 +54,11 @@ class Layer:
 
     path: Path
     stem: str
-    number: int
     lower: tuple[Path, ...]
 
     @property
     def name(self) -> str:
-        return layer_name(self.stem, self.number)
-
-
-def layer_name(stem: str, number: int) -> str:
-    return f"{stem}.layer-{number}.qcow2"
+        return self.path.name
 
 
 @dataclass(frozen=True)
@@ -93,7 +88,7 @@ def split(image: Path) -> Split:
     live = live_top(image)
     taken = [n for n, _ in _numbered(image, "layer") + _numbered(image, "top")]
     number = max(taken, default=0) + 1
-    layer = image.with_name(layer_name(_stem(image), number))
+    layer = image.with_name(f"{_stem(image)}.layer-{number}.qcow2")
     top = image.with_name(f"{_stem(image)}.top-{number}.qcow2")
     size = _virtual_size(live)
     os.link(live, layer)
@@ -120,7 +115,7 @@ def freeze(prepared: Split) -> Layer:
     os.chmod(prepared.layer, 0o444)
     match = _NUMBERED.match(prepared.layer.name)
     assert match is not None
-    return Layer(prepared.layer, match["stem"], int(match["n"]), lower)
+    return Layer(prepared.layer, match["stem"], lower)
 
 
 def stack_on(layer: Layer, folder: Path) -> Path:
@@ -226,10 +221,9 @@ def _stem(image: Path) -> str:
 def _numbered(image: Path, kind: str) -> list[tuple[int, Path]]:
     """``STEM.KIND-N.qcow2`` next to ``image``, by N."""
     found = []
-    prefix = f"{_stem(image)}.{kind}-"
     for entry in os.scandir(image.parent):
         match = _NUMBERED.match(entry.name)
-        if match and entry.name.startswith(prefix) and match["stem"] == _stem(image):
+        if match and match["kind"] == kind and match["stem"] == _stem(image):
             found.append((int(match["n"]), Path(entry.path)))
     return sorted(found)
 

@@ -107,7 +107,6 @@ class DiskOps:
                 f"Disk tools read the disk offline: run `pyro workspace stop {name}` first, "
                 "or use the file tools on the running workspace.",
             )
-        self.ws.vms.settle_disks(workspace["vm_id"])
         return workspace
 
     def _convert(self, workspace: dict[str, Any], raw: Path) -> None:

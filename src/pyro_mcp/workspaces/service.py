@@ -726,19 +726,13 @@ class WorkspaceService:
         # Checked for all K at once: the forks start side by side.
         self.vms.check_capacity(more=count)
         started = time.monotonic()
-        parent_folder = self.root / parent["workspace_id"]
         work = self.root / f".fork-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         try:
             # The source's live tops become layers every fork shares: a fork costs
             # what it writes, and so does the source from now on.
             saved, (root_layer, workspace_layer) = self.vms.fork_save(
-                parent["vm_id"],
-                work / "memory.state",
-                [
-                    self.vms.paths.vms_dir / parent["vm_id"] / "root.qcow2",
-                    parent_folder / "workspace.qcow2",
-                ],
+                parent["vm_id"], work / "memory.state"
             )
             layers = {"root": root_layer, "workspace": workspace_layer}
             forks = self._make_forks(parent, work, names, saved, layers)

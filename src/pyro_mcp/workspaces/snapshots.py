@@ -54,8 +54,6 @@ class SnapshotOps:
         if len(existing) >= MAX_SNAPSHOTS:
             raise InvalidArgument("name", f"at most {MAX_SNAPSHOTS} snapshots per workspace")
         vm = self.ws.vms.status_vm(workspace["vm_id"])
-        if vm.state.value != "running":
-            self.ws.vms.settle_disks(vm.vm_id)
         # A running workspace forked since it started writes to a newer top.
         source = disks.live_top(self.ws.root / workspace_id / "workspace.qcow2")
         target = self.folder(workspace_id) / f"{name}.qcow2"
