@@ -10,7 +10,7 @@ from typing import Any
 
 from pyro_mcp import config, host_tools
 from pyro_mcp.environments.cache import EnvironmentCache
-from pyro_mcp.errors import PyroError
+from pyro_mcp.errors import HostSetupError, PyroError
 from pyro_mcp.models import VmState
 from pyro_mcp.vm import accel, merge
 from pyro_mcp.vm.qemu import qemu_version
@@ -188,10 +188,10 @@ def _mem_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def _has_user_networking(qemu: str) -> bool:
     try:
-        result = subprocess.run(
-            [qemu, "-netdev", "help"], capture_output=True, text=True, timeout=10, check=False
+        result = host_tools.run(
+            Path(qemu), ["-netdev", "help"], capture_output=True, text=True, timeout=10
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (HostSetupError, subprocess.TimeoutExpired):
         return False
     return any(line.strip() == "user" for line in result.stdout.splitlines())
 

@@ -1,14 +1,27 @@
-"""The host programs pyro relies on, and the Debian package that provides each."""
+"""The host programs pyro runs, the Debian package that provides each, and the
+one place that starts them.
+
+Every host program pyro starts goes through :func:`run`, :func:`popen` or
+:func:`spawn_async` (a test holds every other module to it): the program is a
+:class:`HostTool`, found on PATH or in the sbin directories a non-login shell
+leaves off PATH, or an absolute path found some other way (``sys.executable``,
+a chat host's CLI). A missing program is a ``HostSetupError`` naming the
+package that provides it, never a ``FileNotFoundError``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import functools
 import os
 import shutil
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyro_mcp import config
 from pyro_mcp.errors import HostSetupError
@@ -34,10 +47,20 @@ CPIO = HostTool("cpio", "cpio", "packs the guest initramfs")
 MODINFO = HostTool("modinfo", "kmod", "orders the guest kernel modules")
 APT_GET = HostTool("apt-get", "apt", "fetches the guest kernel package")
 DPKG_DEB = HostTool("dpkg-deb", "dpkg", "unpacks the guest kernel package")
+APT_CACHE = HostTool("apt-cache", "apt", "finds the guest kernel package")
+CHROOT = HostTool("chroot", "coreutils", "lists the packages of an environment being built")
+GIT = HostTool("git", "git", "seeds workspaces from Git checkouts")
+# Optional: only asked what the host's own package index settings are.
+NPM = HostTool("npm", "npm", "names the npm registry guests may reach")
+PYTHON3 = HostTool("python3", "python3", "names pip's default index")
 
 RUNTIME_TOOLS = (QEMU, QEMU_IMG)
-BUILD_TOOLS = (DEBOOTSTRAP, MKFS_EXT4, BUSYBOX, CPIO, MODINFO, APT_GET, DPKG_DEB)
+BUILD_TOOLS = (DEBOOTSTRAP, MKFS_EXT4, BUSYBOX, CPIO, MODINFO, APT_GET, APT_CACHE, DPKG_DEB, CHROOT)
 ALL_TOOLS = RUNTIME_TOOLS + BUILD_TOOLS
+
+# Where a program may live although PATH leaves it out (sudo's secure_path, a
+# systemd unit, a non-login root shell: mkfs and chroot are in sbin).
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def find(tool: HostTool) -> Path | None:
@@ -49,8 +72,8 @@ def find(tool: HostTool) -> Path | None:
     if tool is QEMU and config.qemu_override():
         override = Path(str(config.qemu_override()))
         return override if override.is_file() and os.access(override, os.X_OK) else None
-    extra = os.pathsep.join(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-    found = shutil.which(tool.command, path=os.environ.get("PATH", "") + os.pathsep + extra)
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_DIRS])
+    found = shutil.which(tool.command, path=search)
     if found:
         return Path(found)
     for candidate in tool.candidates:
@@ -78,6 +101,77 @@ def require(*tools: HostTool) -> dict[str, Path]:
             "(then `pyro doctor` checks the whole host)"
         )
     return found
+
+
+Program = HostTool | Path
+
+
+def command(program: Program, args: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """``program``'s absolute path followed by ``args``.
+
+    Raises:
+        HostSetupError: a ``HostTool`` is not installed (names its package).
+    """
+    if isinstance(program, HostTool):
+        path = require(program)[program.command]
+    else:
+        path = program
+        if not path.is_absolute():
+            raise ValueError(f"host programs are run by absolute path, not {path}")
+    return [str(path), *(os.fspath(arg) for arg in args)]
+
+
+def run(
+    program: Program, args: Sequence[str | os.PathLike[str]] = (), **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a host program to completion (``subprocess.run``, text mode, ``check=False``).
+
+    ``options`` go to ``subprocess.run`` (``capture_output``, ``timeout``,
+    ``cwd``, ``env``, ``input``, ``errors``); a timeout still raises
+    ``subprocess.TimeoutExpired``.
+
+    Raises:
+        HostSetupError: the program is missing or cannot be executed.
+    """
+    argv = command(program, args)
+    options.setdefault("check", False)
+    options["text"] = True
+    try:
+        result: subprocess.CompletedProcess[str] = subprocess.run(argv, **options)
+        return result
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise _cannot_run(program, argv[0], exc) from exc
+
+
+def popen(
+    program: Program, args: Sequence[str | os.PathLike[str]] = (), **options: Any
+) -> subprocess.Popen[Any]:
+    """Start a host program (``subprocess.Popen``) and return at once."""
+    argv = command(program, args)
+    try:
+        return subprocess.Popen(argv, **options)
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise _cannot_run(program, argv[0], exc) from exc
+
+
+async def spawn_async(argv: Sequence[str], **options: Any) -> asyncio.subprocess.Process:
+    """Start ``argv`` (absolute program path first) as an asyncio child process.
+
+    Raises:
+        OSError: the program cannot be started (the caller says what it was for).
+    """
+    if not Path(argv[0]).is_absolute():
+        raise ValueError(f"host programs are run by absolute path, not {argv[0]}")
+    return await asyncio.create_subprocess_exec(*argv, **options)
+
+
+def _cannot_run(program: Program, path: str, exc: OSError) -> HostSetupError:
+    if isinstance(program, HostTool):
+        return HostSetupError(
+            f"cannot run {path} ({program.purpose}): {exc.strerror or exc}. Reinstall it with: "
+            f"sudo apt-get install --no-install-recommends --reinstall {program.package}"
+        )
+    return HostSetupError(f"cannot run {path}: {exc.strerror or exc}")
 
 
 @functools.lru_cache(maxsize=1)

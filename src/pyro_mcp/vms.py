@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp import config, host_tools
+from pyro_mcp import config, host_tools, names
 from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
 from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments.builder import Progress
@@ -844,13 +844,13 @@ class VmService:
     # --------------------------------------------------------------- helpers
 
     def _get(self, vm_id: str) -> VmRecord:
-        record = self.store.get_vm(vm_id)
+        record = self.store.get_vm(names.check_vm_id(vm_id))
         if record is None:
             raise NotFound(f"no VM {vm_id!r}; list VMs with `pyro vm list`")
         return record
 
     def _files(self, vm_id: str) -> VmFiles:
-        return VmFiles(self.paths.vms_dir / vm_id)
+        return VmFiles(self.paths.vms_dir / names.check_vm_id(vm_id))
 
     def _alive(self, record: VmRecord) -> bool:
         pid = record.supervisor_pid

@@ -176,3 +176,36 @@ def test_a_server_that_cannot_start_shows_its_own_error_in_doctor(
     assert not report["health"]["ok"]  # ... but the server refuses to start, and says why
     assert "gone" in report["health"]["error"]
     assert pyro(host_env, project, "host", "doctor").returncode == 1
+
+
+def test_print_config_redirected_into_each_hosts_config_file_is_read_by_that_host(
+    host_env: dict[str, str], project: Path
+) -> None:
+    """`pyro host print-config HOST > FILE` writes exactly the host's format."""
+    home = Path(host_env["HOME"])
+
+    def printed(name: str) -> str:
+        done = pyro(host_env, project, "host", "print-config", name)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    opencode = home / ".config" / "opencode" / "opencode.json"
+    opencode.parent.mkdir(parents=True)
+    opencode.write_text(printed("opencode"))
+    listed = host(host_env, project, "opencode", "mcp", "list")
+    assert "connected" in listed.split("pyro", 1)[1].splitlines()[0], listed
+
+    (home / ".claude.json").write_text(printed("claude-code"))
+    assert "✔ Connected" in host(host_env, project, "claude", "mcp", "list")
+
+    codex = home / ".codex" / "config.toml"
+    codex.parent.mkdir()
+    codex.write_text(printed("codex"))
+    got = json.loads(host(host_env, project, "codex", "mcp", "get", "pyro", "--json"))
+    assert got["transport"]["command"] == str(PYRO)
+
+    generic = json.loads(printed("generic"))
+    assert generic["mcpServers"]["pyro"]["command"] == str(PYRO)
+    # Where it goes is said on stderr, never mixed into the config.
+    hint = pyro(host_env, project, "host", "print-config", "codex")
+    assert "config.toml" in hint.stderr and "config.toml" not in hint.stdout

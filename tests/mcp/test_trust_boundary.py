@@ -210,3 +210,52 @@ def test_state_and_cache_directories_are_private(tmp_path: Path) -> None:
         os.umask(previous)
     for path in (pyro.paths.state_dir, pyro.paths.cache_dir):
         assert path.stat().st_mode & 0o777 == 0o700, path
+
+
+ID_ARGUMENTS = ("workspace_id", "vm_id", "shell_id", "service_name", "snapshot_name", "name")
+BAD_IDS = ("a\0b", "a/b", "..", "../../etc", "x" * 5000)
+FILLERS = {"string": "x", "integer": 1, "number": 1, "boolean": False, "array": [], "object": {}}
+
+
+def test_every_id_argument_refuses_nul_separators_dotdot_and_huge_values(
+    mcp_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Each tool's ids and names are checked against their form before any use."""
+
+    async def probe() -> list[str]:
+        problems = []
+        async with mcp_client(
+            mcp_env, "--profile", "workspace-full", "--no-project-source", cwd=tmp_path
+        ) as client:
+            ws = (await call(client, "workspace_create"))["workspace_id"]
+            for tool in (await client.list_tools()).tools:
+                schema = tool.input_schema or {}
+                properties = schema.get("properties", {})
+                required = schema.get("required", [])
+                base = {}
+                for argument in required:
+                    kinds = [properties[argument].get("type")] + [
+                        option.get("type") for option in properties[argument].get("anyOf", [])
+                    ]
+                    base[argument] = next(FILLERS[k] for k in kinds if k in FILLERS)
+                if "workspace_id" in properties:
+                    base["workspace_id"] = ws
+                for argument in [a for a in ID_ARGUMENTS if a in properties]:
+                    for bad in BAD_IDS:
+                        result = await client.call_tool(tool.name, {**base, argument: bad})
+                        text = " ".join(b.text for b in result.content if b.type == "text")
+                        if not result.is_error or not any(
+                            kind in text for kind in ("NotFound", "InvalidArgument")
+                        ):
+                            problems.append(f"{tool.name}({argument}={bad[:12]!r}): {text[:200]}")
+                        elif len(text) > 2000:
+                            problems.append(f"{tool.name}({argument}): echoes the whole value")
+            labelled = await client.call_tool(
+                "workspace_update", {"workspace_id": ws, "labels": {"a\0b": "v"}}
+            )
+            assert labelled.is_error and "InvalidArgument" in labelled.content[0].text
+            await call(client, "workspace_delete", workspace_id=ws)
+        return problems
+
+    problems = anyio.run(probe)
+    assert problems == [], "\n".join(problems)

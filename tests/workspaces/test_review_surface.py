@@ -8,6 +8,7 @@ patch format goes through ``git apply`` on the host, binary files included.
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -139,10 +140,52 @@ def test_diff_summary_and_export_leave_out_what_the_project_ignores(
         pyro.delete_workspace(ws)
 
 
-def test_a_workspace_not_from_git_shows_everything(pyro: Pyro, tmp_path: Path) -> None:
+def test_a_checkout_seeded_as_a_directory_leaves_out_the_same_paths(
+    pyro: Pyro, tmp_path: Path
+) -> None:
+    """`--seed-path` of a checkout counts its ignore rules as `--project-path` does."""
+    repo = make_project(tmp_path)
+    ws = pyro.create_workspace(seed_path=repo)["workspace_id"]
+    try:
+        assert pyro.exec_workspace(ws, AGENT_WORK)["exit_code"] == 0
+        diff = pyro.diff_workspace(ws)
+        assert {c["path"] for c in diff["changes"]} == SHOWN
+        assert diff["ignored_count"] == len(LEFT_OUT)
+        everything = pyro.diff_workspace(ws, include_ignored=True)
+        assert {c["path"] for c in everything["changes"]} >= SHOWN | LEFT_OUT
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_an_archive_seed_s_own_gitignore_counts(pyro: Pyro, tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    (seed / "pkg").mkdir(parents=True)
+    (seed / ".gitignore").write_text("*.log\n__pycache__/\n")
+    (seed / "pkg" / ".gitignore").write_text("/generated.txt\n")
+    (seed / "app.py").write_text("x = 1\n")
+    archive = tmp_path / "seed.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(seed, arcname=".")
+    ws = pyro.create_workspace(seed_path=archive)["workspace_id"]
+    try:
+        work = "echo x > a.log && mkdir __pycache__ && echo c > __pycache__/a.pyc"
+        work += " && echo g > pkg/generated.txt && echo y > app.py"
+        assert pyro.exec_workspace(ws, work)["exit_code"] == 0
+        diff = pyro.diff_workspace(ws)
+        assert [c["path"] for c in diff["changes"]] == ["app.py"]
+        assert diff["ignored_count"] == 3
+        everything = pyro.diff_workspace(ws, include_ignored=True)
+        paths = {c["path"] for c in everything["changes"]}
+        assert paths >= {"app.py", "a.log", "__pycache__", "pkg/generated.txt"}
+        assert everything["ignored_count"] == 0
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_a_seed_without_ignore_rules_shows_everything(pyro: Pyro, tmp_path: Path) -> None:
     seed = tmp_path / "seed"
     seed.mkdir()
-    (seed / ".gitignore").write_text("*.log\n")
+    (seed / "app.py").write_text("x = 1\n")
     ws = pyro.create_workspace(seed_path=seed)["workspace_id"]
     try:
         pyro.exec_workspace(ws, "echo x > a.log")

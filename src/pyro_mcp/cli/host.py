@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ examples:
   pyro host connect claude-code                 register pyro with Claude Code (user scope)
   pyro host connect codex --mode repro-fix      ... with Codex, the repro-fix tool set
   pyro host connect claude-code --scope project write .mcp.json for the team
-  pyro host print-config opencode               the opencode.json snippet to paste
+  pyro host print-config opencode > ~/.config/opencode/opencode.json
+                                                a whole opencode.json (stdout is only the config)
   pyro host repair opencode                     fix pyro's entry in place (backup first)
   pyro host doctor                              which hosts have pyro, and does it start?
 
@@ -150,8 +152,10 @@ def handle_print_config(args: argparse.Namespace) -> int:
     elif args.output is not None:
         print(f"wrote the {args.host} snippet to {args.output}")
     else:
+        # stdout is the host's config format alone, so `> FILE` is safe; the hint
+        # goes to stderr.
         if result["config_path"]:
-            print(f"# goes in {result['config_path']}")
+            print(f"pyro: this goes in {result['config_path']}", file=sys.stderr)
         print(result["snippet"])
     return 0
 

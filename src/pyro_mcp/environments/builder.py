@@ -107,7 +107,7 @@ def _apt_source_uris(apt_dir: Path) -> list[str]:
 
 def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
     """The current cloud kernel, downloaded and extracted once per version."""
-    tools = host_tools.require(host_tools.APT_GET, host_tools.DPKG_DEB, host_tools.MODINFO)
+    host_tools.require(host_tools.APT_GET, host_tools.APT_CACHE, host_tools.DPKG_DEB)
     package = _resolve_kernel_package()
     version = _apt_candidate_version(package)
     target = kernels_dir / f"{package}_{version}"
@@ -121,7 +121,8 @@ def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
     with tempfile.TemporaryDirectory(dir=kernels_dir, prefix=".partial-") as tmp:
         work = Path(tmp)
         _run(
-            [str(tools["apt-get"]), "download", "-q", "-o", "APT::Sandbox::User=root", package],
+            host_tools.APT_GET,
+            ["download", "-q", "-o", "APT::Sandbox::User=root", package],
             cwd=work,
             what=f"download {package}",
         )
@@ -129,7 +130,7 @@ def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
         if len(debs) != 1:
             raise EnvironmentBuildError(f"apt-get download {package} produced no package file")
         extract = work / "extract"
-        _run([str(tools["dpkg-deb"]), "-x", str(debs[0]), str(extract)], what="unpack kernel")
+        _run(host_tools.DPKG_DEB, ["-x", debs[0], extract], what="unpack kernel")
         staged = work / "kernel"
         (staged / "modules").mkdir(parents=True)
         vmlinuz = next(iter((extract / "boot").glob("vmlinuz-*")), None)
@@ -149,7 +150,7 @@ def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
 
 
 def _resolve_kernel_package() -> str:
-    output = _apt_query(["apt-cache", "depends", "--important", KERNEL_META_PACKAGE])
+    output = _apt_query(["depends", "--important", KERNEL_META_PACKAGE])
     match = re.search(r"Depends:\s*(linux-image-\S+)", output)
     if not match:
         raise EnvironmentBuildError(
@@ -159,24 +160,24 @@ def _resolve_kernel_package() -> str:
 
 
 def _apt_candidate_version(package: str) -> str:
-    output = _apt_query(["apt-cache", "policy", package])
+    output = _apt_query(["policy", package])
     match = re.search(r"Candidate:\s*(\S+)", output)
     if not match or match.group(1) == "(none)":
         raise EnvironmentBuildError(f"apt has no candidate version of {package}")
     return match.group(1)
 
 
-def _apt_query(argv: list[str]) -> str:
+def _apt_query(args: list[str]) -> str:
     """An apt-cache query; runs ``apt-get update`` once if lists are missing (root only)."""
     for attempt in range(2):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        result = host_tools.run(host_tools.APT_CACHE, args, capture_output=True, text=True)
         if result.returncode == 0 and "Unable to locate" not in result.stderr:
             return result.stdout
         if attempt == 0 and os.geteuid() == 0:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
+            host_tools.run(host_tools.APT_GET, ["update", "-q"], capture_output=True)
             continue
         raise EnvironmentBuildError(
-            f"`{' '.join(argv)}` failed: {result.stderr.strip()[:300]}. "
+            f"`apt-cache {' '.join(args)}` failed: {result.stderr.strip()[:300]}. "
             "Run `sudo apt-get update` and try again."
         )
     raise AssertionError("unreachable")
@@ -286,13 +287,12 @@ def build_rootfs(
             f"Run `sudo pyro env pull {spec.name}` with PYRO_CACHE_DIR pointing at your cache, "
             "or run `make setup` as root."
         )
-    tools = host_tools.require(host_tools.DEBOOTSTRAP, host_tools.MKFS_EXT4)
+    tools = host_tools.require(host_tools.DEBOOTSTRAP, host_tools.MKFS_EXT4, host_tools.CHROOT)
     mirror = debian_mirror()
     root = work_dir / "rootfs"
     debs_cache.mkdir(parents=True, exist_ok=True)
     progress(f"phase=rootfs debootstrap {spec.suite} minbase + {len(spec.packages)} packages")
     argv = [
-        str(tools["debootstrap"]),
         "--variant=minbase",
         f"--cache-dir={debs_cache}",
         f"--include={','.join(spec.packages)}",
@@ -300,7 +300,7 @@ def build_rootfs(
         str(root),
         mirror,
     ]
-    _run_with_progress(argv, progress, log=work_dir / "debootstrap.log")
+    _run_with_progress(tools["debootstrap"], argv, progress, log=work_dir / "debootstrap.log")
 
     progress("phase=configure trimming docs and apt caches")
     packages = _installed_packages(root)
@@ -309,17 +309,8 @@ def build_rootfs(
     progress(f"phase=image mkfs.ext4 ({spec.disk_size_mib} MiB sparse)")
     tmp = output.with_name(output.name + ".partial")
     _run(
-        [
-            str(tools["mkfs.ext4"]),
-            "-q",
-            "-F",
-            "-L",
-            "pyro-root",
-            "-d",
-            str(root),
-            str(tmp),
-            f"{spec.disk_size_mib}M",
-        ],
+        host_tools.MKFS_EXT4,
+        ["-q", "-F", "-L", "pyro-root", "-d", root, tmp, f"{spec.disk_size_mib}M"],
         what="mkfs.ext4",
     )
     tmp.rename(output)
@@ -328,12 +319,17 @@ def build_rootfs(
 
 
 def _installed_packages(root: Path) -> dict[str, str]:
-    result = subprocess.run(
-        ["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
+    result = host_tools.run(
+        host_tools.CHROOT,
+        [root, "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
         capture_output=True,
         text=True,
-        check=False,
     )
+    if result.returncode != 0:
+        raise EnvironmentBuildError(
+            f"listing the packages of the new root filesystem failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}"
+        )
     packages: dict[str, str] = {}
     for line in result.stdout.splitlines():
         name, _, version = line.partition("\t")
@@ -362,21 +358,26 @@ def _configure_root(root: Path, spec: EnvironmentSpec, mirror: str) -> None:
 # ------------------------------------------------------------------- helpers
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+def _run(
+    tool: host_tools.HostTool,
+    args: list[str | os.PathLike[str]],
+    what: str,
+    cwd: Path | None = None,
+) -> None:
+    result = host_tools.run(tool, args, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise EnvironmentBuildError(f"{what} failed (exit {result.returncode}):\n{tail}")
 
 
-def _run_with_progress(argv: list[str], progress: Progress, log: Path) -> None:
+def _run_with_progress(program: Path, argv: list[str], progress: Progress, log: Path) -> None:
     """Run debootstrap, relaying a condensed count of its steps."""
     counts = {"Retrieving": 0, "Extracting": 0, "Unpacking": 0, "Configuring": 0}
     last_report = time.monotonic()
     tail: list[str] = []
     with log.open("w") as log_file:
-        process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        process = host_tools.popen(
+            program, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         assert process.stdout is not None
         for line in process.stdout:

@@ -17,6 +17,7 @@ reference their root image.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -35,7 +36,7 @@ from typing import Any
 from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec
-from pyro_mcp.errors import EnvironmentBuildError, NotFound
+from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError
 
 log = logging.getLogger("pyro.environments")
 
@@ -101,7 +102,15 @@ class EnvironmentCache:
         spec = get_spec(name)
         build_dir = self._current_build(spec)
         if build_dir is None:
-            return EnvironmentStatus(name, spec.description, False, None, None, None)
+            with _try_lock(self.environments_dir / spec.slug) as free:
+                failure = self.last_failure(spec) if free else None
+            if failure is not None:
+                problem: str | None = f"the last build did not finish: {failure}"
+            elif not free and (self.environments_dir / spec.slug).is_dir():
+                problem = "being built right now"
+            else:
+                problem = None
+            return EnvironmentStatus(name, spec.description, False, problem, None, None)
         manifest, problem = _read_manifest(build_dir)
         if problem is None and manifest is not None:
             problem = _check_files(build_dir, manifest, verify_hashes=False)
@@ -159,27 +168,54 @@ class EnvironmentCache:
                 progress(f"phase=repair {name}: {problem}; rebuilding")
             return self._build(spec, progress)
 
+    def last_failure(self, spec: EnvironmentSpec) -> str | None:
+        """How the last build of ``spec`` ended, if it failed or was interrupted."""
+        builds = self.environments_dir / spec.slug / "builds"
+        try:
+            record = json.loads((self.environments_dir / spec.slug / FAILURE_FILE).read_text())
+            return f"{record['error']} (phase {record['phase']}, {record['at']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        partials = sorted(builds.glob(".partial-*")) if builds.is_dir() else []
+        if partials:
+            started = partials[-1].name.removeprefix(".partial-").split("-")[0]
+            return f"a build started {started} was interrupted before it finished"
+        return None
+
     def _build(self, spec: EnvironmentSpec, progress: builder.Progress) -> InstalledEnvironment:
         started = time.monotonic()
-        builds = self.environments_dir / spec.slug / "builds"
+        env_dir = self.environments_dir / spec.slug
+        builds = env_dir / "builds"
         builds.mkdir(parents=True, exist_ok=True)
+        failure = self.last_failure(spec)
+        if failure is not None:
+            progress(f"phase=cleanup the last build of {spec.name} did not finish: {failure}")
+            progress("phase=cleanup removing what it left; building again from the start")
         _remove_partials(builds)
+        (env_dir / FAILURE_FILE).unlink(missing_ok=True)
         build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         partial = builds / f".partial-{build_id}"
         partial.mkdir()
+        phase = ["start"]
+
+        def tracked(message: str) -> None:
+            if message.startswith("phase="):
+                phase[0] = message.split()[0].removeprefix("phase=")
+            progress(message)
+
         try:
-            kernel = builder.fetch_kernel(self.kernels_dir, progress)
+            kernel = builder.fetch_kernel(self.kernels_dir, tracked)
             shutil.copy2(kernel.vmlinuz, partial / "vmlinuz")
             packages = builder.build_rootfs(
-                spec, partial, partial / "rootfs.ext4", self.debs_dir, progress
+                spec, partial, partial / "rootfs.ext4", self.debs_dir, tracked
             )
-            progress("phase=initramfs packing busybox, virtio modules and the agent")
+            tracked("phase=initramfs packing busybox, virtio modules and the agent")
             initrd = partial / f"initrd-{builder.guest_files_hash()}.img"
             builder.build_initramfs(kernel.modules_dir, initrd)
             (partial / "modules").mkdir()
             for module in kernel.modules_dir.iterdir():
                 shutil.copy2(module, partial / "modules" / module.name)
-            progress("phase=manifest hashing images")
+            tracked("phase=manifest hashing images")
             os.chmod(partial / "rootfs.ext4", 0o444)
             manifest = {
                 "format": MANIFEST_FORMAT,
@@ -203,9 +239,16 @@ class EnvironmentCache:
             final = builds / build_id
             partial.rename(final)
             self._set_current(spec, final)
-        except BaseException:
+        except BaseException as exc:
             _remove_build(partial)
-            raise
+            _record_failure(env_dir, phase[0], exc)
+            if isinstance(exc, PyroError) or not isinstance(exc, Exception):
+                raise
+            # Anything else is a fault of ours or of the host: still one error a user can act on.
+            raise EnvironmentBuildError(
+                f"building {spec.name} failed in phase {phase[0]}: {type(exc).__name__}: {exc}. "
+                f"Nothing was installed; `pyro env pull {spec.name}` tries again from the start."
+            ) from exc
         progress(f"phase=done {spec.name} built in {manifest['build_seconds']} s")
         return InstalledEnvironment(spec.name, final, manifest)
 
@@ -348,6 +391,18 @@ def _prune_initrds(build: Path) -> list[str]:
             path.unlink(missing_ok=True)
             removed.append(str(path))
     return removed
+
+
+FAILURE_FILE = "last-failure.json"
+
+
+def _record_failure(env_dir: Path, phase: str, exc: BaseException) -> None:
+    """Kept beside the builds so the next pull (and `env list`) can say what happened."""
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()
+    error = reason if isinstance(reason, str) else (reason[0] if reason else type(exc).__name__)
+    record = {"phase": phase, "error": error[:300], "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with contextlib.suppress(OSError):
+        _write_json(env_dir / FAILURE_FILE, record)
 
 
 def _remove_partials(builds: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyro_mcp.errors import NotFound
+from pyro_mcp.names import shown
 
 # The guest agent needs json, shutil, pty and friends, which python3-minimal
 # lacks; libpython3.11-stdlib adds them for about 12 MB.
@@ -84,5 +85,5 @@ def get_spec(name: str) -> EnvironmentSpec:
     except KeyError:
         valid = ", ".join(CATALOG)
         raise NotFound(
-            f"unknown environment {name!r}; valid environments: {valid} (see `pyro env list`)"
+            f"unknown environment {shown(name)}; valid environments: {valid} (see `pyro env list`)"
         ) from None

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import host_tools
 from pyro_mcp.errors import HostSetupError, PyroError
 from pyro_mcp.hosts.configs import HOSTS, Entry, HostConfig, backup, get_host
 from pyro_mcp.hosts.server_command import SERVER_NAME, ServerOptions, server_command
@@ -253,10 +254,10 @@ def _find_cli(config: HostConfig) -> Path | None:
 def _run_host(argv: list[str], cwd: Path, *, check: bool) -> str:
     env = dict(os.environ, DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1")
     try:
-        result = subprocess.run(
-            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        result = host_tools.run(
+            Path(argv[0]), argv[1:], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:
         raise HostSetupError(f"could not run {argv[0]}: {exc}") from exc
     if check and result.returncode != 0:
         said = (result.stderr or result.stdout).strip()[-800:]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import host_tools
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, VMError
 from pyro_mcp.vm import merge
@@ -72,8 +73,9 @@ def launch(
     }
     files.spec.write_text(json.dumps(spec))
     with files.supervisor_log.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pyro_mcp.vm.supervisor", "--detach", str(files.dir)],
+        process = host_tools.popen(
+            Path(sys.executable),
+            ["-m", "pyro_mcp.vm.supervisor", "--detach", files.dir],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,

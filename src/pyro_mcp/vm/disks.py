@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,8 +233,7 @@ def _backing_name(base: Path, overlay: Path) -> str:
 
 
 def _qemu_img(args: list[str], image: Path, *, capture: bool = False) -> str:
-    qemu_img = host_tools.require(host_tools.QEMU_IMG)["qemu-img"]
-    result = subprocess.run([str(qemu_img), *args], capture_output=True, text=True, check=False)
+    result = host_tools.run(host_tools.QEMU_IMG, args, capture_output=True, text=True)
     if result.returncode != 0:
         raise VMError(f"qemu-img could not {args[0]} {image}: {result.stderr.strip()}")
     return result.stdout if capture else ""

@@ -10,7 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_mcp import host_tools
 from pyro_mcp.agent.protocol import AGENT_PORT_NAME
+from pyro_mcp.errors import HostSetupError
 
 # Where the guest finds the egress proxy (QEMU forwards it to the supervisor).
 EGRESS_GUEST_ADDRESS = "10.0.2.100"
@@ -179,10 +181,8 @@ def tcg_clock_arguments(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def qemu_version(qemu: Path) -> str:
     """``7.2.22`` from ``qemu-system-x86_64 --version``; ``unknown`` on failure."""
     try:
-        result = subprocess.run(
-            [str(qemu), "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = host_tools.run(qemu, ["--version"], capture_output=True, text=True, timeout=10)
+    except (HostSetupError, subprocess.TimeoutExpired):
         return "unknown"
     match = re.search(r"version\s+(\S+)", result.stdout)
     return match.group(1) if match else "unknown"

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import host_tools
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.errors import PyroError, VMError
 from pyro_mcp.vm.qemu import die_with_parent
@@ -229,8 +230,8 @@ class Supervisor:
     async def _boot(self, started: float) -> None:
         qemu_log = self.files.qemu_log.open("wb")
         try:
-            self.qemu = await asyncio.create_subprocess_exec(
-                *self.argv,
+            self.qemu = await host_tools.spawn_async(
+                self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=subprocess.STDOUT,

@@ -9,7 +9,6 @@ The filesystem was written by the guest and is untrusted: names and sizes from
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,13 +109,12 @@ class DiskOps:
         return workspace
 
     def _convert(self, workspace: dict[str, Any], raw: Path) -> None:
-        qemu_img = host_tools.require(host_tools.QEMU_IMG)["qemu-img"]
         source = self.ws.root / workspace["workspace_id"] / "workspace.qcow2"
-        result = subprocess.run(
-            [str(qemu_img), "convert", "-O", "raw", str(source), str(raw)],
+        result = host_tools.run(
+            host_tools.QEMU_IMG,
+            ["convert", "-O", "raw", source, raw],
             capture_output=True,
             text=True,
-            check=False,
         )
         if result.returncode != 0:
             raw.unlink(missing_ok=True)
@@ -143,14 +141,13 @@ def _disk_path(path: str) -> str:
 
 
 def _debugfs(image: Path, command: str) -> str:
-    debugfs = host_tools.require(host_tools.DEBUGFS)["debugfs"]
-    result = subprocess.run(
-        [str(debugfs), "-R", command, str(image)],
+    result = host_tools.run(
+        host_tools.DEBUGFS,
+        ["-R", command, image],
         capture_output=True,
         text=True,
         errors="replace",
         timeout=120,
-        check=False,
     )
     problem = [line for line in result.stderr.splitlines() if not line.startswith("debugfs ")]
     if problem:

@@ -1,8 +1,8 @@
 """What a Git project's own ignore rules leave out of the review surface.
 
-A workspace seeded from a Git project keeps, next to its disks, the project's
-ignore rules as they were at seed time (every tracked ``.gitignore`` and the
-checkout's ``.git/info/exclude``) and its tracked paths. Diff, summary and
+A workspace keeps, next to its disks, the ignore rules its baseline held at
+seed time (every ``.gitignore`` in the seed, whatever its kind, and a Git
+checkout's ``.git/info/exclude``) and, for a checkout, its tracked paths. Diff, summary and
 directory exports then leave out what Git would call ignored: untracked paths
 that a rule matches, or that sit in an ignored directory. Tracked paths are
 never ignored, as in Git. The rules come from the baseline, never from the
@@ -15,6 +15,7 @@ Matching uses ``pathspec``'s GitIgnoreSpec (Git's own semantics, negation and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,11 +23,13 @@ from typing import Any
 
 import pathspec
 
+from pyro_mcp import host_tools
 from pyro_mcp.agent.client import SupervisorClient
-from pyro_mcp.errors import AgentProtocolError
+from pyro_mcp.errors import AgentProtocolError, PyroError
 
 RULES_FILE = "ignore.json"
 MAX_RULE_BYTES = 1024 * 1024
+MAX_RULE_FILES = 10_000
 
 
 @dataclass(frozen=True)
@@ -74,24 +77,40 @@ class IgnoreRules:
         return decision
 
 
-def collect(root: Path, tracked: list[str]) -> dict[str, Any]:
-    """The project's ignore rules, lowest precedence first, and its tracked paths."""
+def collect(baseline: Path, tracked: list[str], checkout: Path | None = None) -> dict[str, Any]:
+    """The ignore rules a workspace's baseline holds, lowest precedence first.
+
+    Every ``.gitignore`` in the staged baseline tree counts, whatever the seed
+    was (a directory, an archive, a project, a cloned repository), plus the
+    checkout's ``.git/info/exclude`` when the seed is a Git checkout.
+
+    Args:
+        baseline: the staged tree that becomes the baseline disk.
+        tracked: paths Git tracks (never ignored, as in Git); empty for a seed
+            that is not a checkout.
+        checkout: the Git checkout the seed came from, if it is one.
+    """
     rules: list[dict[str, Any]] = []
-    exclude = _git_path(root, "info/exclude")
+    exclude = _git_path(checkout, "info/exclude") if checkout is not None else None
     if exclude is not None:
         rules.append({"base": "", "lines": _read_lines(exclude)})
-    names = sorted(
-        (name for name in tracked if PurePosixPath(name).name == ".gitignore"),
-        key=lambda name: (len(PurePosixPath(name).parts), name),
-    )
-    for name in names:
+    found: list[str] = []
+    for current, dirs, files in os.walk(baseline):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        if ".gitignore" in files:
+            found.append(os.path.relpath(os.path.join(current, ".gitignore"), baseline))
+            if len(found) >= MAX_RULE_FILES:
+                break
+    for name in sorted(found, key=lambda name: (len(PurePosixPath(name).parts), name)):
         base = str(PurePosixPath(name).parent)
-        rules.append({"base": "" if base == "." else base, "lines": _read_lines(root / name)})
+        rules.append({"base": "" if base == "." else base, "lines": _read_lines(baseline / name)})
     return {"rules": rules, "tracked": tracked}
 
 
 def save(folder: Path, data: dict[str, Any]) -> None:
-    (folder / RULES_FILE).write_text(json.dumps(data), encoding="utf-8")
+    """Keep ``data`` beside the workspace's disks, if it holds any rule."""
+    if data["rules"]:
+        (folder / RULES_FILE).write_text(json.dumps(data), encoding="utf-8")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -103,15 +122,17 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _git_path(root: Path, name: str) -> Path | None:
+    if host_tools.find(host_tools.GIT) is None:
+        return None
     try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--git-path", name],
+        result = host_tools.run(
+            host_tools.GIT,
+            ["-C", root, "rev-parse", "--git-path", name],
             capture_output=True,
             text=True,
             timeout=30,
-            check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (PyroError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0 or not result.stdout.strip():
         return None

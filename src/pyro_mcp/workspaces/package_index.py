@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pyro_mcp import host_tools
+from pyro_mcp.errors import PyroError
 from pyro_mcp.guest.agent import PACKAGE_VARIABLES
 
 log = logging.getLogger("pyro.workspaces")
@@ -117,23 +119,26 @@ def index_hosts(settings: IndexSettings) -> list[str]:
     """
     hosts = settings.hosts()
     if not any(settings.env.get(name) or settings.pip.get(name) for name in PRIMARY_PYTHON_INDEX):
-        for python in (sys.executable, "python3"):
-            output = _run([python, "-c", _PIP_DEFAULT])
+        for python in (Path(sys.executable), host_tools.find(host_tools.PYTHON3)):
+            output = _run(python, ["-c", _PIP_DEFAULT])
             if output:
                 hosts += [h for h in output.split() if h not in hosts]
                 break
     if not settings.npm_registry:
-        registry = _run(["npm", "config", "get", "registry"]).strip()
+        registry = _run(host_tools.find(host_tools.NPM), ["config", "get", "registry"]).strip()
         host = urlsplit(registry).hostname if "://" in registry else None
         if host and host not in hosts:
             hosts.append(host)
     return hosts
 
 
-def _run(argv: list[str]) -> str:
+def _run(program: Path | None, args: list[str]) -> str:
+    """What an optional host program printed; empty if it is missing or failed."""
+    if program is None:
+        return ""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        done = host_tools.run(program, args, capture_output=True, text=True, timeout=20)
+    except (PyroError, subprocess.TimeoutExpired):
         return ""
     return done.stdout if done.returncode == 0 else ""
 

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyro_mcp import names
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.terminal import render_plain
@@ -27,7 +28,6 @@ READINESS = ("file", "tcp", "http", "command")
 SIGNALS = ("INT", "TERM", "KILL", "HUP", "QUIT")
 MAX_SHELL_READ = 1024 * 1024
 MAX_SERVICE_LOG = 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHELL_ID = re.compile(r"^[0-9a-f]{12}$")
 SERVICE_STATES = frozenset({"starting", "ready", "failed", "exited", "stopped"})
 
@@ -87,10 +87,7 @@ class ServiceOps:
         secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a named service and wait until its readiness check passes (or fails)."""
-        if not _NAME.match(name or ""):
-            raise InvalidArgument(
-                "service_name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'"
-            )
+        names.check_name("service_name", name)
         if isinstance(ready_interval_ms, bool) or not 10 <= ready_interval_ms <= 60_000:
             raise InvalidArgument("ready_interval_ms", "must be from 10 to 60000")
         checks = {
@@ -180,14 +177,19 @@ class ServiceOps:
     def status(self, ref: str, name: str) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            status = _check_service(client.agent("service_status", {"name": name}, 30))
+            status = _check_service(
+                client.agent("service_status", {"name": names.check_name("service_name", name)}, 30)
+            )
         return self.ws._done(workspace, self._with_ports(workspace, status))
 
     def logs(
         self, ref: str, name: str, *, tail_lines: int | None = 200, all: bool = False
     ) -> dict[str, Any]:
         workspace = self.ws._find(ref)
-        args: dict[str, Any] = {"name": name, "max_bytes": MAX_SERVICE_LOG}
+        args: dict[str, Any] = {
+            "name": names.check_name("service_name", name),
+            "max_bytes": MAX_SERVICE_LOG,
+        }
         if not all and tail_lines is not None:
             if tail_lines < 0:
                 raise InvalidArgument("tail_lines", "must not be negative")
@@ -208,7 +210,9 @@ class ServiceOps:
     def stop(self, ref: str, name: str) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            status = _check_service(client.agent("service_stop", {"name": name}, 60))
+            status = _check_service(
+                client.agent("service_stop", {"name": names.check_name("service_name", name)}, 60)
+            )
             self._release(client, workspace["workspace_id"], name)
         self.ws._journal(
             workspace, "service", {"name": name, "action": "stop", "state": status["state"]}
@@ -368,7 +372,9 @@ class ShellOps:
 
 def _shell_id(value: str) -> str:
     if not isinstance(value, str) or not _SHELL_ID.match(value):
-        raise InvalidArgument("shell_id", f"{value!r} is not a shell id (see shell list)")
+        raise InvalidArgument(
+            "shell_id", f"{names.shown(value)} is not a shell id (see shell list)"
+        )
     return value
 
 

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_mcp import host_tools
 from pyro_mcp.errors import InvalidArgument
 
 FALLBACK_FLAGS = "--project-path PATH, --repo-url URL [--repo-ref REF] or --no-project-source"
@@ -73,6 +74,14 @@ def git_toplevel(path: Path) -> Path | None:
     return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
 
 
+def checkout_at(path: Path) -> Path | None:
+    """``path`` itself if it is the top of a Git checkout (a seed directory that is one)."""
+    if not (path / ".git").exists():
+        return None
+    root = git_toplevel(path)
+    return root if root is not None and root.resolve() == path.resolve() else None
+
+
 def tracked_files(root: Path) -> list[str]:
     """The checkout's tracked paths (as in the index), relative to ``root``."""
     result = _git(["-C", str(root), "ls-files", "-z", "--cached"])
@@ -111,13 +120,7 @@ def clone(url: str, ref: str | None, repos_dir: Path) -> Path:
 
 def _git(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            ["git", *argv], capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError as exc:
-        raise InvalidArgument(
-            "project", "git is not installed on this host (apt-get install git)"
-        ) from exc
+        return host_tools.run(host_tools.GIT, argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise InvalidArgument(
             "project", f"git {argv[0]} did not finish in {timeout:.0f} s"

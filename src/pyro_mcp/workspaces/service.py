@@ -16,9 +16,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pyro_mcp import config, host_tools
+from pyro_mcp import config, host_tools, names
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import (
@@ -63,8 +61,6 @@ WORKSPACE_LABEL = "pyro-workspace"
 JOURNAL_OUTPUT_BYTES = 64 * 1024
 # Longer than any create takes (a cold build of an environment included).
 ORPHAN_GRACE_SECONDS = 3600
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
 
 log = logging.getLogger("pyro.workspaces")
@@ -183,8 +179,8 @@ class WorkspaceService:
         ):
             if value is not None and (isinstance(value, bool) or not 1 <= value <= 365 * 86400):
                 raise InvalidArgument(field, "must be a whole number of seconds from 1 to a year")
-        if name is not None and not _NAME.match(name):
-            raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        if name is not None:
+            names.check_name("name", name)
         _check_idle_suspend(idle_suspend_seconds)
         labels = check_labels(labels or {})
         if name is not None and self.store.find_workspace(name) is not None:
@@ -209,10 +205,13 @@ class WorkspaceService:
                     )
                 tracked = project_source.tracked_files(root)
                 seed = stage_seed(root, staging, only=tracked)
-                ignore.save(folder, ignore.collect(root, tracked))
+                ignore.save(folder, ignore.collect(staging, tracked, checkout=root))
                 kind, ref = origin or ("project_path", str(root))
             else:
                 seed = stage_seed(Path(seed_path) if seed_path is not None else None, staging)
+                checkout = project_source.checkout_at(Path(seed.source)) if seed.source else None
+                tracked = project_source.tracked_files(checkout) if checkout else []
+                ignore.save(folder, ignore.collect(staging, tracked, checkout=checkout))
                 kind, ref = origin or (
                     ("seed_path", str(seed.source)) if seed.source else ("none", "")
                 )
@@ -357,10 +356,7 @@ class WorkspaceService:
         merged.update(check_labels(labels or {}))
         fields: dict[str, Any] = {"labels": merged}
         if name is not None:
-            if not _NAME.match(name):
-                raise InvalidArgument(
-                    "name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'"
-                )
+            names.check_name("name", name)
             other = self.store.find_workspace(name)
             if other is not None and other["workspace_id"] != workspace["workspace_id"]:
                 raise InvalidArgument("name", f"a workspace called {name!r} exists")
@@ -713,14 +709,11 @@ class WorkspaceService:
                 "running",
                 f"Start it first (`pyro workspace start {label}`), then fork it.",
             )
-        names: list[str | None] = [None] * count
+        fork_names: list[str | None] = [None] * count
         if name is not None:
-            names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
-            for each in names:
-                if not _NAME.match(str(each)):
-                    raise InvalidArgument(
-                        "name", f"{each!r}: use 1-64 letters, digits, '.', '_' or '-'"
-                    )
+            fork_names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+            for each in fork_names:
+                names.check_name("name", each)
                 if self.store.find_workspace(str(each)) is not None:
                     raise InvalidArgument("name", f"a workspace called {each!r} exists")
         # Checked for all K at once: the forks start side by side.
@@ -735,7 +728,7 @@ class WorkspaceService:
                 parent["vm_id"], work / "memory.state"
             )
             layers = {"root": root_layer, "workspace": workspace_layer}
-            forks = self._make_forks(parent, work, names, saved, layers)
+            forks = self._make_forks(parent, work, fork_names, saved, layers)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
@@ -750,7 +743,7 @@ class WorkspaceService:
         self,
         parent: dict[str, Any],
         work: Path,
-        names: list[str | None],
+        fork_names: list[str | None],
         saved: dict[str, Any],
         layers: dict[str, disks.Layer],
     ) -> list[dict[str, Any]]:
@@ -759,7 +752,9 @@ class WorkspaceService:
         All or nothing: if one fails, the others are deleted and its error raised.
         """
         with concurrent.futures.ThreadPoolExecutor(max_workers=FORK_WORKERS) as pool:
-            futures = [pool.submit(self._make_fork, parent, work, n, saved, layers) for n in names]
+            futures = [
+                pool.submit(self._make_fork, parent, work, n, saved, layers) for n in fork_names
+            ]
             concurrent.futures.wait(futures)
         failed = [error for f in futures if (error := f.exception()) is not None]
         if failed:
@@ -1049,7 +1044,7 @@ class WorkspaceService:
         return False
 
     def _find(self, ref: str) -> dict[str, Any]:
-        workspace = self.store.find_workspace(ref)
+        workspace = self.store.find_workspace(names.check_workspace_ref(ref))
         if workspace is None:
             tombstone = self.store.find_tombstone(ref)
             if tombstone is not None:
@@ -1059,7 +1054,7 @@ class WorkspaceService:
                     f"workspace {tombstone['workspace_id']}{label} no longer exists: "
                     f"{tombstone['reason']} at {when}. Create a new one with workspace_create."
                 )
-            raise NotFound(f"no workspace {ref!r}; see `pyro workspace list`")
+            raise NotFound(f"no workspace {names.shown(ref)}; see `pyro workspace list`")
         return workspace
 
     def redactor(self, ref: str) -> secret_store.Redactor:
@@ -1175,8 +1170,18 @@ def _check_idle_suspend(value: int | None) -> None:
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
-            raise InvalidArgument("labels", f"{key!r}={value!r} is not a valid label")
+        if (
+            not isinstance(key, str)
+            or not names.LABEL_KEY.match(key)
+            or not isinstance(value, str)
+            or len(value) > 256
+            or "\0" in value
+        ):
+            raise InvalidArgument(
+                "labels",
+                f"{names.shown(key)}={names.shown(value)} is not a valid label: keys are 1-64 "
+                "letters, digits, '.', '_', '/' or '-'; values up to 256 characters",
+            )
     return dict(labels)
 
 
@@ -1187,22 +1192,11 @@ def _bounded(name: str, text: str, truncated: bool) -> dict[str, Any]:
 
 
 def _make_ext4(tree: Path, image: Path) -> None:
-    mkfs = host_tools.require(host_tools.MKFS_EXT4)["mkfs.ext4"]
-    result = subprocess.run(
-        [
-            str(mkfs),
-            "-q",
-            "-F",
-            "-L",
-            WORKSPACE_LABEL,
-            "-d",
-            str(tree),
-            str(image),
-            f"{WORKSPACE_DISK_MIB}M",
-        ],
+    result = host_tools.run(
+        host_tools.MKFS_EXT4,
+        ["-q", "-F", "-L", WORKSPACE_LABEL, "-d", tree, image, f"{WORKSPACE_DISK_MIB}M"],
         capture_output=True,
         text=True,
-        check=False,
     )
     if result.returncode != 0:
         raise VMError(f"could not build the workspace disk: {result.stderr.strip()[-500:]}")

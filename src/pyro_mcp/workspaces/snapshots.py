@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro_mcp import names
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
 from pyro_mcp.vm import disks
@@ -29,7 +29,6 @@ BASELINE = "baseline"
 MAX_SNAPSHOTS = 32
 # Room a snapshot needs beyond the overlay it copies (the record, some slack).
 SNAPSHOT_MARGIN_BYTES = 16 * 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class SnapshotOps:
@@ -40,8 +39,7 @@ class SnapshotOps:
         return self.ws.root / workspace_id / "snapshots"
 
     def create(self, ref: str, name: str) -> dict[str, Any]:
-        if not _NAME.match(name or ""):
-            raise InvalidArgument("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        names.check_name("name", name)
         if name == BASELINE:
             raise InvalidArgument("name", "baseline is the reserved name of the create-time state")
         workspace = self.ws._touch(self.ws._find(ref))
@@ -114,10 +112,10 @@ class SnapshotOps:
 
     def path(self, workspace: dict[str, Any], name: str) -> Path:
         """The file of snapshot ``name``; NotFound listing the names otherwise."""
-        names = [s["name"] for s in self.ws.store.snapshots(workspace["workspace_id"])]
-        if name not in names:
+        known = [s["name"] for s in self.ws.store.snapshots(workspace["workspace_id"])]
+        if name not in known:
             raise NotFound(
-                f"no snapshot {name!r}; snapshots: {', '.join([BASELINE, *names])} "
+                f"no snapshot {names.shown(name)}; snapshots: {', '.join([BASELINE, *known])} "
                 "(see snapshot list)"
             )
         return self.folder(workspace["workspace_id"]) / f"{name}.qcow2"
