@@ -6,7 +6,7 @@ Prints, for the warm path (restore of the `pyro prepare` snapshot) and the cold
 path (PYRO_WARM=0) in the same run:
 
 - workspace create and reset (to the baseline and to a named snapshot) through
-  the service (the SDK, in this process);
+  the service (the SDK, in this process), without a NIC and with egress;
 - workspace create through the CLI (`pyro workspace create`, a new process);
 - `pyro run ENV -- true`, end to end (a new process);
 - host memory of an idle guest while N of its kind run at once: RSS and PSS
@@ -123,6 +123,23 @@ def main() -> int:
 
                 numbers["reset_empty"] = median_ms(runs, reset_empty)
                 pyro.delete_workspace(empty[0])
+                # With a NIC (egress: what installing dependencies needs).
+                online: list[str] = []
+
+                def create_egress(kind: str = kind, online: list[str] = online) -> None:
+                    workspace = pyro.create_workspace(env_name, network_policy="egress")
+                    assert workspace["boot_kind"] == kind, workspace
+                    online.append(workspace["workspace_id"])
+
+                numbers["create_egress"] = median_ms(runs, create_egress)
+                for workspace_id in online[1:]:
+                    pyro.delete_workspace(workspace_id)
+
+                def reset_egress(ws: str = online[0], kind: str = kind) -> None:
+                    assert pyro.reset_workspace(ws)["boot_kind"] == kind
+
+                numbers["reset_egress"] = median_ms(runs, reset_egress)
+                pyro.delete_workspace(online[0])
                 created: list[str] = []
 
                 def create(kind: str = kind, created: list[str] = created) -> None:
@@ -170,6 +187,8 @@ def main() -> int:
         warm, cold = results["warm"], results["cold"]
         line("workspace create, no seed (service)", warm["create_empty"], cold["create_empty"])
         line("workspace reset, no seed (service)", warm["reset_empty"], cold["reset_empty"])
+        line("workspace create, egress (service)", warm["create_egress"], cold["create_egress"])
+        line("workspace reset, egress (service)", warm["reset_egress"], cold["reset_egress"])
         line("workspace create (50-file seed, service)", warm["create"], cold["create"])
         line("workspace reset to baseline (50-file seed)", warm["reset"], cold["reset"])
         line("workspace reset to a named snapshot", warm["reset_snapshot"], cold["reset_snapshot"])

@@ -149,7 +149,7 @@ def daily_loop(vms: VmService, environment: str) -> dict[str, Any]:
         **status.to_dict(),
         "warm_enabled": config.warm_enabled(),
         "network": {"status": network.status, "reason": network.reason},
-        "fix": fix if status.status != "warm" else None,
+        "fix": fix if status.status != "warm" or network.status != "warm" else None,
     }
 
 

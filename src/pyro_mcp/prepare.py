@@ -46,7 +46,7 @@ def prepare(
     vms: VmService,
     environment: str = config.DEFAULT_ENVIRONMENT,
     *,
-    network: bool = False,
+    network: bool = True,
     force: bool = False,
     vcpu_count: int = config.DEFAULT_VCPU_COUNT,
     mem_mib: int = config.DEFAULT_MEM_MIB,
@@ -55,8 +55,9 @@ def prepare(
     """Build ``environment`` if needed and take its warm snapshot(s).
 
     Args:
-        network: also prepare the shape with a NIC (a snapshot without a NIC
-            cannot gain one).
+        network: also prepare the shape with a NIC, for workspaces with egress
+            (a snapshot without a NIC cannot gain one); on by default, since
+            installing a project's dependencies needs the network.
         force: take new snapshots even when the current ones are valid.
 
     Returns:

@@ -715,10 +715,10 @@ class Pyro:
         self,
         environment: str = config.DEFAULT_ENVIRONMENT,
         *,
-        network: bool = False,
+        network: bool = True,
         force: bool = False,
     ) -> dict[str, Any]:
-        """Build ``environment`` if needed and take its warm snapshot.
+        """Build ``environment`` if needed and take its warm snapshots.
 
         Afterwards workspace create and reset, ``run_in_vm`` and VM starts
         restore the snapshot instead of booting (a fraction of a second instead
@@ -726,8 +726,9 @@ class Pyro:
         ``already_warm: true``.
 
         Args:
-            network: also prepare guests with a NIC (``network=True`` workspaces
-                and runs); a snapshot without a NIC cannot gain one.
+            network: also prepare guests with a NIC (workspaces with egress,
+                ``network=True`` runs), as by default; ``False`` prepares only
+                guests without one (a snapshot without a NIC cannot gain one).
             force: take new snapshots even when the current ones are valid.
 
         Returns:

@@ -674,7 +674,9 @@ class VmService:
             with SupervisorClient(self._files(vm_id).control_socket) as client:
                 return int(client.call("status", timeout=10).get("pending", 0)) > 0
         except PyroError:
-            return False
+            # Alive but not answering (a loaded host): count it busy, so that
+            # a command in flight is never cut off for a slow answer.
+            return True
 
     def reset_root_disk(self, vm_id: str) -> None:
         """Give a stopped VM a fresh root overlay on its environment build."""

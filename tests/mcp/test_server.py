@@ -313,22 +313,34 @@ def test_help_explains_profiles_modes_and_project_flags() -> None:
 def test_a_cold_server_prepares_its_environment_in_the_background_after_the_handshake(
     mcp_env: dict[str, str], private_cache: Path
 ) -> None:
+    """Every guest shape its tools can create: workspace-full's egress workspaces too."""
     env = dict(mcp_env, PYRO_CACHE_DIR=str(private_cache))
     client = Pyro(state_dir=env["PYRO_HOME"], cache_dir=private_cache)
-    assert client.doctor()["daily_loop"]["status"] == "cold"
+    loop = client.doctor()["daily_loop"]
+    assert loop["status"] == "cold" and loop["network"]["status"] == "cold"
+
+    def warm() -> bool:
+        loop = client.doctor()["daily_loop"]
+        return loop["status"] == "warm" and loop["network"]["status"] == "warm"
 
     async def scenario() -> None:
-        async with mcp_client(env, "--no-project-source") as session:
+        async with mcp_client(env, "--profile", "workspace-full", "--no-project-source") as session:
             # The handshake and the tool list never wait for the prepare.
             started = asyncio.get_running_loop().time()
             tools = await session.list_tools()
             assert tools.tools and asyncio.get_running_loop().time() - started < 5
-            with anyio.fail_after(300):
-                while client.doctor()["daily_loop"]["status"] != "warm":
+            with anyio.fail_after(600):
+                while not warm():
                     await anyio.sleep(0.5)
             created = await call(session, "workspace_create")
             assert created["boot_kind"] == "warm"
             await call(session, "workspace_delete", workspace_id=created["workspace_id"])
+            online = await call(session, "workspace_create", network_policy="egress")
+            assert online["boot_kind"] == "warm"
+            ws = online["workspace_id"]
+            await call(session, "workspace_reset", workspace_id=ws)
+            assert (await call(session, "workspace_status", workspace_id=ws))["boot_kind"] == "warm"
+            await call(session, "workspace_delete", workspace_id=ws)
 
     anyio.run(scenario)
 

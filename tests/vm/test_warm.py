@@ -181,7 +181,7 @@ def test_the_guest_clock_is_the_hosts_after_restoring_a_days_old_snapshot(
 
 
 def test_damaged_or_stale_snapshots_cold_boot_with_a_warning(private_pyro: Pyro) -> None:
-    private_pyro.prepare(TEST_ENVIRONMENT)
+    private_pyro.prepare(TEST_ENVIRONMENT, network=False)
     cache = private_pyro.paths.cache_dir
     snapshot = _snapshot_dir(cache)
     devices = snapshot / warm.DEVICES
@@ -232,14 +232,15 @@ def test_damaged_or_stale_snapshots_cold_boot_with_a_warning(private_pyro: Pyro)
     pruned = private_pyro.prune_environments()
     assert str(snapshot) in pruned["removed"] and not snapshot.exists()
     assert private_pyro.doctor()["daily_loop"]["status"] == "cold"
-    again = private_pyro.prepare(TEST_ENVIRONMENT)
+    again = private_pyro.prepare(TEST_ENVIRONMENT, network=False)
     assert again["snapshots"][0]["status"] == "prepared"
-    assert private_pyro.prepare(TEST_ENVIRONMENT)["already_warm"] is True
+    assert private_pyro.prepare(TEST_ENVIRONMENT, network=False)["already_warm"] is True
 
 
 def _prepare_process(env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pyro_mcp.cli.main", "prepare", TEST_ENVIRONMENT, "--json", *flags],
+        [sys.executable, "-m", "pyro_mcp.cli.main", "prepare", TEST_ENVIRONMENT, "--json"]
+        + ["--no-network", *flags],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -293,7 +294,7 @@ def test_a_full_disk_while_preparing_keeps_the_previous_snapshot(
         ["mount", "-t", "tmpfs", "-o", "size=1400m", "tmpfs", str(warm_root)], check=True
     )
     try:
-        private_pyro.prepare(TEST_ENVIRONMENT)
+        private_pyro.prepare(TEST_ENVIRONMENT, network=False)
         good = _snapshot_dir(private_pyro.paths.cache_dir)
         free = os.statvfs(warm_root)
         filler = warm_root / "filler"
@@ -301,7 +302,7 @@ def test_a_full_disk_while_preparing_keeps_the_previous_snapshot(
             handle.truncate(0)
             handle.write(b"\0" * (free.f_bavail * free.f_frsize - 40 * 1024 * 1024))
         with pytest.raises(Exception) as failure:
-            private_pyro.prepare(TEST_ENVIRONMENT, force=True)
+            private_pyro.prepare(TEST_ENVIRONMENT, network=False, force=True)
         assert "space" in str(failure.value).lower() or "disk" in str(failure.value).lower()
         assert _snapshot_dir(private_pyro.paths.cache_dir) == good
         filler.unlink()

@@ -97,6 +97,14 @@ def _print_workspaces(report: dict[str, Any]) -> None:
     if not loop.get("warm_enabled", True):
         detail += " (PYRO_WARM=0: every start cold-boots)"
     print(f"  daily loop   {loop['environment']}: {loop['status']}, {detail}")
+    if "network" in loop:
+        network = loop["network"]
+        said = (
+            "warm" if network["status"] == "warm" else f"{network['status']}, {network['reason']}"
+        )
+        print(f"               with a NIC (egress): {said}")
+    if loop.get("fix"):
+        print(f"  next         {loop['fix']}")
     room = report["capacity"]
     print(
         f"  capacity     {room['running']} running, {room['suspended']} suspended (no memory "

@@ -11,10 +11,11 @@ from pyro_mcp.sdk import Pyro
 
 EPILOG = """\
 examples:
-  pyro prepare                    debian:12: build if needed, snapshot a booted guest
+  pyro prepare                    debian:12: build if needed, snapshot booted guests
+                                  without and with a NIC (workspaces with egress)
   pyro prepare debian:12-build    another environment
-  pyro prepare --network          also guests with a NIC (workspaces with egress)
-  pyro prepare --force            take a new snapshot even if the current one is valid
+  pyro prepare --no-network       only guests without a NIC
+  pyro prepare --force            take new snapshots even if the current ones are valid
 
 Afterwards workspace create, reset and `pyro run` restore the snapshot instead
 of booting. `pyro doctor` says whether the daily loop is warm, cold or stale;
@@ -34,7 +35,10 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("environment", nargs="?", default=config.DEFAULT_ENVIRONMENT)
     parser.add_argument(
-        "--network", action="store_true", help="also prepare the variant with a NIC"
+        "--network",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also prepare guests with a NIC, for workspaces with egress (default: on)",
     )
     parser.add_argument("--force", action="store_true", help="take new snapshots regardless")
     parser.add_argument("--json", action="store_true")

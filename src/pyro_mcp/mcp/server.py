@@ -10,6 +10,7 @@ server never dies on bad input and writes nothing but protocol to stdout.
 # at runtime to build each tool's input and output schema.
 
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -123,7 +124,17 @@ def create_server(
         )
     )
     purpose = f" Mode {mode}: {profiles.MODE_PURPOSE[mode]}." if mode else ""
-    warm_up = BackgroundWarmUp(client, environment)
+    full = profile == "workspace-full"
+    served = {
+        name: tools[name] if full else tools.get(CORE_VARIANT + name, tools[name]) for name in names
+    }
+    # Warm every guest shape the served tools can create: with a NIC too when a
+    # tool takes a network argument.
+    network = any(
+        {"network", "network_policy"} & set(inspect.signature(tool).parameters)
+        for tool in served.values()
+    )
+    warm_up = BackgroundWarmUp(client, environment, network=network)
     IdleSuspender(client).start()
     server = PyroMCPServer(
         "pyro",
@@ -136,9 +147,7 @@ def create_server(
             "you run touches the user's machine." + purpose
         ),
     )
-    full = profile == "workspace-full"
-    for name in names:
-        tool = tools[name] if full else tools.get(CORE_VARIANT + name, tools[name])
+    for name, tool in served.items():
         server.add_tool(tool, name=name, description=profiles.describe(name, mode))
     return server
 

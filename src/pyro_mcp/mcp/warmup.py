@@ -24,11 +24,16 @@ log = logging.getLogger("pyro.mcp.warmup")
 
 
 class BackgroundWarmUp:
-    """Starts at most one background prepare of ``environment``."""
+    """Starts at most one background prepare of ``environment``.
 
-    def __init__(self, pyro: Pyro, environment: str) -> None:
+    ``network``: the server's tools can create guests with a NIC (workspaces
+    with egress), so that variant is prepared too.
+    """
+
+    def __init__(self, pyro: Pyro, environment: str, *, network: bool = True) -> None:
         self.pyro = pyro
         self.environment = environment
+        self.network = network
         self.thread: threading.Thread | None = None
         self.outcome: str | None = None
         self._lock = threading.Lock()
@@ -47,17 +52,23 @@ class BackgroundWarmUp:
     def _run(self) -> None:
         try:
             loop = self.pyro.doctor(self.environment)["daily_loop"]
-            if loop["status"] == "warm":
+            cold = [("", loop)] if loop["status"] != "warm" else []
+            network = loop.get("network") or {"status": "cold", "reason": "not checked"}
+            if self.network and network["status"] != "warm":
+                cold.append((" with a NIC", network))
+            if not cold:
                 self.outcome = "already warm"
                 log.info("%s is warm: workspaces start from its snapshot", self.environment)
                 return
-            log.info(
-                "%s is %s (%s): preparing a warm snapshot in the background",
-                self.environment,
-                loop["status"],
-                loop["reason"],
-            )
-            result = self.pyro.prepare(self.environment)
+            for variant, state in cold:
+                log.info(
+                    "%s%s is %s (%s): preparing a warm snapshot in the background",
+                    self.environment,
+                    variant,
+                    state["status"],
+                    state["reason"],
+                )
+            result = self.pyro.prepare(self.environment, network=self.network)
             self.outcome = "prepared"
             log.info("%s is warm (prepared in %s s)", self.environment, result["seconds"])
         except PyroError as exc:
