@@ -119,6 +119,8 @@ def test_a_failed_build_installs_nothing_and_the_next_pull_says_why(
     assert status.problem is not None and "phase rootfs" in status.problem
     builds = cache.environments_dir / "debian-12-base" / "builds"
     assert list(builds.iterdir()) == []
+    log = cache.environments_dir / "debian-12-base" / "last-build.log"
+    assert f"Full log: {log}" in failed.stderr and log.is_file()
     # The next attempt says what happened before it starts over (and fails the same way).
     again = pyro_cli(broken, "env", "pull", "debian:12-base")
     assert "phase=cleanup the last build of debian:12-base did not finish" in again.stderr

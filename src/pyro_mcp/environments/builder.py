@@ -275,8 +275,12 @@ def build_rootfs(
     output: Path,
     debs_cache: Path,
     progress: Progress,
+    log: Path | None = None,
 ) -> dict[str, str]:
     """Debootstrap ``spec`` in ``work_dir`` and pack it into ``output``.
+
+    ``log`` receives debootstrap's whole output (default: in ``work_dir``);
+    keep it outside ``work_dir`` to read it after a failed build is removed.
 
     Returns:
         The installed packages and their versions.
@@ -300,7 +304,8 @@ def build_rootfs(
         str(root),
         mirror,
     ]
-    _run_with_progress(tools["debootstrap"], argv, progress, log=work_dir / "debootstrap.log")
+    log = log or work_dir / "debootstrap.log"
+    _run_with_progress(tools["debootstrap"], argv, progress, log=log)
 
     progress("phase=configure trimming docs and apt caches")
     packages = _installed_packages(root)

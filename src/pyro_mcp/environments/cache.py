@@ -207,7 +207,12 @@ class EnvironmentCache:
             kernel = builder.fetch_kernel(self.kernels_dir, tracked)
             shutil.copy2(kernel.vmlinuz, partial / "vmlinuz")
             packages = builder.build_rootfs(
-                spec, partial, partial / "rootfs.ext4", self.debs_dir, tracked
+                spec,
+                partial,
+                partial / "rootfs.ext4",
+                self.debs_dir,
+                tracked,
+                log=env_dir / BUILD_LOG,
             )
             tracked("phase=initramfs packing busybox, virtio modules and the agent")
             initrd = partial / f"initrd-{builder.guest_files_hash()}.img"
@@ -394,6 +399,7 @@ def _prune_initrds(build: Path) -> list[str]:
 
 
 FAILURE_FILE = "last-failure.json"
+BUILD_LOG = "last-build.log"  # debootstrap's output, kept after a failure
 
 
 def _record_failure(env_dir: Path, phase: str, exc: BaseException) -> None:
