@@ -239,8 +239,10 @@ def test_damaged_or_stale_snapshots_cold_boot_with_a_warning(private_pyro: Pyro)
 
 def _prepare_process(env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pyro_mcp.cli.main", "prepare", TEST_ENVIRONMENT, "--json"]
-        + ["--no-network", *flags],
+        [
+            *(sys.executable, "-m", "pyro_mcp.cli.main", "prepare", TEST_ENVIRONMENT),
+            *("--json", "--no-network", *flags),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
