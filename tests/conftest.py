@@ -124,3 +124,30 @@ def leaked_processes(state_dir: Path) -> list[str]:
         if marker in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z":
             leaked.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:200])
     return leaked
+
+
+GUEST_LOG_TAIL_BYTES = 6000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's guests are still there: put their console and supervisor
+    log tails into its report, before the fixtures delete them."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when not in ("setup", "call") or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    roots = {Path(funcargs["state_dir"])} if "state_dir" in funcargs else set()
+    for value in funcargs.values():
+        if isinstance(value, Pyro):
+            roots.add(value.paths.state_dir)
+    for root in sorted(roots):
+        for vm_dir in sorted((root / "vms").glob("*")):
+            for name in ("console.log", "supervisor.log", "qemu.log"):
+                path = vm_dir / name
+                if path.is_file() and path.stat().st_size:
+                    with path.open("rb") as handle:
+                        handle.seek(max(0, path.stat().st_size - GUEST_LOG_TAIL_BYTES))
+                        tail = handle.read().decode("utf-8", errors="replace")
+                    report.sections.append((f"{vm_dir.name} {name} (last lines)", tail))

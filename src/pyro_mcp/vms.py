@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, host_tools, names
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
 from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments.builder import Progress
@@ -273,7 +274,7 @@ class VmService:
         """After a failed suspend: does the guest still run (or did its VM die)?"""
         try:
             with SupervisorClient(files.control_socket) as client:
-                client.agent("ping", {}, 10)
+                guest.ping(client)
             return True
         except PyroError:
             if record.supervisor_pid is not None:
@@ -627,10 +628,10 @@ class VmService:
         files = self._files(vm_id)
         try:
             if client is not None:
-                reply = client.agent("exec", args, timeout=float(timeout_seconds))
+                reply = guest.exec_command(client, args, float(timeout_seconds))
             else:
                 with SupervisorClient(files.control_socket) as own:
-                    reply = own.agent("exec", args, timeout=float(timeout_seconds))
+                    reply = guest.exec_command(own, args, float(timeout_seconds))
         except VMError:
             # The VM died under the command: let its supervisor finish writing
             # why, so status shows `stopped` with the reason from now on.

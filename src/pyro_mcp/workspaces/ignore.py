@@ -24,6 +24,7 @@ from typing import Any
 import pathspec
 
 from pyro_mcp import host_tools
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentProtocolError, PyroError
 
@@ -161,7 +162,7 @@ def ignored_under(client: SupervisorClient, rules: IgnoreRules, top: str) -> lis
     for _ in range(MAX_WALK_LEVELS):
         if not frontier:
             return ignored
-        reply = client.agent("list_dirs", {"paths": frontier}, 300)
+        reply = guest.list_dirs(client, frontier)
         dirs = reply.get("dirs")
         if not isinstance(dirs, dict):
             raise AgentProtocolError("list_dirs reply has no dirs")

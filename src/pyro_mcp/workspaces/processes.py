@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyro_mcp import names
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.terminal import render_plain
@@ -34,9 +35,9 @@ SERVICE_STATES = frozenset({"starting", "ready", "failed", "exited", "stopped"})
 
 def parse_publish(spec: str) -> tuple[int | None, int]:
     """``[HOST_PORT:]GUEST_PORT`` as (host port or None, guest port)."""
-    host, _, guest = str(spec).rpartition(":")
+    host, _, guest_part = str(spec).rpartition(":")
     try:
-        guest_port = int(guest)
+        guest_port = int(guest_part)
         host_port = int(host) if host else None
     except ValueError:
         raise InvalidArgument(
@@ -131,7 +132,7 @@ class ServiceOps:
             }
         with self.ws._connect(workspace) as client:
             self.ws.check_writable(client, workspace)
-            status = _check_service(client.agent("service_start", args, ready_timeout_seconds + 30))
+            status = _check_service(guest.service_start(client, args, ready_timeout_seconds + 30))
             published: list[dict[str, Any]] = []
             if status["state"] == "ready":
                 try:
@@ -153,7 +154,7 @@ class ServiceOps:
                         )
                 except PyroError as exc:
                     self._release(client, workspace["workspace_id"], name)
-                    client.agent("service_stop", {"name": name}, 30)
+                    guest.service_stop(client, name, 30)
                     raise InvalidArgument(
                         "publish", f"could not publish the port on the host: {exc}"
                     ) from exc
@@ -165,7 +166,7 @@ class ServiceOps:
     def list(self, ref: str) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            reply = client.agent("service_list", {}, 30)
+            reply = guest.service_list(client)
         services = reply.get("services")
         if not isinstance(services, list) or len(services) > 64:
             raise AgentProtocolError("the guest sent a malformed service list")
@@ -178,7 +179,7 @@ class ServiceOps:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
             status = _check_service(
-                client.agent("service_status", {"name": names.check_name("service_name", name)}, 30)
+                guest.service_status(client, names.check_name("service_name", name))
             )
         return self.ws._done(workspace, self._with_ports(workspace, status))
 
@@ -195,7 +196,7 @@ class ServiceOps:
                 raise InvalidArgument("tail_lines", "must not be negative")
             args["tail_lines"] = tail_lines
         with self.ws._connect(workspace) as client:
-            reply = client.agent("service_logs", args, 30)
+            reply = guest.service_logs(client, args)
         redact = self.ws.redactor(workspace["workspace_id"])
         log = redact.redact_bytes(_decode(reply.get("log"), MAX_SERVICE_LOG))
         return self.ws._done(
@@ -211,7 +212,7 @@ class ServiceOps:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
             status = _check_service(
-                client.agent("service_stop", {"name": names.check_name("service_name", name)}, 60)
+                guest.service_stop(client, names.check_name("service_name", name))
             )
             self._release(client, workspace["workspace_id"], name)
         self.ws._journal(
@@ -223,7 +224,7 @@ class ServiceOps:
         """Running and total services, for status; zero when the VM is not running."""
         try:
             with self.ws.vms.connect(workspace["vm_id"], "") as client:
-                services = client.agent("service_list", {}, 10).get("services") or []
+                services = guest.service_list(client, 10).get("services") or []
         except PyroError:
             return {"running": 0, "total": 0}
         running = sum(
@@ -276,17 +277,13 @@ class ShellOps:
             "secret_env": self.ws.secret_env(workspace, secret_env, "shell"),
         }
         with self.ws._connect(workspace) as client:
-            reply = client.agent("shell_open", args, 30)
+            reply = guest.shell_open(client, args)
         return self.ws._done(workspace, _check_shell(reply))
 
     def write(self, ref: str, shell_id: str, text: str, *, newline: bool = True) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            reply = client.agent(
-                "shell_write",
-                {"shell_id": _shell_id(shell_id), "input": text, "newline": newline},
-                30,
-            )
+            reply = guest.shell_write(client, _shell_id(shell_id), text, newline=newline)
         return self.ws._done(workspace, {"shell_id": shell_id, "bytes": int(reply.get("bytes", 0))})
 
     def read(
@@ -314,7 +311,7 @@ class ShellOps:
             "max_wait_ms": max_wait_ms,
         }
         with self.ws._connect(workspace) as client:
-            reply = client.agent("shell_read", args, max_wait_ms / 1000 + 30)
+            reply = guest.shell_read(client, args, max_wait_ms / 1000 + 30)
         data = _decode(reply.get("output"), MAX_SHELL_READ)
         numbers = {}
         for field in ("cursor", "next_cursor", "missed_bytes"):
@@ -352,19 +349,19 @@ class ShellOps:
             raise InvalidArgument("signal", f"must be one of {', '.join(SIGNALS)}")
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            client.agent("shell_signal", {"shell_id": _shell_id(shell_id), "signal": name}, 30)
+            guest.shell_signal(client, _shell_id(shell_id), name)
         return self.ws._done(workspace, {"shell_id": shell_id, "signal": name})
 
     def close(self, ref: str, shell_id: str) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            client.agent("shell_close", {"shell_id": _shell_id(shell_id)}, 30)
+            guest.shell_close(client, _shell_id(shell_id))
         return self.ws._done(workspace, {"shell_id": shell_id, "closed": True})
 
     def list(self, ref: str) -> dict[str, Any]:
         workspace = self.ws._find(ref)
         with self.ws._connect(workspace) as client:
-            shells = client.agent("shell_list", {}, 30).get("shells")
+            shells = guest.shell_list(client).get("shells")
         if not isinstance(shells, list) or len(shells) > 64:
             raise AgentProtocolError("the guest sent a malformed shell list")
         return self.ws._done(workspace, {"shells": [_check_shell(s) for s in shells]})

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyro_mcp import config, host_tools, names
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import (
@@ -410,7 +411,7 @@ class WorkspaceService:
                     # The command may have deleted files: hand their blocks back to
                     # the host now, whatever the guest's discards did on a full disk.
                     with contextlib.suppress(PyroError):
-                        client.agent("trim", {}, 120)
+                        guest.trim(client)
         finally:
             workspace = self._touch(workspace)
         redact = self.redactor(workspace["workspace_id"])
@@ -443,7 +444,7 @@ class WorkspaceService:
     def file_list(self, ref: str, path: str = ".", *, recursive: bool = False) -> dict[str, Any]:
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         with self._connect(workspace) as client:
-            reply = client.agent("file_list", {"path": guest_path, "recursive": recursive}, 60)
+            reply = guest.file_list(client, guest_path, recursive=recursive)
         return self._done(workspace, {**files.check_listing(reply)})
 
     def file_read(
@@ -453,7 +454,7 @@ class WorkspaceService:
             raise InvalidArgument("max_bytes", f"must be from 1 to {files.MAX_READ_BYTES}")
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         with self._connect(workspace) as client:
-            reply = client.agent("file_read", {"path": guest_path, "max_bytes": max_bytes}, 60)
+            reply = guest.file_read(client, guest_path, max_bytes)
         return self._done(workspace, {**files.check_read(reply, max_bytes)})
 
     def file_write(self, ref: str, path: str, content: str | bytes) -> dict[str, Any]:
@@ -466,7 +467,7 @@ class WorkspaceService:
         encoded = base64.b64encode(data).decode("ascii")
         with self._connect(workspace) as client:
             self.check_writable(client, workspace)
-            client.agent("file_write", {"path": guest_path, "content": encoded}, 60)
+            guest.file_write(client, guest_path, encoded)
         relative = _relative(guest_path)
         self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
         return self._done(workspace, {"path": relative, "bytes": len(data)})
@@ -493,7 +494,7 @@ class WorkspaceService:
                     writes.append({"path": guest_path, "content": encoded})
                     status = "added" if file_patch.old_path is None else "modified"
                     summary.append({"path": relative, "status": status})
-            client.agent("files_apply", {"writes": writes, "deletes": deletes}, 120)
+            guest.files_apply(client, writes, deletes)
         self._journal(workspace, "patch", {"files": summary})
         return self._done(workspace, {"applied": True, "files": summary})
 
@@ -513,7 +514,7 @@ class WorkspaceService:
         with self._connect(workspace) as client:
             left_out = self._ignored(client, workspace, ".", include_ignored)
             args = {"exclude": left_out, "git_binary": format == "patch"}
-            reply = client.agent("diff", args, 300)
+            reply = guest.diff(client, args)
         result = files.check_diff(reply)
         return self._done(workspace, {**result, "format": format, "ignored_count": len(left_out)})
 
@@ -994,13 +995,13 @@ class WorkspaceService:
         command may only read, or may free space).
         """
         try:
-            reply = client.agent("workspace_check", {}, 60)
+            reply = guest.workspace_check(client)
             if reply.get("state") == "read_only" and config.release_reserve(
                 self.vms.paths.state_dir
             ):
                 # Mounting it again needs room on the host: give back pyro's reserve.
                 log.warning("released pyro's space reserve to mount /workspace again")
-                reply = client.agent("workspace_check", {}, 60)
+                reply = guest.workspace_check(client)
         except AgentError as exc:
             if "unknown operation" in str(exc):
                 return None  # a guest started by an older pyro
@@ -1027,7 +1028,7 @@ class WorkspaceService:
 
     def _read_text(self, client: SupervisorClient, guest_path: str) -> str:
         reply = files.check_read(
-            client.agent("file_read", {"path": guest_path, "max_bytes": files.MAX_READ_BYTES}, 60),
+            guest.file_read(client, guest_path, files.MAX_READ_BYTES),
             files.MAX_READ_BYTES,
         )
         if reply["binary"] or reply["truncated"]:
@@ -1039,7 +1040,7 @@ class WorkspaceService:
     def _exists(self, client: SupervisorClient, guest_path: str) -> bool:
         parent = str(PurePosixPath(guest_path).parent)
         with contextlib.suppress(InvalidArgument):
-            listing = client.agent("file_list", {"path": parent}, 60)
+            listing = guest.file_list(client, parent)
             return any(e.get("path") == _relative(guest_path) for e in listing.get("entries", []))
         return False
 
@@ -1125,7 +1126,7 @@ class WorkspaceService:
                 name: base64.b64encode(value).decode("ascii") for name, value in values.items()
             }
             with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
-                client.agent("secrets_put", {"secrets": encoded}, 60)
+                guest.secrets_put(client, encoded)
         vm = self.vms.status_vm(workspace["vm_id"])
         if not vm.network:
             return
@@ -1137,7 +1138,7 @@ class WorkspaceService:
                     "npm_registry": index.npm_registry,
                     "env": index.env,
                 }
-                client.agent("package_index", args, 60)
+                guest.package_index(client, args)
         if not workspace.get("host_ca", 1):
             return
         bundle = ca_trust.host_ca_bundle()
@@ -1145,7 +1146,7 @@ class WorkspaceService:
             log.warning("no CA bundle found on the host; guest TLS uses its own CAs only")
             return
         with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
-            client.agent("trust_ca", {"bundle": base64.b64encode(bundle).decode("ascii")}, 60)
+            guest.trust_ca(client, base64.b64encode(bundle).decode("ascii"))
 
 
 def _relative(guest_path: str) -> str:

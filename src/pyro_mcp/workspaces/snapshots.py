@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_mcp import names
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
 from pyro_mcp.vm import disks
@@ -66,7 +67,7 @@ class SnapshotOps:
         try:
             if vm.state.value == "running":
                 with self.ws.vms.connect(workspace["vm_id"], "") as client:
-                    client.agent("freeze", {"freeze": True}, 60)
+                    guest.freeze(client, True)
                     try:
                         client.call("pause", timeout=30)
                         try:
@@ -74,7 +75,7 @@ class SnapshotOps:
                         finally:
                             client.call("resume", timeout=30)
                     finally:
-                        client.agent("freeze", {"freeze": False}, 60)
+                        guest.freeze(client, False)
             else:
                 shutil.copyfile(source, partial)  # a stopped VM's disk is already consistent
             disks.pin_backing(partial, source.parent)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument
 from pyro_mcp.workspaces.seed import SeedInfo, stage_seed
@@ -42,16 +43,16 @@ def push_tree(client: SupervisorClient, source: Path, dest: str) -> tuple[SeedIn
         with tarfile.open(archive, "w") as tar:
             for child in sorted(staging.iterdir()):
                 tar.add(child, arcname=child.name)
-        remote = str(client.agent("staging_create", {}, 30)["staging"])
+        remote = str(guest.staging_create(client)["staging"])
         try:
             with archive.open("rb") as handle:
                 while chunk := handle.read(CHUNK_BYTES):
                     data = base64.b64encode(chunk).decode("ascii")
-                    client.agent("chunk_write", {"staging": remote, "data": data}, TRANSFER_TIMEOUT)
-            unpacked = client.agent("unpack", {"staging": remote, "dest": dest}, TRANSFER_TIMEOUT)
+                    guest.chunk_write(client, remote, data, TRANSFER_TIMEOUT)
+            unpacked = guest.unpack(client, remote, dest, TRANSFER_TIMEOUT)
         finally:
             with contextlib.suppress(Exception):
-                client.agent("staging_remove", {"staging": remote}, 30)
+                guest.staging_remove(client, remote)
     return info, unpacked
 
 
@@ -62,7 +63,7 @@ def fetch_tree(
 
     ``exclude`` names paths relative to /workspace left out with all below them.
     """
-    packed = client.agent("pack", {"path": path, "exclude": list(exclude)}, TRANSFER_TIMEOUT)
+    packed = guest.pack(client, path, exclude, TRANSFER_TIMEOUT)
     remote, kind = packed.get("staging"), packed.get("kind")
     if not isinstance(remote, str) or kind not in ("file", "directory"):
         raise AgentProtocolError("the guest answered pack without a staging file and kind")
@@ -71,11 +72,7 @@ def fetch_tree(
     try:
         with archive.open("wb") as handle:
             while True:
-                reply = client.agent(
-                    "chunk_read",
-                    {"staging": remote, "offset": received, "length": CHUNK_BYTES},
-                    TRANSFER_TIMEOUT,
-                )
+                reply = guest.chunk_read(client, remote, received, CHUNK_BYTES, TRANSFER_TIMEOUT)
                 try:
                     data = base64.b64decode(str(reply.get("data", "")), validate=True)
                 except (binascii.Error, ValueError) as exc:
@@ -92,7 +89,7 @@ def fetch_tree(
                 handle.write(data)
     finally:
         with contextlib.suppress(Exception):
-            client.agent("staging_remove", {"staging": remote}, 30)
+            guest.staging_remove(client, remote)
     return archive, str(kind)
 
 

@@ -1,0 +1,179 @@
+"""The guest agent's operations, one function each: the only place an op is named.
+
+Each function sends one request through a ``SupervisorClient`` (which adds
+request ids, timeouts and error mapping) and returns the guest's reply. The
+reply is untrusted: callers pass it through the checks of their domain
+(``workspaces.files.check_read``, ``vm.exec.parse_exec_result``, ...), which
+turn anything malformed into an ``AgentProtocolError``. A new guest operation is
+one function here and one handler in the guest program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+Reply = dict[str, Any]
+
+
+class Client(Protocol):
+    def agent(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]: ...
+
+
+# ----------------------------------------------------------- liveness, disks
+
+
+def ping(client: Client, timeout: float = 10) -> Reply:
+    return client.agent("ping", {}, timeout)
+
+
+def workspace_check(client: Client) -> Reply:
+    """Is /workspace writable? The guest mounts it again after write errors."""
+    return client.agent("workspace_check", {}, 60)
+
+
+def trim(client: Client) -> Reply:
+    """Hand freed blocks of /workspace back to the host (fstrim)."""
+    return client.agent("trim", {}, 120)
+
+
+def freeze(client: Client, frozen: bool) -> Reply:
+    """Freeze (or thaw) /workspace, for a consistent copy of its disk."""
+    return client.agent("freeze", {"freeze": frozen}, 60)
+
+
+# --------------------------------------------------------------- commands
+
+
+def exec_command(client: Client, args: Mapping[str, Any], timeout: float) -> Reply:
+    """Run a command: ``argv`` or ``shell``, ``cwd``, ``env``, ``secret_env``, limits."""
+    return client.agent("exec", dict(args), timeout)
+
+
+# ------------------------------------------------------------------ files
+
+
+def file_list(client: Client, path: str, *, recursive: bool = False) -> Reply:
+    return client.agent("file_list", {"path": path, "recursive": recursive}, 60)
+
+
+def file_read(client: Client, path: str, max_bytes: int) -> Reply:
+    return client.agent("file_read", {"path": path, "max_bytes": max_bytes}, 60)
+
+
+def file_write(client: Client, path: str, content_base64: str) -> Reply:
+    return client.agent("file_write", {"path": path, "content": content_base64}, 60)
+
+
+def files_apply(client: Client, writes: Sequence[Any], deletes: Sequence[str]) -> Reply:
+    """Write and delete several files at once (a patch, checked beforehand)."""
+    return client.agent("files_apply", {"writes": list(writes), "deletes": list(deletes)}, 120)
+
+
+def diff(client: Client, args: Mapping[str, Any]) -> Reply:
+    """/workspace against its baseline: changes, and optionally a patch."""
+    return client.agent("diff", dict(args), 300)
+
+
+def list_dirs(client: Client, paths: Sequence[str]) -> Reply:
+    """One level of entries of each directory (for walking ignore rules)."""
+    return client.agent("list_dirs", {"paths": list(paths)}, 300)
+
+
+# -------------------------------------------------------------- transfers
+
+
+def staging_create(client: Client) -> Reply:
+    return client.agent("staging_create", {}, 30)
+
+
+def chunk_write(client: Client, staging: str, data_base64: str, timeout: float) -> Reply:
+    return client.agent("chunk_write", {"staging": staging, "data": data_base64}, timeout)
+
+
+def chunk_read(client: Client, staging: str, offset: int, length: int, timeout: float) -> Reply:
+    args = {"staging": staging, "offset": offset, "length": length}
+    return client.agent("chunk_read", args, timeout)
+
+
+def unpack(client: Client, staging: str, dest: str, timeout: float) -> Reply:
+    return client.agent("unpack", {"staging": staging, "dest": dest}, timeout)
+
+
+def pack(client: Client, path: str, exclude: Sequence[str], timeout: float) -> Reply:
+    return client.agent("pack", {"path": path, "exclude": list(exclude)}, timeout)
+
+
+def staging_remove(client: Client, staging: str) -> Reply:
+    return client.agent("staging_remove", {"staging": staging}, 30)
+
+
+# ---------------------------------------------------------------- per boot
+
+
+def secrets_put(client: Client, secrets_base64: Mapping[str, str]) -> Reply:
+    """Materialize secrets under /run/pyro-secrets (tmpfs)."""
+    return client.agent("secrets_put", {"secrets": dict(secrets_base64)}, 60)
+
+
+def package_index(client: Client, args: Mapping[str, Any]) -> Reply:
+    """The host's package index settings for the guest's pip and npm."""
+    return client.agent("package_index", dict(args), 60)
+
+
+def trust_ca(client: Client, bundle_base64: str) -> Reply:
+    return client.agent("trust_ca", {"bundle": bundle_base64}, 60)
+
+
+# ---------------------------------------------------------------- services
+
+
+def service_start(client: Client, args: Mapping[str, Any], timeout: float) -> Reply:
+    return client.agent("service_start", dict(args), timeout)
+
+
+def service_stop(client: Client, name: str, timeout: float = 60) -> Reply:
+    return client.agent("service_stop", {"name": name}, timeout)
+
+
+def service_status(client: Client, name: str) -> Reply:
+    return client.agent("service_status", {"name": name}, 30)
+
+
+def service_logs(client: Client, args: Mapping[str, Any]) -> Reply:
+    return client.agent("service_logs", dict(args), 30)
+
+
+def service_list(client: Client, timeout: float = 30) -> Reply:
+    return client.agent("service_list", {}, timeout)
+
+
+# ------------------------------------------------------------------ shells
+
+
+def shell_open(client: Client, args: Mapping[str, Any]) -> Reply:
+    return client.agent("shell_open", dict(args), 30)
+
+
+def shell_write(client: Client, shell_id: str, text: str, *, newline: bool) -> Reply:
+    return client.agent(
+        "shell_write", {"shell_id": shell_id, "input": text, "newline": newline}, 30
+    )
+
+
+def shell_read(client: Client, args: Mapping[str, Any], timeout: float) -> Reply:
+    return client.agent("shell_read", dict(args), timeout)
+
+
+def shell_signal(client: Client, shell_id: str, signal: str) -> Reply:
+    return client.agent("shell_signal", {"shell_id": shell_id, "signal": signal}, 30)
+
+
+def shell_close(client: Client, shell_id: str) -> Reply:
+    return client.agent("shell_close", {"shell_id": shell_id}, 30)
+
+
+def shell_list(client: Client) -> Reply:
+    return client.agent("shell_list", {}, 30)
