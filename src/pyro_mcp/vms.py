@@ -618,37 +618,30 @@ class VmService:
 
         ``secret_env`` maps variables to secret names materialized in the guest.
         """
-        args = _exec_args(command, timeout_seconds, env, cwd)
-        if secret_env:
-            args["secret_env"] = dict(secret_env)
+        args = exec_args(command, timeout_seconds, env, cwd, secret_env)
+        if client is not None:  # connected, so it was running: no second reconcile
+            return exec_result(self.exec_reply(vm_id, client, args))
         record = self.status_vm(vm_id)
         require_state(
             vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`."
         )
-        files = self._files(vm_id)
+        with SupervisorClient(self._files(vm_id).control_socket) as own:
+            return exec_result(self.exec_reply(vm_id, own, args))
+
+    def exec_reply(
+        self, vm_id: str, client: SupervisorClient, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One exec request (``exec_args``) on a connected VM: the guest's reply, unchecked."""
         try:
-            if client is not None:
-                reply = guest.exec_command(client, args, float(timeout_seconds))
-            else:
-                with SupervisorClient(files.control_socket) as own:
-                    reply = guest.exec_command(own, args, float(timeout_seconds))
+            return guest.exec_command(client, args, float(args["timeout_seconds"]))
         except VMError:
             # The VM died under the command: let its supervisor finish writing
             # why, so status shows `stopped` with the reason from now on.
+            record = self._get(vm_id)
             if record.supervisor_pid is not None:
                 backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
             self._reconcile(self._get(vm_id))
             raise
-        output = parse_exec_result(reply, config.MAX_OUTPUT_BYTES)
-        return ExecResult(
-            exit_code=output.exit_code,
-            stdout=output.stdout.decode("utf-8", errors="replace"),
-            stderr=output.stderr.decode("utf-8", errors="replace"),
-            timed_out=output.timed_out,
-            stdout_truncated=output.stdout_truncated,
-            stderr_truncated=output.stderr_truncated,
-            duration_ms=output.duration_ms,
-        )
 
     def connect(self, vm_id: str, fix: str) -> SupervisorClient:
         """A client of the running VM; ``StateError`` (with ``fix``) when it is not running."""
@@ -759,7 +752,7 @@ class VmService:
         The VM is bound to this process: if it dies, the VM stops and its
         disk is removed by the supervisor.
         """
-        _exec_args(command, timeout_seconds, env, None)
+        exec_args(command, timeout_seconds, env, None)
         if ttl_seconds is not None and (
             isinstance(ttl_seconds, bool) or not timeout_seconds < ttl_seconds <= 86400
         ):
@@ -1025,12 +1018,28 @@ def _check_range(field: str, value: int, low: int, high: int) -> None:
         raise InvalidArgument(field, f"must be a whole number from {low} to {high}, not {value!r}")
 
 
-def _exec_args(
+def exec_result(reply: dict[str, Any]) -> ExecResult:
+    """A guest's exec reply, checked and bounded (``AgentProtocolError`` otherwise)."""
+    output = parse_exec_result(reply, config.MAX_OUTPUT_BYTES)
+    return ExecResult(
+        exit_code=output.exit_code,
+        stdout=output.stdout.decode("utf-8", errors="replace"),
+        stderr=output.stderr.decode("utf-8", errors="replace"),
+        timed_out=output.timed_out,
+        stdout_truncated=output.stdout_truncated,
+        stderr_truncated=output.stderr_truncated,
+        duration_ms=output.duration_ms,
+    )
+
+
+def exec_args(
     command: str | Sequence[str],
     timeout_seconds: float,
     env: dict[str, str] | None,
     cwd: str | None,
+    secret_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The guest's exec arguments, checked (``InvalidArgument`` naming the field)."""
     args: dict[str, Any] = {
         "max_output_bytes": config.MAX_OUTPUT_BYTES,
     }
@@ -1057,6 +1066,8 @@ def _exec_args(
         args["env"] = dict(env)
     if cwd is not None:
         args["cwd"] = cwd
+    if secret_env:
+        args["secret_env"] = dict(secret_env)
     return args
 
 

@@ -45,6 +45,11 @@ def freeze(client: Client, frozen: bool) -> Reply:
 
 
 # --------------------------------------------------------------- commands
+#
+# Any request may carry ``check_workspace: true``: the guest checks that
+# /workspace takes writes (as ``workspace_check``) first, in the same round
+# trip, and answers its outcome as ``workspace``; if /workspace stays
+# read-only the request is not carried out and the reply is ``ran: false``.
 
 
 def exec_command(client: Client, args: Mapping[str, Any], timeout: float) -> Reply:
@@ -63,13 +68,19 @@ def file_read(client: Client, path: str, max_bytes: int) -> Reply:
     return client.agent("file_read", {"path": path, "max_bytes": max_bytes}, 60)
 
 
-def file_write(client: Client, path: str, content_base64: str) -> Reply:
-    return client.agent("file_write", {"path": path, "content": content_base64}, 60)
+def file_write(
+    client: Client, path: str, content_base64: str, *, check_workspace: bool = False
+) -> Reply:
+    args = {"path": path, "content": content_base64, "check_workspace": check_workspace}
+    return client.agent("file_write", args, 60)
 
 
-def files_apply(client: Client, writes: Sequence[Any], deletes: Sequence[str]) -> Reply:
+def files_apply(
+    client: Client, writes: Sequence[Any], deletes: Sequence[str], *, check_workspace: bool = False
+) -> Reply:
     """Write and delete several files at once (a patch, checked beforehand)."""
-    return client.agent("files_apply", {"writes": list(writes), "deletes": list(deletes)}, 120)
+    args = {"writes": list(writes), "deletes": list(deletes), "check_workspace": check_workspace}
+    return client.agent("files_apply", args, 120)
 
 
 def diff(client: Client, args: Mapping[str, Any]) -> Reply:

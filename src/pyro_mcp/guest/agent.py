@@ -109,7 +109,7 @@ class Agent:
             args = message.get("args") or {}
             if not isinstance(args, dict):
                 raise RequestError("bad_args", "args must be an object")
-            result = handler(args)
+            result = _with_workspace_check(handler, args)
             reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
         except RequestError as exc:
             reply = {
@@ -125,6 +125,21 @@ class Agent:
             }
         with contextlib.suppress(OSError):
             self.send(reply)
+
+
+def _with_workspace_check(
+    handler: Callable[[dict[str, Any]], dict[str, Any]], args: dict[str, Any]
+) -> dict[str, Any]:
+    """``check_workspace`` on any request: the /workspace check comes first, in
+    the same round trip, and its outcome is the reply's ``workspace``; a
+    /workspace that stays read-only is answered ``ran: false``, the request
+    itself not carried out."""
+    if not args.get("check_workspace"):
+        return handler(args)
+    checked = op_workspace_check({})
+    if checked["state"] == "read_only":
+        return {"ran": False, "workspace": checked}
+    return {**handler(args), "workspace": checked}
 
 
 # ---------------------------------------------------------------- operations

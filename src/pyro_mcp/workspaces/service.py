@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,7 +38,7 @@ from pyro_mcp.errors import (
     VMError,
 )
 from pyro_mcp.vm import disks
-from pyro_mcp.vms import VmService, describe_command
+from pyro_mcp.vms import VmService, describe_command, exec_args, exec_result
 from pyro_mcp.workspaces import (
     ca_trust,
     disk,
@@ -390,23 +390,30 @@ class WorkspaceService:
         env: dict[str, str] | None = None,
         secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Run a command in ``/workspace`` (or ``cwd`` under it); journal it."""
-        workspace = self._touch(self._find(ref))
-        secret_vars = self.secret_env(workspace, secret_env)
+        """Run a command in ``/workspace`` (or ``cwd`` under it); journal it.
+
+        One workspace read, one VM reconcile, one guest round trip (the
+        /workspace check rides along with the command), one journal write.
+        """
+        workspace = self._find(ref)
+        secrets = self._secrets(workspace)
+        secret_vars = self.secret_env(workspace, secret_env, known=secrets)
         guest_cwd = str(resolve_workspace_path(cwd or "."))
+        args = exec_args(command, timeout_seconds, env, guest_cwd, secret_vars)
         started = time.time()
         try:
-            with self._connect(workspace) as client:
-                repaired = self.check_writable(client, workspace, strict=False)
-                result = self.vms.exec_vm(
-                    workspace["vm_id"],
-                    command,
-                    timeout_seconds=timeout_seconds,
-                    env=env,
-                    cwd=guest_cwd,
-                    secret_env=secret_vars,
-                    client=client,
+            # Touched when the command ends, not before: a long command must not
+            # leave the workspace looking idle the moment it finishes.
+            with self._connect(workspace, touch=False) as client:
+                reply, repaired = self.checked_write(
+                    client,
+                    workspace,
+                    lambda check: self.vms.exec_reply(
+                        workspace["vm_id"], client, {**args, "check_workspace": check}
+                    ),
+                    strict=False,
                 )
+                result = exec_result(reply)
                 if config.space_is_low(self.vms.paths.state_dir):
                     # The command may have deleted files: hand their blocks back to
                     # the host now, whatever the guest's discards did on a full disk.
@@ -414,7 +421,7 @@ class WorkspaceService:
                         guest.trim(client)
         finally:
             workspace = self._touch(workspace)
-        redact = self.redactor(workspace["workspace_id"])
+        redact = secret_store.Redactor(secrets)
         data = result.to_dict()
         data["stdout"], data["stderr"] = (
             redact.redact_text(data["stdout"]),
@@ -466,8 +473,11 @@ class WorkspaceService:
         workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
         encoded = base64.b64encode(data).decode("ascii")
         with self._connect(workspace) as client:
-            self.check_writable(client, workspace)
-            guest.file_write(client, guest_path, encoded)
+            self.checked_write(
+                client,
+                workspace,
+                lambda check: guest.file_write(client, guest_path, encoded, check_workspace=check),
+            )
         relative = _relative(guest_path)
         self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
         return self._done(workspace, {"path": relative, "bytes": len(data)})
@@ -478,7 +488,6 @@ class WorkspaceService:
         workspace = self._find(ref)
         writes, deletes, summary = [], [], []
         with self._connect(workspace) as client:
-            self.check_writable(client, workspace)
             for file_patch in file_patches:
                 guest_path = str(resolve_workspace_path(file_patch.path))
                 original = self._read_text(client, guest_path) if file_patch.old_path else None
@@ -494,7 +503,11 @@ class WorkspaceService:
                     writes.append({"path": guest_path, "content": encoded})
                     status = "added" if file_patch.old_path is None else "modified"
                     summary.append({"path": relative, "status": status})
-            guest.files_apply(client, writes, deletes)
+            self.checked_write(
+                client,
+                workspace,
+                lambda check: guest.files_apply(client, writes, deletes, check_workspace=check),
+            )
         self._journal(workspace, "patch", {"files": summary})
         return self._done(workspace, {"applied": True, "files": summary})
 
@@ -974,9 +987,10 @@ class WorkspaceService:
                 ):
                     shutil.rmtree(folder, ignore_errors=True)
 
-    def _connect(self, workspace: dict[str, Any]) -> SupervisorClient:
+    def _connect(self, workspace: dict[str, Any], *, touch: bool = True) -> SupervisorClient:
         """A connection to the workspace's running VM; a suspended one is resumed first."""
-        self._touch(workspace)
+        if touch:
+            self._touch(workspace)
         ref = workspace["name"] or workspace["workspace_id"]
         with self.vms.lifecycle_lock(workspace["vm_id"]):  # waits out a suspend or resume
             suspended = self.vms.suspended(workspace["vm_id"]) is not None
@@ -1006,6 +1020,36 @@ class WorkspaceService:
             if "unknown operation" in str(exc):
                 return None  # a guest started by an older pyro
             raise
+        return self._judge_check(reply, workspace, strict=strict)
+
+    def checked_write(
+        self,
+        client: SupervisorClient,
+        workspace: dict[str, Any],
+        send: Callable[[bool], dict[str, Any]],
+        *,
+        strict: bool = True,
+    ) -> tuple[dict[str, Any], str | None]:
+        """A request that writes, with the /workspace check in the same round trip.
+
+        ``send(check)`` makes the request, asking the guest to check /workspace
+        first when ``check``. If it stayed read-only the request was not carried
+        out: pyro's space reserve is given back (``check_writable``) and it is
+        sent once more. Returns the reply and ``check_writable``'s warning.
+        """
+        reply = send(True)
+        if reply.get("ran") is False:
+            warning = self.check_writable(client, workspace, strict=strict)
+            return send(False), warning
+        checked = reply.get("workspace")
+        if not isinstance(checked, dict):
+            return reply, None  # a guest started by an older pyro: it checked nothing
+        return reply, self._judge_check(checked, workspace, strict=strict)
+
+    def _judge_check(
+        self, reply: dict[str, Any], workspace: dict[str, Any], *, strict: bool
+    ) -> str | None:
+        """What a guest's /workspace check means: nothing, a warning, or (strict) an error."""
         state, message = reply.get("state"), str(reply.get("message", ""))[:500]
         if state == "ok":
             config.keep_reserve(self.vms.paths.state_dir)
@@ -1067,16 +1111,24 @@ class WorkspaceService:
             secret_store.load(self.root / workspace["workspace_id"] / "secrets")
         )
 
+    def _secrets(self, workspace: dict[str, Any]) -> dict[str, bytes]:
+        return secret_store.load(self.root / workspace["workspace_id"] / "secrets")
+
     def secret_env(
-        self, workspace: dict[str, Any], specs: Sequence[str], used_by: str = "exec"
+        self,
+        workspace: dict[str, Any],
+        specs: Sequence[str],
+        used_by: str = "exec",
+        *,
+        known: dict[str, bytes] | None = None,
     ) -> dict[str, str]:
         """``NAME[:ENV_VAR]`` specs checked against the workspace's secrets.
 
         Each use is journalled by name (never value): a host crossing the
         summary shows.
         """
-        known = sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets"))
-        mapping = secret_store.parse_secret_env(specs, known)
+        values = known if known is not None else self._secrets(workspace)
+        mapping = secret_store.parse_secret_env(specs, sorted(values))
         if mapping:
             self._journal(
                 workspace, "secret_use", {"names": sorted(set(mapping.values())), "by": used_by}
