@@ -27,7 +27,7 @@ from pyro_mcp.errors import (
 if TYPE_CHECKING:
     from pyro_mcp.sdk import Pyro, create_server
 
-__version__ = "0.1.0"
+from pyro_mcp.version import __version__
 
 __all__ = [
     "AgentError",

@@ -91,3 +91,17 @@ class FrameDecoder:
         if count:
             del self._buffer[:count]
             self.skipped_bytes += count
+
+
+# The package index variables the host hands a guest with egress (its pip, uv
+# and npm settings); the guest writes nothing else it is sent.
+PACKAGE_VARIABLES = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "NPM_CONFIG_REGISTRY",
+)

@@ -11,9 +11,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pyro_mcp import __version__
 from pyro_mcp.cli import doctor, env, host, mcp, prepare, run, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
+from pyro_mcp.version import __version__
 
 EPILOG = """\
 examples:

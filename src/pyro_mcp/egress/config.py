@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp.egress import relay
+from pyro_mcp.egress import EGRESS_GUEST_ADDRESS, EGRESS_GUEST_PORT, relay
 from pyro_mcp.egress.policy import EgressPolicy
 from pyro_mcp.egress.tls import CaFiles
-from pyro_mcp.vm.qemu import EGRESS_GUEST_ADDRESS, EGRESS_GUEST_PORT
 
 EGRESS_FILE = "egress.json"
 EGRESS_SOCKET = "egress.sock"

@@ -449,18 +449,6 @@ def op_egress(args: dict[str, Any]) -> dict[str, Any]:
     return {"proxy": proxy, "trusted": trusted}
 
 
-PACKAGE_VARIABLES = (
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_INDEX",
-    "NPM_CONFIG_REGISTRY",
-)
-
-
 def op_package_index(args: dict[str, Any]) -> dict[str, Any]:
     """Use the host's package index settings: pip.conf, npm's registry, index variables."""
     written = []
@@ -476,9 +464,9 @@ def op_package_index(args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(env, dict):
         raise RequestError("bad_args", "env must map names to strings")
     for name, value in env.items():
-        if name in PACKAGE_VARIABLES and isinstance(value, str) and "\n" not in value:
+        if name in protocol.PACKAGE_VARIABLES and isinstance(value, str) and "\n" not in value:
             BASE_ENV[name] = value
-    return {"written": written, "env": sorted(n for n in env if n in PACKAGE_VARIABLES)}
+    return {"written": written, "env": sorted(n for n in env if n in protocol.PACKAGE_VARIABLES)}
 
 
 # linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)

@@ -48,7 +48,7 @@ def cache_key(flags: list[Any]) -> str:
     """
     from importlib import metadata
 
-    from pyro_mcp import __version__
+    from pyro_mcp.version import __version__
 
     digest = hashlib.sha256()
     digest.update(f"{CACHE_FORMAT}|{__version__}|{metadata.version('mcp')}".encode())
@@ -315,7 +315,7 @@ def configure_logging(log_file: Path | None, verbose: bool, serving: str) -> Non
     """
     import logging
 
-    from pyro_mcp import __version__
+    from pyro_mcp.version import __version__
 
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)

@@ -22,7 +22,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ValidationError
 
-from pyro_mcp import __version__, config
+from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.mcp import errors as model_errors
 from pyro_mcp.mcp import profiles, tools_files, tools_processes, tools_vms, tools_workspaces
@@ -31,6 +31,7 @@ from pyro_mcp.mcp.host_paths import HostPathPolicy
 from pyro_mcp.mcp.tooling import CORE_VARIANT, ToolContext
 from pyro_mcp.mcp.warmup import BackgroundWarmUp, WarmUpAfterHandshake
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.version import __version__
 from pyro_mcp.workspaces.project_source import ProjectSource
 
 log = logging.getLogger("pyro.mcp")

@@ -12,11 +12,8 @@ from pathlib import Path
 
 from pyro_mcp import host_tools
 from pyro_mcp.agent.protocol import AGENT_PORT_NAME
+from pyro_mcp.egress import EGRESS_GUEST_ADDRESS, EGRESS_GUEST_PORT
 from pyro_mcp.errors import HostSetupError
-
-# Where the guest finds the egress proxy (QEMU forwards it to the supervisor).
-EGRESS_GUEST_ADDRESS = "10.0.2.100"
-EGRESS_GUEST_PORT = 3128
 
 
 @dataclass(frozen=True)

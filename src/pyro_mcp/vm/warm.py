@@ -110,7 +110,7 @@ def make_key(
     mem_mib: int,
     network: bool,
 ) -> WarmKey:
-    from pyro_mcp import __version__  # the package imports this module while loading
+    from pyro_mcp.version import __version__
 
     return WarmKey(
         environment=installed.name,

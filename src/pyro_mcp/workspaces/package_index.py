@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyro_mcp import host_tools
+from pyro_mcp.agent.protocol import PACKAGE_VARIABLES
 from pyro_mcp.errors import PyroError
-from pyro_mcp.guest.agent import PACKAGE_VARIABLES
 
 log = logging.getLogger("pyro.workspaces")
 

@@ -1,0 +1,191 @@
+"""Imports point downward: a test over every import in src/, deferred and
+TYPE_CHECKING ones included (they are real edges of the design even when the
+interpreter does not follow them at load time).
+
+The layers, top to bottom (docs/architecture.md):
+
+    surfaces   cli, mcp, hosts, the package face (pyro_mcp/__init__.py)
+    sdk        sdk, prepare, doctor
+    workspaces workspaces/
+    vm         vm/, vms
+    base       agent/, store/, environments/, egress/, models, names, errors,
+               config, host_tools, version
+    guest      guest/ (standard library and agent/protocol.py only)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pyro_mcp
+
+SRC = Path(pyro_mcp.__file__).resolve().parent
+
+LAYERS = {
+    "guest": 0,
+    "agent": 1,
+    "store": 1,
+    "environments": 1,
+    "egress": 1,
+    "models": 1,
+    "names": 1,
+    "errors": 1,
+    "config": 1,
+    "host_tools": 1,
+    "version": 1,
+    "vm": 2,
+    "vms": 2,
+    "workspaces": 3,
+    "sdk": 4,
+    "prepare": 4,
+    "doctor": 4,
+    "cli": 5,
+    "mcp": 5,
+    "hosts": 5,
+    "__init__": 5,
+}
+# Known upward edges, each a debt with its reason; the list may only shrink.
+ALLOWED_UPWARD: set[tuple[str, str]] = {
+    # Pyro.create_server and the Pyro.*_host helpers are public SDK methods
+    # (the pyro-mcp contract); they import their surfaces when called. The
+    # remote transport (issue #26) moves the factory and helpers out of Pyro.
+    ("pyro_mcp.sdk", "pyro_mcp.mcp.server"),
+    ("pyro_mcp.sdk", "pyro_mcp.hosts.service"),
+    ("pyro_mcp.sdk", "pyro_mcp.hosts.server_command"),
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(("pyro_mcp", *parts)).removesuffix(".__init__")
+        found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package
+                for _ in range(node.level - 1):
+                    anchor = anchor.rpartition(".")[0]
+                base = f"{anchor}.{base}" if base else anchor
+            # `from pkg import module` imports the module; `from pkg import name`
+            # imports pkg (its __init__).
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                if submodule in modules:
+                    targets.add(submodule)
+                elif base in modules:
+                    targets.add(base)
+    return targets - {name}
+
+
+def _layer(module: str) -> tuple[str, int]:
+    if module == "pyro_mcp.agent.protocol":
+        return "agent.protocol", 0  # framing and constants the guest shares
+    parts = module.split(".")
+    key = parts[1] if len(parts) > 1 else "__init__"
+    return key, LAYERS[key]
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {_layer(name)[0] for name in _modules()} <= {*LAYERS, "agent.protocol"}
+
+
+def test_imports_point_downward() -> None:
+    modules = _modules()
+    upward = set()
+    for name, path in modules.items():
+        rank = _layer(name)[1]
+        for target in _imports(name, path, modules):
+            target_rank = _layer(target)[1]
+            if target_rank > rank and (name, target) not in ALLOWED_UPWARD:
+                upward.add((name, target))
+    assert sorted(upward) == [], "\n".join(f"{a} -> {b}" for a, b in sorted(upward))
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+# Known circles, each a debt; the list may only shrink.
+ALLOWED_CYCLES: list[list[str]] = [
+    # The surfaces and the SDK: Pyro.create_server / Pyro.*_host (see
+    # ALLOWED_UPWARD) close it; it goes with them (issue #26).
+    [
+        "pyro_mcp.cli.doctor",
+        "pyro_mcp.cli.env",
+        "pyro_mcp.cli.host",
+        "pyro_mcp.cli.main",
+        "pyro_mcp.cli.mcp",
+        "pyro_mcp.cli.prepare",
+        "pyro_mcp.cli.processes",
+        "pyro_mcp.cli.run",
+        "pyro_mcp.cli.vm",
+        "pyro_mcp.cli.workspace",
+        "pyro_mcp.hosts.service",
+        "pyro_mcp.mcp.server",
+        "pyro_mcp.mcp.tooling",
+        "pyro_mcp.mcp.tools_files",
+        "pyro_mcp.mcp.tools_processes",
+        "pyro_mcp.mcp.tools_vms",
+        "pyro_mcp.mcp.tools_workspaces",
+        "pyro_mcp.mcp.warmup",
+        "pyro_mcp.sdk",
+    ],
+    # The workspace service hands itself to the operation modules, which call
+    # its private helpers (TYPE_CHECKING hides it from the interpreter):
+    # issue #23's workspace context removes it.
+    [
+        "pyro_mcp.workspaces.disk",
+        "pyro_mcp.workspaces.processes",
+        "pyro_mcp.workspaces.service",
+        "pyro_mcp.workspaces.snapshots",
+    ],
+]
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles() == ALLOWED_CYCLES
