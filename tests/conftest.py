@@ -151,3 +151,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                         handle.seek(max(0, path.stat().st_size - GUEST_LOG_TAIL_BYTES))
                         tail = handle.read().decode("utf-8", errors="replace")
                     report.sections.append((f"{vm_dir.name} {name} (last lines)", tail))
+
+
+def _user_state_entries() -> set[str]:
+    state = default_paths().state_dir
+    return {
+        f"{kind}/{entry.name}"
+        for kind in ("vms", "workspaces")
+        if (state / kind).is_dir()
+        for entry in (state / kind).iterdir()
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_users_state_is_left_alone() -> Iterator[None]:
+    """No test may create VMs or workspaces in the user's own state directory.
+
+    Every test gets a state directory of its own; a server started by a client
+    that drops the environment (as MCP stdio clients do) would otherwise use,
+    and on a new machine build into, the user's.
+    """
+    before = _user_state_entries()
+    yield
+    assert _user_state_entries() - before == set(), (
+        f"tests created VMs or workspaces under {default_paths().state_dir}"
+    )

@@ -171,6 +171,10 @@ def _take(
             config.BOOT_TIMEOUT_SECONDS,
             owner_bound=True,
             hello={"mounts": {}, **(template_hello or {})},
+            # A preparer killed while the template boots (a server whose chat
+            # host went away) takes it down within seconds, not after the
+            # owner grace period.
+            watch_pid=os.getpid(),
         )
     except VMError as exc:
         # A guest writing its RAM file on a full disk dies of SIGBUS: say so.

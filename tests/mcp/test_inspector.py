@@ -25,10 +25,20 @@ INSPECTOR = (
 
 def inspector(env: dict[str, str], server_flags: list[str], *method: str) -> dict:
     assert INSPECTOR.exists(), "run `make test` (it runs npm ci in tools/mcp-inspector)"
+    # The Inspector starts the server with a minimal environment of its own
+    # (as MCP stdio clients do): the test's state and cache go with -e, or the
+    # server would use (and on a new machine, build into) the user's.
+    server_env = [
+        arg
+        for key, value in env.items()
+        if key.startswith("PYRO_")
+        for arg in ("-e", f"{key}={value}")
+    ]
     done = subprocess.run(
         [
             str(INSPECTOR),
             "--cli",
+            *server_env,
             sys.executable,
             "-m",
             "pyro_mcp.cli.main",
