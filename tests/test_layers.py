@@ -175,15 +175,6 @@ ALLOWED_CYCLES: list[list[str]] = [
         "pyro_mcp.mcp.warmup",
         "pyro_mcp.sdk",
     ],
-    # The workspace service hands itself to the operation modules, which call
-    # its private helpers (TYPE_CHECKING hides it from the interpreter):
-    # issue #23's workspace context removes it.
-    [
-        "pyro_mcp.workspaces.disk",
-        "pyro_mcp.workspaces.processes",
-        "pyro_mcp.workspaces.service",
-        "pyro_mcp.workspaces.snapshots",
-    ],
 ]
 
 

@@ -13,23 +13,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.errors import InvalidArgument, StateError, VMError
 from pyro_mcp.workspaces import files, transfer
+from pyro_mcp.workspaces.context import WorkspaceContext
 from pyro_mcp.workspaces.paths import resolve_workspace_path
-
-if TYPE_CHECKING:
-    from pyro_mcp.workspaces.service import WorkspaceService
 
 MAX_ENTRIES = 10_000
 _TYPES = {"04": "directory", "10": "file", "12": "symlink"}
 
 
 class DiskOps:
-    def __init__(self, workspaces: WorkspaceService) -> None:
-        self.ws = workspaces
+    def __init__(self, ctx: WorkspaceContext) -> None:
+        self.ctx = ctx
 
     def export(self, ref: str, output: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
         """Write /workspace as a raw ext4 image to ``output``."""
@@ -38,7 +36,7 @@ class DiskOps:
         partial = target.with_name(f".{target.name}.partial")
         self._convert(workspace, partial)
         partial.replace(target)
-        return self.ws._done(
+        return self.ctx.done(
             workspace, {"output": str(target), "bytes": target.stat().st_size, "format": "raw ext4"}
         )
 
@@ -60,7 +58,7 @@ class DiskOps:
                         pending.append("/" + entry["path"])
                 if truncated or not recursive:
                     break
-        return self.ws._done(
+        return self.ctx.done(
             workspace, {"path": top.lstrip("/") or ".", "entries": entries, "truncated": truncated}
         )
 
@@ -83,7 +81,7 @@ class DiskOps:
             with out.open("rb") as handle:
                 data = handle.read(max_bytes)
         binary = b"\0" in data[:8192]
-        return self.ws._done(
+        return self.ctx.done(
             workspace,
             {
                 "path": target.lstrip("/"),
@@ -95,8 +93,8 @@ class DiskOps:
         )
 
     def _stopped(self, ref: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        state = self.ws.vms.status_vm(workspace["vm_id"]).state.value
+        workspace = self.ctx.find(ref)
+        state = self.ctx.vms.status_vm(workspace["vm_id"]).state.value
         if state == "running":
             name = workspace["name"] or workspace["workspace_id"]
             raise StateError(
@@ -109,7 +107,7 @@ class DiskOps:
         return workspace
 
     def _convert(self, workspace: dict[str, Any], raw: Path) -> None:
-        source = self.ws.root / workspace["workspace_id"] / "workspace.qcow2"
+        source = self.ctx.root / workspace["workspace_id"] / "workspace.qcow2"
         result = host_tools.run(
             host_tools.QEMU_IMG,
             ["convert", "-O", "raw", source, raw],

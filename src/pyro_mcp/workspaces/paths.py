@@ -30,3 +30,9 @@ def resolve_workspace_path(path: str) -> PurePosixPath:
     if resolved != WORKSPACE_ROOT and WORKSPACE_ROOT not in resolved.parents:
         raise InvalidArgument("path", f"{path!r} is outside /workspace")
     return resolved
+
+
+def workspace_relative(guest_path: str) -> str:
+    """``/workspace/a/b`` as ``a/b`` (``.`` for /workspace itself)."""
+    relative = str(PurePosixPath(guest_path).relative_to(WORKSPACE_ROOT))
+    return relative or "."

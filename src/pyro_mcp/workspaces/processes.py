@@ -13,16 +13,14 @@ import contextlib
 import re
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyro_mcp import names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
+from pyro_mcp.workspaces.context import WorkspaceContext
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.terminal import render_plain
-
-if TYPE_CHECKING:
-    from pyro_mcp.workspaces.service import WorkspaceService
 
 POLICIES = ("off", "egress", "egress+published-ports")
 READINESS = ("file", "tcp", "http", "command")
@@ -67,8 +65,8 @@ def host_port_available(port: int) -> bool:
 class ServiceOps:
     """``service start|list|status|logs|stop`` of a workspace."""
 
-    def __init__(self, workspaces: WorkspaceService) -> None:
-        self.ws = workspaces
+    def __init__(self, ctx: WorkspaceContext) -> None:
+        self.ctx = ctx
 
     def start(
         self,
@@ -103,7 +101,7 @@ class ServiceOps:
         if not 0 < ready_timeout_seconds <= 3600:
             raise InvalidArgument("ready_timeout_seconds", "must be more than 0 and at most 3600")
         ports = [parse_publish(spec) for spec in published_ports]
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         if ports and workspace.get("network_policy") != "egress+published-ports":
             raise InvalidArgument(
                 "published_ports",
@@ -119,7 +117,7 @@ class ServiceOps:
             "name": name,
             "cwd": self._cwd(cwd),
             "env": env or {},
-            "secret_env": self.ws.secret_env(workspace, secret_env, "service"),
+            "secret_env": self.ctx.secret_env(workspace, secret_env, "service"),
         }
         args.update({"shell": command} if isinstance(command, str) else {"argv": list(command)})
         if chosen:
@@ -130,8 +128,8 @@ class ServiceOps:
                 "timeout_seconds": ready_timeout_seconds,
                 "interval_seconds": ready_interval_ms / 1000,
             }
-        with self.ws._connect(workspace) as client:
-            self.ws.check_writable(client, workspace)
+        with self.ctx.connect(workspace) as client:
+            self.ctx.check_writable(client, workspace)
             status = _check_service(guest.service_start(client, args, ready_timeout_seconds + 30))
             published: list[dict[str, Any]] = []
             if status["state"] == "ready":
@@ -149,7 +147,7 @@ class ServiceOps:
                                 "guest_port": guest_port,
                             }
                         )
-                        self.ws.store.add_published_port(
+                        self.ctx.store.add_published_port(
                             workspace["workspace_id"], name, chosen_port, guest_port
                         )
                 except PyroError as exc:
@@ -158,35 +156,35 @@ class ServiceOps:
                     raise InvalidArgument(
                         "publish", f"could not publish the port on the host: {exc}"
                     ) from exc
-        self.ws._journal(
+        self.ctx.journal(
             workspace, "service", {"name": name, "action": "start", "state": status["state"]}
         )
-        return self.ws._done(workspace, {**status, "published_ports": published})
+        return self.ctx.done(workspace, {**status, "published_ports": published})
 
     def list(self, ref: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             reply = guest.service_list(client)
         services = reply.get("services")
         if not isinstance(services, list) or len(services) > 64:
             raise AgentProtocolError("the guest sent a malformed service list")
-        return self.ws._done(
+        return self.ctx.done(
             workspace,
             {"services": [self._with_ports(workspace, _check_service(s)) for s in services]},
         )
 
     def status(self, ref: str, name: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             status = _check_service(
                 guest.service_status(client, names.check_name("service_name", name))
             )
-        return self.ws._done(workspace, self._with_ports(workspace, status))
+        return self.ctx.done(workspace, self._with_ports(workspace, status))
 
     def logs(
         self, ref: str, name: str, *, tail_lines: int | None = 200, all: bool = False
     ) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         args: dict[str, Any] = {
             "name": names.check_name("service_name", name),
             "max_bytes": MAX_SERVICE_LOG,
@@ -195,11 +193,11 @@ class ServiceOps:
             if tail_lines < 0:
                 raise InvalidArgument("tail_lines", "must not be negative")
             args["tail_lines"] = tail_lines
-        with self.ws._connect(workspace) as client:
+        with self.ctx.connect(workspace) as client:
             reply = guest.service_logs(client, args)
-        redact = self.ws.redactor(workspace["workspace_id"])
+        redact = self.ctx.redactor(workspace["workspace_id"])
         log = redact.redact_bytes(_decode(reply.get("log"), MAX_SERVICE_LOG))
-        return self.ws._done(
+        return self.ctx.done(
             workspace,
             {
                 "name": name,
@@ -209,21 +207,21 @@ class ServiceOps:
         )
 
     def stop(self, ref: str, name: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             status = _check_service(
                 guest.service_stop(client, names.check_name("service_name", name))
             )
             self._release(client, workspace["workspace_id"], name)
-        self.ws._journal(
+        self.ctx.journal(
             workspace, "service", {"name": name, "action": "stop", "state": status["state"]}
         )
-        return self.ws._done(workspace, {**status, "published_ports": []})
+        return self.ctx.done(workspace, {**status, "published_ports": []})
 
     def counts(self, workspace: dict[str, Any]) -> dict[str, int]:
         """Running and total services, for status; zero when the VM is not running."""
         try:
-            with self.ws.vms.connect(workspace["vm_id"], "") as client:
+            with self.ctx.vms.connect(workspace["vm_id"], "") as client:
                 services = guest.service_list(client, 10).get("services") or []
         except PyroError:
             return {"running": 0, "total": 0}
@@ -233,15 +231,15 @@ class ServiceOps:
         return {"running": running, "total": len(services)}
 
     def _release(self, client: Any, workspace_id: str, name: str) -> None:
-        for row in self.ws.store.published_ports(workspace_id, name):
+        for row in self.ctx.store.published_ports(workspace_id, name):
             with contextlib.suppress(PyroError):
                 client.call("hostfwd", {"action": "remove", "host_port": row["host_port"]})
-        self.ws.store.delete_published_ports(workspace_id, name)
+        self.ctx.store.delete_published_ports(workspace_id, name)
 
     def _with_ports(self, workspace: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         ports = [
             {"host": "127.0.0.1", "host_port": r["host_port"], "guest_port": r["guest_port"]}
-            for r in self.ws.store.published_ports(workspace["workspace_id"], status["name"])
+            for r in self.ctx.store.published_ports(workspace["workspace_id"], status["name"])
         ]
         return {**status, "published_ports": ports}
 
@@ -253,8 +251,8 @@ class ServiceOps:
 class ShellOps:
     """``shell open|write|read|signal|close|list`` of a workspace."""
 
-    def __init__(self, workspaces: WorkspaceService) -> None:
-        self.ws = workspaces
+    def __init__(self, ctx: WorkspaceContext) -> None:
+        self.ctx = ctx
 
     def open(
         self,
@@ -268,23 +266,23 @@ class ShellOps:
     ) -> dict[str, Any]:
         if not (10 <= cols <= 1000 and 2 <= rows <= 500):
             raise InvalidArgument("cols", "cols must be 10-1000 and rows 2-500")
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         args = {
             "cwd": ServiceOps._cwd(cwd),
             "cols": cols,
             "rows": rows,
             "env": env or {},
-            "secret_env": self.ws.secret_env(workspace, secret_env, "shell"),
+            "secret_env": self.ctx.secret_env(workspace, secret_env, "shell"),
         }
-        with self.ws._connect(workspace) as client:
+        with self.ctx.connect(workspace) as client:
             reply = guest.shell_open(client, args)
-        return self.ws._done(workspace, _check_shell(reply))
+        return self.ctx.done(workspace, _check_shell(reply))
 
     def write(self, ref: str, shell_id: str, text: str, *, newline: bool = True) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             reply = guest.shell_write(client, _shell_id(shell_id), text, newline=newline)
-        return self.ws._done(workspace, {"shell_id": shell_id, "bytes": int(reply.get("bytes", 0))})
+        return self.ctx.done(workspace, {"shell_id": shell_id, "bytes": int(reply.get("bytes", 0))})
 
     def read(
         self,
@@ -302,7 +300,7 @@ class ShellOps:
             raise InvalidArgument(
                 "max_chars", "max_chars must be 1-1048576 and max_wait_ms 0-120000"
             )
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         args: dict[str, Any] = {
             "shell_id": _shell_id(shell_id),
             "cursor": cursor,
@@ -310,7 +308,7 @@ class ShellOps:
             "wait_for_idle_ms": wait_for_idle_ms or 0,
             "max_wait_ms": max_wait_ms,
         }
-        with self.ws._connect(workspace) as client:
+        with self.ctx.connect(workspace) as client:
             reply = guest.shell_read(client, args, max_wait_ms / 1000 + 30)
         data = _decode(reply.get("output"), MAX_SHELL_READ)
         numbers = {}
@@ -319,7 +317,7 @@ class ShellOps:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise AgentProtocolError(f"shell read field {field} must be a non-negative integer")
             numbers[field] = value
-        redact = self.ws.redactor(workspace["workspace_id"])
+        redact = self.ctx.redactor(workspace["workspace_id"])
         if redact and not reply.get("closed"):
             # A secret split across two reads: keep back a tail that could begin
             # one; the next read starts there and sees the whole value.
@@ -328,7 +326,7 @@ class ShellOps:
                 data = data[: len(data) - held]
                 numbers["next_cursor"] -= held
         raw = redact.redact_bytes(data).decode("utf-8", errors="replace")
-        return self.ws._done(
+        return self.ctx.done(
             workspace,
             {
                 "shell_id": shell_id,
@@ -347,24 +345,24 @@ class ShellOps:
         name = str(signal).upper().removeprefix("SIG")
         if name not in SIGNALS:
             raise InvalidArgument("signal", f"must be one of {', '.join(SIGNALS)}")
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             guest.shell_signal(client, _shell_id(shell_id), name)
-        return self.ws._done(workspace, {"shell_id": shell_id, "signal": name})
+        return self.ctx.done(workspace, {"shell_id": shell_id, "signal": name})
 
     def close(self, ref: str, shell_id: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             guest.shell_close(client, _shell_id(shell_id))
-        return self.ws._done(workspace, {"shell_id": shell_id, "closed": True})
+        return self.ctx.done(workspace, {"shell_id": shell_id, "closed": True})
 
     def list(self, ref: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
-        with self.ws._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             shells = guest.shell_list(client).get("shells")
         if not isinstance(shells, list) or len(shells) > 64:
             raise AgentProtocolError("the guest sent a malformed shell list")
-        return self.ws._done(workspace, {"shells": [_check_shell(s) for s in shells]})
+        return self.ctx.done(workspace, {"shells": [_check_shell(s) for s in shells]})
 
 
 def _shell_id(value: str) -> str:

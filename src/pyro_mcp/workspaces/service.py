@@ -20,8 +20,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, host_tools, names
@@ -29,7 +29,6 @@ from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.errors import (
-    AgentError,
     InvalidArgument,
     NotFound,
     PyroError,
@@ -53,8 +52,9 @@ from pyro_mcp.workspaces import (
 from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
+from pyro_mcp.workspaces.context import WorkspaceContext, expiry_warning
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
-from pyro_mcp.workspaces.paths import WORKSPACE_ROOT, resolve_workspace_path
+from pyro_mcp.workspaces.paths import resolve_workspace_path, workspace_relative
 from pyro_mcp.workspaces.seed import stage_seed
 
 WORKSPACE_DISK_MIB = config.WORKSPACE_DISK_MIB
@@ -97,21 +97,16 @@ _CROSSING_FIELDS = (
 )
 
 
-def _warning(workspace: dict[str, Any]) -> dict[str, Any]:
-    """``{"warning": ...}`` when the workspace is near its expiry, else nothing."""
-    described = lifetime.describe(workspace)
-    return {"warning": described["warning"]} if "warning" in described else {}
-
-
 class WorkspaceService:
     def __init__(self, vms: VmService) -> None:
         self.vms = vms
         self.store = vms.store
         self.root = vms.paths.state_dir / "workspaces"
-        self.services = processes.ServiceOps(self)
-        self.shells = processes.ShellOps(self)
-        self.snapshots = snapshot_ops.SnapshotOps(self)
-        self.disk = disk.DiskOps(self)
+        self.ctx = WorkspaceContext(self.store, vms, self.root, resume=self.start)
+        self.services = processes.ServiceOps(self.ctx)
+        self.shells = processes.ShellOps(self.ctx)
+        self.snapshots = snapshot_ops.SnapshotOps(self.ctx)
+        self.disk = disk.DiskOps(self.ctx)
 
     # -------------------------------------------------------------- create
 
@@ -254,7 +249,7 @@ class WorkspaceService:
             self.vms.start_vm(vm_id, progress=progress)
             self._after_boot(row)
             # Host crossings are journalled, so the summary shows them.
-            self._journal(
+            self.ctx.journal(
                 row,
                 "seed",
                 {
@@ -278,9 +273,9 @@ class WorkspaceService:
     # ------------------------------------------------------------- queries
 
     def status(self, ref: str, *, touch: bool = True) -> dict[str, Any]:
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         if touch:
-            workspace = self._touch(workspace)
+            workspace = self.ctx.touch(workspace)
         vm = self.vms.status_vm(workspace["vm_id"])
         suspended = self.vms.suspended(vm.vm_id) if vm.state.value == "stopped" else None
         if vm.state.value != "running" and suspended is None:
@@ -319,7 +314,7 @@ class WorkspaceService:
         return [self.status(w["workspace_id"], touch=False) for w in self.store.list_workspaces()]
 
     def logs(self, ref: str) -> dict[str, Any]:
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         return {
             "workspace_id": workspace["workspace_id"],
             "entries": self.store.journal(workspace["workspace_id"]),
@@ -344,7 +339,7 @@ class WorkspaceService:
 
         Host rules apply to the guest's next connections at once, running or not.
         """
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         _check_idle_suspend(idle_suspend_seconds)
         egress_policy = None
         if allow_hosts or deny_hosts:
@@ -373,7 +368,7 @@ class WorkspaceService:
         self.store.update_workspace(workspace["workspace_id"], **fields)
         if egress_policy is not None:
             self._apply_egress({**workspace, **fields})
-            self._journal(
+            self.ctx.journal(
                 workspace,
                 "egress_policy",
                 {"allow_hosts": list(allow_hosts), "deny_hosts": list(deny_hosts)},
@@ -395,17 +390,17 @@ class WorkspaceService:
         One workspace read, one VM reconcile, one guest round trip (the
         /workspace check rides along with the command), one journal write.
         """
-        workspace = self._find(ref)
-        secrets = self._secrets(workspace)
-        secret_vars = self.secret_env(workspace, secret_env, known=secrets)
+        workspace = self.ctx.find(ref)
+        secrets = self.ctx.secrets(workspace)
+        secret_vars = self.ctx.secret_env(workspace, secret_env, known=secrets)
         guest_cwd = str(resolve_workspace_path(cwd or "."))
         args = exec_args(command, timeout_seconds, env, guest_cwd, secret_vars)
         started = time.time()
         try:
             # Touched when the command ends, not before: a long command must not
             # leave the workspace looking idle the moment it finishes.
-            with self._connect(workspace, touch=False) as client:
-                reply, repaired = self.checked_write(
+            with self.ctx.connect(workspace, touch=False) as client:
+                reply, repaired = self.ctx.checked_write(
                     client,
                     workspace,
                     lambda check: self.vms.exec_reply(
@@ -420,7 +415,7 @@ class WorkspaceService:
                     with contextlib.suppress(PyroError):
                         guest.trim(client)
         finally:
-            workspace = self._touch(workspace)
+            workspace = self.ctx.touch(workspace)
         redact = secret_store.Redactor(secrets)
         data = result.to_dict()
         data["stdout"], data["stderr"] = (
@@ -442,27 +437,27 @@ class WorkspaceService:
         except StoreError as exc:
             # The command ran: its output matters more than its journal entry.
             warnings.append(f"this command was not journalled: {exc}")
-        warnings.extend(_warning(workspace).values())
+        warnings.extend(expiry_warning(workspace).values())
         joined = {"warning": "; ".join(warnings)} if warnings else {}
         return {"workspace_id": workspace["workspace_id"], **data, **joined}
 
     # -------------------------------------------------------------- files
 
     def file_list(self, ref: str, path: str = ".", *, recursive: bool = False) -> dict[str, Any]:
-        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
-        with self._connect(workspace) as client:
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        with self.ctx.connect(workspace) as client:
             reply = guest.file_list(client, guest_path, recursive=recursive)
-        return self._done(workspace, {**files.check_listing(reply)})
+        return self.ctx.done(workspace, {**files.check_listing(reply)})
 
     def file_read(
         self, ref: str, path: str, *, max_bytes: int = files.DEFAULT_READ_BYTES
     ) -> dict[str, Any]:
         if isinstance(max_bytes, bool) or not 1 <= max_bytes <= files.MAX_READ_BYTES:
             raise InvalidArgument("max_bytes", f"must be from 1 to {files.MAX_READ_BYTES}")
-        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
-        with self._connect(workspace) as client:
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        with self.ctx.connect(workspace) as client:
             reply = guest.file_read(client, guest_path, max_bytes)
-        return self._done(workspace, {**files.check_read(reply, max_bytes)})
+        return self.ctx.done(workspace, {**files.check_read(reply, max_bytes)})
 
     def file_write(self, ref: str, path: str, content: str | bytes) -> dict[str, Any]:
         data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
@@ -470,31 +465,31 @@ class WorkspaceService:
             raise InvalidArgument(
                 "content", f"is larger than {files.MAX_READ_BYTES} bytes; use sync push"
             )
-        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
         encoded = base64.b64encode(data).decode("ascii")
-        with self._connect(workspace) as client:
-            self.checked_write(
+        with self.ctx.connect(workspace) as client:
+            self.ctx.checked_write(
                 client,
                 workspace,
                 lambda check: guest.file_write(client, guest_path, encoded, check_workspace=check),
             )
-        relative = _relative(guest_path)
-        self._journal(workspace, "write", {"path": relative, "bytes": len(data)})
-        return self._done(workspace, {"path": relative, "bytes": len(data)})
+        relative = workspace_relative(guest_path)
+        self.ctx.journal(workspace, "write", {"path": relative, "bytes": len(data)})
+        return self.ctx.done(workspace, {"path": relative, "bytes": len(data)})
 
     def patch_apply(self, ref: str, patch: str) -> dict[str, Any]:
         """Apply a unified diff: every hunk is checked first, then all files change at once."""
         file_patches = parse_patch(patch)
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         writes, deletes, summary = [], [], []
-        with self._connect(workspace) as client:
+        with self.ctx.connect(workspace) as client:
             for file_patch in file_patches:
                 guest_path = str(resolve_workspace_path(file_patch.path))
-                original = self._read_text(client, guest_path) if file_patch.old_path else None
-                if file_patch.old_path is None and self._exists(client, guest_path):
-                    original = self._read_text(client, guest_path)
+                original = self.ctx.read_text(client, guest_path) if file_patch.old_path else None
+                if file_patch.old_path is None and self.ctx.exists(client, guest_path):
+                    original = self.ctx.read_text(client, guest_path)
                 result = apply_file_patch(file_patch, original)
-                relative = _relative(guest_path)
+                relative = workspace_relative(guest_path)
                 if result is None:
                     deletes.append(guest_path)
                     summary.append({"path": relative, "status": "deleted"})
@@ -503,13 +498,13 @@ class WorkspaceService:
                     writes.append({"path": guest_path, "content": encoded})
                     status = "added" if file_patch.old_path is None else "modified"
                     summary.append({"path": relative, "status": status})
-            self.checked_write(
+            self.ctx.checked_write(
                 client,
                 workspace,
                 lambda check: guest.files_apply(client, writes, deletes, check_workspace=check),
             )
-        self._journal(workspace, "patch", {"files": summary})
-        return self._done(workspace, {"applied": True, "files": summary})
+        self.ctx.journal(workspace, "patch", {"files": summary})
+        return self.ctx.done(workspace, {"applied": True, "files": summary})
 
     def diff(
         self, ref: str, *, include_ignored: bool = False, format: str = "changes"
@@ -523,13 +518,15 @@ class WorkspaceService:
         """
         if format not in DIFF_FORMATS:
             raise InvalidArgument("format", f"use one of {', '.join(DIFF_FORMATS)}")
-        workspace = self._find(ref)
-        with self._connect(workspace) as client:
+        workspace = self.ctx.find(ref)
+        with self.ctx.connect(workspace) as client:
             left_out = self._ignored(client, workspace, ".", include_ignored)
             args = {"exclude": left_out, "git_binary": format == "patch"}
             reply = guest.diff(client, args)
         result = files.check_diff(reply)
-        return self._done(workspace, {**result, "format": format, "ignored_count": len(left_out)})
+        return self.ctx.done(
+            workspace, {**result, "format": format, "ignored_count": len(left_out)}
+        )
 
     def _ignored(
         self, client: SupervisorClient, workspace: dict[str, Any], top: str, include: bool
@@ -540,19 +537,19 @@ class WorkspaceService:
 
     def sync_push(self, ref: str, source: str | Path, *, dest: str = ".") -> dict[str, Any]:
         """Copy a host directory or archive into /workspace/<dest>."""
-        workspace, guest_dest = self._find(ref), str(resolve_workspace_path(dest))
-        with self._connect(workspace) as client:
-            self.check_writable(client, workspace)
+        workspace, guest_dest = self.ctx.find(ref), str(resolve_workspace_path(dest))
+        with self.ctx.connect(workspace) as client:
+            self.ctx.check_writable(client, workspace)
             info, _ = transfer.push_tree(client, Path(source), guest_dest)
         record = {
             "source": info.source,
-            "dest": _relative(guest_dest),
+            "dest": workspace_relative(guest_dest),
             "files": info.file_count,
             "bytes": info.bytes,
             "skipped_links": info.skipped_links,
         }
-        self._journal(workspace, "sync", record)
-        return self._done(workspace, {**record})
+        self.ctx.journal(workspace, "sync", record)
+        return self.ctx.done(workspace, {**record})
 
     def export(
         self,
@@ -568,23 +565,25 @@ class WorkspaceService:
         A directory from a workspace seeded from a Git project leaves out what
         the project's ignore rules ignore, unless ``include_ignored``.
         """
-        workspace, guest_path = self._find(ref), str(resolve_workspace_path(path))
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
         target = transfer.check_output(Path(output), overwrite)  # before any guest work
         with (
-            self._connect(workspace) as client,
+            self.ctx.connect(workspace) as client,
             tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
         ):
-            left_out = self._ignored(client, workspace, _relative(guest_path), include_ignored)
+            left_out = self._ignored(
+                client, workspace, workspace_relative(guest_path), include_ignored
+            )
             archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
             result = transfer.extract_export(archive, kind, target, overwrite)
-        record = {"path": _relative(guest_path), **result, "ignored_count": len(left_out)}
-        self._journal(workspace, "export", record)
-        return self._done(workspace, {**record})
+        record = {"path": workspace_relative(guest_path), **result, "ignored_count": len(left_out)}
+        self.ctx.journal(workspace, "export", record)
+        return self.ctx.done(workspace, {**record})
 
     def reset(self, ref: str, *, snapshot: str | None = None) -> dict[str, Any]:
         """Recreate the whole sandbox: fresh root disk, /workspace from the baseline
         (or from the named snapshot)."""
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         folder = self.root / workspace["workspace_id"]
         source = None
         if snapshot not in (None, snapshot_ops.BASELINE):
@@ -603,12 +602,12 @@ class WorkspaceService:
         self._apply_egress(workspace)
         self.vms.start_vm(workspace["vm_id"])
         self._after_boot(workspace)
-        self._journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
+        self.ctx.journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
         return self.status(workspace["workspace_id"])
 
     def summary(self, ref: str, *, include_ignored: bool = False) -> dict[str, Any]:
         """What ran and changed since the last reset, short enough to paste."""
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         entries = self.store.journal(workspace["workspace_id"])
         resets = [e for e in entries if e["kind"] == "reset"]
         since = [e for e in entries if not resets or e["entry_id"] > resets[-1]["entry_id"]]
@@ -661,17 +660,17 @@ class WorkspaceService:
             "changes": changes,
             "host_crossings": crossings,
             "note": note,
-            **_warning(self.store.find_workspace(workspace["workspace_id"]) or workspace),
+            **expiry_warning(self.store.find_workspace(workspace["workspace_id"]) or workspace),
         }
 
     def stop(self, ref: str, *, discard_memory: bool = False) -> dict[str, Any]:
         """Suspend the workspace (memory saved, every process carries on at start), or
         with ``discard_memory`` stop it (the disks are kept; processes end)."""
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         vm = self.vms.status_vm(workspace["vm_id"])
         if vm.state.value == "running" and not discard_memory:
             saved = self.vms.suspend_vm(workspace["vm_id"])
-            self._journal(workspace, "suspend", saved)
+            self.ctx.journal(workspace, "suspend", saved)
             return {**self.status(workspace["workspace_id"]), "suspended": True, **saved}
         self.vms.stop_vm(workspace["vm_id"])
         self.vms.discard_suspended(workspace["vm_id"])
@@ -680,7 +679,7 @@ class WorkspaceService:
 
     def start(self, ref: str) -> dict[str, Any]:
         """Resume a suspended workspace, or boot a stopped one from its disks."""
-        workspace = self._touch(self._find(ref))
+        workspace = self.ctx.touch(self.ctx.find(ref))
         had_memory = self.vms.suspended(workspace["vm_id"]) is not None
         self._apply_egress(workspace)  # from the record: a damaged egress.json heals here
         vm = self.vms.start_vm(workspace["vm_id"])
@@ -688,7 +687,7 @@ class WorkspaceService:
         warnings = []
         if resumed:
             warnings = self._republish(workspace)
-            self._journal(workspace, "resume", {"resume_ms": vm.boot_ms})
+            self.ctx.journal(workspace, "resume", {"resume_ms": vm.boot_ms})
         else:
             self.store.delete_published_ports(workspace["workspace_id"])
             self._after_boot(workspace)
@@ -711,7 +710,7 @@ class WorkspaceService:
         own host ports for the source's published ports; its diff baseline is
         the source's. Nothing is left of a fork that fails.
         """
-        parent = self._find(ref)
+        parent = self.ctx.find(ref)
         label = parent["name"] or parent["workspace_id"]
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
             raise InvalidArgument("count", f"must be a whole number from 1 to {MAX_FORKS}")
@@ -745,7 +744,7 @@ class WorkspaceService:
             forks = self._make_forks(parent, work, fork_names, saved, layers)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        self._journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
+        self.ctx.journal(parent, "fork", {"forks": [f["workspace_id"] for f in forks]})
         return {
             "workspace_id": parent["workspace_id"],
             "forks": forks,
@@ -828,7 +827,7 @@ class WorkspaceService:
             self.store.insert_workspace(row)
             self._apply_egress(row)
             self.vms.start_vm(vm_id)
-            self._journal(row, "fork", {"from": parent["workspace_id"]})
+            self.ctx.journal(row, "fork", {"from": parent["workspace_id"]})
             warnings = self._publish_like(parent, row)
         except BaseException:
             self._discard_half_made(workspace_id, folder, vm_id)
@@ -858,7 +857,7 @@ class WorkspaceService:
         warnings: list[str] = []
         if not rows:
             return warnings
-        with self._connect(fork) as client:
+        with self.ctx.connect(fork) as client:
             for row in rows:
                 port = processes.free_host_port()
                 try:
@@ -880,7 +879,7 @@ class WorkspaceService:
         rows = self.store.published_ports(workspace["workspace_id"])
         if not rows:
             return []
-        with self._connect(workspace) as client:
+        with self.ctx.connect(workspace) as client:
             for row in rows:
                 try:
                     client.call(
@@ -900,7 +899,7 @@ class WorkspaceService:
         return warnings
 
     def delete(self, ref: str, *, reason: str = "deleted on request") -> dict[str, Any]:
-        workspace = self._find(ref)
+        workspace = self.ctx.find(ref)
         # Files first, records after: on a full disk the freed space is what
         # lets the records be written.
         with contextlib.suppress(NotFound):
@@ -941,7 +940,7 @@ class WorkspaceService:
             except PyroError as exc:
                 log.warning("could not suspend idle %s: %s", workspace["workspace_id"], exc)
                 continue
-            self._journal(workspace, "suspend", {**saved, "reason": f"idle for {limit} s"})
+            self.ctx.journal(workspace, "suspend", {**saved, "reason": f"idle for {limit} s"})
             suspended.append(workspace["workspace_id"])
         return suspended
 
@@ -987,174 +986,9 @@ class WorkspaceService:
                 ):
                     shutil.rmtree(folder, ignore_errors=True)
 
-    def _connect(self, workspace: dict[str, Any], *, touch: bool = True) -> SupervisorClient:
-        """A connection to the workspace's running VM; a suspended one is resumed first."""
-        if touch:
-            self._touch(workspace)
-        ref = workspace["name"] or workspace["workspace_id"]
-        with self.vms.lifecycle_lock(workspace["vm_id"]):  # waits out a suspend or resume
-            suspended = self.vms.suspended(workspace["vm_id"]) is not None
-        if suspended:
-            with contextlib.suppress(StateError):  # another call resumed it first
-                self.start(workspace["workspace_id"])
-        return self.vms.connect(workspace["vm_id"], f"Start it with `pyro workspace start {ref}`.")
-
-    def check_writable(
-        self, client: SupervisorClient, workspace: dict[str, Any], *, strict: bool = True
-    ) -> str | None:
-        """Before a write: make sure /workspace takes writes, mounting it again if needed.
-
-        Returns a warning when the guest had to mount it again. A /workspace that
-        stays read-only raises with ``strict``; otherwise it is a warning (a
-        command may only read, or may free space).
-        """
-        try:
-            reply = guest.workspace_check(client)
-            if reply.get("state") == "read_only" and config.release_reserve(
-                self.vms.paths.state_dir
-            ):
-                # Mounting it again needs room on the host: give back pyro's reserve.
-                log.warning("released pyro's space reserve to mount /workspace again")
-                reply = guest.workspace_check(client)
-        except AgentError as exc:
-            if "unknown operation" in str(exc):
-                return None  # a guest started by an older pyro
-            raise
-        return self._judge_check(reply, workspace, strict=strict)
-
-    def checked_write(
-        self,
-        client: SupervisorClient,
-        workspace: dict[str, Any],
-        send: Callable[[bool], dict[str, Any]],
-        *,
-        strict: bool = True,
-    ) -> tuple[dict[str, Any], str | None]:
-        """A request that writes, with the /workspace check in the same round trip.
-
-        ``send(check)`` makes the request, asking the guest to check /workspace
-        first when ``check``. If it stayed read-only the request was not carried
-        out: pyro's space reserve is given back (``check_writable``) and it is
-        sent once more. Returns the reply and ``check_writable``'s warning.
-        """
-        reply = send(True)
-        if reply.get("ran") is False:
-            warning = self.check_writable(client, workspace, strict=strict)
-            return send(False), warning
-        checked = reply.get("workspace")
-        if not isinstance(checked, dict):
-            return reply, None  # a guest started by an older pyro: it checked nothing
-        return reply, self._judge_check(checked, workspace, strict=strict)
-
-    def _judge_check(
-        self, reply: dict[str, Any], workspace: dict[str, Any], *, strict: bool
-    ) -> str | None:
-        """What a guest's /workspace check means: nothing, a warning, or (strict) an error."""
-        state, message = reply.get("state"), str(reply.get("message", ""))[:500]
-        if state == "ok":
-            config.keep_reserve(self.vms.paths.state_dir)
-        if state == "repaired":
-            return f"{message}; pyro mounted it again (the journal was replayed) and it is writable"
-        if state != "read_only":
-            return None
-        ref = workspace["name"] or workspace["workspace_id"]
-        fix = (
-            f"Free space where PYRO_HOME lives ({self.vms.paths.state_dir}); pyro mounts "
-            f"/workspace again before the next write. If it stays read-only: "
-            f"`pyro workspace stop {ref}` then `pyro workspace start {ref}`."
-        )
-        if strict:
-            raise StateError(f"/workspace of {ref}", "read-only", "writable", f"{message}. {fix}")
-        return f"{message}. {fix}"
-
-    def _journal(self, workspace: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
-        self.store.add_journal(workspace["workspace_id"], kind, time.time(), data)
-
-    def _read_text(self, client: SupervisorClient, guest_path: str) -> str:
-        reply = files.check_read(
-            guest.file_read(client, guest_path, files.MAX_READ_BYTES),
-            files.MAX_READ_BYTES,
-        )
-        if reply["binary"] or reply["truncated"]:
-            raise InvalidArgument(
-                "patch", f"{_relative(guest_path)} is binary or too large to patch"
-            )
-        return str(reply["content"])
-
-    def _exists(self, client: SupervisorClient, guest_path: str) -> bool:
-        parent = str(PurePosixPath(guest_path).parent)
-        with contextlib.suppress(InvalidArgument):
-            listing = guest.file_list(client, parent)
-            return any(e.get("path") == _relative(guest_path) for e in listing.get("entries", []))
-        return False
-
-    def _find(self, ref: str) -> dict[str, Any]:
-        workspace = self.store.find_workspace(names.check_workspace_ref(ref))
-        if workspace is None:
-            tombstone = self.store.find_tombstone(ref)
-            if tombstone is not None:
-                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(tombstone["at"]))
-                label = f" ({tombstone['name']})" if tombstone["name"] else ""
-                raise NotFound(
-                    f"workspace {tombstone['workspace_id']}{label} no longer exists: "
-                    f"{tombstone['reason']} at {when}. Create a new one with workspace_create."
-                )
-            raise NotFound(f"no workspace {names.shown(ref)}; see `pyro workspace list`")
-        return workspace
-
     def redactor(self, ref: str) -> secret_store.Redactor:
         """Replaces the workspace's secret values in text (empty if it has none)."""
-        workspace = self.store.find_workspace(ref)
-        if workspace is None:
-            return secret_store.Redactor({})
-        return secret_store.Redactor(
-            secret_store.load(self.root / workspace["workspace_id"] / "secrets")
-        )
-
-    def _secrets(self, workspace: dict[str, Any]) -> dict[str, bytes]:
-        return secret_store.load(self.root / workspace["workspace_id"] / "secrets")
-
-    def secret_env(
-        self,
-        workspace: dict[str, Any],
-        specs: Sequence[str],
-        used_by: str = "exec",
-        *,
-        known: dict[str, bytes] | None = None,
-    ) -> dict[str, str]:
-        """``NAME[:ENV_VAR]`` specs checked against the workspace's secrets.
-
-        Each use is journalled by name (never value): a host crossing the
-        summary shows.
-        """
-        values = known if known is not None else self._secrets(workspace)
-        mapping = secret_store.parse_secret_env(specs, sorted(values))
-        if mapping:
-            self._journal(
-                workspace, "secret_use", {"names": sorted(set(mapping.values())), "by": used_by}
-            )
-        return mapping
-
-    def _done(self, workspace: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        """An operation's result: its data, plus a warning when expiry is near."""
-        current = self.store.find_workspace(workspace["workspace_id"]) or workspace
-        return {"workspace_id": workspace["workspace_id"], **data, **_warning(current)}
-
-    def _touch(self, workspace: dict[str, Any]) -> dict[str, Any]:
-        """Record activity now: moves an idle expiry forward."""
-        touched = {**workspace, "last_activity_at": time.time()}
-        touched["expires_at"] = lifetime.expires_at(touched)
-        try:
-            self.store.update_workspace(
-                workspace["workspace_id"],
-                last_activity_at=touched["last_activity_at"],
-                expires_at=touched["expires_at"],
-            )
-        except StoreError as exc:
-            # Activity is bookkeeping: a full disk must not stop the call that
-            # could free it (an exec that deletes files in /workspace).
-            log.warning("could not record activity: %s", exc)
-        return touched
+        return self.ctx.redactor(ref)
 
     def _apply_egress(self, workspace: dict[str, Any]) -> None:
         """Hand the workspace's egress policy to its VM (now if running, else at boot)."""
@@ -1199,11 +1033,6 @@ class WorkspaceService:
             return
         with self.vms.connect(workspace["vm_id"], "Start it first.") as client:
             guest.trust_ca(client, base64.b64encode(bundle).decode("ascii"))
-
-
-def _relative(guest_path: str) -> str:
-    relative = str(PurePosixPath(guest_path).relative_to(WORKSPACE_ROOT))
-    return relative or "."
 
 
 def idle_suspend_limit(workspace: dict[str, Any]) -> int:

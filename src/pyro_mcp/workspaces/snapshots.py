@@ -15,16 +15,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyro_mcp import names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
 from pyro_mcp.vm import disks
-
-if TYPE_CHECKING:
-    from pyro_mcp.workspaces.service import WorkspaceService
+from pyro_mcp.workspaces.context import WorkspaceContext
 
 BASELINE = "baseline"
 MAX_SNAPSHOTS = 32
@@ -33,40 +31,40 @@ SNAPSHOT_MARGIN_BYTES = 16 * 1024 * 1024
 
 
 class SnapshotOps:
-    def __init__(self, workspaces: WorkspaceService) -> None:
-        self.ws = workspaces
+    def __init__(self, ctx: WorkspaceContext) -> None:
+        self.ctx = ctx
 
     def folder(self, workspace_id: str) -> Path:
-        return self.ws.root / workspace_id / "snapshots"
+        return self.ctx.root / workspace_id / "snapshots"
 
     def create(self, ref: str, name: str) -> dict[str, Any]:
         names.check_name("name", name)
         if name == BASELINE:
             raise InvalidArgument("name", "baseline is the reserved name of the create-time state")
-        workspace = self.ws._touch(self.ws._find(ref))
+        workspace = self.ctx.touch(self.ctx.find(ref))
         workspace_id = workspace["workspace_id"]
-        existing = {s["name"] for s in self.ws.store.snapshots(workspace_id)}
+        existing = {s["name"] for s in self.ctx.store.snapshots(workspace_id)}
         if name in existing:
             raise InvalidArgument(
                 "name", f"snapshot {name!r} exists; delete it first or pick another name"
             )
         if len(existing) >= MAX_SNAPSHOTS:
             raise InvalidArgument("name", f"at most {MAX_SNAPSHOTS} snapshots per workspace")
-        vm = self.ws.vms.status_vm(workspace["vm_id"])
+        vm = self.ctx.vms.status_vm(workspace["vm_id"])
         # A running workspace forked since it started writes to a newer top.
-        source = disks.live_top(self.ws.root / workspace_id / "workspace.qcow2")
+        source = disks.live_top(self.ctx.root / workspace_id / "workspace.qcow2")
         target = self.folder(workspace_id) / f"{name}.qcow2"
         target.parent.mkdir(mode=0o700, exist_ok=True)
         partial = target.with_suffix(".partial")
         # A snapshot copies the overlay: check for room first, before the guest
         # is frozen (on a full disk its flush fails with a bare I/O error).
-        state_dir = self.ws.vms.paths.state_dir
+        state_dir = self.ctx.vms.paths.state_dir
         stat = os.statvfs(target.parent)
         if stat.f_bavail * stat.f_frsize < source.stat().st_size + SNAPSHOT_MARGIN_BYTES:
             raise StoreError(disk_full_message(state_dir))
         try:
             if vm.state.value == "running":
-                with self.ws.vms.connect(workspace["vm_id"], "") as client:
+                with self.ctx.vms.connect(workspace["vm_id"], "") as client:
                     guest.freeze(client, True)
                     try:
                         client.call("pause", timeout=30)
@@ -89,31 +87,31 @@ class SnapshotOps:
             partial.unlink(missing_ok=True)
             raise
         created = time.time()
-        self.ws.store.add_snapshot(workspace_id, name, created, target.stat().st_size)
-        self.ws._journal(workspace, "snapshot", {"name": name, "action": "create"})
-        return self.ws._done(
+        self.ctx.store.add_snapshot(workspace_id, name, created, target.stat().st_size)
+        self.ctx.journal(workspace, "snapshot", {"name": name, "action": "create"})
+        return self.ctx.done(
             workspace, {"name": name, "created_at": created, "bytes": target.stat().st_size}
         )
 
     def list(self, ref: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         snapshots = [
             {"name": BASELINE, "created_at": workspace["created_at"], "bytes": 0, "reserved": True}
-        ] + [{**s, "reserved": False} for s in self.ws.store.snapshots(workspace["workspace_id"])]
-        return self.ws._done(workspace, {"snapshots": snapshots})
+        ] + [{**s, "reserved": False} for s in self.ctx.store.snapshots(workspace["workspace_id"])]
+        return self.ctx.done(workspace, {"snapshots": snapshots})
 
     def delete(self, ref: str, name: str) -> dict[str, Any]:
-        workspace = self.ws._find(ref)
+        workspace = self.ctx.find(ref)
         if name == BASELINE:
             raise InvalidArgument("name", "the baseline snapshot cannot be deleted")
         self.path(workspace, name).unlink(missing_ok=True)
-        self.ws.store.delete_snapshot(workspace["workspace_id"], name)
-        self.ws._journal(workspace, "snapshot", {"name": name, "action": "delete"})
-        return self.ws._done(workspace, {"name": name, "deleted": True})
+        self.ctx.store.delete_snapshot(workspace["workspace_id"], name)
+        self.ctx.journal(workspace, "snapshot", {"name": name, "action": "delete"})
+        return self.ctx.done(workspace, {"name": name, "deleted": True})
 
     def path(self, workspace: dict[str, Any], name: str) -> Path:
         """The file of snapshot ``name``; NotFound listing the names otherwise."""
-        known = [s["name"] for s in self.ws.store.snapshots(workspace["workspace_id"])]
+        known = [s["name"] for s in self.ctx.store.snapshots(workspace["workspace_id"])]
         if name not in known:
             raise NotFound(
                 f"no snapshot {names.shown(name)}; snapshots: {', '.join([BASELINE, *known])} "
@@ -123,4 +121,4 @@ class SnapshotOps:
 
     def remove_all(self, workspace_id: str) -> None:
         with contextlib.suppress(PyroError):
-            self.ws.store.delete_snapshot(workspace_id)
+            self.ctx.store.delete_snapshot(workspace_id)
