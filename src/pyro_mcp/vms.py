@@ -625,8 +625,12 @@ class VmService:
         require_state(
             vm_id, record.state, (VmState.RUNNING,), f"Start it with `pyro vm start {vm_id}`."
         )
-        with SupervisorClient(self._files(vm_id).control_socket) as own:
-            return exec_result(self.exec_reply(vm_id, own, args))
+        try:
+            with SupervisorClient(self._files(vm_id).control_socket) as own:
+                return exec_result(self.exec_reply(vm_id, own, args))
+        except VMError:
+            self._settle_death(vm_id)  # it died before we could connect
+            raise
 
     def exec_reply(
         self, vm_id: str, client: SupervisorClient, args: dict[str, Any]
@@ -635,13 +639,16 @@ class VmService:
         try:
             return guest.exec_command(client, args, float(args["timeout_seconds"]))
         except VMError:
-            # The VM died under the command: let its supervisor finish writing
-            # why, so status shows `stopped` with the reason from now on.
-            record = self._get(vm_id)
-            if record.supervisor_pid is not None:
-                backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
-            self._reconcile(self._get(vm_id))
+            self._settle_death(vm_id)
             raise
+
+    def _settle_death(self, vm_id: str) -> None:
+        """The VM died under a call: let its supervisor finish writing why, so
+        status shows ``stopped`` with the reason from now on."""
+        record = self._get(vm_id)
+        if record.supervisor_pid is not None:
+            backend.wait_for_exit(record.supervisor_pid, backend.STOP_WAIT_SECONDS)
+        self._reconcile(self._get(vm_id))
 
     def connect(self, vm_id: str, fix: str) -> SupervisorClient:
         """A client of the running VM; ``StateError`` (with ``fix``) when it is not running."""

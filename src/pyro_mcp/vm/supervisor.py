@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -730,40 +731,13 @@ class Supervisor:
         assert isinstance(args, dict)
         try:
             if op == "agent":
-                inner = args.get("op")
-                timeout = float(args.get("timeout") or 60)
-                if not isinstance(inner, str):
-                    raise ValueError("agent requests need an op")
-                reply = await self.agent_request(inner, args.get("args") or {}, timeout)
-                reply["id"] = request_id
-            elif op in ("status", "own"):
-                reply = {"id": request_id, "ok": True, "result": self.status()}
-            elif op in ("pause", "resume"):
-                await self.qmp("stop" if op == "pause" else "cont")
-                reply = {"id": request_id, "ok": True, "result": {"paused": op == "pause"}}
-            elif op == "hostfwd":
-                result = await self.hostfwd(
-                    str(args.get("action")), int(args["host_port"]), int(args.get("guest_port", 0))
-                )
-                reply = {"id": request_id, "ok": True, "result": result}
-            elif op == "suspend":
-                result = await self.suspend(str(args["path"]))
-                reply = {"id": request_id, "ok": True, "result": result}
-            elif op == "fork_save":
-                result = await self.fork_save(str(args["path"]), list(args["splits"]))
-                reply = {"id": request_id, "ok": True, "result": result}
-            elif op == "drives":
-                reply = {"id": request_id, "ok": True, "result": await self.drives()}
-            elif op == "egress_reload":
-                reply = {"id": request_id, "ok": True, "result": self.reload_egress()}
-            elif op == "save_template":
-                result = await self.save_template(str(args["path"]))
-                reply = {"id": request_id, "ok": True, "result": result}
-            elif op == "shutdown":
-                reply = {"id": request_id, "ok": True, "result": {}}
-                self.request_stop("stopped on request")
+                reply = await self._relay(args)
             else:
-                raise ValueError(f"unknown supervisor operation {op!r}")
+                handler = self._control.get(op) if isinstance(op, str) else None
+                if handler is None:
+                    raise ValueError(f"unknown supervisor operation {op!r}")
+                reply = {"ok": True, "result": await handler(args)}
+            reply["id"] = request_id
         except VMError as exc:
             reply = {
                 "id": request_id,
@@ -780,6 +754,66 @@ class Supervisor:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.write(encode_frame(reply))
                 await writer.drain()
+
+    async def _relay(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An ``agent`` request: the guest operation it wraps, and the guest's reply."""
+        inner = args.get("op")
+        timeout = float(args.get("timeout") or 60)
+        if not isinstance(inner, str):
+            raise ValueError("agent requests need an op")
+        return await self.agent_request(inner, args.get("args") or {}, timeout)
+
+    @functools.cached_property
+    def _control(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """The control socket's operations (besides ``agent``), by name."""
+
+        async def status(args: dict[str, Any]) -> dict[str, Any]:
+            return self.status()
+
+        async def pause(args: dict[str, Any]) -> dict[str, Any]:
+            await self.qmp("stop")
+            return {"paused": True}
+
+        async def resume(args: dict[str, Any]) -> dict[str, Any]:
+            await self.qmp("cont")
+            return {"paused": False}
+
+        async def hostfwd(args: dict[str, Any]) -> dict[str, Any]:
+            action, host_port = str(args.get("action")), int(args["host_port"])
+            return await self.hostfwd(action, host_port, int(args.get("guest_port", 0)))
+
+        async def suspend(args: dict[str, Any]) -> dict[str, Any]:
+            return await self.suspend(str(args["path"]))
+
+        async def fork_save(args: dict[str, Any]) -> dict[str, Any]:
+            return await self.fork_save(str(args["path"]), list(args["splits"]))
+
+        async def drives(args: dict[str, Any]) -> dict[str, Any]:
+            return await self.drives()
+
+        async def egress_reload(args: dict[str, Any]) -> dict[str, Any]:
+            return self.reload_egress()
+
+        async def save_template(args: dict[str, Any]) -> dict[str, Any]:
+            return await self.save_template(str(args["path"]))
+
+        async def shutdown(args: dict[str, Any]) -> dict[str, Any]:
+            self.request_stop("stopped on request")
+            return {}
+
+        return {
+            "status": status,
+            "own": status,  # the connection that sends it owns the VM (see _on_client)
+            "pause": pause,
+            "resume": resume,
+            "hostfwd": hostfwd,
+            "suspend": suspend,
+            "fork_save": fork_save,
+            "drives": drives,
+            "egress_reload": egress_reload,
+            "save_template": save_template,
+            "shutdown": shutdown,
+        }
 
     def status(self) -> dict[str, Any]:
         return {
