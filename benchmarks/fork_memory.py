@@ -21,6 +21,7 @@ from pyro_mcp import Pyro
 
 
 def qemu_memory_mib(pyro: Pyro, workspace: str) -> dict[str, float]:
+    """The workspace's QEMU: each smaps_rollup field (Rss, Pss, Private_Clean...) in MiB."""
     vm_id = pyro.status_workspace(workspace)["vm_id"]
     supervisor = next(v for v in pyro.list_vms() if v["vm_id"] == vm_id)["supervisor_pid"]
     qemu = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()[0]

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from benchmarks.fork_memory import qemu_memory_mib
 
 from pyro_mcp import Pyro
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StateError, VMError
@@ -291,27 +292,15 @@ def test_a_fork_taken_while_the_source_writes_has_whole_disks(pyro: Pyro, tmp_pa
             pyro.delete_workspace(workspace["workspace_id"])
 
 
-def _qemu_memory_mib(pyro: Pyro, workspace: str) -> dict[str, float]:
-    """The workspace's QEMU: Rss, Pss and Private_Clean in MiB (smaps_rollup)."""
-    vm_id = pyro.status_workspace(workspace)["vm_id"]
-    supervisor = next(v for v in pyro.list_vms() if v["vm_id"] == vm_id)["supervisor_pid"]
-    qemu = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()[0]
-    numbers = {}
-    for line in Path(f"/proc/{qemu}/smaps_rollup").read_text().splitlines()[1:]:
-        name, _, value = line.partition(":")
-        numbers[name] = int(value.split()[0]) / 1024
-    return numbers
-
-
 def test_a_fork_or_a_suspend_leaves_the_source_about_as_small_as_before(pyro: Pyro) -> None:
     """Saving memory reads every snapshot page; those the guest never wrote go back."""
     source = pyro.create_workspace()
     assert source["boot_kind"] == "warm"
     ws = source["workspace_id"]
     pyro.exec_workspace(ws, "echo kept > /workspace/kept")
-    before = _qemu_memory_mib(pyro, ws)
+    before = qemu_memory_mib(pyro, ws)
     fork = pyro.fork_workspace(ws)["forks"][0]["workspace_id"]
-    after = _qemu_memory_mib(pyro, ws)
+    after = qemu_memory_mib(pyro, ws)
     assert after["Rss"] <= 1.5 * before["Rss"] + 32, (before, after)
     assert after["Private_Clean"] <= before["Private_Clean"] + 64, (before, after)
     # The pages it gave back are read from the snapshot again when needed.
@@ -321,6 +310,6 @@ def test_a_fork_or_a_suspend_leaves_the_source_about_as_small_as_before(pyro: Py
 
     pyro.stop_workspace(ws)
     pyro.start_workspace(ws)
-    resumed = _qemu_memory_mib(pyro, ws)
+    resumed = qemu_memory_mib(pyro, ws)
     assert resumed["Rss"] <= 1.5 * before["Rss"] + 32, (before, resumed)
     pyro.delete_workspace(ws)
