@@ -152,3 +152,26 @@ def test_guest_programs_import_only_the_standard_library() -> None:
                 top = name.split(".")[0]
                 allowed = ("pyro_mcp", "protocol", "fileops", "processes")
                 assert top in sys.stdlib_module_names or top in allowed, (path, name)
+
+
+def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it() -> None:
+    env = dict(agent.BASE_ENV)
+    sh = ["/bin/sh", "-c"]
+    direct = agent._without_shell([*sh, "true"], env)
+    assert direct[0].endswith("/true") and len(direct) == 1
+    ls = agent._without_shell([*sh, "ls -la --color=never /tmp"], env)
+    assert ls[0].endswith("/ls") and ls[1:] == ["-la", "--color=never", "/tmp"]
+    for shell_needed in (
+        "echo -e x",  # a builtin that differs from /bin/echo
+        "cd /tmp",  # a builtin with no binary
+        "A=1 env",  # an assignment
+        "ls *.py",  # a glob
+        "ls | wc -l",  # a pipe
+        "ls > out",  # a redirection
+        "echo $HOME",  # an expansion
+        "ls 'a b'",  # quoting
+        "./run.sh",  # a path: looked up in the command's cwd
+        "no-such-program-here x",  # not on PATH: the shell says so
+    ):
+        assert agent._without_shell([*sh, shell_needed], env) == [*sh, shell_needed]
+    assert agent._without_shell(["true"], env) == ["true"]  # an argv is left alone

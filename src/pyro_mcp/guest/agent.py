@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -615,6 +616,7 @@ def op_exec(args: dict[str, Any]) -> dict[str, Any]:
     timeout = float(args.get("timeout_seconds") or 30)
     limit = int(args.get("max_output_bytes") or 1024 * 1024)
 
+    argv = _without_shell(argv, env)
     started = time.monotonic()
     process = processes.spawn(argv, cwd, env, merge_stderr=False)
     streams = _collect_output(process, timeout, limit)
@@ -689,6 +691,28 @@ def _collect_output(process: subprocess.Popen[bytes], timeout: float, limit: int
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(OSError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+# A shell command made only of plain words (no quoting, expansion, redirection,
+# operators or assignments) means the same run without the shell: it saves a
+# /bin/sh spawn (~9 ms under TCG) on the commands agents run most.
+_PLAIN_COMMAND = re.compile(r"[A-Za-z0-9_./:,+@%-]+(?: +[A-Za-z0-9_./:,+@%=-]+)*")
+# Builtins of dash whose binaries behave differently (echo -e, kill %1, ...).
+_SHELL_BUILTINS = frozenset({"echo", "printf", "test", "[", "kill", "pwd", "time"})
+
+
+def _without_shell(argv: list[str], env: dict[str, str]) -> list[str]:
+    """``/bin/sh -c WORDS`` as WORDS when the shell adds nothing; else ``argv``."""
+    if len(argv) != 3 or argv[:2] != ["/bin/sh", "-c"]:
+        return argv
+    command = argv[2].strip(" ")
+    if not _PLAIN_COMMAND.fullmatch(command):
+        return argv
+    words = command.split()
+    if words[0] in _SHELL_BUILTINS or "/" in words[0]:
+        return argv  # a path is looked up in the command's cwd, not ours
+    program = shutil.which(words[0], path=env.get("PATH"))
+    return [program, *words[1:]] if program else argv
 
 
 def _command_argv(args: dict[str, Any]) -> list[str]:
