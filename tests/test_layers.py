@@ -4,7 +4,7 @@ interpreter does not follow them at load time).
 
 The layers, top to bottom (docs/architecture.md):
 
-    surfaces   cli, mcp, hosts, the package face (pyro_mcp/__init__.py)
+    surfaces   cli, mcp, hosts, render (what both show people), the package face
     sdk        sdk, prepare, doctor
     workspaces workspaces/
     vm         vm/, vms
@@ -43,6 +43,7 @@ LAYERS = {
     "cli": 5,
     "mcp": 5,
     "hosts": 5,
+    "render": 5,
     "__init__": 5,
 }
 # Known upward edges, each a debt with its reason; the list may only shrink.

@@ -19,8 +19,8 @@ from pyro_mcp.cli.render import (
 )
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.render import render_journal_entry, render_summary
 from pyro_mcp.sdk import Pyro
-from pyro_mcp.workspaces.summary import render_journal_entry, render_summary
 
 EPILOG = """\
 examples:

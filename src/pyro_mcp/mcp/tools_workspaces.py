@@ -23,7 +23,7 @@ from pyro_mcp.mcp.tooling import (
     render_workspace,
     reply,
 )
-from pyro_mcp.workspaces.summary import render_journal_entry, render_summary
+from pyro_mcp.render import render_journal_entry, render_summary
 
 
 def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
