@@ -7,7 +7,7 @@ The layers, top to bottom (docs/architecture.md):
     surfaces   cli, mcp, hosts, render (what both show people), the package face
     sdk        sdk, prepare, doctor
     workspaces workspaces/
-    vm         vm/, vms
+    vm         vm/ (VmService in vm/service.py)
     base       agent/, store/, environments/, egress/, models, names, errors,
                config, host_tools, version
     guest      guest/ (standard library and agent/protocol.py only)
@@ -35,7 +35,6 @@ LAYERS = {
     "host_tools": 1,
     "version": 1,
     "vm": 2,
-    "vms": 2,
     "workspaces": 3,
     "sdk": 4,
     "prepare": 4,

@@ -14,7 +14,7 @@ from pyro_mcp.errors import HostSetupError, PyroError
 from pyro_mcp.models import VmState
 from pyro_mcp.vm import accel, merge
 from pyro_mcp.vm.qemu import qemu_version
-from pyro_mcp.vms import VmService
+from pyro_mcp.vm.service import VmService
 
 # Host memory an idle warm-started workspace holds (QEMU PSS, benchmarks/density.py);
 # what "room for N more" in the capacity line assumes.

@@ -34,8 +34,8 @@ from pyro_mcp.environments.cache import InstalledEnvironment
 from pyro_mcp.errors import HostSetupError, PyroError, VMError
 from pyro_mcp.models import VmRecord, VmState
 from pyro_mcp.vm import backend, disks, warm
-from pyro_mcp.vm.supervisor import VmFiles
-from pyro_mcp.vms import VmService
+from pyro_mcp.vm.files import VmFiles
+from pyro_mcp.vm.service import VmService
 
 
 def _quiet(_: str) -> None:

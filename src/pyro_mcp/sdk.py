@@ -18,7 +18,7 @@ from pyro_mcp.egress import config as egress_config
 from pyro_mcp.errors import PyroError
 from pyro_mcp.hosts import service as host_service
 from pyro_mcp.hosts.server_command import ServerOptions
-from pyro_mcp.vms import VmService
+from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces.secrets import Redactor, SecretSpec
 from pyro_mcp.workspaces.service import WorkspaceService
 

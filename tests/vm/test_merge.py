@@ -12,7 +12,7 @@ import pytest
 from pyro_mcp import Pyro
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.vm import merge
-from pyro_mcp.vm.supervisor import VmFiles
+from pyro_mcp.vm.files import VmFiles
 
 
 def fake_ksm(root: Path, run: str, zero_pages: str = "0") -> Path:

@@ -22,7 +22,7 @@ import pytest
 from pyro_mcp import Pyro
 from pyro_mcp.config import Paths
 from pyro_mcp.vm import warm
-from pyro_mcp.vms import VmService
+from pyro_mcp.vm.service import VmService
 from tests.conftest import TEST_ENVIRONMENT, leaked_processes
 
 IDENTITY = (

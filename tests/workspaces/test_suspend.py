@@ -203,7 +203,7 @@ def test_no_room_for_the_memory_keeps_the_workspace_running(
 ) -> None:
     ws = pyro.create_workspace()["workspace_id"]
     try:
-        monkeypatch.setattr("pyro_mcp.vms.SUSPEND_MARGIN_BYTES", 2**50)  # a disk this full
+        monkeypatch.setattr("pyro_mcp.vm.service.SUSPEND_MARGIN_BYTES", 2**50)  # a disk this full
         with pytest.raises(StoreError, match=r"not enough room.*keeps running.*discard-memory"):
             pyro.stop_workspace(ws)
         assert pyro.status_workspace(ws)["state"] == "running"

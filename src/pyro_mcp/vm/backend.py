@@ -16,8 +16,8 @@ from pyro_mcp import host_tools
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, VMError
 from pyro_mcp.vm import merge
+from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
-from pyro_mcp.vm.supervisor import VmFiles
 
 # The supervisor itself needs this much on top of the guest's boot.
 LAUNCH_MARGIN_SECONDS = 30.0

@@ -46,10 +46,10 @@ from pyro_mcp import host_tools
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.errors import PyroError, VMError
 from pyro_mcp.vm import reclaim
+from pyro_mcp.vm.files import VmFiles, console_tail
 from pyro_mcp.vm.qemu import die_with_parent
 
 CONSOLE_LOG_MAX_BYTES = 2 * 1024 * 1024
-CONSOLE_TAIL_BYTES = 4000
 HELLO_TIMEOUT_SECONDS = 30.0
 # Polling QMP while an incoming migration loads (it takes ~10 ms).
 RESTORE_POLL_SECONDS = 0.005
@@ -69,47 +69,6 @@ OWNER_GONE_REASONS = (OWNER_GONE, NO_OWNER)
 # was removed (by hand, or with a whole state directory), nobody can reach or
 # delete this VM any more, so it stops instead of running forever.
 DIRECTORY_CHECK_SECONDS = 5.0
-
-
-class VmFiles:
-    """The files of one VM directory."""
-
-    def __init__(self, vm_dir: Path) -> None:
-        self.dir = vm_dir
-        self.spec = vm_dir / "supervisor.json"
-        self.agent_socket = vm_dir / "agent.sock"
-        self.console_socket = vm_dir / "console.sock"
-        self.qmp_socket = vm_dir / "qmp.sock"
-        self.control_socket = vm_dir / "ctl.sock"
-        self.console_log = vm_dir / "console.log"
-        self.qemu_log = vm_dir / "qemu.log"
-        self.supervisor_log = vm_dir / "supervisor.log"
-        self.exit_record = vm_dir / "exit.json"
-        self.root_disk = vm_dir / "root.qcow2"
-        self.egress_socket = vm_dir / "egress.sock"
-        # A warm snapshot's RAM file the guest maps copy-on-write (see vm/suspend.py).
-        self.memory_base = vm_dir / "memory.base"
-
-    def sockets(self) -> tuple[Path, ...]:
-        return (
-            self.agent_socket,
-            self.console_socket,
-            self.qmp_socket,
-            self.control_socket,
-            self.egress_socket,
-        )
-
-
-def console_tail(files: VmFiles, limit: int = CONSOLE_TAIL_BYTES) -> str:
-    """The last ``limit`` bytes the guest printed on its console."""
-    try:
-        with files.console_log.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 CRASH_MARKERS = ("Kernel panic", "BUG:", "Oops:", "general protection fault", "Out of memory")

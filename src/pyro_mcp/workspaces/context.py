@@ -20,7 +20,7 @@ from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, InvalidArgument, NotFound, StateError, StoreError
 from pyro_mcp.store.db import Store
-from pyro_mcp.vms import VmService
+from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import files, lifetime
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.paths import workspace_relative

@@ -37,7 +37,7 @@ from pyro_mcp.errors import (
     VMError,
 )
 from pyro_mcp.vm import disks
-from pyro_mcp.vms import VmService, describe_command, exec_args, exec_result
+from pyro_mcp.vm.service import VmService, describe_command, exec_args, exec_result
 from pyro_mcp.workspaces import (
     ca_trust,
     disk,

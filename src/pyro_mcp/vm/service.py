@@ -41,8 +41,8 @@ from pyro_mcp.errors import (
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, thin, warm
+from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
-from pyro_mcp.vm.supervisor import VmFiles
 
 MAX_VCPU_COUNT = 8
 # Room kept free beyond a suspended guest's memory (its devices, the filesystem's own).
