@@ -170,7 +170,7 @@ def _apt_candidate_version(package: str) -> str:
 def _apt_query(args: list[str]) -> str:
     """An apt-cache query; runs ``apt-get update`` once if lists are missing (root only)."""
     for attempt in range(2):
-        result = host_tools.run(host_tools.APT_CACHE, args, capture_output=True, text=True)
+        result = host_tools.run(host_tools.APT_CACHE, args, capture_output=True)
         if result.returncode == 0 and "Unable to locate" not in result.stderr:
             return result.stdout
         if attempt == 0 and os.geteuid() == 0:
@@ -328,7 +328,6 @@ def _installed_packages(root: Path) -> dict[str, str]:
         host_tools.CHROOT,
         [root, "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
         capture_output=True,
-        text=True,
     )
     if result.returncode != 0:
         raise EnvironmentBuildError(
@@ -369,7 +368,7 @@ def _run(
     what: str,
     cwd: Path | None = None,
 ) -> None:
-    result = host_tools.run(tool, args, cwd=cwd, capture_output=True, text=True)
+    result = host_tools.run(tool, args, cwd=cwd, capture_output=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise EnvironmentBuildError(f"{what} failed (exit {result.returncode}):\n{tail}")
@@ -380,10 +379,12 @@ def _run_with_progress(program: Path, argv: list[str], progress: Progress, log: 
     counts = {"Retrieving": 0, "Extracting": 0, "Unpacking": 0, "Configuring": 0}
     last_report = time.monotonic()
     tail: list[str] = []
-    with log.open("w") as log_file:
-        process = host_tools.popen(
+    with (
+        log.open("w") as log_file,
+        host_tools.popen(
             program, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             log_file.write(line)
