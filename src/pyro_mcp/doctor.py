@@ -188,9 +188,7 @@ def _mem_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def _has_user_networking(qemu: str) -> bool:
     try:
-        result = host_tools.run(
-            Path(qemu), ["-netdev", "help"], capture_output=True, text=True, timeout=10
-        )
+        result = host_tools.run(Path(qemu), ["-netdev", "help"], capture_output=True, timeout=10)
     except (HostSetupError, subprocess.TimeoutExpired):
         return False
     return any(line.strip() == "user" for line in result.stdout.splitlines())

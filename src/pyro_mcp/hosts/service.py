@@ -255,7 +255,7 @@ def _run_host(argv: list[str], cwd: Path, *, check: bool) -> str:
     env = dict(os.environ, DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1")
     try:
         result = host_tools.run(
-            Path(argv[0]), argv[1:], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+            Path(argv[0]), argv[1:], cwd=cwd, env=env, capture_output=True, timeout=120
         )
     except subprocess.TimeoutExpired as exc:
         raise HostSetupError(f"could not run {argv[0]}: {exc}") from exc

@@ -233,7 +233,7 @@ def _backing_name(base: Path, overlay: Path) -> str:
 
 
 def _qemu_img(args: list[str], image: Path, *, capture: bool = False) -> str:
-    result = host_tools.run(host_tools.QEMU_IMG, args, capture_output=True, text=True)
+    result = host_tools.run(host_tools.QEMU_IMG, args, capture_output=True)
     if result.returncode != 0:
         raise VMError(f"qemu-img could not {args[0]} {image}: {result.stderr.strip()}")
     return result.stdout if capture else ""

@@ -178,7 +178,7 @@ def tcg_clock_arguments(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def qemu_version(qemu: Path) -> str:
     """``7.2.22`` from ``qemu-system-x86_64 --version``; ``unknown`` on failure."""
     try:
-        result = host_tools.run(qemu, ["--version"], capture_output=True, text=True, timeout=10)
+        result = host_tools.run(qemu, ["--version"], capture_output=True, timeout=10)
     except (HostSetupError, subprocess.TimeoutExpired):
         return "unknown"
     match = re.search(r"version\s+(\S+)", result.stdout)

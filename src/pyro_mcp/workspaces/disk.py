@@ -112,7 +112,6 @@ class DiskOps:
             host_tools.QEMU_IMG,
             ["convert", "-O", "raw", source, raw],
             capture_output=True,
-            text=True,
         )
         if result.returncode != 0:
             raw.unlink(missing_ok=True)
@@ -143,7 +142,6 @@ def _debugfs(image: Path, command: str) -> str:
         host_tools.DEBUGFS,
         ["-R", command, image],
         capture_output=True,
-        text=True,
         errors="replace",
         timeout=120,
     )

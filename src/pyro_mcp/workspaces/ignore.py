@@ -130,7 +130,6 @@ def _git_path(root: Path, name: str) -> Path | None:
             host_tools.GIT,
             ["-C", root, "rev-parse", "--git-path", name],
             capture_output=True,
-            text=True,
             timeout=30,
         )
     except (PyroError, subprocess.TimeoutExpired):

@@ -137,7 +137,7 @@ def _run(program: Path | None, args: list[str]) -> str:
     if program is None:
         return ""
     try:
-        done = host_tools.run(program, args, capture_output=True, text=True, timeout=20)
+        done = host_tools.run(program, args, capture_output=True, timeout=20)
     except (PyroError, subprocess.TimeoutExpired):
         return ""
     return done.stdout if done.returncode == 0 else ""

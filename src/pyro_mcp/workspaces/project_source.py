@@ -120,7 +120,7 @@ def clone(url: str, ref: str | None, repos_dir: Path) -> Path:
 
 def _git(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
-        return host_tools.run(host_tools.GIT, argv, capture_output=True, text=True, timeout=timeout)
+        return host_tools.run(host_tools.GIT, argv, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise InvalidArgument(
             "project", f"git {argv[0]} did not finish in {timeout:.0f} s"

@@ -1078,7 +1078,6 @@ def _make_ext4(tree: Path, image: Path) -> None:
         host_tools.MKFS_EXT4,
         ["-q", "-F", "-L", WORKSPACE_LABEL, "-d", tree, image, f"{WORKSPACE_DISK_MIB}M"],
         capture_output=True,
-        text=True,
     )
     if result.returncode != 0:
         raise VMError(f"could not build the workspace disk: {result.stderr.strip()[-500:]}")
