@@ -8,15 +8,14 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
+from pyro_mcp.environments.builder import guest_files
 from pyro_mcp.guest import agent
-
-GUEST_DIR = Path(agent.__file__).parent
 
 
 class AgentPeer:
@@ -134,24 +133,23 @@ def test_hello_echoes_the_nonce_with_agent_facts(peer: AgentPeer) -> None:
 
 
 def test_guest_programs_import_only_the_standard_library() -> None:
-    for path in (
-        GUEST_DIR / "agent.py",
-        GUEST_DIR / "fileops.py",
-        GUEST_DIR / "processes.py",
-        GUEST_DIR.parent / "agent" / "protocol.py",
-    ):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
+    """Every Python file shipped into the guest imports the standard library
+    and its siblings (or, on the host, their pyro_mcp names) only."""
+    shipped = {n: data for n, data in guest_files().items() if n.endswith(".py")}
+    siblings = {PurePosixPath(n).stem for n in shipped}
+    assert {"agent", "protocol", "fileops", "processes", "changes"} <= siblings
+    for name, data in shipped.items():
+        for node in ast.walk(ast.parse(data)):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             else:
                 continue
-            for name in names:
-                top = name.split(".")[0]
-                allowed = ("pyro_mcp", "protocol", "fileops", "processes")
-                assert top in sys.stdlib_module_names or top in allowed, (path, name)
+            for module in names:
+                top = module.split(".")[0]
+                allowed = top in sys.stdlib_module_names or top in {"pyro_mcp", *siblings}
+                assert allowed, (name, module)
 
 
 def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it() -> None:

@@ -195,6 +195,7 @@ def guest_files() -> dict[str, bytes]:
         "pyro/agent.py": guest.joinpath("agent.py").read_bytes(),
         "pyro/protocol.py": agent.joinpath("protocol.py").read_bytes(),
         "pyro/fileops.py": guest.joinpath("fileops.py").read_bytes(),
+        "pyro/changes.py": guest.joinpath("changes.py").read_bytes(),
         "pyro/processes.py": guest.joinpath("processes.py").read_bytes(),
     }
 

@@ -43,8 +43,9 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-    from pyro_mcp.guest import fileops, processes
+    from pyro_mcp.guest import changes, fileops, processes
 except ImportError:  # inside the guest, these files sit beside this one
+    import changes  # type: ignore[import-not-found,no-redef]
     import fileops  # type: ignore[import-not-found,no-redef]
     import processes  # type: ignore[import-not-found,no-redef]
     import protocol  # type: ignore[import-not-found,no-redef]
@@ -178,7 +179,10 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
     mounted = []
     for name, (serial, target, options) in MOUNTS.items():
         if mounts.get(name) and _is_guest():
-            _mount_disk(serial, target, options)
+            if _mount_disk(serial, target, options) and name == "workspace":
+                # From now on every change is on record; ``fresh``: the disk was
+                # just made from the baseline, so the record is whole.
+                changes.TRACKER.start(fresh=bool(args.get("fresh_workspace")))
             mounted.append(target)
     egress = args.get("egress")
     if isinstance(egress, dict) and _is_guest():
@@ -242,11 +246,12 @@ def _find_disk(serial: str) -> str:
         time.sleep(0.01)
 
 
-def _mount_disk(serial: str, target: str, options: str) -> None:
+def _mount_disk(serial: str, target: str, options: str) -> bool:
+    """Mount the disk with this serial on ``target``; False if it already was."""
     device = _find_disk(serial)
     with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as handle:
         if any(line.split()[1] == target for line in handle if len(line.split()) > 1):
-            return  # already mounted (a second hello on the same boot)
+            return False  # already mounted (a second hello on the same boot)
     # A restored guest still caches blocks it read from the disk that was attached
     # when the snapshot was taken (the partition scan); drop them first.
     fd = os.open(device, os.O_RDONLY)
@@ -263,6 +268,7 @@ def _mount_disk(serial: str, target: str, options: str) -> None:
         raise RequestError(
             "mount_failed", f"cannot mount {device} on {target}: {os.strerror(error)}"
         )
+    return True
 
 
 # sys/mount.h
@@ -557,6 +563,7 @@ def _workspace_problem() -> str | None:
 
 def _remount_workspace() -> None:
     """Unmount /workspace and mount it again (ext4 replays its journal on mount)."""
+    changes.TRACKER.stop()  # the next diff walks everything and watches anew
     if _libc().umount2(WORKSPACE.encode(), 0) != 0:
         error = ctypes.get_errno()
         if error == errno.EBUSY:

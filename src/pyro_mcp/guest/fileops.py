@@ -17,6 +17,11 @@ import tempfile
 import zlib
 from typing import Any
 
+try:
+    from pyro_mcp.guest import changes
+except ImportError:  # inside the guest, beside this file
+    import changes  # type: ignore[import-not-found,no-redef]
+
 WORKSPACE = "/workspace"
 BASELINE = "/run/pyro/baseline"
 STAGING = "/tmp/.pyro-transfer"
@@ -326,33 +331,61 @@ def op_diff(args: dict[str, Any]) -> dict[str, Any]:
 
     ``exclude`` names paths (relative to /workspace) to leave out, with
     everything below them; ``git_binary`` writes binary files as Git binary
-    patches (so ``git apply`` takes them) instead of a one-line marker.
+    patches (so ``git apply`` takes them) instead of a one-line marker;
+    ``patch: false`` skips the patch text, and ``collapse`` lists a directory
+    added or deleted whole as itself alone. Looks only where the change record
+    (``changes.py``) says something happened, or walks both trees when that
+    record cannot be trusted; with ``explain``, ``walked`` says which.
     """
     if not os.path.isdir(BASELINE):
         raise RequestError("no_baseline", "this workspace has no baseline mounted")
     exclude = _path_set(args.get("exclude"))
     git_binary = bool(args.get("git_binary"))
-    old = _snapshot(BASELINE)
-    new = _snapshot(WORKSPACE, exclude)
-    changes: list[dict[str, Any]] = []
+    with changes.TRACKER.diffing:
+        directories, handles = changes.TRACKER.take()
+        try:
+            view = _changed_view(directories) if directories is not None else None
+            if view is None:
+                directories = None
+                view = _snapshot(BASELINE), _snapshot(WORKSPACE)
+            old, new = view
+            found = [
+                change
+                for path in sorted(set(old) | set(new))
+                if (change := _compare(path, old.get(path), new.get(path))) is not None
+            ]
+        except BaseException:
+            changes.TRACKER.give_back(handles, full=directories is None)
+            raise
+        changes.TRACKER.settle(
+            [c["path"] for c in found],
+            {c["path"] for c in found if c["type"] == "directory"},
+        )
+    shown: list[dict[str, Any]] = []
     patch: list[str] = []
     patch_bytes = 0
     patch_truncated = False
-    for path in sorted(set(old) | set(new)):
-        before, after = old.get(path), new.get(path)
-        change = _compare(path, before, after)
-        if change is None:
+    whole: set[str] = set()  # with ``collapse``: directories added or deleted whole
+    for change in found:
+        path = change["path"]
+        if _excluded(path, exclude) or _excluded(path, whole):
             continue
-        changes.append(change)
-        if patch_truncated:
+        collapses = change["type"] == "directory" and change["status"] in ("added", "deleted")
+        if collapses and args.get("collapse"):
+            whole.add(path)
+        shown.append(change)
+        if patch_truncated or args.get("patch") is False:
             continue
-        text = _unified(path, before, after, change, git_binary)
+        text = _unified(path, old.get(path), new.get(path), change, git_binary)
         if patch_bytes + len(text) > MAX_PATCH_TEXT:
             patch_truncated = True
         else:
             patch.append(text)
             patch_bytes += len(text)
-    return {"changes": changes, "patch": "".join(patch), "patch_truncated": patch_truncated}
+    reply = {"changes": shown, "patch": "".join(patch), "patch_truncated": patch_truncated}
+    if args.get("explain"):
+        reply["walked"] = directories is None
+    return reply
 
 
 def _path_set(value: Any) -> set[str]:
@@ -363,26 +396,107 @@ def _path_set(value: Any) -> set[str]:
     return {os.path.normpath(v) for v in value}
 
 
-def _snapshot(root: str, exclude: set[str] | None = None) -> dict[str, tuple[int, int, int]]:
-    """path -> (type bits, permission bits, size) for everything under ``root``."""
-    found: dict[str, tuple[int, int, int]] = {}
+def _excluded(path: str, exclude: set[str]) -> bool:
+    if not exclude:
+        return False
+    parts = path.split("/")
+    return any("/".join(parts[:depth]) in exclude for depth in range(1, len(parts) + 1))
+
+
+# What a diff compares: (type bits, permission bits, size, inode, mtime, ctime, links).
+# The workspace disk is a copy-on-write overlay of the baseline's filesystem, so a
+# file the guest never touched has the very same inode, times and size on both sides.
+Info = tuple[int, int, int, int, int, int, int]
+
+
+def _info(path: str) -> Info | None:
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (
+        stat.S_IFMT(info.st_mode),
+        stat.S_IMODE(info.st_mode),
+        info.st_size,
+        info.st_ino,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        info.st_nlink,
+    )
+
+
+def _snapshot(root: str, skip: tuple[str, ...] = IGNORED) -> dict[str, Info]:
+    """Every path under ``root`` (relative to it) and its ``Info``; ``skip``
+    leaves out those top-level names."""
+    found: dict[str, Info] = {}
     for current, dirs, files in os.walk(root):
         if current == root:
-            dirs[:] = [d for d in dirs if d not in IGNORED]
-        if exclude:
-            here = os.path.relpath(current, root)
-            prefix = "" if here == "." else here + "/"
-            dirs[:] = [d for d in dirs if prefix + d not in exclude]
-            files = [f for f in files if prefix + f not in exclude]
+            dirs[:] = [d for d in dirs if d not in skip]
         for name in [*dirs, *files]:
             full = os.path.join(current, name)
-            info = os.lstat(full)
-            found[os.path.relpath(full, root)] = (
-                stat.S_IFMT(info.st_mode),
-                stat.S_IMODE(info.st_mode),
-                info.st_size,
-            )
+            info = _info(full)
+            if info is not None:
+                found[os.path.relpath(full, root)] = info
     return found
+
+
+def _changed_view(directories: set[str]) -> tuple[dict[str, Info], dict[str, Info]] | None:
+    """Both sides' ``Info`` of every path a change could be at, given the
+    directories the change record names; None when only a full walk will do.
+
+    In each such directory every entry is looked at. A directory present on
+    both sides with the same inode and ctime has the same entries (anything
+    changed inside it has its own record); otherwise it is looked into as
+    well, and a directory on one side only is taken whole.
+    """
+    old: dict[str, Info] = {}
+    new: dict[str, Info] = {}
+    pending, seen = sorted(directories), set()
+    while pending:
+        here = pending.pop()
+        if here in seen:
+            continue
+        seen.add(here)
+        names = _entries(BASELINE, here) | _entries(WORKSPACE, here)
+        if here:
+            names.add("")  # the directory itself: its mode
+        elif IGNORED:
+            names -= set(IGNORED)
+        for name in names:
+            path = os.path.join(here, name) if name else here
+            before = _info(os.path.join(BASELINE, path))
+            after = _info(os.path.join(WORKSPACE, path))
+            for side, info in ((old, before), (new, after)):
+                if info is not None:
+                    side[path] = info
+            if not name:
+                continue
+            before_dir = before is not None and stat.S_ISDIR(before[0])
+            after_dir = after is not None and stat.S_ISDIR(after[0])
+            if before_dir and after_dir:
+                if before is not None and after is not None and before[3:6] != after[3:6]:
+                    pending.append(path)  # entries added, removed or renamed in it
+                continue
+            if before_dir:
+                old.update(_subtree(BASELINE, path))
+            if after_dir:
+                new.update(_subtree(WORKSPACE, path))
+    for side in (old, new):
+        if any(stat.S_ISREG(info[0]) and info[6] > 1 for info in side.values()):
+            return None  # a hard link: a change may show under a name not looked at
+    return old, new
+
+
+def _entries(root: str, here: str) -> set[str]:
+    try:
+        return set(os.listdir(os.path.join(root, here)))
+    except (NotADirectoryError, FileNotFoundError):
+        return set()
+
+
+def _subtree(root: str, top: str) -> dict[str, Info]:
+    below = _snapshot(os.path.join(root, top), skip=())
+    return {os.path.join(top, path): info for path, info in below.items()}
 
 
 def _compare(path: str, before: Any, after: Any) -> dict[str, Any] | None:
@@ -409,7 +523,9 @@ def _compare(path: str, before: Any, after: Any) -> dict[str, Any] | None:
             "binary": False,
         }
     content_changed = False
-    if stat.S_ISREG(after[0]):
+    if before[3:6] == after[3:6]:
+        pass  # the same inode, never written to since the baseline
+    elif stat.S_ISREG(after[0]):
         content_changed = before[2] != after[2] or not _same_bytes(path)
     elif stat.S_ISLNK(after[0]):
         content_changed = os.readlink(os.path.join(BASELINE, path)) != os.readlink(

@@ -90,7 +90,7 @@ for file in hostname machine-id; do
         ln -s "/run/pyro/$file" "/newroot/etc/$file"
     fi
 done
-cp /pyro/agent.py /pyro/protocol.py /pyro/fileops.py /pyro/processes.py /newroot/run/pyro/
+cp /pyro/*.py /newroot/run/pyro/  # the agent and its modules: guest_files()
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 
 umount /proc

@@ -42,6 +42,25 @@ def create_overlay(base: Path, overlay: Path) -> None:
     _qemu_img(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", backing, str(overlay)], overlay)
 
 
+def mark_fresh(overlay: Path) -> None:
+    """Note that ``overlay`` was just made from its baseline and not yet booted:
+    the guest's change record then starts whole (see ``guest/changes.py``)."""
+    _fresh_marker(overlay).touch()
+
+
+def take_fresh(overlay: Path) -> bool:
+    """Whether ``overlay`` is still fresh; the mark goes (a boot uses it once)."""
+    try:
+        _fresh_marker(overlay).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _fresh_marker(overlay: Path) -> Path:
+    return overlay.with_name(overlay.name + ".fresh")
+
+
 def create_blank(image: Path, size_mib: int) -> None:
     """An empty qcow2 image of ``size_mib`` (a drive's stand-in; costs ~200 KB)."""
     _qemu_img(["create", "-q", "-f", "qcow2", str(image), f"{size_mib}M"], image)

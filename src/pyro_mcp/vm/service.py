@@ -601,6 +601,9 @@ class VmService:
                 "workspace": record.workspace_disk is not None,
                 "baseline": record.baseline_disk is not None,
             },
+            "fresh_workspace": (
+                record.workspace_disk is not None and disks.take_fresh(Path(record.workspace_disk))
+            ),
         }
 
     def exec_vm(

@@ -140,6 +140,28 @@ def _git_path(root: Path, name: str) -> Path | None:
     return path if path.is_absolute() else root / path
 
 
+def left_out(rules: IgnoreRules, changes: list[dict[str, Any]]) -> list[str]:
+    """The outermost ignored paths among a diff's ``changes`` (a whole added or
+    deleted directory may stand for everything below it).
+
+    A diff looks only at what changed, so it asks this instead of walking the
+    workspace with ``ignored_under``: a change is left out when its path, or a
+    directory above it, is ignored and not tracked.
+    """
+    found: set[str] = set()
+    for change in changes:
+        parts = PurePosixPath(change["path"]).parts
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            is_dir = depth < len(parts) or change["type"] == "directory"
+            if rules.is_tracked(prefix, is_dir):
+                continue
+            if rules.matches(prefix, is_dir):
+                found.add(prefix)
+                break
+    return sorted(found)
+
+
 MAX_WALK_LEVELS = 256
 MAX_WALKED = 500_000
 

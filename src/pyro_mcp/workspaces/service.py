@@ -215,6 +215,7 @@ class WorkspaceService:
             shutil.rmtree(staging)
             os.chmod(folder / "baseline.ext4", 0o444)
             disks.create_overlay(folder / "baseline.ext4", folder / "workspace.qcow2")
+            disks.mark_fresh(folder / "workspace.qcow2")
             record = self.vms.create_vm(
                 environment,
                 vcpu_count=vcpu_count,
@@ -519,8 +520,13 @@ class WorkspaceService:
         if format not in DIFF_FORMATS:
             raise InvalidArgument("format", f"use one of {', '.join(DIFF_FORMATS)}")
         workspace = self.ctx.find(ref)
+        folder = self.root / workspace["workspace_id"]
+        rules = None if include_ignored else ignore.IgnoreRules.load(folder)
+        left_out: list[str] = []
         with self.ctx.connect(workspace) as client:
-            left_out = self._ignored(client, workspace, ".", include_ignored)
+            if rules is not None:  # which changes the rules leave out, then the diff without them
+                listing = files.check_diff(guest.diff(client, {"patch": False, "collapse": True}))
+                left_out = ignore.left_out(rules, listing["changes"])
             args = {"exclude": left_out, "git_binary": format == "patch"}
             reply = guest.diff(client, args)
         result = files.check_diff(reply)
@@ -599,6 +605,9 @@ class WorkspaceService:
         else:
             shutil.copyfile(source, fresh)
         disks.replace_top(fresh, folder / "workspace.qcow2")
+        disks.take_fresh(folder / "workspace.qcow2")
+        if source is None:
+            disks.mark_fresh(folder / "workspace.qcow2")
         self._apply_egress(workspace)
         self.vms.start_vm(workspace["vm_id"])
         self._after_boot(workspace)
