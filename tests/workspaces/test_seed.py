@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.workspaces import seed as seed_module
 from pyro_mcp.workspaces.paths import resolve_workspace_path
-from pyro_mcp.workspaces.seed import stage_seed
+from pyro_mcp.workspaces.seed import stage_seed, staging_area
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], data: bytes = b"x") -> Path:
@@ -34,6 +35,55 @@ def test_a_directory_seed_keeps_inner_links_and_skips_escaping_ones(tmp_path: Pa
     assert os.readlink(staged / "inner") == "src/app.py"
     assert not (staged / "outer").exists() and not (staged / "src" / "up").is_symlink()
     assert (info.kind, info.skipped_links, info.bytes) == ("directory", 2, 9)
+
+
+def test_a_directory_a_copy_would_equal_is_used_as_it_is(tmp_path: Path) -> None:
+    seed = tmp_path / "repo"
+    (seed / "src").mkdir(parents=True)
+    (seed / "src" / "app.py").write_text("print(1)\n")
+    os.symlink("src/app.py", seed / "inner")
+    info = stage_seed(seed, tmp_path / "staged", as_is=True)
+    assert info.tree == seed and not any((tmp_path / "staged").iterdir())
+    assert (info.kind, info.file_count, info.bytes) == ("directory", 2, 9)
+    assert "tree" not in info.to_dict()
+    # Anything a copy would change (here a link out of the seed) means a copy.
+    os.symlink("/etc/passwd", seed / "outer")
+    copied = stage_seed(seed, tmp_path / "staged", as_is=True)
+    assert copied.tree == tmp_path / "staged" and copied.skipped_links == 1
+    assert (tmp_path / "staged" / "src" / "app.py").read_text() == "print(1)\n"
+
+
+def test_a_copy_keeps_mode_and_time_and_refuses_what_is_no_longer_a_file(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "run.sh"
+    source.write_text("#!/bin/sh\n")
+    os.chmod(source, 0o751)
+    os.utime(source, ns=(1_000_000_000, 2_000_000_000))
+    seed_module.copy_file(source, tmp_path / "copy")
+    copied = (tmp_path / "copy").stat()
+    assert (copied.st_mode & 0o7777, copied.st_mtime_ns) == (0o751, 2_000_000_000)
+    os.mkfifo(tmp_path / "fifo")  # swapped in since the walk: refused, and never blocks
+    with pytest.raises(InvalidArgument, match="changed while it was being copied"):
+        seed_module.copy_file(tmp_path / "fifo", tmp_path / "copy2")
+    os.symlink(source, tmp_path / "link")
+    with pytest.raises(OSError):
+        seed_module.copy_file(tmp_path / "link", tmp_path / "copy3")
+
+
+def test_staging_happens_in_memory_when_there_is_room_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with staging_area(tmp_path / "ws" / "seed") as staging:
+        staging.mkdir()
+        (staging / "f").write_text("x")
+        where = staging.parent
+    assert where.parent == seed_module.MEMORY_STAGING and not where.exists()
+    monkeypatch.setattr(seed_module, "MEMORY_STAGING", tmp_path / "no-such-memory")
+    with pytest.raises(RuntimeError), staging_area(tmp_path / "ws" / "seed") as staging:
+        where = staging.parent
+        raise RuntimeError("a failed build")
+    assert where.parent == tmp_path / "ws" and not where.exists()
 
 
 def test_an_archive_seed_is_extracted(tmp_path: Path) -> None:

@@ -8,11 +8,14 @@ names, ``..`` components, links escaping the root, or device files are refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tarfile
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,6 +24,30 @@ from pyro_mcp.errors import InvalidArgument
 MAX_SEED_BYTES = 2 * 1024 * 1024 * 1024
 MAX_SEED_FILES = 200_000
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+# Staging writes one file per seed file and deletes them all a moment later.
+# On a disk, each create is a journaled metadata write (0.4 ms each on the
+# machines we measure on: 4 s for a 10,000-file project); in memory it is not
+# (0.2 s). So staging happens in a RAM-backed folder when one has room for the
+# largest seed twice over, and beside the workspace otherwise.
+MEMORY_STAGING = Path("/dev/shm")
+
+
+@contextlib.contextmanager
+def staging_area(fallback: Path) -> Iterator[Path]:
+    """An empty folder to stage a seed in, removed afterwards whatever happens."""
+    base = fallback.parent
+    with contextlib.suppress(OSError):
+        room = os.statvfs(MEMORY_STAGING)
+        if room.f_bavail * room.f_frsize >= 2 * MAX_SEED_BYTES:
+            base = MEMORY_STAGING
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="pyro-seed-", dir=base))
+    try:
+        yield folder / "tree"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -33,13 +60,22 @@ class SeedInfo:
     bytes: int
     skipped_links: int = 0
     skipped_unreadable: int = 0
+    # Where the staged tree is: the staging folder, or the source directory
+    # itself when copying it would change nothing (see ``_as_is``).
+    tree: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "tree"}
 
 
-def stage_seed(source: Path | None, staging: Path, only: list[str] | None = None) -> SeedInfo:
-    """Copy ``source`` into the empty directory ``staging``.
+def stage_seed(
+    source: Path | None, staging: Path, only: list[str] | None = None, *, as_is: bool = False
+) -> SeedInfo:
+    """Copy ``source`` into the empty directory ``staging``; ``tree`` in the
+    result says where the staged tree is.
+
+    With ``as_is``, a directory whose copy would equal it (see ``_as_is``) is
+    not copied: ``tree`` is the directory itself, for a caller that only reads it.
 
     ``only`` limits a directory seed to those relative paths (a project's
     Git-tracked files); listed files that are missing or unreadable in the
@@ -52,20 +88,61 @@ def stage_seed(source: Path | None, staging: Path, only: list[str] | None = None
     """
     staging.mkdir(parents=True, exist_ok=True)
     if source is None:
-        return SeedInfo("empty", None, 0, 0)
+        return SeedInfo("empty", None, 0, 0, tree=staging)
     source = Path(source).expanduser().absolute()
     if not source.exists():
         raise InvalidArgument("seed_path", f"{source} does not exist")
     if source.is_dir():
         if only is not None:
-            return _stage_listed(source, staging, only)
-        return _stage_directory(source, staging)
+            return replace(_stage_listed(source, staging, only), tree=staging)
+        if as_is and (info := _as_is(source)) is not None:
+            return info
+        return replace(_stage_directory(source, staging), tree=staging)
     if source.is_file() and source.name.endswith(ARCHIVE_SUFFIXES):
-        return _stage_archive(source, staging)
+        return replace(_stage_archive(source, staging), tree=staging)
     raise InvalidArgument(
         "seed_path",
         f"{source} is neither a directory nor a .tar/.tar.gz/.tgz archive",
     )
+
+
+def _as_is(root: Path) -> SeedInfo | None:
+    """The seed's facts if a staged copy of ``root`` would equal ``root``: only
+    directories, regular files and symlinks that stay inside it, all owned by
+    this process's user and group (a copy is) and readable by it. None otherwise.
+
+    Then the baseline is written from ``root`` directly, without copying every
+    file first. Anything that appears in ``root`` between this look and that
+    write lands in the guest as it is, which is no different from the user
+    adding it a moment earlier.
+    """
+    real_root = root.resolve()
+    uid, gid = os.getuid(), os.getgid()
+    files = total = 0
+    for current, dirs, names in os.walk(root, followlinks=False):
+        for name in [*dirs, *names]:
+            path = os.path.join(current, name)
+            info = os.lstat(path)
+            if info.st_uid != uid or info.st_gid != gid:
+                return None
+            if stat.S_ISDIR(info.st_mode):
+                if info.st_mode & 0o700 != 0o700:
+                    return None
+            elif stat.S_ISREG(info.st_mode):
+                if not info.st_mode & 0o400:
+                    return None
+                files, total = files + 1, total + info.st_size
+                _check_bounds(files, total)
+            elif stat.S_ISLNK(info.st_mode):
+                resolved = Path(current, os.readlink(path)).resolve()
+                if resolved != real_root and real_root not in resolved.parents:
+                    return None
+                if name in dirs:
+                    return None  # a link to a directory: the copy keeps it, never walks it
+                files += 1
+            else:
+                return None
+    return SeedInfo("directory", str(root), files, total, tree=root)
 
 
 def _stage_directory(root: Path, staging: Path) -> SeedInfo:
@@ -96,7 +173,7 @@ def _stage_directory(root: Path, staging: Path) -> SeedInfo:
                 size = path.lstat().st_size
                 files, total = files + 1, total + size
                 _check_bounds(files, total)
-                shutil.copy2(path, target_dir / name, follow_symlinks=False)
+                copy_file(path, target_dir / name)
             # sockets, fifos and devices are not seed material: skipped
     return SeedInfo("directory", str(root), files, total, skipped)
 
@@ -121,7 +198,7 @@ def _stage_listed(root: Path, staging: Path, paths: list[str]) -> SeedInfo:
                 files += 1
             elif stat.S_ISREG(mode):
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target, follow_symlinks=False)
+                copy_file(source, target)
                 files, total = files + 1, total + source.lstat().st_size
                 _check_bounds(files, total)
             # a submodule (a directory) or anything else is not seed material
@@ -178,6 +255,41 @@ def _normalise(path: PurePosixPath) -> PurePosixPath | None:
         elif part not in (".", ""):
             parts.append(part)
     return PurePosixPath(*parts)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy a regular file's bytes, mode and modification time, nothing more.
+
+    In the kernel (``sendfile``) and without ``shutil.copy2``'s
+    extended-attribute and flag copying, which made staging a 10,000-file
+    project ten times slower. ``source`` is opened without following a link
+    and without blocking, and must still be a regular file: a path swapped for
+    a link or a fifo since it was looked at is refused, never followed.
+    """
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument("seed_path", f"{source} changed while it was being copied")
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _copy_bytes(fd, out, info.st_size)
+            os.fchmod(out, stat.S_IMODE(info.st_mode))
+            os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+def _copy_bytes(source: int, target: int, size: int) -> None:
+    """``size`` bytes (or up to the end, if the file shrank), in the kernel."""
+    offset = 0
+    while offset < size:
+        done = os.sendfile(target, source, offset, size - offset)
+        if done == 0:
+            return
+        offset += done
 
 
 def _check_bounds(files: int, total: int) -> None:

@@ -55,7 +55,7 @@ from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.context import WorkspaceContext, expiry_warning
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.paths import resolve_workspace_path, workspace_relative
-from pyro_mcp.workspaces.seed import stage_seed
+from pyro_mcp.workspaces.seed import SeedInfo, stage_seed, staging_area
 
 WORKSPACE_DISK_MIB = config.WORKSPACE_DISK_MIB
 WORKSPACE_LABEL = "pyro-workspace"
@@ -192,27 +192,7 @@ class WorkspaceService:
             if egress_policy is not None:
                 workspace_egress.ensure_ca(folder, egress_policy, workspace_id)
             progress("phase=seed staging the seed")
-            staging = folder / "seed"
-            if project_path is not None:
-                root = project_source.git_toplevel(Path(project_path).expanduser())
-                if root is None:
-                    raise InvalidArgument(
-                        "project_path", f"{project_path} is not inside a Git checkout"
-                    )
-                tracked = project_source.tracked_files(root)
-                seed = stage_seed(root, staging, only=tracked)
-                ignore.save(folder, ignore.collect(staging, tracked, checkout=root))
-                kind, ref = origin or ("project_path", str(root))
-            else:
-                seed = stage_seed(Path(seed_path) if seed_path is not None else None, staging)
-                checkout = project_source.checkout_at(Path(seed.source)) if seed.source else None
-                tracked = project_source.tracked_files(checkout) if checkout else []
-                ignore.save(folder, ignore.collect(staging, tracked, checkout=checkout))
-                kind, ref = origin or (
-                    ("seed_path", str(seed.source)) if seed.source else ("none", "")
-                )
-            _make_ext4(staging, folder / "baseline.ext4")
-            shutil.rmtree(staging)
+            seed, kind, ref = _build_baseline(folder, project_path, seed_path, origin)
             os.chmod(folder / "baseline.ext4", 0o444)
             disks.create_overlay(folder / "baseline.ext4", folder / "workspace.qcow2")
             disks.mark_fresh(folder / "workspace.qcow2")
@@ -1080,6 +1060,37 @@ def _bounded(name: str, text: str, truncated: bool) -> dict[str, Any]:
     data = text.encode("utf-8", errors="replace")
     kept = data[:JOURNAL_OUTPUT_BYTES].decode("utf-8", errors="ignore")
     return {name: kept, f"{name}_truncated": truncated or len(data) > JOURNAL_OUTPUT_BYTES}
+
+
+def _build_baseline(
+    folder: Path,
+    project_path: str | Path | None,
+    seed_path: str | Path | None,
+    origin: tuple[str, str] | None,
+) -> tuple[SeedInfo, str, str]:
+    """Stage the seed, keep its ignore rules and write ``baseline.ext4`` from it;
+    the seed's facts and its origin (kind, reference)."""
+    with staging_area(folder / "seed") as staging:
+        if project_path is not None:
+            root = project_source.git_toplevel(Path(project_path).expanduser())
+            if root is None:
+                raise InvalidArgument(
+                    "project_path", f"{project_path} is not inside a Git checkout"
+                )
+            tracked = project_source.tracked_files(root)
+            seed = stage_seed(root, staging, only=tracked)
+            checkout: Path | None = root
+            kind, ref = origin or ("project_path", str(root))
+        else:
+            source = Path(seed_path) if seed_path is not None else None
+            seed = stage_seed(source, staging, as_is=True)
+            checkout = project_source.checkout_at(Path(seed.source)) if seed.source else None
+            tracked = project_source.tracked_files(checkout) if checkout else []
+            kind, ref = origin or (("seed_path", str(seed.source)) if seed.source else ("none", ""))
+        tree = seed.tree or staging
+        ignore.save(folder, ignore.collect(tree, tracked, checkout=checkout))
+        _make_ext4(tree, folder / "baseline.ext4")
+    return seed, kind, ref
 
 
 def _make_ext4(tree: Path, image: Path) -> None:

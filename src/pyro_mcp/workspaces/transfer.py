@@ -26,7 +26,7 @@ from typing import Any
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument
-from pyro_mcp.workspaces.seed import SeedInfo, stage_seed
+from pyro_mcp.workspaces.seed import SeedInfo, stage_seed, staging_area
 
 CHUNK_BYTES = 4 * 1024 * 1024
 MAX_EXPORT_BYTES = 2 * 1024 * 1024 * 1024
@@ -36,8 +36,10 @@ TRANSFER_TIMEOUT = 120.0
 
 def push_tree(client: SupervisorClient, source: Path, dest: str) -> tuple[SeedInfo, dict[str, Any]]:
     """Copy a host directory or archive into ``dest`` (a /workspace path)."""
-    with tempfile.TemporaryDirectory(prefix="pyro-push-") as tmp:
-        staging = Path(tmp) / "tree"
+    with (
+        tempfile.TemporaryDirectory(prefix="pyro-push-") as tmp,
+        staging_area(Path(tmp) / "tree") as staging,
+    ):
         info = stage_seed(source, staging)
         archive = Path(tmp) / "push.tar"
         with tarfile.open(archive, "w") as tar:
