@@ -255,7 +255,9 @@ def _prove(vms: VmService, key: warm.WarmKey, snapshot: warm.WarmSnapshot) -> di
             timings["create_ms"] = _ms(started)
             _require_warm(created, "create")
             started = time.monotonic()
-            result = workspaces.exec(created["workspace_id"], "cat /etc/hostname; ls /workspace")
+            result = workspaces.commands.run(
+                created["workspace_id"], "cat /etc/hostname; ls /workspace"
+            )
             timings["exec_ms"] = _ms(started)
             if result["exit_code"] != 0:
                 raise VMError(f"the proof's command failed in the warm VM: {result['stderr']}")

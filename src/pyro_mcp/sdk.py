@@ -228,7 +228,7 @@ class Pyro:
         """Copy a running workspace as it is now, processes included, into ``count``
         new workspaces (named ``name``, or ``name-1``...``name-K``); the source pauses
         briefly and runs on. Returns ``forks`` (their statuses), ``pause_ms``, ``fork_ms``."""
-        return self._workspaces.fork(workspace, name=name, count=count)
+        return self._workspaces.forks.fork(workspace, name=name, count=count)
 
     def suspend_idle_workspaces(self) -> dict[str, Any]:
         """Suspend running workspaces idle past their ``idle_suspend_seconds`` now
@@ -385,7 +385,7 @@ class Pyro:
         ``secret_env`` entries ``NAME[:ENV_VAR]`` put a workspace secret in the
         command's environment (as ``NAME`` unless ``ENV_VAR`` is given).
         """
-        return self._workspaces.exec(
+        return self._workspaces.commands.run(
             workspace,
             command,
             timeout_seconds=timeout_seconds,
@@ -404,26 +404,26 @@ class Pyro:
         self, workspace: str, source: str | Path, *, dest: str = "."
     ) -> dict[str, Any]:
         """Copy a host directory or .tar/.tgz into /workspace/<dest>; escaping links are skipped."""
-        return self._workspaces.sync_push(workspace, source, dest=dest)
+        return self._workspaces.files.push(workspace, source, dest=dest)
 
     @_redacting
     def list_workspace_files(
         self, workspace: str, path: str = ".", *, recursive: bool = False
     ) -> dict[str, Any]:
         """Entries (path, type, size, mode, link_target) under a /workspace directory."""
-        return self._workspaces.file_list(workspace, path, recursive=recursive)
+        return self._workspaces.files.listing(workspace, path, recursive=recursive)
 
     @_redacting
     def read_workspace_file(
         self, workspace: str, path: str, *, max_bytes: int = 65536
     ) -> dict[str, Any]:
         """A file's text (``content``), or ``content_base64`` when it is binary; bounded."""
-        return self._workspaces.file_read(workspace, path, max_bytes=max_bytes)
+        return self._workspaces.files.read(workspace, path, max_bytes=max_bytes)
 
     @_redacting
     def write_workspace_file(self, workspace: str, path: str, text: str | bytes) -> dict[str, Any]:
         """Create or replace a file under /workspace with ``text`` (parents are created)."""
-        return self._workspaces.file_write(workspace, path, text)
+        return self._workspaces.files.write(workspace, path, text)
 
     @_redacting
     def apply_workspace_patch(self, workspace: str, patch: str) -> dict[str, Any]:
@@ -432,7 +432,7 @@ class Pyro:
         Raises:
             PatchConflict: a hunk does not match; nothing was changed.
         """
-        return self._workspaces.patch_apply(workspace, patch)
+        return self._workspaces.files.apply_patch(workspace, patch)
 
     @_redacting
     def diff_workspace(
@@ -445,7 +445,9 @@ class Pyro:
         ``format="patch"``: binary files as Git binary patches, so ``patch``
         goes through ``git apply`` whole.
         """
-        return self._workspaces.diff(workspace, include_ignored=include_ignored, format=format)
+        return self._workspaces.files.diff(
+            workspace, include_ignored=include_ignored, format=format
+        )
 
     @_redacting
     def export_workspace(
@@ -462,7 +464,7 @@ class Pyro:
         A directory of a workspace seeded from a Git project leaves out what the
         project ignores (``ignored_count``) unless ``include_ignored``.
         """
-        return self._workspaces.export(
+        return self._workspaces.files.export(
             workspace, path, output_path, overwrite=overwrite, include_ignored=include_ignored
         )
 

@@ -21,7 +21,7 @@ from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, InvalidArgument, NotFound, StateError, StoreError
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm.service import VmService
-from pyro_mcp.workspaces import files, lifetime
+from pyro_mcp.workspaces import lifetime, replies
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.paths import workspace_relative
 
@@ -129,9 +129,9 @@ class WorkspaceContext:
         self.store.add_journal(workspace["workspace_id"], kind, time.time(), data)
 
     def read_text(self, client: SupervisorClient, guest_path: str) -> str:
-        reply = files.check_read(
-            guest.file_read(client, guest_path, files.MAX_READ_BYTES),
-            files.MAX_READ_BYTES,
+        reply = replies.check_read(
+            guest.file_read(client, guest_path, replies.MAX_READ_BYTES),
+            replies.MAX_READ_BYTES,
         )
         if reply["binary"] or reply["truncated"]:
             raise InvalidArgument(

@@ -17,7 +17,7 @@ from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.errors import InvalidArgument, StateError, VMError
-from pyro_mcp.workspaces import files, transfer
+from pyro_mcp.workspaces import replies, transfer
 from pyro_mcp.workspaces.context import WorkspaceContext
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 
@@ -63,10 +63,10 @@ class DiskOps:
         )
 
     def read(
-        self, ref: str, path: str, *, max_bytes: int = files.DEFAULT_READ_BYTES
+        self, ref: str, path: str, *, max_bytes: int = replies.DEFAULT_READ_BYTES
     ) -> dict[str, Any]:
-        if not 1 <= max_bytes <= files.MAX_READ_BYTES:
-            raise InvalidArgument("max_bytes", f"must be from 1 to {files.MAX_READ_BYTES}")
+        if not 1 <= max_bytes <= replies.MAX_READ_BYTES:
+            raise InvalidArgument("max_bytes", f"must be from 1 to {replies.MAX_READ_BYTES}")
         workspace = self._stopped(ref)
         target = _disk_path(path)
         with self._image(workspace) as image, tempfile.TemporaryDirectory() as tmp:

@@ -1,127 +1,173 @@
-"""Checking what the guest returns for file listings, reads and diffs.
+"""File operations in a workspace: list, read, write, patch, diff, push and export.
 
-The guest is untrusted: every field is type-checked and every size bounded
-here before the data reaches a surface.
+Paths are resolved under /workspace on the host before the guest sees them;
+every guest reply goes through ``replies`` before it reaches a caller. A
+write, a patch and a push are journalled; a diff costs what changed (the
+guest keeps a record of it, see ``guest/changes.py``).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from pyro_mcp.errors import AgentProtocolError
+from pyro_mcp.agent import operations as guest
+from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.workspaces import ignore, replies, transfer
+from pyro_mcp.workspaces.context import WorkspaceContext
+from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
+from pyro_mcp.workspaces.paths import resolve_workspace_path, workspace_relative
 
-MAX_READ_BYTES = 4 * 1024 * 1024
-DEFAULT_READ_BYTES = 64 * 1024
-MAX_LIST_ENTRIES = 10_000
-MAX_PATCH_CHARS = 4 * 1024 * 1024 + 65536
-MAX_DIFF_CHANGES = 100_000
-ENTRY_TYPES = frozenset({"file", "directory", "symlink", "other"})
-CHANGE_STATUSES = frozenset({"added", "modified", "deleted", "type_changed", "mode_changed"})
-
-
-def check_listing(reply: dict[str, Any]) -> dict[str, Any]:
-    entries = _list(reply, "entries", MAX_LIST_ENTRIES)
-    checked = []
-    for entry in entries:
-        item: dict[str, Any] = {
-            "path": _str(entry, "path"),
-            "type": _choice(entry, "type", ENTRY_TYPES),
-            "size": _int(entry, "size"),
-            "mode": _int(entry, "mode") & 0o7777,
-        }
-        if "link_target" in entry:
-            item["link_target"] = _str(entry, "link_target")
-        checked.append(item)
-    return {"path": _str(reply, "path"), "entries": checked, "truncated": _bool(reply, "truncated")}
+DIFF_FORMATS = ("changes", "patch")
 
 
-def check_read(reply: dict[str, Any], max_bytes: int) -> dict[str, Any]:
-    try:
-        data = base64.b64decode(_str(reply, "content"), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise AgentProtocolError("file content is not base64") from exc
-    size = _int(reply, "size")
-    binary = _bool(reply, "binary")
-    kept = data[:max_bytes]
-    return {
-        "path": _str(reply, "path"),
-        "size": size,
-        "binary": binary,
-        "truncated": _bool(reply, "truncated") or len(data) > max_bytes or size > len(kept),
-        "content": None if binary else kept.decode("utf-8", errors="replace"),
-        "content_base64": base64.b64encode(kept).decode("ascii") if binary else None,
-        "bytes_returned": len(kept),
-    }
+class FileOps:
+    def __init__(self, ctx: WorkspaceContext) -> None:
+        self.ctx = ctx
 
+    def listing(self, ref: str, path: str = ".", *, recursive: bool = False) -> dict[str, Any]:
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        with self.ctx.connect(workspace) as client:
+            reply = guest.file_list(client, guest_path, recursive=recursive)
+        return self.ctx.done(workspace, {**replies.check_listing(reply)})
 
-def check_diff(reply: dict[str, Any]) -> dict[str, Any]:
-    changes = []
-    for change in _list(reply, "changes", MAX_DIFF_CHANGES):
-        item: dict[str, Any] = {
-            "path": _str(change, "path"),
-            "status": _choice(change, "status", CHANGE_STATUSES),
-            "type": _choice(change, "type", ENTRY_TYPES),
-            "binary": _bool(change, "binary"),
-        }
-        for optional in ("old_mode", "mode"):
-            if optional in change:
-                item[optional] = _int(change, optional) & 0o7777
-        if "old_type" in change:
-            item["old_type"] = _choice(change, "old_type", ENTRY_TYPES)
-        changes.append(item)
-    patch = _str(reply, "patch")
-    if len(patch) > MAX_PATCH_CHARS:
-        raise AgentProtocolError("the diff text exceeds its bound")
-    counts = {
-        status: sum(c["status"] == status for c in changes) for status in sorted(CHANGE_STATUSES)
-    }
-    return {
-        "changed": bool(changes),
-        "changes": changes,
-        "counts": counts,
-        "patch": patch,
-        "patch_truncated": _bool(reply, "patch_truncated"),
-    }
+    def read(
+        self, ref: str, path: str, *, max_bytes: int = replies.DEFAULT_READ_BYTES
+    ) -> dict[str, Any]:
+        if isinstance(max_bytes, bool) or not 1 <= max_bytes <= replies.MAX_READ_BYTES:
+            raise InvalidArgument("max_bytes", f"must be from 1 to {replies.MAX_READ_BYTES}")
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        with self.ctx.connect(workspace) as client:
+            reply = guest.file_read(client, guest_path, max_bytes)
+        return self.ctx.done(workspace, {**replies.check_read(reply, max_bytes)})
 
+    def write(self, ref: str, path: str, content: str | bytes) -> dict[str, Any]:
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        if len(data) > replies.MAX_READ_BYTES:
+            raise InvalidArgument(
+                "content", f"is larger than {replies.MAX_READ_BYTES} bytes; use sync push"
+            )
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        encoded = base64.b64encode(data).decode("ascii")
+        with self.ctx.connect(workspace) as client:
+            self.ctx.checked_write(
+                client,
+                workspace,
+                lambda check: guest.file_write(client, guest_path, encoded, check_workspace=check),
+            )
+        relative = workspace_relative(guest_path)
+        self.ctx.journal(workspace, "write", {"path": relative, "bytes": len(data)})
+        return self.ctx.done(workspace, {"path": relative, "bytes": len(data)})
 
-def _str(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or len(value) > MAX_PATCH_CHARS * 2:
-        raise AgentProtocolError(f"guest reply field {name} must be text")
-    return value
+    def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
+        """Apply a unified diff: every hunk is checked first, then all files change at once."""
+        file_patches = parse_patch(patch)
+        workspace = self.ctx.find(ref)
+        writes, deletes, summary = [], [], []
+        with self.ctx.connect(workspace) as client:
+            for file_patch in file_patches:
+                guest_path = str(resolve_workspace_path(file_patch.path))
+                original = self.ctx.read_text(client, guest_path) if file_patch.old_path else None
+                if file_patch.old_path is None and self.ctx.exists(client, guest_path):
+                    original = self.ctx.read_text(client, guest_path)
+                result = apply_file_patch(file_patch, original)
+                relative = workspace_relative(guest_path)
+                if result is None:
+                    deletes.append(guest_path)
+                    summary.append({"path": relative, "status": "deleted"})
+                else:
+                    encoded = base64.b64encode(result.encode("utf-8")).decode("ascii")
+                    writes.append({"path": guest_path, "content": encoded})
+                    status = "added" if file_patch.old_path is None else "modified"
+                    summary.append({"path": relative, "status": status})
+            self.ctx.checked_write(
+                client,
+                workspace,
+                lambda check: guest.files_apply(client, writes, deletes, check_workspace=check),
+            )
+        self.ctx.journal(workspace, "patch", {"files": summary})
+        return self.ctx.done(workspace, {"applied": True, "files": summary})
 
+    def diff(
+        self, ref: str, *, include_ignored: bool = False, format: str = "changes"
+    ) -> dict[str, Any]:
+        """Changes against the immutable create-time baseline.
 
-def _int(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise AgentProtocolError(f"guest reply field {name} must be a non-negative integer")
-    return value
-
-
-def _bool(data: dict[str, Any], name: str) -> bool:
-    value = data.get(name)
-    if not isinstance(value, bool):
-        raise AgentProtocolError(f"guest reply field {name} must be true or false")
-    return value
-
-
-def _choice(data: dict[str, Any], name: str, allowed: frozenset[str]) -> str:
-    value = _str(data, name)
-    if value not in allowed:
-        raise AgentProtocolError(f"guest reply field {name} has unknown value {value[:40]!r}")
-    return value
-
-
-def _list(data: dict[str, Any], name: str, limit: int) -> list[dict[str, Any]]:
-    value = data.get(name)
-    if (
-        not isinstance(value, list)
-        or len(value) > limit
-        or not all(isinstance(v, dict) for v in value)
-    ):
-        raise AgentProtocolError(
-            f"guest reply field {name} must be a list of at most {limit} objects"
+        A workspace seeded from a Git project leaves out what the project's
+        ignore rules ignore unless ``include_ignored``; ``ignored_count`` says
+        how many paths were left out. ``format="patch"`` writes binary files as
+        Git binary patches, so the whole ``patch`` goes through ``git apply``.
+        """
+        if format not in DIFF_FORMATS:
+            raise InvalidArgument("format", f"use one of {', '.join(DIFF_FORMATS)}")
+        workspace = self.ctx.find(ref)
+        folder = self.ctx.root / workspace["workspace_id"]
+        rules = None if include_ignored else ignore.IgnoreRules.load(folder)
+        left_out: list[str] = []
+        with self.ctx.connect(workspace) as client:
+            if rules is not None:  # which changes the rules leave out, then the diff without them
+                listing = replies.check_diff(guest.diff(client, {"patch": False, "collapse": True}))
+                left_out = ignore.left_out(rules, listing["changes"])
+            args = {"exclude": left_out, "git_binary": format == "patch"}
+            reply = guest.diff(client, args)
+        result = replies.check_diff(reply)
+        return self.ctx.done(
+            workspace, {**result, "format": format, "ignored_count": len(left_out)}
         )
-    return value
+
+    def _ignored(
+        self, client: SupervisorClient, workspace: dict[str, Any], top: str, include: bool
+    ) -> list[str]:
+        """What the project's ignore rules leave out under ``top`` (nothing if ``include``)."""
+        rules = (
+            None if include else ignore.IgnoreRules.load(self.ctx.root / workspace["workspace_id"])
+        )
+        return [] if rules is None else ignore.ignored_under(client, rules, top)
+
+    def push(self, ref: str, source: str | Path, *, dest: str = ".") -> dict[str, Any]:
+        """Copy a host directory or archive into /workspace/<dest>."""
+        workspace, guest_dest = self.ctx.find(ref), str(resolve_workspace_path(dest))
+        with self.ctx.connect(workspace) as client:
+            self.ctx.check_writable(client, workspace)
+            info, _ = transfer.push_tree(client, Path(source), guest_dest)
+        record = {
+            "source": info.source,
+            "dest": workspace_relative(guest_dest),
+            "files": info.file_count,
+            "bytes": info.bytes,
+            "skipped_links": info.skipped_links,
+        }
+        self.ctx.journal(workspace, "sync", record)
+        return self.ctx.done(workspace, {**record})
+
+    def export(
+        self,
+        ref: str,
+        path: str,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        include_ignored: bool = False,
+    ) -> dict[str, Any]:
+        """Copy a file or directory under /workspace to ``output`` on the host.
+
+        A directory from a workspace seeded from a Git project leaves out what
+        the project's ignore rules ignore, unless ``include_ignored``.
+        """
+        workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
+        target = transfer.check_output(Path(output), overwrite)  # before any guest work
+        with (
+            self.ctx.connect(workspace) as client,
+            tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
+        ):
+            left_out = self._ignored(
+                client, workspace, workspace_relative(guest_path), include_ignored
+            )
+            archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
+            result = transfer.extract_export(archive, kind, target, overwrite)
+        record = {"path": workspace_relative(guest_path), **result, "ignored_count": len(left_out)}
+        self.ctx.journal(workspace, "export", record)
+        return self.ctx.done(workspace, {**record})
