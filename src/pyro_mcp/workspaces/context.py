@@ -9,9 +9,11 @@ needs from above: how to start a suspended workspace before connecting.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +21,7 @@ from pyro_mcp import config, names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, InvalidArgument, NotFound, StateError, StoreError
+from pyro_mcp.models import VmRecord, VmState
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import lifetime, replies
@@ -26,6 +29,28 @@ from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.paths import workspace_relative
 
 log = logging.getLogger("pyro.workspaces")
+
+
+class WorkspaceState(enum.StrEnum):
+    """A workspace's lifecycle, as ``status`` reports it; read only by ``WorkspaceContext.state``.
+
+    created -> running <-> suspended (memory saved) ; running/suspended -> stopped
+    (disks kept) -> running. Reset and fork leave the state running.
+    """
+
+    CREATED = "created"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """A workspace's state, its VM record and, when suspended, the saved memory's facts."""
+
+    state: WorkspaceState
+    vm: VmRecord
+    suspended: dict[str, Any] | None
 
 
 def expiry_warning(workspace: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +69,26 @@ class WorkspaceContext:
         self.vms = vms
         self.root = root
         self._resume = resume
+
+    def state(self, workspace: dict[str, Any]) -> Lifecycle:
+        """The one place a workspace's state is worked out (from its VM and saved memory)."""
+        vm = self.vms.status_vm(workspace["vm_id"])
+        suspended = self.vms.suspended(vm.vm_id) if vm.state == VmState.STOPPED else None
+        if suspended is not None:
+            return Lifecycle(WorkspaceState.SUSPENDED, vm, suspended)
+        return Lifecycle(WorkspaceState(vm.state.value), vm, None)
+
+    def require(
+        self, workspace: dict[str, Any], allowed: tuple[WorkspaceState, ...], fix: str
+    ) -> Lifecycle:
+        """The workspace's lifecycle if its state is one of ``allowed``; else
+        ``StateError`` with ``fix`` (``{ref}`` in it becomes the workspace's name or id)."""
+        found = self.state(workspace)
+        if found.state not in allowed:
+            ref = workspace["name"] or workspace["workspace_id"]
+            required = " or ".join(state.value for state in allowed)
+            raise StateError(f"workspace {ref}", found.state.value, required, fix.format(ref=ref))
+        return found
 
     def connect(self, workspace: dict[str, Any], *, touch: bool = True) -> SupervisorClient:
         """A connection to the workspace's running VM; a suspended one is resumed first."""

@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyro_mcp import host_tools
-from pyro_mcp.errors import InvalidArgument, StateError, VMError
+from pyro_mcp.errors import InvalidArgument, VMError
 from pyro_mcp.workspaces import replies, transfer
-from pyro_mcp.workspaces.context import WorkspaceContext
+from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 
 MAX_ENTRIES = 10_000
@@ -94,16 +94,12 @@ class DiskOps:
 
     def _stopped(self, ref: str) -> dict[str, Any]:
         workspace = self.ctx.find(ref)
-        state = self.ctx.vms.status_vm(workspace["vm_id"]).state.value
-        if state == "running":
-            name = workspace["name"] or workspace["workspace_id"]
-            raise StateError(
-                f"workspace {name}",
-                state,
-                "stopped",
-                f"Disk tools read the disk offline: run `pyro workspace stop {name}` first, "
-                "or use the file tools on the running workspace.",
-            )
+        self.ctx.require(
+            workspace,
+            (WorkspaceState.STOPPED, WorkspaceState.SUSPENDED, WorkspaceState.CREATED),
+            "Disk tools read the disk offline: run `pyro workspace stop {ref}` first, "
+            "or use the file tools on the running workspace.",
+        )
         return workspace
 
     def _convert(self, workspace: dict[str, Any], raw: Path) -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import names
-from pyro_mcp.errors import InvalidArgument, PyroError, StateError
+from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.vm import disks
 from pyro_mcp.workspaces import boot, ignore, lifetime
 from pyro_mcp.workspaces import egress as workspace_egress
-from pyro_mcp.workspaces.context import WorkspaceContext
+from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState
 
 # How many forks one call may make, and how many are made at once.
 MAX_FORKS = 8
@@ -62,17 +62,13 @@ class ForkOps:
         the source's. Nothing is left of a fork that fails.
         """
         parent = self.ctx.find(ref)
-        label = parent["name"] or parent["workspace_id"]
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
             raise InvalidArgument("count", f"must be a whole number from 1 to {MAX_FORKS}")
-        state = self._status(parent["workspace_id"])["state"]
-        if state != "running":
-            raise StateError(
-                f"workspace {label}",
-                state,
-                "running",
-                f"Start it first (`pyro workspace start {label}`), then fork it.",
-            )
+        self.ctx.require(
+            parent,
+            (WorkspaceState.RUNNING,),
+            "Start it first (`pyro workspace start {ref}`), then fork it.",
+        )
         fork_names: list[str | None] = [None] * count
         if name is not None:
             fork_names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]

@@ -45,7 +45,7 @@ from pyro_mcp.workspaces import (
 from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
-from pyro_mcp.workspaces.context import WorkspaceContext, expiry_warning
+from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState, expiry_warning
 from pyro_mcp.workspaces.seed import SeedInfo, stage_seed, staging_area
 
 WORKSPACE_DISK_MIB = config.WORKSPACE_DISK_MIB
@@ -231,9 +231,9 @@ class WorkspaceService:
         workspace = self.ctx.find(ref)
         if touch:
             workspace = self.ctx.touch(workspace)
-        vm = self.vms.status_vm(workspace["vm_id"])
-        suspended = self.vms.suspended(vm.vm_id) if vm.state.value == "stopped" else None
-        if vm.state.value != "running" and suspended is None:
+        lifecycle = self.ctx.state(workspace)
+        vm, suspended = lifecycle.vm, lifecycle.suspended
+        if lifecycle.state in (WorkspaceState.STOPPED, WorkspaceState.CREATED):
             # The VM died or stopped: QEMU took its port forwards with it.
             self.store.delete_published_ports(workspace["workspace_id"])
         extra = {"suspended_at": suspended["suspended_at"]} if suspended else {}
@@ -243,7 +243,7 @@ class WorkspaceService:
             "origin_ref": workspace["seed"].get(
                 "origin_ref", workspace["seed"].get("source") or ""
             ),
-            "state": "suspended" if suspended else vm.state.value,
+            "state": lifecycle.state.value,
             **extra,
             "idle_suspend_seconds": idle_suspend_limit(workspace),
             "idle_suspend_published": bool(workspace.get("idle_suspend_published")),
@@ -259,7 +259,7 @@ class WorkspaceService:
             "egress": workspace_egress.describe(workspace_egress.policy_of(workspace)),
             "secrets": sorted(secret_store.load(self.root / workspace["workspace_id"] / "secrets")),
             "services": self.services.counts(workspace)
-            if vm.state.value == "running"
+            if lifecycle.state == WorkspaceState.RUNNING
             else {"running": 0, "total": 0},
             **lifetime.describe(workspace),
         }
@@ -392,7 +392,7 @@ class WorkspaceService:
         status = self.status(workspace["workspace_id"])
         changes: dict[str, Any] | None = None
         note = None
-        if status["state"] in ("running", "suspended"):  # the diff resumes a suspended one
+        if status["state"] in (WorkspaceState.RUNNING, WorkspaceState.SUSPENDED):  # resumes one
             diff = self.files.diff(workspace["workspace_id"], include_ignored=include_ignored)
             changes = {
                 "counts": diff["counts"],
@@ -420,8 +420,7 @@ class WorkspaceService:
         """Suspend the workspace (memory saved, every process carries on at start), or
         with ``discard_memory`` stop it (the disks are kept; processes end)."""
         workspace = self.ctx.find(ref)
-        vm = self.vms.status_vm(workspace["vm_id"])
-        if vm.state.value == "running" and not discard_memory:
+        if self.ctx.state(workspace).state == WorkspaceState.RUNNING and not discard_memory:
             saved = self.vms.suspend_vm(workspace["vm_id"])
             self.ctx.journal(workspace, "suspend", saved)
             return {**self.status(workspace["workspace_id"]), "suspended": True, **saved}
@@ -482,8 +481,9 @@ class WorkspaceService:
             limit = idle_suspend_limit(workspace)
             if not limit or now - workspace["last_activity_at"] < limit:
                 continue
-            vm = self.vms.status_vm(workspace["vm_id"])
-            if vm.state.value != "running" or vm.workspace_disk is None:
+            lifecycle = self.ctx.state(workspace)
+            vm = lifecycle.vm
+            if lifecycle.state != WorkspaceState.RUNNING or vm.workspace_disk is None:
                 continue
             if self.vms.busy(vm.vm_id):
                 continue

@@ -22,7 +22,7 @@ from pyro_mcp.agent import operations as guest
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
 from pyro_mcp.vm import disks
-from pyro_mcp.workspaces.context import WorkspaceContext
+from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState
 
 BASELINE = "baseline"
 MAX_SNAPSHOTS = 32
@@ -50,7 +50,7 @@ class SnapshotOps:
             )
         if len(existing) >= MAX_SNAPSHOTS:
             raise InvalidArgument("name", f"at most {MAX_SNAPSHOTS} snapshots per workspace")
-        vm = self.ctx.vms.status_vm(workspace["vm_id"])
+        running = self.ctx.state(workspace).state == WorkspaceState.RUNNING
         # A running workspace forked since it started writes to a newer top.
         source = disks.live_top(self.ctx.root / workspace_id / "workspace.qcow2")
         target = self.folder(workspace_id) / f"{name}.qcow2"
@@ -63,7 +63,7 @@ class SnapshotOps:
         if stat.f_bavail * stat.f_frsize < source.stat().st_size + SNAPSHOT_MARGIN_BYTES:
             raise StoreError(disk_full_message(state_dir))
         try:
-            if vm.state.value == "running":
+            if running:
                 with self.ctx.vms.connect(workspace["vm_id"], "") as client:
                     guest.freeze(client, True)
                     try:
