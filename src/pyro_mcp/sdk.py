@@ -2,6 +2,11 @@
 
 Every method returns plain JSON-ready data (dicts and lists) with the same
 fields the CLI prints with ``--json``.
+
+Stays one module on purpose (~850 lines): it is the public contract, one
+method per SDK entry with the docstring users read, each a thin call into
+the services below plus redaction. Split, the contract would be scattered
+over files that each hold a slice of one class.
 """
 
 from __future__ import annotations

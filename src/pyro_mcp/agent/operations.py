@@ -3,7 +3,7 @@
 Each function sends one request through a ``SupervisorClient`` (which adds
 request ids, timeouts and error mapping) and returns the guest's reply. The
 reply is untrusted: callers pass it through the checks of their domain
-(``workspaces.replies.check_read``, ``vm.exec.parse_exec_result``, ...), which
+(``workspaces.replies.check_read``, ``vm.commands.exec_result``, ...), which
 turn anything malformed into an ``AgentProtocolError``. A new guest operation is
 one function here and one handler in the guest program.
 """

@@ -1,5 +1,12 @@
 """The VM service: the lifecycle of raw VMs and one-shot runs.
 
+Stays one module on purpose (~1,000 lines): it is the one door from above to
+the VM layer, and every path that changes a VM (create, start, warm restore,
+suspend, resume, fork, clone, stop, delete) takes the VM's lifecycle lock and
+reconciles its record with its supervisor here. Split, each part would need the
+same lock, store and record reconciliation; what stands alone is beside it
+(``disks``, ``warm``, ``suspend``, ``thin``, ``reclaim``, ``commands``).
+
 Every surface (CLI, SDK, later MCP and workspaces) reaches VMs through here.
 Records live in the SQLite store; disks, sockets and logs in
 ``<state>/vms/<vm_id>/``. Reads reconcile records with reality: a VM whose
@@ -13,7 +20,6 @@ import fcntl
 import json
 import logging
 import os
-import shlex
 import shutil
 import time
 import uuid
@@ -24,7 +30,7 @@ from typing import Any
 
 from pyro_mcp import config, host_tools, names
 from pyro_mcp.agent import operations as guest
-from pyro_mcp.agent.client import SupervisorClient, parse_exec_result
+from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
@@ -41,6 +47,7 @@ from pyro_mcp.errors import (
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
 from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, thin, warm
+from pyro_mcp.vm.commands import exec_args, exec_result
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
 
@@ -48,7 +55,6 @@ MAX_VCPU_COUNT = 8
 # Room kept free beyond a suspended guest's memory (its devices, the filesystem's own).
 SUSPEND_MARGIN_BYTES = 64 * 2**20
 MIN_MEM_MIB, MAX_MEM_MIB = 128, 16384
-MAX_TIMEOUT_SECONDS = 24 * 3600
 KVM_PROBE_BOOT_SECONDS = 20.0
 
 
@@ -1026,61 +1032,3 @@ def _undo_splits(files: VmFiles, splits: list[disks.Split]) -> None:
 def _check_range(field: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidArgument(field, f"must be a whole number from {low} to {high}, not {value!r}")
-
-
-def exec_result(reply: dict[str, Any]) -> ExecResult:
-    """A guest's exec reply, checked and bounded (``AgentProtocolError`` otherwise)."""
-    output = parse_exec_result(reply, config.MAX_OUTPUT_BYTES)
-    return ExecResult(
-        exit_code=output.exit_code,
-        stdout=output.stdout.decode("utf-8", errors="replace"),
-        stderr=output.stderr.decode("utf-8", errors="replace"),
-        timed_out=output.timed_out,
-        stdout_truncated=output.stdout_truncated,
-        stderr_truncated=output.stderr_truncated,
-        duration_ms=output.duration_ms,
-    )
-
-
-def exec_args(
-    command: str | Sequence[str],
-    timeout_seconds: float,
-    env: dict[str, str] | None,
-    cwd: str | None,
-    secret_env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The guest's exec arguments, checked (``InvalidArgument`` naming the field)."""
-    args: dict[str, Any] = {
-        "max_output_bytes": config.MAX_OUTPUT_BYTES,
-    }
-    if isinstance(command, str):
-        if not command.strip():
-            raise InvalidArgument("command", "must not be empty")
-        args["shell"] = command
-    else:
-        argv = list(command)
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidArgument(
-                "command", "must be a shell string or a non-empty list of strings"
-            )
-        args["argv"] = argv
-    if isinstance(timeout_seconds, bool) or not 0 < float(timeout_seconds) <= MAX_TIMEOUT_SECONDS:
-        raise InvalidArgument(
-            "timeout_seconds", f"must be more than 0 and at most {MAX_TIMEOUT_SECONDS}"
-        )
-    args["timeout_seconds"] = float(timeout_seconds)
-    if env:
-        for name, value in env.items():
-            if not name or "=" in name or not isinstance(value, str):
-                raise InvalidArgument("env", f"{name!r} is not a valid variable name/value")
-        args["env"] = dict(env)
-    if cwd is not None:
-        args["cwd"] = cwd
-    if secret_env:
-        args["secret_env"] = dict(secret_env)
-    return args
-
-
-def describe_command(command: str | Sequence[str]) -> str:
-    """A command as one readable line (for journals and messages)."""
-    return command if isinstance(command, str) else shlex.join(command)

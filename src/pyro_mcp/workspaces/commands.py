@@ -10,7 +10,7 @@ from typing import Any
 from pyro_mcp import config
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.errors import PyroError, StoreError
-from pyro_mcp.vm.service import describe_command, exec_args, exec_result
+from pyro_mcp.vm.commands import describe_command, exec_args, exec_result
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.context import WorkspaceContext, expiry_warning
 from pyro_mcp.workspaces.paths import resolve_workspace_path
