@@ -15,7 +15,7 @@ import pytest
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.environments.builder import guest_files
-from pyro_mcp.guest import agent
+from pyro_mcp.guest import agent, commands
 
 
 class AgentPeer:
@@ -138,6 +138,7 @@ def test_guest_programs_import_only_the_standard_library() -> None:
     shipped = {n: data for n, data in guest_files().items() if n.endswith(".py")}
     siblings = {PurePosixPath(n).stem for n in shipped}
     assert {"agent", "protocol", "fileops", "processes", "changes"} <= siblings
+    assert {"identity", "disks", "network", "commands", "system"} <= siblings
     for name, data in shipped.items():
         for node in ast.walk(ast.parse(data)):
             if isinstance(node, ast.Import):
@@ -155,9 +156,9 @@ def test_guest_programs_import_only_the_standard_library() -> None:
 def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it() -> None:
     env = dict(agent.BASE_ENV)
     sh = ["/bin/sh", "-c"]
-    direct = agent._without_shell([*sh, "true"], env)
+    direct = commands._without_shell([*sh, "true"], env)
     assert direct[0].endswith("/true") and len(direct) == 1
-    ls = agent._without_shell([*sh, "ls -la --color=never /tmp"], env)
+    ls = commands._without_shell([*sh, "ls -la --color=never /tmp"], env)
     assert ls[0].endswith("/ls") and ls[1:] == ["-la", "--color=never", "/tmp"]
     for shell_needed in (
         "echo -e x",  # a builtin that differs from /bin/echo
@@ -171,5 +172,5 @@ def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it
         "./run.sh",  # a path: looked up in the command's cwd
         "no-such-program-here x",  # not on PATH: the shell says so
     ):
-        assert agent._without_shell([*sh, shell_needed], env) == [*sh, shell_needed]
-    assert agent._without_shell(["true"], env) == ["true"]  # an argv is left alone
+        assert commands._without_shell([*sh, shell_needed], env) == [*sh, shell_needed]
+    assert commands._without_shell(["true"], env) == ["true"]  # an argv is left alone

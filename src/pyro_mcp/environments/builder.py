@@ -187,17 +187,15 @@ def _apt_query(args: list[str]) -> str:
 
 
 def guest_files() -> dict[str, bytes]:
-    """The pyro files shipped into the guest: init, agent and its protocol."""
+    """The pyro files shipped into the guest: init, the agent's modules and its protocol."""
     guest = resources.files("pyro_mcp.guest")
     agent = resources.files("pyro_mcp.agent")
-    return {
-        "init": guest.joinpath("init.sh").read_bytes(),
-        "pyro/agent.py": guest.joinpath("agent.py").read_bytes(),
-        "pyro/protocol.py": agent.joinpath("protocol.py").read_bytes(),
-        "pyro/fileops.py": guest.joinpath("fileops.py").read_bytes(),
-        "pyro/changes.py": guest.joinpath("changes.py").read_bytes(),
-        "pyro/processes.py": guest.joinpath("processes.py").read_bytes(),
-    }
+    files = {"init": guest.joinpath("init.sh").read_bytes()}
+    for module in sorted(guest.iterdir(), key=lambda entry: entry.name):
+        if module.name.endswith(".py") and module.name != "__init__.py":
+            files[f"pyro/{module.name}"] = module.read_bytes()
+    files["pyro/protocol.py"] = agent.joinpath("protocol.py").read_bytes()
+    return files
 
 
 def guest_files_hash() -> str:
