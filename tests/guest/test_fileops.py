@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_mcp.guest import fileops
+from pyro_mcp.guest import diff, fileops
 from pyro_mcp.guest.fileops import RequestError
 
 
@@ -80,17 +80,17 @@ def test_binary_files_are_reported_as_binary(roots: tuple[Path, Path]) -> None:
 
 def test_diff_reports_every_kind_of_change(roots: tuple[Path, Path]) -> None:
     workspace, _ = roots
-    assert fileops.op_diff({}) == {"changes": [], "patch": "", "patch_truncated": False}
+    assert diff.op_diff({}) == {"changes": [], "patch": "", "patch_truncated": False}
     (workspace / "src" / "app.py").write_text("a\nB")
     (workspace / "keep.txt").unlink()
     (workspace / "new.txt").write_text("n\n")
     os.chmod(workspace / "src", 0o700)
-    changes = {c["path"]: c for c in fileops.op_diff({})["changes"]}
+    changes = {c["path"]: c for c in diff.op_diff({})["changes"]}
     assert changes["src/app.py"]["status"] == "modified"
     assert changes["keep.txt"]["status"] == "deleted"
     assert changes["new.txt"]["status"] == "added"
     assert changes["src"]["status"] == "mode_changed"
-    patch = fileops.op_diff({})["patch"]
+    patch = diff.op_diff({})["patch"]
     assert "-b\n+B\n\\ No newline at end of file\n" in patch
     assert "lost+found" not in patch
 

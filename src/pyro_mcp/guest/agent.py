@@ -24,9 +24,10 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-    from pyro_mcp.guest import commands, disks, fileops, identity, network, processes, system
+    from pyro_mcp.guest import commands, diff, disks, fileops, identity, network, processes, system
 except ImportError:  # inside the guest, these files sit beside this one
     import commands  # type: ignore[import-not-found,no-redef]
+    import diff  # type: ignore[import-not-found,no-redef]
     import disks  # type: ignore[import-not-found,no-redef]
     import fileops  # type: ignore[import-not-found,no-redef]
     import identity  # type: ignore[import-not-found,no-redef]
@@ -127,6 +128,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "workspace_check": disks.op_workspace_check,
     "trim": disks.op_trim,
     **fileops.OPERATIONS,
+    **diff.OPERATIONS,
     **processes.OPERATIONS,
 }
 
