@@ -25,6 +25,11 @@ proxy.py are whole applications (their own process model, event loop,
 configuration and, for mitmproxy, dozens of pinned dependencies); this needs a
 small per-VM piece inside the supervisor's event loop, so it is asyncio plus
 ``h11`` plus ``cryptography``.
+
+Stays one module on purpose (~700 lines): it is one connection's path (accept,
+read the head, decide, connect, tunnel or terminate, journal), each step
+handing its state to the next; what stands alone is beside it (``policy``,
+``rewrite``, ``tls``, ``relay``, ``config``).
 """
 
 from __future__ import annotations
