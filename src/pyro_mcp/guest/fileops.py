@@ -8,6 +8,7 @@ host reads or writes in bounded chunks.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
 import tarfile
@@ -166,20 +167,42 @@ def op_file_write(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_file(path: str, data: bytes, mode: Any = None) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
+    """Replace ``path`` with ``data`` atomically (a reader sees the old file or
+    the new one, never part of one); the mode is ``mode``, else the old file's,
+    else 0644. Few system calls: under TCG each one is dear."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        with contextlib.suppress(OSError):
+            info = os.stat(path)  # a link is replaced; its target's mode is kept
+    if info is not None and stat.S_ISDIR(info.st_mode) and not os.path.islink(path):
         raise RequestError("is_a_directory", f"{_rel(path)} is a directory; cannot write over it")
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    scoped(os.path.relpath(parent, WORKSPACE))  # the created parents must stay inside too
-    keep_mode = os.stat(path).st_mode & 0o7777 if os.path.isfile(path) else 0o644
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".pyro-write-")
+    if info is None and not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+        scoped(os.path.relpath(parent, WORKSPACE))  # the created parents must stay inside too
+    if isinstance(mode, int):
+        keep_mode = mode
+    elif info is not None and stat.S_ISREG(info.st_mode):
+        keep_mode = stat.S_IMODE(info.st_mode)
+    else:
+        keep_mode = 0o644
+    # A random name: a write cut short by a killed VM may have left one behind.
+    tmp = os.path.join(parent, f".pyro-write-{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, int(mode) if isinstance(mode, int) else keep_mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, keep_mode)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
