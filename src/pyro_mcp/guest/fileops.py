@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 from typing import Any
@@ -266,15 +268,57 @@ def op_pack(args: dict[str, Any]) -> dict[str, Any]:
     def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
         return None if member.name in skip else member
 
-    with tarfile.open(archive, "w") as tar:
-        if kind == "directory":
-            for name in sorted(os.listdir(path)):
-                if path == WORKSPACE and name in IGNORED:
-                    continue
-                tar.add(os.path.join(path, name), arcname=name, filter=keep)
-        else:
-            tar.add(path, arcname=os.path.basename(path))
+    names = []
+    if kind == "directory":
+        names = [n for n in sorted(os.listdir(path)) if not (path == WORKSPACE and n in IGNORED)]
+    if kind != "directory" or not _native_tar(path, names, skip, archive):
+        with tarfile.open(archive, "w") as tar:
+            if kind == "directory":
+                for name in names:
+                    tar.add(os.path.join(path, name), arcname=name, filter=keep)
+            else:
+                tar.add(path, arcname=os.path.basename(path))
     return {"staging": archive, "size": os.path.getsize(archive), "kind": kind, "path": _rel(path)}
+
+
+def _native_tar(directory: str, names: list[str], skip: set[str], archive: str) -> bool:
+    """Pack ``names`` (in ``directory``) with GNU tar, leaving out ``skip``; False
+    when there is no GNU tar or the names need the Python packer.
+
+    Python's tarfile takes ~2.4 ms a file under TCG (24 s for a 10,000-file
+    project); GNU tar, when the image has it, is native code. The archive is
+    the same kind: ustar/GNU members the host checks member by member.
+    """
+    tar = shutil.which("tar", path="/usr/bin:/bin")
+    if tar is None or not names or any("\n" in p for p in [*names, *skip]):
+        return False
+    if _gnu_tar(tar) is False:
+        return False
+    lists = archive + ".lists"
+    os.makedirs(lists, exist_ok=True)
+    try:
+        with open(os.path.join(lists, "names"), "wb") as handle:
+            handle.write(b"".join(os.fsencode(n) + b"\0" for n in names))
+        with open(os.path.join(lists, "skip"), "wb") as handle:
+            handle.write(b"".join(os.fsencode(p) + b"\n" for p in sorted(skip)))
+        command = [tar, "--create", "--file", archive, "--directory", directory]
+        command += ["--format=gnu"]
+        command += ["--anchored", "--no-wildcards", "--exclude-from", os.path.join(lists, "skip")]
+        command += ["--null", "--verbatim-files-from", "--files-from", os.path.join(lists, "names")]
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        return done.returncode == 0
+    finally:
+        shutil.rmtree(lists, ignore_errors=True)
+
+
+_GNU_TAR: dict[str, bool] = {}
+
+
+def _gnu_tar(tar: str) -> bool:
+    if tar not in _GNU_TAR:
+        done = subprocess.run([tar, "--version"], capture_output=True, text=True, check=False)
+        _GNU_TAR[tar] = done.returncode == 0 and "GNU tar" in done.stdout
+    return _GNU_TAR[tar]
 
 
 def op_staging_create(args: dict[str, Any]) -> dict[str, Any]:
