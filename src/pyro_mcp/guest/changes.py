@@ -137,8 +137,7 @@ class Tracker:
             directories = set(self._known)
         for handle in handles:
             path = self._name(handle)
-            if path is None:
-                self.give_back(handles, full=True)
+            if path is None:  # the full walk this diff makes instead covers it
                 return None, set()
             if isinstance(path, str):
                 directories.add(path)
