@@ -109,6 +109,39 @@ def test_the_record_finds_what_a_full_walk_finds(pyro: Pyro, tmp_path: Path) -> 
     assert statuses(pyro.diff_workspace(ws)) == {}
 
 
+def test_new_trees_renames_and_undone_edits_are_seen_as_a_walk_sees_them(
+    pyro: Pyro, tmp_path: Path
+) -> None:
+    ws = pyro.create_workspace(seed_path=make_seed(tmp_path))["workspace_id"]
+    work = (
+        "mkdir -p new/a/b && echo deep > new/a/b/leaf.txt && "
+        "mv same/other.txt same/renamed.txt && "
+        "echo untouched-again > same/untouched.txt.tmp && mv same/untouched.txt.tmp x && "
+        "rm x && echo unrelated > wide/unrelated.txt && chmod 600 deep/a/b/c/leaf.txt"
+    )
+    assert pyro.exec_workspace(ws, work)["exit_code"] == 0
+    expected = {
+        "new": "added",
+        "new/a": "added",
+        "new/a/b": "added",
+        "new/a/b/leaf.txt": "added",
+        "same/other.txt": "deleted",
+        "same/renamed.txt": "added",
+        "deep/a/b/c/leaf.txt": "mode_changed",
+    }
+    recorded = guest_diff(pyro, ws)
+    assert recorded["walked"] is False and statuses(recorded) == expected
+    # A file added inside a tree that was itself new at the last diff.
+    assert pyro.exec_workspace(ws, "echo more > new/a/more.txt")["exit_code"] == 0
+    assert statuses(guest_diff(pyro, ws)) == {**expected, "new/a/more.txt": "added"}
+    # The same, after a cold boot makes the guest walk.
+    pyro.stop_workspace(ws, discard_memory=True)
+    pyro.start_workspace(ws)
+    walked_once = guest_diff(pyro, ws)
+    assert walked_once["walked"] is True
+    assert statuses(walked_once) == {**expected, "new/a/more.txt": "added"}
+
+
 def test_a_hard_link_falls_back_to_the_full_walk(pyro: Pyro, tmp_path: Path) -> None:
     ws = pyro.create_workspace(seed_path=make_seed(tmp_path))["workspace_id"]
     link = "ln wide/unrelated.txt deep/linked.txt && echo x >> deep/linked.txt"

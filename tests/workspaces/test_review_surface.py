@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -89,6 +89,15 @@ def test_rules_follow_git(tmp_path: Path) -> None:
     assert rules.matches("sub/only-here", False) and not rules.matches("sub/a/only-here", False)
     assert rules.matches("notes.txt", False)
     assert rules.is_tracked("build", True) and rules.is_tracked("build/tracked.txt", False)
+
+
+def test_tracked_directories_are_what_pathlib_calls_parents() -> None:
+    tracked = ["a/b/c.txt", "a/b/d.txt", "x.txt", "a/e/f/g", "q/r"]
+    rules = IgnoreRules([], tracked)
+    expected = {str(p) for name in tracked for p in PurePosixPath(name).parents}
+    assert all(rules.is_tracked(d, True) for d in expected)
+    assert not rules.is_tracked("a/b/c.txt", True) and not rules.is_tracked("q/r", True)
+    assert not IgnoreRules([], []).is_tracked(".", True)
 
 
 def test_diff_summary_and_export_leave_out_what_the_project_ignores(

@@ -1,12 +1,12 @@
-"""Which directories of /workspace changed since the baseline (standard library only).
+"""Which paths of /workspace changed since the baseline (standard library only).
 
 A diff against the baseline used to walk both trees and compare every file,
 so each call cost seconds on a large project however little the agent had
 touched. Here the guest watches the workspace filesystem with fanotify
-(``FAN_MARK_FILESYSTEM``, reporting the directory of each event) from the
-moment it is mounted, and keeps the set of directories something happened
-in. A diff then looks only at those directories (and at whole subtrees that
-were added, deleted or replaced), not at the rest of the tree.
+(``FAN_MARK_FILESYSTEM``, reporting each event's directory and entry name)
+from the moment it is mounted, and keeps the set of entries something
+happened to. A diff then looks only at those (and into directories that were
+added, deleted or replaced), not at the rest of the tree.
 
 The record is *trusted* only when it covers every change since the baseline:
 the host says the disk was just made from the baseline (``fresh``), or a
@@ -37,6 +37,7 @@ WORKSPACE = "/workspace"
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_REPORT_DIR_FID = 0x400
+FAN_REPORT_NAME = 0x800
 FAN_MARK_ADD = 0x1
 FAN_MARK_FILESYSTEM = 0x100
 FAN_MODIFY = 0x2
@@ -48,8 +49,8 @@ FAN_CREATE = 0x100
 FAN_DELETE = 0x200
 FAN_Q_OVERFLOW = 0x4000
 FAN_ONDIR = 0x40000000
-# With FAN_REPORT_DIR_FID alone the kernel labels the directory's record FID (1).
-DIRECTORY_RECORDS = (1, 3)  # FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
+HANDLE_BYTES = struct.Struct("I")
 WATCHED = (
     FAN_MODIFY
     | FAN_ATTRIB
@@ -81,8 +82,8 @@ class Tracker:
         self._fd = -1
         self._mount_fd = -1
         self._wake = -1  # closing it ends the reading thread
-        self._handles: set[bytes] = set()  # directory file handles from events
-        self._known: set[str] = set()  # directories the last diff found changes in
+        self._handles: set[bytes] = set()  # (directory handle, NUL, name) from events
+        self._known: set[str] = set()  # the paths the last diff found changed
         self._trusted = False
         self.diffing = threading.Lock()  # one diff at a time: each settles the record
         self._reading = threading.Lock()  # one reader of the queue at a time
@@ -91,7 +92,8 @@ class Tracker:
         """Watch /workspace (just mounted); ``fresh``: it equals the baseline now."""
         self.stop()
         libc = _libc()
-        fd = libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DIR_FID, os.O_RDONLY)
+        flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DIR_FID | FAN_REPORT_NAME
+        fd = libc.fanotify_init(flags, os.O_RDONLY)
         if fd < 0:
             return  # no fanotify in this kernel: every diff walks everything
         path = WORKSPACE.encode()
@@ -117,8 +119,8 @@ class Tracker:
                     os.close(descriptor)
 
     def take(self) -> tuple[set[str] | None, set[bytes]]:
-        """The directories to look at (relative to /workspace, ``""`` is its
-        root), or None when only a full walk will do; and the events taken,
+        """The paths to look at (relative to /workspace; ``""`` is its root),
+        or None when only a full walk will do; and the events taken,
         which ``give_back`` returns if the diff fails. Starts watching if
         nothing does yet (after an agent restart, or a cold boot of a changed
         disk): the full walk that follows makes the record whole.
@@ -135,21 +137,25 @@ class Tracker:
                 self._trusted = self._fd >= 0
                 return None, handles
             directories = set(self._known)
-        for handle in handles:
-            path = self._name(handle)
-            if path is None:  # the full walk this diff makes instead covers it
+        for event in handles:
+            handle, _, raw_name = event.rpartition(b"\0")
+            directory = self._name(handle)
+            if directory is None:  # the full walk this diff makes instead covers it
                 return None, set()
-            if isinstance(path, str):
-                directories.add(path)
+            if isinstance(directory, str):
+                name = os.fsdecode(raw_name)
+                if name in ("", "."):
+                    directories.add(directory)
+                elif "/" not in name:
+                    directories.add(os.path.join(directory, name) if directory else name)
         return directories, handles
 
-    def settle(self, changed: list[str], directories: set[str]) -> None:
+    def settle(self, changed: list[str]) -> None:
         """After a diff: ``changed`` is every path that differs from the baseline
-        (none left out), ``directories`` those among them that are directories."""
-        known = {os.path.dirname(path) for path in changed} | directories
+        (none left out; one added or deleted whole may stand for what is below it)."""
         with self._lock:
             if self._fd >= 0:
-                self._known = known
+                self._known = set(changed)
 
     def give_back(self, handles: set[bytes], *, full: bool) -> None:
         """A diff failed (``full``: a full walk, which was to make the record whole)."""
@@ -216,25 +222,30 @@ class Tracker:
 
 
 def _parse(data: bytes) -> tuple[set[bytes], bool]:
-    """Directory handles (fsid + struct file_handle) in a read's events; overflow?"""
-    handles: set[bytes] = set()
+    """What a read's events name: each a directory handle (fsid + struct
+    file_handle), a NUL and the entry's name; and whether events were lost."""
+    found: set[bytes] = set()
     overflow, offset = False, 0
     while offset + EVENT_HEADER.size <= len(data):
         length, _, _, meta_length, mask, _, _ = EVENT_HEADER.unpack_from(data, offset)
         if length < EVENT_HEADER.size or offset + length > len(data):
-            return handles, True  # a malformed read: trust nothing
+            return found, True  # a malformed read: trust nothing
         if mask & FAN_Q_OVERFLOW:
             overflow = True
         info = offset + meta_length
         while info + INFO_HEADER.size <= offset + length:
             kind, _, info_length = INFO_HEADER.unpack_from(data, info)
-            if info_length <= INFO_HEADER.size:
-                break
-            if kind in DIRECTORY_RECORDS:
-                handles.add(bytes(data[info + INFO_HEADER.size : info + info_length]))
+            if info_length <= INFO_HEADER.size or info + info_length > offset + length:
+                return found, True
+            if kind == FAN_EVENT_INFO_TYPE_DFID_NAME:
+                start = info + INFO_HEADER.size
+                (handle_bytes,) = HANDLE_BYTES.unpack_from(data, start + FSID_BYTES)
+                handle_end = start + FSID_BYTES + 8 + handle_bytes
+                name = bytes(data[handle_end : info + info_length]).split(b"\0", 1)[0]
+                found.add(bytes(data[start:handle_end]) + b"\0" + name)
             info += info_length
         offset += length
-    return handles, overflow
+    return found, overflow
 
 
 _LIBC: Any = None

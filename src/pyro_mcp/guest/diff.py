@@ -60,10 +60,7 @@ def op_diff(args: dict[str, Any]) -> dict[str, Any]:
         except BaseException:
             changes.TRACKER.give_back(handles, full=directories is None)
             raise
-        changes.TRACKER.settle(
-            [c["path"] for c in found],
-            {c["path"] for c in found if c["type"] == "directory"},
-        )
+        changes.TRACKER.settle(_outermost(found))
     shown: list[dict[str, Any]] = []
     patch: list[str] = []
     patch_bytes = 0
@@ -135,51 +132,62 @@ def _snapshot(root: str, skip: tuple[str, ...] = fileops.IGNORED) -> dict[str, I
     return found
 
 
-def _changed_view(directories: set[str]) -> tuple[dict[str, Info], dict[str, Info]] | None:
-    """Both sides' ``Info`` of every path a change could be at, given the
-    directories the change record names; None when only a full walk will do.
+def _changed_view(paths: set[str]) -> tuple[dict[str, Info], dict[str, Info]] | None:
+    """Both sides' ``Info`` of every path a change could be at, given the paths
+    the change record names; None when only a full walk will do.
 
-    In each such directory every entry is looked at. A directory present on
-    both sides with the same inode and ctime has the same entries (anything
-    changed inside it has its own record); otherwise it is looked into as
-    well, and a directory on one side only is taken whole.
+    Each named path is looked at on both sides. A directory present on both
+    sides with the same inode and ctime has the same entries (anything changed
+    inside it is named itself); otherwise its entries are looked at too, and a
+    directory on one side only is taken whole.
     """
     old: dict[str, Info] = {}
     new: dict[str, Info] = {}
-    pending, seen = sorted(directories), set()
+    pending, seen = sorted(paths), set()
     while pending:
-        here = pending.pop()
-        if here in seen:
+        path = pending.pop()
+        if path in seen:
             continue
-        seen.add(here)
-        names = _entries(fileops.BASELINE, here) | _entries(fileops.WORKSPACE, here)
-        if here:
-            names.add("")  # the directory itself: its mode
-        elif fileops.IGNORED:
-            names -= set(fileops.IGNORED)
-        for name in names:
-            path = os.path.join(here, name) if name else here
-            before = _info(os.path.join(fileops.BASELINE, path))
-            after = _info(os.path.join(fileops.WORKSPACE, path))
-            for side, info in ((old, before), (new, after)):
-                if info is not None:
-                    side[path] = info
-            if not name:
-                continue
-            before_dir = before is not None and stat.S_ISDIR(before[0])
-            after_dir = after is not None and stat.S_ISDIR(after[0])
-            if before_dir and after_dir:
-                if before is not None and after is not None and before[3:6] != after[3:6]:
-                    pending.append(path)  # entries added, removed or renamed in it
-                continue
-            if before_dir:
-                old.update(_subtree(fileops.BASELINE, path))
-            if after_dir:
-                new.update(_subtree(fileops.WORKSPACE, path))
+        seen.add(path)
+        if not path:  # the root: its entries
+            names = _entries(fileops.BASELINE, "") | _entries(fileops.WORKSPACE, "")
+            pending.extend(sorted(names - set(fileops.IGNORED)))
+            continue
+        before = _info(os.path.join(fileops.BASELINE, path))
+        after = _info(os.path.join(fileops.WORKSPACE, path))
+        for side, info in ((old, before), (new, after)):
+            if info is not None:
+                side[path] = info
+        before_dir = before is not None and stat.S_ISDIR(before[0])
+        after_dir = after is not None and stat.S_ISDIR(after[0])
+        if before_dir and after_dir:
+            if before is not None and after is not None and before[3:6] != after[3:6]:
+                # Entries added, removed or renamed in it: look at each.
+                names = _entries(fileops.BASELINE, path) | _entries(fileops.WORKSPACE, path)
+                pending.extend(os.path.join(path, name) for name in sorted(names))
+            continue
+        if before_dir:
+            old.update(_subtree(fileops.BASELINE, path))
+        if after_dir:
+            new.update(_subtree(fileops.WORKSPACE, path))
     for side in (old, new):
         if any(stat.S_ISREG(info[0]) and info[6] > 1 for info in side.values()):
             return None  # a hard link: a change may show under a name not looked at
     return old, new
+
+
+def _outermost(found: list[dict[str, Any]]) -> list[str]:
+    """The changed paths, a directory added or deleted whole standing for all below it."""
+    whole: set[str] = set()
+    kept = []
+    for change in found:  # sorted by path: a directory comes before what is in it
+        path = change["path"]
+        if _excluded(path, whole):
+            continue
+        kept.append(path)
+        if change["type"] == "directory" and change["status"] in ("added", "deleted"):
+            whole.add(path)
+    return kept
 
 
 def _entries(root: str, here: str) -> set[str]:

