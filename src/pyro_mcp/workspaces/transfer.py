@@ -112,9 +112,12 @@ def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> d
                 if len(members) != 1 or len(files) != 1:
                     raise AgentProtocolError("a file export must hold exactly one regular file")
             with tempfile.TemporaryDirectory(prefix=".pyro-export-", dir=output.parent) as tmp:
-                tar.extractall(tmp, members=members, filter="data")
-                produced = Path(tmp) / members[0].name if kind == "file" else Path(tmp)
-                _replace(produced, output, keep_tmp=kind == "directory")
+                # Extracted beside the output and renamed into place: never copied
+                # again (a second file create for every file of a large export).
+                tree = Path(tmp) / "tree"
+                tree.mkdir()  # the default mode, not the temporary directory's private one
+                tar.extractall(tree, members=members, filter="data")
+                _replace(tree / members[0].name if kind == "file" else tree, output)
     except tarfile.TarError as exc:
         raise AgentProtocolError(f"the guest sent an unreadable archive: {exc}") from exc
     return {
@@ -176,18 +179,8 @@ def _stays_inside(path: PurePosixPath) -> bool:
     return True
 
 
-def _replace(produced: Path, output: Path, keep_tmp: bool) -> None:
+def _replace(produced: Path, output: Path) -> None:
     """Move ``produced`` to ``output``, replacing what is there (never following a link)."""
-    if keep_tmp:
-        # The temporary directory itself is removed by its context manager: move
-        # its contents into a sibling first.
-        staged = output.with_name(f".{output.name}.pyro-new")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(produced, staged, symlinks=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o777 & ~umask)  # not the private mode of the temporary directory
-        produced = staged
     if output.exists() and (output.is_dir() or produced.is_dir()):
         # os.replace cannot swap a directory with a file or a non-empty directory.
         old = output.with_name(f".{output.name}.pyro-old")
