@@ -225,15 +225,9 @@ def _compare(path: str, before: Any, after: Any) -> dict[str, Any] | None:
             "old_type": fileops.kind(before[0]),
             "binary": False,
         }
-    content_changed = False
-    if before[3:6] == after[3:6]:
-        pass  # the same inode, never written to since the baseline
-    elif stat.S_ISREG(after[0]):
-        content_changed = before[2] != after[2] or not _same_bytes(path)
-    elif stat.S_ISLNK(after[0]):
-        content_changed = os.readlink(os.path.join(fileops.BASELINE, path)) != os.readlink(
-            os.path.join(fileops.WORKSPACE, path)
-        )
+    # The same inode with the same times was never written to since the baseline.
+    untouched = before[3:6] == after[3:6]
+    content_changed = not untouched and _content_differs(path, before, after)
     mode_changed = before[1] != after[1] and not stat.S_ISLNK(after[0])
     if not content_changed and not mode_changed:
         return None
@@ -248,6 +242,17 @@ def _compare(path: str, before: Any, after: Any) -> dict[str, Any] | None:
     if not content_changed:
         change["status"] = "mode_changed"
     return change
+
+
+def _content_differs(path: str, before: Info, after: Info) -> bool:
+    if stat.S_ISREG(after[0]):
+        return before[2] != after[2] or not _same_bytes(path)
+    if stat.S_ISLNK(after[0]):
+        baseline, workspace = fileops.BASELINE, fileops.WORKSPACE
+        return os.readlink(os.path.join(baseline, path)) != os.readlink(
+            os.path.join(workspace, path)
+        )
+    return False
 
 
 def _same_bytes(path: str) -> bool:
