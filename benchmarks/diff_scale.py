@@ -12,7 +12,11 @@ files are changed, and the script prints medians of:
   something happened;
 - the guest's full walk of both trees (what it falls back to when the record
   cannot be trusted), in the same run, and the ratio between the two;
-- summary through the SDK (it includes the diff).
+- summary through the SDK (it includes the diff);
+- export of the whole project to a host directory: the unchanged part from
+  the baseline on the host, the changes from the guest, against the guest
+  packing every file (the path taken when the baseline cannot be used),
+  measured in the same run.
 
 The growth down the table is the point: the recorded diff follows the
 change, the walk follows the project.
@@ -30,6 +34,7 @@ from pathlib import Path
 
 from pyro_mcp import Pyro
 from pyro_mcp.agent import operations as guest
+from pyro_mcp.workspaces import export
 
 CHANGE = "echo x >> pkg1/module1.py && echo y >> pkg2/module2.py && echo z > notes.txt"
 
@@ -62,6 +67,15 @@ def full_walk(pyro: Pyro, ws: str) -> None:
     assert reply["walked"] and len(reply["changes"]) == 3, reply
 
 
+def full_pack_export(pyro: Pyro, ws: str, output: Path) -> None:
+    real = export.export_directory
+    export.export_directory = lambda *args: None
+    try:
+        pyro.export_workspace(ws, ".", output, overwrite=True)
+    finally:
+        export.export_directory = real
+
+
 def measure(pyro: Pyro, project: Path, runs: int) -> dict[str, float]:
     created: list[str] = []
 
@@ -81,6 +95,9 @@ def measure(pyro: Pyro, project: Path, runs: int) -> dict[str, float]:
         row["diff"] = median_s(runs, lambda: pyro.diff_workspace(ws))
         row["walk"] = median_s(runs, lambda: full_walk(pyro, ws))
         row["summary"] = median_s(runs, lambda: pyro.summarize_workspace(ws))
+        out = project.parent / f"{project.name}-export"
+        row["export"] = median_s(runs, lambda: pyro.export_workspace(ws, ".", out, overwrite=True))
+        row["export_full"] = median_s(runs, lambda: full_pack_export(pyro, ws, out))
     finally:
         pyro.delete_workspace(ws)
     return row
@@ -100,6 +117,7 @@ def main() -> int:
         print(
             f"{'files':>7} {'create+seed project':>20} {'create+seed dir':>16} "
             f"{'diff':>8} {'full walk':>10} {'ratio':>6} {'summary':>8}"
+            f" {'export':>7} {'full pack':>10} {'ratio':>6}"
             f"  (seconds, median of {args.runs})"
         )
         for size in sizes:
@@ -107,7 +125,8 @@ def main() -> int:
             print(
                 f"{size:>7} {row['create_project']:>20.2f} {row['create_directory']:>16.2f} "
                 f"{row['diff']:>8.3f} {row['walk']:>10.3f} {row['walk'] / row['diff']:>5.1f}x "
-                f"{row['summary']:>8.3f}"
+                f"{row['summary']:>8.3f} {row['export']:>7.2f} {row['export_full']:>10.2f} "
+                f"{row['export_full'] / row['export']:>5.1f}x"
             )
     return 0
 

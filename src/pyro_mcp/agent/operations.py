@@ -113,8 +113,21 @@ def unpack(client: Client, staging: str, dest: str, timeout: float) -> Reply:
     return client.agent("unpack", {"staging": staging, "dest": dest}, timeout)
 
 
-def pack(client: Client, path: str, exclude: Sequence[str], timeout: float) -> Reply:
-    return client.agent("pack", {"path": path, "exclude": list(exclude)}, timeout)
+def pack(
+    client: Client,
+    path: str,
+    exclude: Sequence[str],
+    timeout: float,
+    *,
+    members: Sequence[str] | None = None,
+    trees: Sequence[str] | None = None,
+) -> Reply:
+    """Tar ``path`` into a staging file, less ``exclude``; with ``members`` and
+    ``trees`` (relative to ``path``), only those entries (a tree with all below it)."""
+    args: dict[str, Any] = {"path": path, "exclude": list(exclude)}
+    if members is not None or trees is not None:
+        args |= {"members": list(members or ()), "trees": list(trees or ())}
+    return client.agent("pack", args, timeout)
 
 
 def staging_remove(client: Client, staging: str) -> Reply:

@@ -269,19 +269,52 @@ def op_pack(args: dict[str, Any]) -> dict[str, Any]:
         return None if member.name in skip else member
 
     names = []
-    if kind == "directory":
+    chosen = "members" in args or "trees" in args
+    if chosen and kind == "directory":  # only these entries, each on its own
+        names = _chosen(path, args.get("members"), args.get("trees"), skip)
+    elif kind == "directory":
         names = [n for n in sorted(os.listdir(path)) if not (path == WORKSPACE and n in IGNORED)]
-    if kind != "directory" or not _native_tar(path, names, skip, archive):
+    packed = kind == "directory" and _native_tar(path, names, skip, archive, recursive=not chosen)
+    if not packed:
         with tarfile.open(archive, "w") as tar:
             if kind == "directory":
                 for name in names:
-                    tar.add(os.path.join(path, name), arcname=name, filter=keep)
+                    full = os.path.join(path, name)
+                    tar.add(full, arcname=name, filter=keep, recursive=not chosen)
             else:
                 tar.add(path, arcname=os.path.basename(path))
     return {"staging": archive, "size": os.path.getsize(archive), "kind": kind, "path": _rel(path)}
 
 
-def _native_tar(directory: str, names: list[str], skip: set[str], archive: str) -> bool:
+def _chosen(directory: str, members: Any, trees: Any, skip: set[str]) -> list[str]:
+    """The entries to pack, relative to ``directory``: each of ``members`` alone,
+    each of ``trees`` with everything below it (less ``skip``). An entry gone
+    since the host asked is left out: the archive holds what is there now."""
+    names: list[str] = []
+    for group, whole in ((path_set(members), False), (path_set(trees), True)):
+        for name in sorted(group):
+            full = os.path.join(directory, name)
+            if name.startswith(("/", "../")) or name in (".", ".."):
+                raise RequestError("bad_path", f"{name!r} is not a path inside {_rel(directory)}")
+            parent = os.path.realpath(os.path.dirname(full))
+            if parent != directory and not parent.startswith(directory + "/"):
+                raise RequestError("outside_workspace", f"{name!r} resolves outside the export")
+            if not os.path.lexists(full) or name in skip:
+                continue
+            names.append(name)
+            if whole and os.path.isdir(full) and not os.path.islink(full):
+                for current, dirs, files in os.walk(full):
+                    below = os.path.relpath(current, directory)
+                    dirs[:] = [d for d in sorted(dirs) if os.path.join(below, d) not in skip]
+                    for entry in [*dirs, *sorted(files)]:
+                        if os.path.join(below, entry) not in skip:
+                            names.append(os.path.join(below, entry))
+    return names
+
+
+def _native_tar(
+    directory: str, names: list[str], skip: set[str], archive: str, recursive: bool = True
+) -> bool:
     """Pack ``names`` (in ``directory``) with GNU tar, leaving out ``skip``; False
     when there is no GNU tar or the names need the Python packer.
 
@@ -302,7 +335,7 @@ def _native_tar(directory: str, names: list[str], skip: set[str], archive: str) 
         with open(os.path.join(lists, "skip"), "wb") as handle:
             handle.write(b"".join(os.fsencode(p) + b"\n" for p in sorted(skip)))
         command = [tar, "--create", "--file", archive, "--directory", directory]
-        command += ["--format=gnu"]
+        command += ["--format=gnu"] + ([] if recursive else ["--no-recursion"])
         command += ["--anchored", "--no-wildcards", "--exclude-from", os.path.join(lists, "skip")]
         command += ["--null", "--verbatim-files-from", "--files-from", os.path.join(lists, "names")]
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)

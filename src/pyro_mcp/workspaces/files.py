@@ -16,7 +16,7 @@ from typing import Any
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.workspaces import ignore, replies, transfer
+from pyro_mcp.workspaces import export, ignore, replies, transfer
 from pyro_mcp.workspaces.context import WorkspaceContext
 from pyro_mcp.workspaces.patch import apply_file_patch, parse_patch
 from pyro_mcp.workspaces.paths import resolve_workspace_path, workspace_relative
@@ -163,11 +163,14 @@ class FileOps:
             self.ctx.connect(workspace) as client,
             tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
         ):
-            left_out = self._ignored(
-                client, workspace, workspace_relative(guest_path), include_ignored
-            )
-            archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
-            result = transfer.extract_export(archive, kind, target, overwrite)
+            top = workspace_relative(guest_path)
+            left_out = self._ignored(client, workspace, top, include_ignored)
+            # The unchanged part from the baseline on the host, the changes from the guest.
+            baseline = self.ctx.root / workspace["workspace_id"] / "baseline.ext4"
+            result = export.export_directory(client, baseline, top, target, left_out)
+            if result is None:  # a file, or a directory only the guest can pack whole
+                archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
+                result = transfer.extract_export(archive, kind, target, overwrite)
         record = {"path": workspace_relative(guest_path), **result, "ignored_count": len(left_out)}
         self.ctx.journal(workspace, "export", record)
         return self.ctx.done(workspace, {**record})

@@ -59,13 +59,20 @@ def push_tree(client: SupervisorClient, source: Path, dest: str) -> tuple[SeedIn
 
 
 def fetch_tree(
-    client: SupervisorClient, path: str, work: Path, *, exclude: Sequence[str] = ()
+    client: SupervisorClient,
+    path: str,
+    work: Path,
+    *,
+    exclude: Sequence[str] = (),
+    members: Sequence[str] | None = None,
+    trees: Sequence[str] | None = None,
 ) -> tuple[Path, str]:
     """Have the guest pack ``path``; return the local archive and its kind (file|directory).
 
-    ``exclude`` names paths relative to /workspace left out with all below them.
+    ``exclude`` names paths relative to /workspace left out with all below them;
+    ``members`` and ``trees`` (relative to ``path``) pack only those entries.
     """
-    packed = guest.pack(client, path, exclude, TRANSFER_TIMEOUT)
+    packed = guest.pack(client, path, exclude, TRANSFER_TIMEOUT, members=members, trees=trees)
     remote, kind = packed.get("staging"), packed.get("kind")
     if not isinstance(remote, str) or kind not in ("file", "directory"):
         raise AgentProtocolError("the guest answered pack without a staging file and kind")
@@ -106,7 +113,7 @@ def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> d
     try:
         with tarfile.open(archive, "r:") as tar:
             members = tar.getmembers()
-            total = _check_members(members)
+            total = check_members(members)
             if kind == "file":
                 files = [m for m in members if m.isfile()]
                 if len(members) != 1 or len(files) != 1:
@@ -117,7 +124,7 @@ def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> d
                 tree = Path(tmp) / "tree"
                 tree.mkdir()  # the default mode, not the temporary directory's private one
                 tar.extractall(tree, members=members, filter="data")
-                _replace(tree / members[0].name if kind == "file" else tree, output)
+                replace_output(tree / members[0].name if kind == "file" else tree, output)
     except tarfile.TarError as exc:
         raise AgentProtocolError(f"the guest sent an unreadable archive: {exc}") from exc
     return {
@@ -147,7 +154,7 @@ def check_output(output: Path, overwrite: bool) -> Path:
     return output
 
 
-def _check_members(members: list[tarfile.TarInfo]) -> int:
+def check_members(members: list[tarfile.TarInfo]) -> int:
     if len(members) > MAX_EXPORT_MEMBERS:
         raise AgentProtocolError(f"the export has more than {MAX_EXPORT_MEMBERS} entries")
     total = 0
@@ -160,7 +167,7 @@ def _check_members(members: list[tarfile.TarInfo]) -> int:
         if member.issym() or member.islnk():
             target = PurePosixPath(member.linkname)
             joined = (name.parent if member.issym() else PurePosixPath()) / target
-            if target.is_absolute() or not _stays_inside(joined):
+            if target.is_absolute() or not stays_inside(joined):
                 raise AgentProtocolError(
                     f"archive link {member.name!r} -> {member.linkname!r} leaves the output"
                 )
@@ -170,7 +177,7 @@ def _check_members(members: list[tarfile.TarInfo]) -> int:
     return total
 
 
-def _stays_inside(path: PurePosixPath) -> bool:
+def stays_inside(path: PurePosixPath) -> bool:
     depth = 0
     for part in path.parts:
         depth += -1 if part == ".." else 0 if part in (".", "") else 1
@@ -179,7 +186,7 @@ def _stays_inside(path: PurePosixPath) -> bool:
     return True
 
 
-def _replace(produced: Path, output: Path) -> None:
+def replace_output(produced: Path, output: Path) -> None:
     """Move ``produced`` to ``output``, replacing what is there (never following a link)."""
     if output.exists() and (output.is_dir() or produced.is_dir()):
         # os.replace cannot swap a directory with a file or a non-empty directory.
