@@ -4,10 +4,10 @@
 # Without root it prints the exact command to run instead.
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio kmod git npm)
+PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio kmod git npm skopeo umoci docker-registry)
 # Commands that prove each package is present (same order). git seeds
 # workspaces from checkouts; npm installs the MCP Inspector the tests use.
-PROBES=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 busybox cpio modinfo git npm)
+PROBES=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 busybox cpio modinfo git npm skopeo umoci docker-registry)
 
 missing=()
 for i in "${!PACKAGES[@]}"; do

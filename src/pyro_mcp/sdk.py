@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from pyro_mcp import config, doctor
 from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.egress import config as egress_config
+from pyro_mcp.environments import images
+from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import PyroError
 from pyro_mcp.hosts import service as host_service
 from pyro_mcp.hosts.server_command import ServerOptions
@@ -687,11 +689,39 @@ class Pyro:
         """The catalog with each environment's installed state."""
         return [status.to_dict() for status in self._vms.environments.list()]
 
-    def pull_environment(self, name: str, *, force: bool = False) -> dict[str, Any]:
-        """Build ``name``, or verify it and repair what is broken."""
+    def pull_environment(
+        self,
+        reference: str,
+        *,
+        name: str | None = None,
+        force: bool = False,
+        insecure_registry: bool = False,
+        disk_size_mib: int | None = None,
+    ) -> dict[str, Any]:
+        """Build a curated environment, or install one from an OCI image.
+
+        ``reference`` is a curated name (``debian:12``: built, or verified and
+        repaired), or an image: ``registry.example.org/team/node:22``,
+        ``docker://...``, ``oci:PATH[:TAG]``, ``oci-archive:FILE`` or
+        ``docker-archive:FILE``. An image is installed as ``name`` (default:
+        from the reference, ``node:22``); its layers are fetched once and
+        shared with other environments (docs/environments.md). A plain-HTTP
+        registry is used only on a loopback address or with ``insecure_registry``.
+        """
         started = time.monotonic()
-        self._vms.environments.pull(name, self._progress, force=force)
-        info = self._vms.environments.inspect(name)
+        if reference in CATALOG and name in (None, reference):
+            self._vms.environments.pull(reference, self._progress, force=force)
+            env_name = reference
+        else:
+            installed = self._vms.pull_image(
+                reference,
+                name=name,
+                insecure_registry=insecure_registry,
+                disk_size_mib=disk_size_mib or images.DEFAULT_DISK_MIB,
+                progress=self._progress,
+            )
+            env_name = installed.name
+        info = self._vms.environments.inspect(env_name)
         info["seconds"] = round(time.monotonic() - started, 1)
         return info
 

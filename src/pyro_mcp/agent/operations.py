@@ -134,6 +134,11 @@ def staging_remove(client: Client, staging: str) -> Reply:
     return client.agent("staging_remove", {"staging": staging}, 30)
 
 
+def layer_apply(client: Client, args: Mapping[str, Any]) -> Reply:
+    """Apply one image layer to /workspace (the image-building guest only)."""
+    return client.agent("layer_apply", dict(args), 3600)
+
+
 # ---------------------------------------------------------------- per boot
 
 

@@ -32,9 +32,38 @@ def register(commands: Any) -> None:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=handle_list)
 
-    pull = sub.add_parser("pull", help="build an environment, or verify and repair it")
-    pull.add_argument("name")
+    pull = sub.add_parser(
+        "pull",
+        help="build a curated environment, or install one from an OCI image",
+        description=(
+            "REF is a curated name (debian:12) or an image: a registry reference "
+            "(registry.example.org/team/node:22, docker://..., tag or @sha256: digest), "
+            "oci:PATH[:TAG] (an OCI layout), oci-archive:FILE, or docker-archive:FILE "
+            "(what `docker save` writes). Layers are fetched once and shared."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pyro env pull debian:12\n"
+            "  pyro env pull registry.example.org/team/node:22\n"
+            "  pyro env pull oci-archive:./tool.tar --name tool:1\n"
+            "  pyro env pull 127.0.0.1:5000/app:latest --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pull.add_argument("reference", metavar="REF")
+    pull.add_argument("--name", help="the environment's name (default: from REF, e.g. node:22)")
     pull.add_argument("--force", action="store_true", help="rebuild even if it verifies")
+    pull.add_argument(
+        "--insecure-registry",
+        action="store_true",
+        help="allow a plain-HTTP registry that is not on a loopback address",
+    )
+    pull.add_argument(
+        "--disk-size-mib",
+        type=int,
+        default=None,
+        help="root disk size for an image environment (sparse; default 8192)",
+    )
     pull.add_argument("--json", action="store_true")
     pull.set_defaults(handler=handle_pull)
 
@@ -68,13 +97,20 @@ def handle_list(args: argparse.Namespace) -> int:
 
 
 def handle_pull(args: argparse.Namespace) -> int:
-    info = Pyro(progress=progress_printer("env")).pull_environment(args.name, force=args.force)
+    info = Pyro(progress=progress_printer("env")).pull_environment(
+        args.reference,
+        name=args.name,
+        force=args.force,
+        insecure_registry=args.insecure_registry,
+        disk_size_mib=args.disk_size_mib,
+    )
     if args.json:
         print_json(info)
     else:
+        origin = f", from {info['source']}" if info.get("source") else ""
         print(
             f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, "
-            f"kernel {info['kernel']}) at {info['path']}"
+            f"kernel {info['kernel']}{origin}) at {info['path']}"
         )
     return 0
 
@@ -92,6 +128,22 @@ def handle_inspect(args: argparse.Namespace) -> int:
     )
     print(f"{info['name']}: {info['description']}")
     print(f"  state       {state}")
+    print(f"  kind        {info['kind']}")
+    if info["kind"] == "image":
+        image = info.get("image") or {}
+        settings = image.get("settings") or {}
+        print(f"  source      {image.get('reference')}")
+        print(f"  digest      {image.get('manifest_digest')}")
+        print(f"  layers      {len(image.get('layers') or [])}")
+        print(f"  user        {settings.get('user') or 'root'}")
+        print(f"  workdir     {settings.get('working_dir') or '-'}")
+        print(f"  entrypoint  {settings.get('entrypoint') or '-'} (not run)")
+        print(f"  cmd         {settings.get('cmd') or '-'} (not run)")
+        for key, value in sorted((settings.get("env") or {}).items()):
+            print(f"  env         {key}={value}")
+        print(f"  disk        {info['disk_size_mib']} MiB (sparse)")
+        print(f"  path        {info['path']}")
+        return 0
     print(f"  packages    {', '.join(info['catalog_packages'])}")
     print(f"  disk        {info['disk_size_mib']} MiB (sparse)")
     if manifest:

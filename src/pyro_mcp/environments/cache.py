@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,9 @@ from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
-from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec
+from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec, slug
 from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError
+from pyro_mcp.names import shown
 
 log = logging.getLogger("pyro.environments")
 
@@ -57,11 +58,19 @@ class InstalledEnvironment:
 
     @property
     def rootfs(self) -> Path:
-        return self.build_dir / "rootfs.ext4"
+        """The root disk: raw ext4 (curated) or a qcow2 on shared layers (image)."""
+        image = self.build_dir / "rootfs.qcow2"
+        return image if image.is_file() else self.build_dir / "rootfs.ext4"
 
     @property
     def initrd(self) -> Path:
         return self.build_dir / f"initrd-{builder.guest_files_hash()}.img"
+
+    @property
+    def runtime(self) -> Path | None:
+        """An image environment's runtime drive (``environments/runtime.py``)."""
+        path = self.build_dir / "runtime.ext4"
+        return path if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -75,14 +84,18 @@ class EnvironmentStatus:
 
     def to_dict(self) -> dict[str, Any]:
         manifest = self.manifest or {}
+        image = manifest.get("image") or {}
         return {
             "name": self.name,
+            "kind": manifest.get("kind", "curated"),
             "description": self.description,
             "installed": self.installed,
             "problem": self.problem,
             "path": str(self.build_dir) if self.build_dir else None,
             "built_at": manifest.get("built_at"),
             "kernel": (manifest.get("kernel") or {}).get("version"),
+            "source": image.get("reference"),
+            "digest": image.get("manifest_digest"),
             "size_bytes": used_bytes(self.build_dir) if self.build_dir else 0,
         }
 
@@ -99,6 +112,8 @@ class EnvironmentCache:
     # --------------------------------------------------------------- queries
 
     def status(self, name: str) -> EnvironmentStatus:
+        if name not in CATALOG:
+            return self._image_status(name)
         spec = get_spec(name)
         build_dir = self._current_build(spec)
         if build_dir is None:
@@ -119,22 +134,128 @@ class EnvironmentCache:
         )
 
     def list(self) -> list[EnvironmentStatus]:
-        return [self.status(name) for name in CATALOG]
+        return [self.status(name) for name in [*CATALOG, *self.image_names()]]
+
+    def image_names(self) -> tuple[str, ...]:
+        """The environments pulled from OCI images, by name."""
+        names: tuple[str, ...] = ()
+        if self.environments_dir.is_dir():
+            for env_dir in sorted(self.environments_dir.iterdir()):
+                build = env_dir / "current"
+                manifest, _ = _read_manifest(build) if build.is_dir() else (None, None)
+                if manifest and manifest.get("kind") == "image" and manifest.get("name"):
+                    names += (str(manifest["name"]),)
+        return names
 
     def inspect(self, name: str) -> dict[str, Any]:
         status = self.status(name)
-        spec = get_spec(name)
         info = status.to_dict()
-        info["catalog_packages"] = list(spec.packages)
-        info["disk_size_mib"] = spec.disk_size_mib
+        if name in CATALOG:
+            spec = get_spec(name)
+            info["catalog_packages"] = list(spec.packages)
+            info["disk_size_mib"] = spec.disk_size_mib
+        else:
+            image = (status.manifest or {}).get("image") or {}
+            info["disk_size_mib"] = image.get("disk_size_mib")
+            info["image"] = image
         info["manifest"] = status.manifest
         return info
+
+    def _image_status(self, name: str) -> EnvironmentStatus:
+        """An environment pulled from an image; NotFound when none has this name."""
+        build_dir = self._current_slug(slug(name))
+        manifest, problem = _read_manifest(build_dir) if build_dir else (None, None)
+        if build_dir is None or manifest is None or manifest.get("kind") != "image":
+            curated = ", ".join(CATALOG)
+            pulled = ", ".join(self.image_names()) or "none yet"
+            raise NotFound(
+                f"unknown environment {shown(name)}; curated: {curated}; pulled from images: "
+                f"{pulled}. Pull an image with `pyro env pull REF --name {shown(name)}`"
+            )
+        if problem is None:
+            problem = _check_files(build_dir, manifest, verify_hashes=False)
+        source = (manifest.get("image") or {}).get("reference", "an OCI image")
+        return EnvironmentStatus(
+            name, f"from {source}", problem is None, problem, build_dir, manifest
+        )
+
+    def install_image(
+        self,
+        name: str,
+        *,
+        kernel: builder.Kernel,
+        runtime: Path,
+        chain: Sequence[Path],
+        image: dict[str, Any],
+        progress: builder.Progress,
+    ) -> InstalledEnvironment:
+        """Record an environment whose root disk is ``chain[-1]`` (layers shared, see
+        ``environments/images.py``): a new build, made current when whole."""
+        env_dir = self.environments_dir / slug(name)
+        with self._lock_dir(env_dir):
+            builds = env_dir / "builds"
+            builds.mkdir(parents=True, exist_ok=True)
+            _remove_partials(builds)
+            build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            partial = builds / f".partial-{build_id}"
+            partial.mkdir()
+            try:
+                shutil.copy2(kernel.vmlinuz, partial / "vmlinuz")
+                (partial / "modules").mkdir()
+                for module in kernel.modules_dir.iterdir():
+                    shutil.copy2(module, partial / "modules" / module.name)
+                try:
+                    os.link(runtime, partial / "runtime.ext4")
+                except OSError:
+                    shutil.copy2(runtime, partial / "runtime.ext4")
+                rootfs = partial / "rootfs.qcow2"
+                builder._run(
+                    host_tools.QEMU_IMG,
+                    ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", chain[-1], rootfs],
+                    what="qemu-img create (root disk)",
+                )
+                os.chmod(rootfs, 0o444)
+                progress("phase=initramfs packing busybox, virtio modules and the agent")
+                builder.build_initramfs(
+                    partial / "modules", partial / f"initrd-{builder.guest_files_hash()}.img"
+                )
+                manifest = {
+                    "format": MANIFEST_FORMAT,
+                    "kind": "image",
+                    "name": name,
+                    "build_id": build_id,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "kernel": {"package": kernel.package, "version": kernel.version},
+                    "image": image,
+                    "chain": [str(path) for path in chain],
+                    "files": {
+                        file: {
+                            "size": (partial / file).stat().st_size,
+                            "sha256": builder.sha256_file(partial / file),
+                        }
+                        for file in ("vmlinuz", "rootfs.qcow2", "runtime.ext4")
+                    },
+                }
+                _write_json(partial / "manifest.json", manifest)
+                final = builds / build_id
+                partial.rename(final)
+                self._set_current_dir(env_dir, final)
+            except BaseException:
+                _remove_build(partial)
+                raise
+        return InstalledEnvironment(name, final, manifest)
 
     # ---------------------------------------------------------------- builds
 
     def ensure(self, name: str, progress: builder.Progress) -> InstalledEnvironment:
-        """A usable build of ``name``, building it first when needed."""
+        """A usable build of ``name``, building it first when needed (curated names)."""
         status = self.status(name)
+        if not status.installed and name not in CATALOG:
+            source = ((status.manifest or {}).get("image") or {}).get("reference", "REF")
+            raise NotFound(
+                f"environment {name} is damaged ({status.problem}); pull it again with "
+                f"`pyro env pull {source} --name {name}`"
+            )
         if not status.installed:
             return self.pull(name, progress)
         assert status.build_dir is not None and status.manifest is not None
@@ -316,22 +437,32 @@ class EnvironmentCache:
     # --------------------------------------------------------------- helpers
 
     def _current_build(self, spec: EnvironmentSpec) -> Path | None:
-        link = self.environments_dir / spec.slug / "current"
+        return self._current_slug(spec.slug)
+
+    def _current_slug(self, env_slug: str) -> Path | None:
+        link = self.environments_dir / env_slug / "current"
         if not link.is_symlink():
             return None
         target = link.resolve()
         return target if target.is_dir() else None
 
     def _set_current(self, spec: EnvironmentSpec, build: Path) -> None:
-        link = self.environments_dir / spec.slug / "current"
+        self._set_current_dir(self.environments_dir / spec.slug, build)
+
+    def _set_current_dir(self, env_dir: Path, build: Path) -> None:
+        link = env_dir / "current"
         tmp = link.with_name(f".current-{uuid.uuid4().hex[:6]}")
         tmp.symlink_to(Path("builds") / build.name)
         tmp.replace(link)
 
     @contextmanager
     def _lock(self, spec: EnvironmentSpec) -> Iterator[None]:
+        with self._lock_dir(self.environments_dir / spec.slug):
+            yield
+
+    @contextmanager
+    def _lock_dir(self, env_dir: Path) -> Iterator[None]:
         """One builder per environment; a second waits and then finds it built."""
-        env_dir = self.environments_dir / spec.slug
         env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with (env_dir / ".lock").open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -376,6 +507,9 @@ def _check_files(build_dir: Path, manifest: dict[str, Any], verify_hashes: bool)
     files = manifest.get("files")
     if not isinstance(files, dict):
         return "manifest lists no files"
+    for layer_disk in manifest.get("chain") or []:
+        if not Path(layer_disk).is_file():
+            return f"its layer disk {layer_disk} is missing (pruned?)"
     for name, expected in files.items():
         path = build_dir / name
         if not path.is_file():

@@ -74,6 +74,11 @@ CATALOG: dict[str, EnvironmentSpec] = {
 }
 
 
+def slug(name: str) -> str:
+    """An environment name as a directory name (``node:22`` -> ``node-22``)."""
+    return name.replace(":", "-").replace("/", "-")
+
+
 def get_spec(name: str) -> EnvironmentSpec:
     """The catalog entry called ``name``.
 

@@ -24,13 +24,24 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-    from pyro_mcp.guest import commands, diff, disks, fileops, identity, network, processes, system
+    from pyro_mcp.guest import (
+        commands,
+        diff,
+        disks,
+        fileops,
+        identity,
+        layers,
+        network,
+        processes,
+        system,
+    )
 except ImportError:  # inside the guest, these files sit beside this one
     import commands  # type: ignore[import-not-found,no-redef]
     import diff  # type: ignore[import-not-found,no-redef]
     import disks  # type: ignore[import-not-found,no-redef]
     import fileops  # type: ignore[import-not-found,no-redef]
     import identity  # type: ignore[import-not-found,no-redef]
+    import layers  # type: ignore[import-not-found,no-redef]
     import network  # type: ignore[import-not-found,no-redef]
     import processes  # type: ignore[import-not-found,no-redef]
     import protocol  # type: ignore[import-not-found,no-redef]
@@ -130,6 +141,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     **fileops.OPERATIONS,
     **diff.OPERATIONS,
     **processes.OPERATIONS,
+    **layers.OPERATIONS,
 }
 
 

@@ -48,7 +48,7 @@ def op_exec(args: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("bad_args", "env must map names to strings")
     env.update(extra_env)
     env.update(processes.secret_environment(args))
-    cwd = args.get("cwd") or "/root"
+    cwd = args.get("cwd") or processes.DEFAULT_CWD
     if not isinstance(cwd, str) or not os.path.isdir(cwd):
         raise RequestError("bad_cwd", f"working directory {cwd!r} does not exist in the guest")
     timeout = float(args.get("timeout_seconds") or 30)

@@ -15,12 +15,13 @@ import time
 from typing import Any
 
 try:
-    from pyro_mcp.guest import changes, disks, fileops, network, system
+    from pyro_mcp.guest import changes, disks, fileops, network, processes, system
 except ImportError:  # inside the guest, beside this file
     import changes  # type: ignore[import-not-found,no-redef]
     import disks  # type: ignore[import-not-found,no-redef]
     import fileops  # type: ignore[import-not-found,no-redef]
     import network  # type: ignore[import-not-found,no-redef]
+    import processes  # type: ignore[import-not-found,no-redef]
     import system  # type: ignore[import-not-found,no-redef]
 
 RequestError = fileops.RequestError
@@ -58,6 +59,9 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
     machine_id = args.get("machine_id")
     if isinstance(machine_id, str) and _MACHINE_ID.match(machine_id) and system.is_guest():
         system.write_file("/run/pyro/machine-id", machine_id + "\n")  # /etc/machine-id too
+    image = args.get("image")
+    if isinstance(image, dict) and system.is_guest():
+        processes.apply_image(image)  # before the mounts: /workspace is given to its user
     mounts = args.get("mounts") or {}
     if not isinstance(mounts, dict):
         raise RequestError("bad_args", "mounts must be an object")
@@ -67,6 +71,8 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
             if disks.mount_disk(serial, target, options) and name == "workspace":
                 # From now on every change is on record; ``fresh``: the disk was
                 # just made from the baseline, so the record is whole.
+                if args.get("fresh_workspace"):
+                    processes.own_workspace(target)  # an image's user: before the record starts
                 changes.TRACKER.start(fresh=bool(args.get("fresh_workspace")))
             mounted.append(target)
     egress = args.get("egress")

@@ -11,6 +11,9 @@
 # Kernel command line:
 #   pyro.net=1            bring up eth0 for QEMU user-mode networking
 #   pyro.hostname=NAME    the guest's hostname until the host's hello names another
+#   pyro.runtime=1        an image environment: the agent runs from the runtime
+#                         drive (serial pyro-runtime), with its own loader and
+#                         libraries, mounted read-only at /run/pyro/runtime
 #
 # /workspace and the baseline are mounted by the agent when the host's hello
 # asks for them, not here: a warm snapshot is taken before any workspace disk
@@ -31,11 +34,13 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 net=0
+runtime=0
 name=pyro
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         pyro.net=1) net=1 ;;
         pyro.hostname=*) name="${arg#pyro.hostname=}" ;;
+        pyro.runtime=1) runtime=1 ;;
     esac
 done
 
@@ -61,6 +66,8 @@ done
 
 mkdir -p /newroot
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
+# An image may lack any of these; they are made in the VM's own root overlay.
+mkdir -p /newroot/etc /newroot/run /newroot/tmp /newroot/dev /newroot/proc /newroot/sys
 
 hostname "$name"
 ip link set lo up
@@ -91,6 +98,20 @@ for file in hostname machine-id; do
     fi
 done
 cp /pyro/*.py /newroot/run/pyro/  # the agent and its modules: guest_files()
+if [ "$runtime" = 1 ]; then
+    device=
+    tries=0
+    while [ -z "$device" ]; do
+        for block in /sys/block/vd*; do
+            [ "$(cat "$block/serial" 2>/dev/null)" = pyro-runtime ] && device="/dev/${block##*/}"
+        done
+        tries=$((tries + 1))
+        [ -z "$device" ] && [ "$tries" -gt 2000 ] && fail "no runtime drive"
+        [ -z "$device" ] && usleep 5000
+    done
+    mkdir -p /newroot/run/pyro/runtime
+    mount -t ext4 -o ro,noload "$device" /newroot/run/pyro/runtime || fail "cannot mount $device"
+fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 
 umount /proc
@@ -104,4 +125,10 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
 
 export PYRO_GUEST=1
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+if [ "$runtime" = 1 ]; then
+    rt=/run/pyro/runtime
+    exec switch_root /newroot "$rt/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+        --library-path "$rt/lib/x86_64-linux-gnu:$rt/usr/lib/x86_64-linux-gnu" \
+        "$rt/usr/bin/python3.11" -E -s -u /run/pyro/agent.py
+fi
 exec switch_root /newroot /usr/bin/python3 -u /run/pyro/agent.py

@@ -46,6 +46,78 @@ _lock = threading.Lock()
 
 # The agent's base environment for commands; set by the agent at import.
 BASE_ENV: dict[str, str] = {}
+# An image environment's config (the hello's ``image``): the user commands run
+# as (uid, gid; None: root) and the directory they start in when they name none.
+IMAGE_USER: tuple[int, int] | None = None
+DEFAULT_CWD = "/root"
+
+
+def apply_image(settings: dict[str, Any]) -> None:
+    """Honour an image's config: its ``Env``, ``User`` and ``WorkingDir``."""
+    global IMAGE_USER, DEFAULT_CWD
+    env = settings.get("env") or {}
+    if isinstance(env, dict):
+        for key, value in env.items():
+            if isinstance(key, str) and isinstance(value, str) and key and "=" not in key:
+                BASE_ENV[key] = value
+    user = settings.get("user")
+    if isinstance(user, str) and user and user not in ("root", "0", "0:0"):
+        uid, gid, name, home = _resolve_user(user)
+        if uid != 0:
+            IMAGE_USER = (uid, gid)
+        BASE_ENV.update(HOME=home, USER=name, LOGNAME=name)
+    workdir = settings.get("working_dir")
+    if isinstance(workdir, str) and workdir.startswith("/") and os.path.isdir(workdir):
+        DEFAULT_CWD = workdir
+    elif not os.path.isdir(DEFAULT_CWD):
+        DEFAULT_CWD = "/"
+
+
+def _resolve_user(user: str) -> tuple[int, int, str, str]:
+    """``name``, ``uid``, ``name:group`` or ``uid:gid`` against the image's own
+    /etc/passwd and /etc/group: (uid, gid, name, home)."""
+    who, _, group = user.partition(":")
+    passwd = _table("/etc/passwd")
+    entry = next((row for row in passwd if who in (row[0], row[2])), None)
+    if entry is None and not who.isdigit():
+        raise RequestError("bad_user", f"the image's user {who!r} is not in its /etc/passwd")
+    uid = int(entry[2]) if entry else int(who)
+    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    if group:
+        found = next((row for row in _table("/etc/group") if group in (row[0], row[2])), None)
+        if found is None and not group.isdigit():
+            raise RequestError("bad_user", f"the image's group {group!r} is not in its /etc/group")
+        gid = int(found[2]) if found else int(group)
+    name = entry[0] if entry else who
+    home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
+    return uid, gid, name, home
+
+
+def _table(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n").split(":") for line in handle if line.count(":") >= 3]
+    except OSError:
+        return []
+
+
+def own_workspace(root: str) -> None:
+    """Give /workspace to the image's user (a fresh disk: everything on it)."""
+    if IMAGE_USER is None:
+        return
+    uid, gid = IMAGE_USER
+    os.chown(root, uid, gid)
+    for current, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(current, name), uid, gid)
+
+
+def _drop_to_image_user() -> None:
+    """In a forked child: become the image's user."""
+    if IMAGE_USER is not None:
+        os.setgroups([])
+        os.setgid(IMAGE_USER[1])
+        os.setuid(IMAGE_USER[0])
 
 
 SECRETS_DIR = "/run/pyro-secrets"
@@ -118,6 +190,9 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start a command in its own session (so its whole group can be killed)."""
     try:
+        user: dict[str, Any] = {}
+        if IMAGE_USER is not None:  # an image's User (otherwise vfork keeps spawns cheap)
+            user = {"user": IMAGE_USER[0], "group": IMAGE_USER[1], "extra_groups": []}
         return subprocess.Popen(
             argv,
             cwd=cwd,
@@ -126,6 +201,7 @@ def spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             start_new_session=True,
+            **user,
         )
     except OSError as exc:
         raise RequestError("spawn_failed", f"cannot start {argv[0]!r}: {exc.strerror}") from exc
@@ -394,8 +470,11 @@ def op_shell_open(args: dict[str, Any]) -> dict[str, Any]:
         pid, fd = pty.fork()
         if pid == 0:  # the child: a login-less interactive bash in the workspace
             try:
+                _drop_to_image_user()
                 os.chdir(cwd)
-                os.execve("/bin/bash", ["bash", "-i"], env)
+                if os.path.exists("/bin/bash"):
+                    os.execve("/bin/bash", ["bash", "-i"], env)
+                os.execve("/bin/sh", ["sh", "-i"], env)  # an image without bash
             finally:
                 os._exit(127)
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

@@ -37,9 +37,16 @@ _QCOW2_MAGIC = b"QFI\xfb"
 
 
 def create_overlay(base: Path, overlay: Path) -> None:
-    """A qcow2 overlay of the raw ``base``; costs only what the guest writes."""
+    """A qcow2 overlay of ``base`` (raw, or a qcow2 image environment's layers);
+    costs only what the guest writes."""
     backing = _backing_name(base, overlay)
-    _qemu_img(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", backing, str(overlay)], overlay)
+    kind = "qcow2" if is_qcow2(base) else "raw"
+    _qemu_img(["create", "-q", "-f", "qcow2", "-F", kind, "-b", backing, str(overlay)], overlay)
+
+
+def is_qcow2(image: Path) -> bool:
+    with image.open("rb") as handle:
+        return handle.read(4) == _QCOW2_MAGIC
 
 
 def mark_fresh(overlay: Path) -> None:

@@ -34,6 +34,9 @@ class MachineSpec:
     network: bool
     workspace_disk: Path | None = None
     baseline_disk: Path | None = None
+    # An image environment's runtime drive (environments/runtime.py), read-only:
+    # the guest's init runs the agent from it.
+    runtime_disk: Path | None = None
     # Guest RAM in a file: a warm template writes it (shared), warm VMs map it
     # privately (copy-on-write), so the clean pages of one snapshot are shared
     # by every VM restored from it.
@@ -66,6 +69,8 @@ class MachineSpec:
             append += " init_on_free=1"
         if self.network:
             append += " pyro.net=1"
+        if self.runtime_disk is not None:
+            append += " pyro.runtime=1"
         machine = f"microvm,accel={self.accel}"
         memory: list[str] = []
         if self.memory_file is not None:
@@ -138,6 +143,13 @@ class MachineSpec:
                 f"id=base,file={self.baseline_disk},format=raw,if=none,readonly=on",
                 "-device",
                 "virtio-blk-device,drive=base,serial=pyro-baseline",
+            ]
+        if self.runtime_disk is not None:
+            argv += [
+                "-drive",
+                f"id=rt,file={self.runtime_disk},format=raw,if=none,readonly=on",
+                "-device",
+                "virtio-blk-device,drive=rt,serial=pyro-runtime",
             ]
         if self.accel == "kvm":
             argv += ["-cpu", "host"]

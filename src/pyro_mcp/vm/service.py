@@ -32,9 +32,10 @@ from pyro_mcp import config, host_tools, names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.egress import config as egress_config
+from pyro_mcp.environments import images
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
-from pyro_mcp.environments.catalog import get_spec
+from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import (
     AgentError,
     InvalidArgument,
@@ -46,7 +47,7 @@ from pyro_mcp.errors import (
 )
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
-from pyro_mcp.vm import accel, backend, disks, supervisor, suspend, thin, warm
+from pyro_mcp.vm import accel, backend, disks, image_builder, supervisor, suspend, thin, warm
 from pyro_mcp.vm.commands import exec_args, exec_result
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
@@ -111,7 +112,8 @@ class VmService:
 
         Builds the environment first when it is not installed.
         """
-        get_spec(environment)
+        if environment not in CATALOG:
+            self.environments.status(environment)  # NotFound names what is installed
         _check_range("vcpu_count", vcpu_count, 1, MAX_VCPU_COUNT)
         _check_range("mem_mib", mem_mib, MIN_MEM_MIB, MAX_MEM_MIB)
         if ttl_seconds is not None:
@@ -599,8 +601,9 @@ class VmService:
         return machine
 
     def _hello(self, record: VmRecord) -> dict[str, Any]:
-        """What makes this boot the VM's own: its name, machine id and disks to mount."""
-        return {
+        """What makes this boot the VM's own: its name, machine id and disks to mount,
+        and an image environment's config (Env, User, WorkingDir)."""
+        hello = {
             "hostname": "pyro-" + record.vm_id.removeprefix("vm-"),
             "machine_id": uuid.uuid4().hex,
             "mounts": {
@@ -611,6 +614,10 @@ class VmService:
                 record.workspace_disk is not None and disks.take_fresh(Path(record.workspace_disk))
             ),
         }
+        settings = _image_settings(Path(record.build_dir))
+        if settings is not None:
+            hello["image"] = settings
+        return hello
 
     def exec_vm(
         self,
@@ -810,6 +817,27 @@ class VmService:
             result=result,
         )
 
+    def pull_image(
+        self,
+        reference: str,
+        *,
+        name: str | None = None,
+        insecure_registry: bool = False,
+        disk_size_mib: int = images.DEFAULT_DISK_MIB,
+        progress: Progress = _quiet,
+    ) -> InstalledEnvironment:
+        """Install an environment from an OCI image (``vm/image_builder.py``)."""
+        return image_builder.pull_image(
+            self.environments,
+            vms_dir=self.paths.vms_dir,
+            accel_name=self.accel_decision().accel,
+            reference=reference,
+            name=name,
+            insecure_registry=insecure_registry,
+            disk_size_mib=disk_size_mib,
+            progress=progress,
+        )
+
     # ----------------------------------------------------------------- accel
 
     def accel_decision(self, installed: InstalledEnvironment | None = None) -> accel.AccelDecision:
@@ -929,9 +957,23 @@ class VmService:
             network=record.network,
             workspace_disk=Path(record.workspace_disk) if record.workspace_disk else None,
             baseline_disk=Path(record.baseline_disk) if record.baseline_disk else None,
+            runtime_disk=installed.runtime,
             egress_command=egress_config.relay_command() if record.network else "",
             free_page_reporting=True,  # anonymous RAM (warm starts turn it off)
         )
+
+
+def _image_settings(build_dir: Path) -> dict[str, Any] | None:
+    """What the guest honours of an image environment's config; None for curated ones."""
+    try:
+        manifest = json.loads((build_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    image = manifest.get("image") if isinstance(manifest, dict) else None
+    settings = image.get("settings") if isinstance(image, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    return {key: settings.get(key) for key in ("env", "user", "working_dir")}
 
 
 def _link_base(ram: Path, files: VmFiles) -> Path:

@@ -43,7 +43,7 @@ from typing import Any
 from pyro_mcp import host_tools
 from pyro_mcp.environments.builder import sha256_file
 from pyro_mcp.environments.cache import InstalledEnvironment, used_bytes
-from pyro_mcp.environments.catalog import get_spec
+from pyro_mcp.environments.catalog import slug
 from pyro_mcp.vm.qemu import qemu_version
 
 # Bump when the machine layout of warm VMs changes (devices, their order, RAM
@@ -196,7 +196,7 @@ class WarmStore:
         self.root = cache_dir / "warm"
 
     def shape_dir(self, key: WarmKey) -> Path:
-        return self.root / get_spec(key.environment).slug / key.shape
+        return self.root / slug(key.environment) / key.shape
 
     # --------------------------------------------------------------- lookup
 

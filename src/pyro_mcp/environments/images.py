@@ -1,0 +1,502 @@
+"""Environments from OCI images: references, fetching, and layers shared by digest.
+
+Fetching is ``skopeo copy`` (Debian's package; no root, no daemon) into one
+OCI image layout in the cache, ``oci/``: its blobs are stored by digest, so a
+layer two images share is fetched and kept once. skopeo verifies every blob
+against its digest, reads the container tools' credential files itself
+(``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.docker/config.json``) and
+never prints a credential.
+
+The root disk is made from the layers in a guest (``vm/image_builder.py``),
+as root there, so owners, setuid bits, file capabilities and device nodes
+are kept without root on the host. Disks are shared the way the layers are:
+``layers/<size>/<chain id>.qcow2`` holds the root filesystem after a prefix
+of an image's layers (the OCI *chain id* names that prefix), as a qcow2 over
+the next shorter prefix it was built on. An image whose first layers are an
+image pulled before starts from that image's disk and adds only its own
+layers; two environments with a common base hold the base once.
+
+Every layer is listed on the host before the guest sees it: its digest and
+its uncompressed digest (the config's ``diff_ids``) are checked, names that
+leave the root are refused, and whiteouts become the removals the guest
+makes before it extracts the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from pyro_mcp import host_tools
+from pyro_mcp.environments import builder
+from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
+
+Progress = Callable[[str], None]
+
+SKOPEO = host_tools.HostTool("skopeo", "skopeo", "fetches OCI images")
+ZSTD = host_tools.HostTool("zstd", "zstd", "reads zstd-compressed image layers")
+DEFAULT_DISK_MIB = 8192
+PULL_TIMEOUT_SECONDS = 3600
+LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[a-z0-9][a-z0-9._-]{0,62})?$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+}
+AUTH_FILES = "$XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"
+
+
+class ImageError(EnvironmentBuildError):
+    """An image that cannot be fetched or made into an environment."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where an image comes from, as the user wrote it and as skopeo takes it."""
+
+    text: str
+    source: str  # a skopeo transport reference
+    default_name: str
+    registry: str | None = None  # host[:port] when it is a registry
+
+
+def parse_reference(text: str) -> Reference:
+    """``text`` as one of the reference forms ``pyro env pull`` takes.
+
+    Raises:
+        InvalidArgument: none of them; the message lists the forms.
+    """
+    forms = (
+        "registry.example.org/team/node:22, docker://..., oci:PATH[:TAG], "
+        "oci-archive:FILE, docker-archive:FILE, or a curated name (pyro env list)"
+    )
+    if not isinstance(text, str) or not text.strip() or any(c.isspace() for c in text):
+        raise InvalidArgument("reference", f"name an image: {forms}")
+    for prefix in ("oci:", "oci-archive:", "docker-archive:"):
+        if text.startswith(prefix):
+            rest = text.removeprefix(prefix)
+            path, tag = [*rest.rsplit(":", 1), ""][:2] if prefix == "oci:" else (rest, "")
+            if prefix == "oci:" and (not tag or "/" in tag):
+                path, tag = rest, ""
+            local = Path(path).expanduser().absolute()
+            if not local.exists():
+                raise InvalidArgument("reference", f"{local} does not exist")
+            stem = local.name.split(".")[0] if local.is_file() else local.name
+            source = f"{prefix}{local}" + (f":{tag}" if tag else "")
+            return Reference(text, source, _clean_name(stem, tag or "latest"))
+    remote = text.removeprefix("docker://")
+    first = remote.split("/", 1)[0]
+    if remote == text and "/" in remote and not ("." in first or ":" in first):
+        raise InvalidArgument(
+            "reference", f"{text!r} does not name a registry (a host with a dot); use {forms}"
+        )
+    if "/" not in remote and remote == text:
+        raise InvalidArgument("reference", f"{text!r} is not a curated name or an image: {forms}")
+    repository, digest = [*remote.split("@", 1), ""][:2]
+    last = repository.rsplit("/", 1)[-1]
+    tag = ""
+    if ":" in last:
+        last, tag = last.split(":", 1)
+    label = f"sha-{digest.removeprefix('sha256:')[:12]}" if digest else (tag or "latest")
+    registry = first if ("." in first or ":" in first or first == "localhost") else "docker.io"
+    return Reference(text, f"docker://{remote}", _clean_name(last, label), registry)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgument(
+            "name",
+            "an environment name is lower-case letters, digits, '.', '_' and '-', "
+            "with an optional ':tag' (for example node:22)",
+        )
+    return name
+
+
+def _clean_name(stem: str, tag: str) -> str:
+    def clean(part: str) -> str:
+        return re.sub(r"[^a-z0-9._-]", "-", part.lower()).strip("-._")[:63] or "image"
+
+    return f"{clean(stem)}:{clean(tag)}"
+
+
+# ------------------------------------------------------------------ fetching
+
+
+@dataclass
+class Layer:
+    digest: str
+    size: int
+    compression: str
+    diff_id: str = ""
+    chain_id: str = ""
+    unpacked_bytes: int = 0
+    remove: list[str] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)
+    entries: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def hex(self) -> str:
+        return self.digest.removeprefix("sha256:")
+
+
+@dataclass
+class Image:
+    manifest_digest: str
+    config_digest: str
+    config: dict[str, Any]
+    layers: list[Layer]
+
+
+class ImageStore:
+    """The shared OCI layout (``oci/``) and the layer disks (``layers/``)."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.layout = cache_dir / "oci"
+        self.layers_dir = cache_dir / "layers"
+
+    def blob(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise ImageError(f"the image names a blob by an unusable digest {digest[:80]!r}")
+        return self.layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.layout.mkdir(parents=True, exist_ok=True)
+        with (self.layout.parent / "oci.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def fetch(self, reference: Reference, progress: Progress, *, insecure: bool = False) -> Image:
+        """Copy the image into the layout (blobs already there are not fetched again)."""
+        skopeo = host_tools.require(SKOPEO)["skopeo"]
+        tag = f"pyro-{uuid.uuid4().hex[:12]}"
+        command = [str(skopeo), "copy", "--override-os", "linux", "--override-arch", "amd64"]
+        if reference.registry is not None:
+            plain = insecure or bool(LOOPBACK.match(reference.registry))
+            command.append(f"--src-tls-verify={'false' if plain else 'true'}")
+        command += [reference.source, f"oci:{self.layout}:{tag}"]
+        progress(f"phase=fetch {reference.text}")
+        with self.locked():
+            try:
+                done = subprocess.run(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=PULL_TIMEOUT_SECONDS,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise ImageError(f"fetching {reference.text} took longer than an hour") from exc
+            for line in done.stdout.splitlines():
+                if line.startswith(("Copying blob", "Copying config")):
+                    progress(f"phase=fetch {line.strip()}")
+            if done.returncode != 0:
+                raise self._fetch_error(reference, done.stderr, insecure)
+            try:
+                return self._read(tag)
+            finally:
+                self._untag(tag)
+
+    def _fetch_error(self, reference: Reference, stderr: str, insecure: bool) -> ImageError:
+        text = " ".join(stderr.split())
+        detail = text[-600:]
+        lowered = text.lower()
+        if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+            return ImageError(
+                f"the registry refused {reference.text} (401/403): log in with "
+                f"`skopeo login {reference.registry}` or put credentials in {AUTH_FILES}"
+            )
+        if "no image found in manifest list" in lowered or "choosing image instance" in lowered:
+            platforms = self._platforms(reference, insecure)
+            return ImageError(
+                f"{reference.text} has no linux/amd64 image; it has: {platforms or 'unknown'}"
+            )
+        if "http response to https client" in lowered:
+            return ImageError(
+                f"{reference.registry} speaks plain HTTP; pyro allows that only on a loopback "
+                "address or with --insecure-registry"
+            )
+        if "manifest unknown" in lowered or "not found" in lowered or "no such file" in lowered:
+            return ImageError(f"{reference.text} was not found: {detail}")
+        if "connection refused" in lowered or "no such host" in lowered or "timeout" in lowered:
+            return ImageError(f"cannot reach the registry of {reference.text}: {detail}")
+        return ImageError(f"fetching {reference.text} failed: {detail}")
+
+    def _platforms(self, reference: Reference, insecure: bool) -> str:
+        skopeo = host_tools.require(SKOPEO)["skopeo"]
+        command = [str(skopeo), "inspect", "--raw"]
+        if reference.registry is not None:
+            plain = insecure or bool(LOOPBACK.match(reference.registry))
+            command.append(f"--tls-verify={'false' if plain else 'true'}")
+        done = subprocess.run(
+            [*command, reference.source], capture_output=True, text=True, timeout=60, check=False
+        )
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            index = json.loads(done.stdout)
+            found = [
+                "/".join(
+                    str(p)
+                    for p in (m["platform"].get("os"), m["platform"].get("architecture"))
+                    + ((m["platform"]["variant"],) if m["platform"].get("variant") else ())
+                )
+                for m in index.get("manifests", [])
+                if isinstance(m.get("platform"), dict)
+            ]
+            return ", ".join(found)
+        return ""
+
+    def _read(self, tag: str) -> Image:
+        index = _json_file(self.layout / "index.json", "the image layout's index")
+        entries = [
+            m
+            for m in index.get("manifests", [])
+            if isinstance(m, dict)
+            and (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag
+        ]
+        if len(entries) != 1:
+            raise ImageError("skopeo finished but the image is not in the layout's index")
+        manifest_digest = str(entries[0].get("digest"))
+        manifest = _json_file(self.blob(manifest_digest), "the image manifest")
+        config_digest = str((manifest.get("config") or {}).get("digest"))
+        config = _json_file(self.blob(config_digest), "the image config")
+        if config.get("os", "linux") != "linux" or config.get("architecture") not in (
+            "amd64",
+            None,
+        ):
+            raise ImageError(
+                f"the image is for {config.get('os')}/{config.get('architecture')}; "
+                "pyro guests are linux/amd64"
+            )
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        described = manifest.get("layers")
+        if not isinstance(described, list) or len(described) != len(diff_ids):
+            raise ImageError("the image's manifest and config disagree on its layers")
+        layers = []
+        chain = ""
+        for item, diff_id in zip(described, diff_ids, strict=True):
+            media = str(item.get("mediaType", ""))
+            if media not in _LAYER_TYPES:
+                raise ImageError(f"a layer of type {media[:80]!r} is not something pyro can apply")
+            if not _DIGEST.match(str(diff_id)):
+                raise ImageError("the image config names a layer by an unusable digest")
+            chain = diff_id if not chain else _sha256_text(f"{chain} {diff_id}")
+            layers.append(
+                Layer(
+                    digest=str(item.get("digest")),
+                    size=int(item.get("size", -1)),
+                    compression=_LAYER_TYPES[media],
+                    diff_id=str(diff_id),
+                    chain_id=chain,
+                )
+            )
+        return Image(manifest_digest, config_digest, config, layers)
+
+    def _untag(self, tag: str) -> None:
+        """Drop the pull's tag from the index: the blobs stay, owned by environments."""
+        path = self.layout / "index.json"
+        with contextlib.suppress(OSError, ValueError):
+            index = json.loads(path.read_text())
+            index["manifests"] = [
+                m
+                for m in index.get("manifests", [])
+                if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") != tag
+            ]
+            tmp = path.with_name(f".index-{uuid.uuid4().hex[:6]}.json")
+            tmp.write_text(json.dumps(index))
+            tmp.replace(path)
+
+    # -------------------------------------------------------------- layers
+
+    def examine(self, layer: Layer) -> None:
+        """Check ``layer``'s digests and names; note its whiteouts and entries."""
+        path = self.blob(layer.digest)
+        if not path.is_file() or path.stat().st_size != layer.size:
+            raise ImageError(f"layer {layer.digest[:19]} is missing or has the wrong size")
+        compressed = hashlib.sha256()
+        unpacked = hashlib.sha256()
+        with path.open("rb") as raw:
+            hashed_raw = _Hashing(raw, compressed)
+            stream: IO[bytes]
+            process = None
+            if layer.compression == "gzip":
+                stream = gzip.GzipFile(fileobj=hashed_raw)  # type: ignore[call-overload]
+            elif layer.compression == "zstd":
+                zstd = host_tools.require(ZSTD)["zstd"]
+                process = subprocess.Popen(
+                    [str(zstd), "-dc", str(path)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+                )
+                assert process.stdout is not None
+                stream = process.stdout
+            else:
+                stream = hashed_raw  # type: ignore[assignment]
+            counted = _Hashing(stream, unpacked)
+            try:
+                with tarfile.open(fileobj=counted, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        self._note(layer, member)
+                while counted.read(1024 * 1024):  # the padding after the end marker counts too
+                    pass
+            except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+                raise ImageError(f"layer {layer.digest[:19]} is not a readable tar: {exc}") from exc
+            finally:
+                if process is not None:
+                    process.kill()
+                    process.wait()
+            if layer.compression == "zstd":
+                compressed_hex = builder.sha256_file(path)
+            else:
+                while hashed_raw.read(1024 * 1024):
+                    pass
+                compressed_hex = compressed.hexdigest()
+        if "sha256:" + compressed_hex != layer.digest:
+            raise ImageError(f"layer {layer.digest[:19]} does not match its digest")
+        if "sha256:" + unpacked.hexdigest() != layer.diff_id:
+            raise ImageError(
+                f"layer {layer.digest[:19]} unpacks to other content than the config says"
+            )
+        layer.unpacked_bytes = counted.total
+
+    def _note(self, layer: Layer, member: tarfile.TarInfo) -> None:
+        name = _inside_root(member.name)
+        if name is None:
+            return  # the root itself
+        base = PurePosixPath(name)
+        if base.name == ".wh..wh..opq":
+            if str(base.parent) != ".":
+                layer.opaque.append(str(base.parent))
+            return
+        if base.name.startswith(".wh."):
+            layer.remove.append(str(base.parent / base.name.removeprefix(".wh.")))
+            return
+        if member.islnk() and _inside_root(member.linkname) is None:
+            raise ImageError(f"hard link {member.name!r} points outside the image root")
+        layer.entries.append((name, member.isdir()))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _Hashing:
+    """A read-only stream that hashes and counts what is read through it."""
+
+    def __init__(self, inner: Any, digest: Any) -> None:
+        self.inner = inner
+        self.digest = digest
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.inner.read(size)
+        self.digest.update(data)
+        self.total += len(data)
+        return data
+
+
+def _inside_root(name: str) -> str | None:
+    """A member name relative to the image root; None for the root itself.
+
+    Raises:
+        ImageError: the name climbs out of the root.
+    """
+    parts: list[str] = []
+    for part in PurePosixPath(name.lstrip("/")).parts:
+        if part == "..":
+            raise ImageError(f"layer member {name[:200]!r} climbs out of the image root")
+        if part not in (".", ""):
+            parts.append(part)
+    return "/".join(parts) if parts else None
+
+
+def _json_file(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{what} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return data
+
+
+def _sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def image_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What pyro honours of an image's config: Env, User, WorkingDir; and what it shows."""
+    inner = config.get("config") or {}
+    env: dict[str, str] = {}
+    for item in inner.get("Env") or []:
+        if isinstance(item, str) and "=" in item:
+            key, value = item.split("=", 1)
+            if key and "\0" not in item:
+                env[key] = value
+    return {
+        "env": env,
+        "user": str(inner.get("User") or ""),
+        "working_dir": str(inner.get("WorkingDir") or ""),
+        "entrypoint": inner.get("Entrypoint") or None,
+        "cmd": inner.get("Cmd") or None,
+        "labels": inner.get("Labels") or {},
+    }
+
+
+def empty_base(layers_dir: Path, size_mib: int) -> Path:
+    """A sparse empty ext4 of ``size_mib``: the bottom of every chain of that size."""
+    base = layers_dir / f"{size_mib}M" / "empty.ext4"
+    if base.is_file():
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    partial = base.with_name(f".empty-{uuid.uuid4().hex[:6]}.ext4")
+    builder._run(
+        host_tools.MKFS_EXT4,
+        ["-q", "-F", "-L", "pyro-root", "-E", "root_owner=0:0", partial, f"{size_mib}M"],
+        what="mkfs.ext4 (image root)",
+    )
+    os.chmod(partial, 0o444)
+    os.replace(partial, base)
+    return base
+
+
+def chain_disk(layers_dir: Path, size_mib: int, chain_id: str) -> Path:
+    return layers_dir / f"{size_mib}M" / f"{chain_id.removeprefix('sha256:')}.qcow2"
+
+
+def blobs_image(store: ImageStore, layers: list[Layer], work: Path) -> Path:
+    """An ext4 image of the layer blobs to apply, for the building guest to read."""
+    folder = work / "blobs"
+    folder.mkdir()
+    total = 0
+    for layer in layers:
+        target = folder / layer.hex
+        try:
+            os.link(store.blob(layer.digest), target)
+        except OSError:
+            shutil.copyfile(store.blob(layer.digest), target)
+        total += layer.size
+    image = work / "blobs.ext4"
+    size_mib = total * 11 // 10 // 2**20 + 16
+    builder._run(
+        host_tools.MKFS_EXT4,
+        ["-q", "-F", "-d", folder, image, f"{size_mib}M"],
+        what="mkfs.ext4 (layer blobs)",
+    )
+    return image

@@ -1,0 +1,255 @@
+"""Making an image environment's root disk: the layers applied in a guest.
+
+The building guest boots from the runtime drive (``environments/runtime.py``)
+through a throwaway overlay, so it has Python, GNU tar and zstd whatever the
+image holds. The disk being built is its /workspace drive: a qcow2 over the
+longest chain of layers already built (or over an empty ext4). The layer blobs
+come in read-only on the baseline drive. The guest applies them one by one as
+root (``guest/layers.py``), flushes and freezes the filesystem, and the host
+stops it. Nothing on the host runs as root and nothing of the image runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pyro_mcp import host_tools
+from pyro_mcp.agent import operations as guest
+from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.environments import builder, images, runtime
+from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
+from pyro_mcp.environments.catalog import CATALOG
+from pyro_mcp.errors import InvalidArgument, PyroError, VMError
+from pyro_mcp.vm import backend, disks
+from pyro_mcp.vm.files import VmFiles
+from pyro_mcp.vm.qemu import MachineSpec
+
+BOOT_TIMEOUT_SECONDS = 120
+ENTRIES_PER_CALL = 20_000
+
+
+def build_disk(
+    *,
+    vms_dir: Path,
+    accel_name: str,
+    kernel: Path,
+    initrd: Path,
+    runtime: Path,
+    base: Path,
+    target: Path,
+    store: images.ImageStore,
+    layers: list[images.Layer],
+    progress: images.Progress,
+) -> None:
+    """Write ``target`` (a new qcow2 over ``base``) with ``layers`` applied.
+
+    Raises:
+        ImageError: a layer could not be applied (the guest's tar output says why).
+        VMError: the building guest did not start.
+    """
+    files = VmFiles(vms_dir / f"image-build-{uuid.uuid4().hex[:10]}")
+    files.dir.mkdir(parents=True, mode=0o700)
+    pid = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyro-layers-", dir=target.parent) as tmp:
+            blobs = images.blobs_image(store, layers, Path(tmp))
+            disks.create_overlay(runtime, files.root_disk)
+            disks.create_overlay(base, target)
+            machine = MachineSpec(
+                qemu=host_tools.require(host_tools.QEMU)["qemu-system-x86_64"],
+                accel=accel_name,
+                vcpu_count=1,
+                mem_mib=1024,
+                kernel=kernel,
+                initrd=initrd,
+                root_disk=files.root_disk,
+                agent_socket=Path(files.agent_socket.name),
+                console_socket=Path(files.console_socket.name),
+                qmp_socket=Path(files.qmp_socket.name),
+                hostname="pyro-build",
+                network=False,
+                workspace_disk=target,
+                baseline_disk=blobs,
+            )
+            progress(f"phase=layers booting a guest to apply {len(layers)} layer(s)")
+            report = backend.launch(
+                files,
+                machine,
+                BOOT_TIMEOUT_SECONDS,
+                owner_bound=True,
+                hello={"mounts": {"workspace": True, "baseline": True}},
+            )
+            pid = int(report["pid"])
+            with SupervisorClient(files.control_socket) as client:
+                client.call("own")
+                for number, layer in enumerate(layers, 1):
+                    progress(
+                        f"phase=layers applying {number}/{len(layers)} {layer.digest[:19]} "
+                        f"({layer.unpacked_bytes // 2**20} MiB)"
+                    )
+                    _apply(client, layer)
+                guest.freeze(client, True)  # flushed and consistent before the VM stops
+            backend.stop(files, pid)
+            pid = None
+    except PyroError as exc:
+        target.unlink(missing_ok=True)
+        if isinstance(exc, images.ImageError | VMError):
+            raise
+        raise images.ImageError(f"applying the image's layers failed: {exc}") from exc
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        if pid is not None:
+            backend.stop(files, pid)
+        shutil.rmtree(files.dir, ignore_errors=True)
+
+
+def _apply(client: SupervisorClient, layer: images.Layer) -> None:
+    entries = [[path, is_dir] for path, is_dir in layer.entries]
+    # The type checks of a large layer go first, in parts (each request is one frame).
+    while len(entries) > ENTRIES_PER_CALL:
+        part, entries = entries[:ENTRIES_PER_CALL], entries[ENTRIES_PER_CALL:]
+        guest.layer_apply(client, {"blob": layer.hex, "entries": part, "extract": False})
+    args = {"blob": layer.hex, "remove": layer.remove, "opaque": layer.opaque, "entries": entries}
+    guest.layer_apply(client, args)
+
+
+def pull_image(
+    cache: EnvironmentCache,
+    *,
+    vms_dir: Path,
+    accel_name: str,
+    reference: str,
+    name: str | None,
+    insecure_registry: bool,
+    disk_size_mib: int,
+    progress: images.Progress,
+) -> InstalledEnvironment:
+    """Fetch ``reference`` and install it as environment ``name`` (default: from the
+    reference). Nothing is installed unless every step succeeds."""
+    ref = images.parse_reference(reference)
+    env_name = images.check_name(name or ref.default_name)
+    if env_name in CATALOG:
+        raise InvalidArgument(
+            "name", f"{env_name} is a curated environment; name the image with --name"
+        )
+    if not 256 <= disk_size_mib <= 262_144:
+        raise InvalidArgument("disk_size_mib", "must be from 256 to 262144 MiB")
+    store = images.ImageStore(cache.cache_dir)
+    image = store.fetch(ref, progress, insecure=insecure_registry)
+    for number, layer in enumerate(image.layers, 1):
+        progress(f"phase=check layer {number}/{len(image.layers)} {layer.digest[:19]}")
+        store.examine(layer)
+    needed_mib = sum(layer.unpacked_bytes for layer in image.layers) * 12 // 10 // 2**20 + 64
+    if needed_mib > disk_size_mib:
+        raise images.ImageError(
+            f"{reference} needs about {needed_mib} MiB unpacked and the environment disk is "
+            f"{disk_size_mib} MiB; pass --disk-size-mib {needed_mib * 2} (disk_size_mib=)"
+        )
+    kernel = builder.fetch_kernel(cache.kernels_dir, progress)
+    runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
+    initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
+    if not initrd.is_file():
+        builder.build_initramfs(kernel.modules_dir, initrd)
+    layers_dir = store.layers_dir
+    chain = _build_chain(
+        layers_dir,
+        disk_size_mib,
+        image.layers,
+        lambda base, target, todo: build_disk(
+            vms_dir=vms_dir,
+            accel_name=accel_name,
+            kernel=kernel.vmlinuz,
+            initrd=initrd,
+            runtime=runtime_image,
+            base=base,
+            target=target,
+            store=store,
+            layers=todo,
+            progress=progress,
+        ),
+        progress,
+    )
+    info = {
+        "reference": reference,
+        "source": ref.source,
+        "manifest_digest": image.manifest_digest,
+        "config_digest": image.config_digest,
+        "disk_size_mib": disk_size_mib,
+        "layers": [
+            {
+                "digest": layer.digest,
+                "diff_id": layer.diff_id,
+                "size": layer.size,
+                "unpacked_bytes": layer.unpacked_bytes,
+            }
+            for layer in image.layers
+        ],
+        "settings": images.image_settings(image.config),
+    }
+    installed = cache.install_image(
+        env_name, kernel=kernel, runtime=runtime_image, chain=chain, image=info, progress=progress
+    )
+    progress(f"phase=done {env_name} installed from {reference}")
+    return installed
+
+
+def _build_chain(
+    layers_dir: Path,
+    size_mib: int,
+    layers: list[images.Layer],
+    build: Callable[[Path, Path, list[images.Layer]], None],
+    progress: images.Progress,
+) -> list[Path]:
+    """The layer disks from the bottom up, the last one holding every layer; the
+    longest prefix already built is reused, the rest built on it."""
+    base = images.empty_base(layers_dir, size_mib)
+    folder = base.parent
+    with (folder / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second reuses the first's
+        if not layers:
+            raise images.ImageError("the image has no layers")
+        done = 0
+        for index in range(len(layers), 0, -1):
+            if images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id).is_file():
+                done = index
+                break
+        final = images.chain_disk(layers_dir, size_mib, layers[-1].chain_id)
+        if done == len(layers):
+            progress(f"phase=layers all {done} layers already on disk, shared")
+        else:
+            below = base
+            if done:
+                below = images.chain_disk(layers_dir, size_mib, layers[done - 1].chain_id)
+                progress(f"phase=layers {done} of {len(layers)} layers already on disk, shared")
+            partial = final.with_name(f".partial-{uuid.uuid4().hex[:8]}.qcow2")
+            build(below, partial, layers[done:])
+            os.chmod(partial, 0o444)
+            _write_parent(final, below if done else None)
+            os.replace(partial, final)
+        return _chain_of(final)
+
+
+def _write_parent(disk: Path, parent: Path | None) -> None:
+    record = disk.with_suffix(".json")
+    record.write_text(json.dumps({"parent": str(parent) if parent else None}))
+
+
+def _chain_of(disk: Path) -> list[Path]:
+    chain = [disk]
+    while True:
+        try:
+            parent = json.loads(chain[-1].with_suffix(".json").read_text()).get("parent")
+        except (OSError, ValueError, AttributeError):
+            parent = None
+        if not parent:
+            return list(reversed(chain))
+        chain.append(Path(parent))

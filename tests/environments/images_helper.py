@@ -1,0 +1,185 @@
+"""OCI images made in the tests with Debian's umoci and skopeo, and a loopback registry."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import socket
+import struct
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+BUSYBOX_APPLETS = ("sh", "ls", "cat", "id", "echo", "env", "pwd", "stat", "readlink", "touch")
+# VFS_CAP_REVISION_2 with the effective flag: cap_net_raw (13) permitted.
+NET_RAW_CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+def umoci(*args: str | Path) -> None:
+    subprocess.run(["umoci", *map(str, args)], check=True, capture_output=True)
+
+
+def busybox_image(layout: Path, tag: str = "bb") -> str:
+    """An image holding only a static busybox, a user ``app`` (1000), Env and WorkingDir.
+
+    Returns its ``oci:`` reference.
+    """
+    if not (layout / "index.json").exists():
+        umoci("init", "--layout", layout)
+    umoci("new", "--image", f"{layout}:{tag}")
+    bundle = layout.parent / f"bundle-{tag}"
+    umoci("unpack", "--rootless", "--image", f"{layout}:{tag}", bundle)
+    root = bundle / "rootfs"
+    for folder in ("bin", "etc", "home/app"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    for applet in BUSYBOX_APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\n")
+    umoci("repack", "--image", f"{layout}:{tag}", bundle)
+    umoci(
+        "config",
+        "--image",
+        f"{layout}:{tag}",
+        "--config.env",
+        "PATH=/bin",
+        "--config.env",
+        "GREETING=hello from the image",
+        "--config.user",
+        "app",
+        "--config.workingdir",
+        "/home/app",
+        "--config.cmd",
+        "/bin/sh",
+    )
+    shutil.rmtree(bundle, ignore_errors=True)
+    return f"oci:{layout}:{tag}"
+
+
+def add_layer(layout: Path, tag: str, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    """Append a layer made of ``members`` (uncompressed tar, as umoci takes it)."""
+    archive = layout.parent / f"layer-{tag}-{time.monotonic_ns()}.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    umoci("raw", "add-layer", "--image", f"{layout}:{tag}", archive)
+    archive.unlink()
+
+
+def entry(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    *,
+    mode: int = 0o644,
+    uid: int = 0,
+    link: str = "",
+    xattrs: dict[str, bytes] | None = None,
+) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.uid = info.gid = uid
+    info.linkname = link
+    info.mtime = 1_700_000_000
+    if xattrs:
+        info.pax_headers = {
+            f"SCHILY.xattr.{key}": value.decode("latin-1") for key, value in xattrs.items()
+        }
+    return info
+
+
+def layered_image(layout: Path, base: str) -> str:
+    """The busybox image tagged ``base`` plus two layers: the second deletes and
+    replaces what the first made (a whiteout, an opaque directory, a directory
+    become a file) and adds a hard link, a symlink out of the root, a setuid
+    binary and a file with a capability."""
+    umoci("tag", "--image", f"{layout}:{base}", "layered")
+    directory = tarfile.DIRTYPE
+    add_layer(
+        layout,
+        "layered",
+        [
+            (entry("opt", directory, mode=0o755), b""),
+            (entry("opt/keep.txt"), b"keep\n"),
+            (entry("opt/gone.txt"), b"gone\n"),
+            (entry("opt/becomes_file", directory, mode=0o755), b""),
+            (entry("opt/becomes_file/inner.txt"), b"inner\n"),
+            (entry("etc/opaque", directory, mode=0o755), b""),
+            (entry("etc/opaque/lower.txt"), b"lower\n"),
+        ],
+    )
+    add_layer(
+        layout,
+        "layered",
+        [
+            (entry("opt/.wh.gone.txt"), b""),
+            (entry("opt/becomes_file"), b"now a file\n"),
+            (entry("etc/opaque/.wh..wh..opq"), b""),
+            (entry("etc/opaque/upper.txt"), b"upper\n"),
+            (entry("opt/hard", tarfile.LNKTYPE, link="opt/keep.txt"), b""),
+            (entry("opt/passwd", tarfile.SYMTYPE, link="/etc/passwd"), b""),
+            (entry("bin/suid", mode=0o4755), b"#!/bin/sh\necho suid\n"),
+            (
+                entry(
+                    "bin/cap",
+                    mode=0o755,
+                    xattrs={"security.capability": NET_RAW_CAPABILITY},
+                ),
+                b"#!/bin/sh\necho cap\n",
+            ),
+            (entry("home/app/mine.txt", uid=1000), b"mine\n"),
+        ],
+    )
+    return f"oci:{layout}:layered"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def loopback_registry(work: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (plain HTTP), stopped afterwards."""
+    port = free_port()
+    config = work / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry-data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("docker-registry did not start")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def push(source: str, destination: str) -> None:
+    subprocess.run(
+        ["skopeo", "copy", "--dest-tls-verify=false", source, destination],
+        check=True,
+        capture_output=True,
+    )

@@ -1,0 +1,194 @@
+"""Environments from OCI images, made in the tests with umoci and skopeo, against
+real guests and a real registry on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyro_mcp import InvalidArgument, Pyro
+from pyro_mcp.environments import images
+from pyro_mcp.errors import NotFound
+from tests.cli_helper import pyro_cli
+from tests.conftest import leaked_processes
+from tests.environments import images_helper
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A cache of its own for pulled images (so `env list` elsewhere stays the
+    catalog), sharing the kernel downloads and the runtime drive."""
+    private = tmp_path_factory.mktemp("image-cache")
+    for shared in ("kernels", "runtime"):
+        (cache_dir / shared).mkdir(parents=True, exist_ok=True)
+        (private / shared).symlink_to(cache_dir / shared)
+    return private
+
+
+@pytest.fixture
+def lines() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def sdk(tmp_path: Path, image_cache: Path, lines: list[str]) -> Iterator[Pyro]:
+    state = tmp_path / "state"
+    client = Pyro(state_dir=state, cache_dir=image_cache, progress=lines.append)
+    yield client
+    for workspace in client.list_workspaces():
+        client.delete_workspace(workspace["workspace_id"])
+    for record in client.list_vms():
+        client.delete_vm(record["vm_id"])
+    assert leaked_processes(state) == []
+
+
+def test_a_busybox_only_image_runs_as_its_user_with_its_env(
+    sdk: Pyro, tmp_path: Path, image_cache: Path, lines: list[str]
+) -> None:
+    reference = images_helper.busybox_image(tmp_path / "layout")
+    env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(image_cache))
+    pulled = json.loads(pyro_cli(env, "env", "pull", reference, "--name", "bb:1", "--json").stdout)
+    assert pulled["name"] == "bb:1" and pulled["kind"] == "image" and pulled["installed"]
+    assert pulled["source"] == reference and pulled["digest"].startswith("sha256:")
+    settings = pulled["image"]["settings"]
+    assert settings["user"] == "app" and settings["cmd"] == ["/bin/sh"]
+
+    ran = sdk.run_in_vm("bb:1", "id -u; pwd; echo $GREETING; echo $PATH", timeout_seconds=60)
+    assert ran["exit_code"] == 0, ran
+    assert ran["stdout"].splitlines() == ["1000", "/home/app", "hello from the image", "/bin"]
+
+    listing = json.loads(pyro_cli(env, "env", "list", "--json").stdout)
+    mine = next(e for e in listing if e["name"] == "bb:1")
+    assert mine["kind"] == "image" and mine["source"] == reference
+    shown = pyro_cli(env, "env", "inspect", "bb:1").stdout
+    assert "entrypoint" in shown and "(not run)" in shown and "GREETING=" in shown
+
+    # A workspace from it: warm, /workspace belongs to the image's user.
+    sdk.prepare("bb:1", network=False)
+    started = time.monotonic()
+    ws = sdk.create_workspace(environment="bb:1")["workspace_id"]
+    assert time.monotonic() - started < 30
+    done = sdk.exec_workspace(ws, "id -u; pwd; echo made > made.txt; stat -c %u made.txt")
+    assert done["stdout"].splitlines() == ["1000", "/workspace", "1000"], done
+    assert [c["path"] for c in sdk.diff_workspace(ws)["changes"]] == ["made.txt"]
+    sdk.reset_workspace(ws)
+    assert sdk.exec_workspace(ws, "ls")["stdout"].split() == ["lost+found"]
+    sdk.delete_workspace(ws)
+
+
+def test_layers_delete_replace_and_keep_owners_links_setuid_and_capabilities(
+    sdk: Pyro, tmp_path: Path, image_cache: Path, lines: list[str]
+) -> None:
+    layout = tmp_path / "layout"
+    images_helper.busybox_image(layout, "base")
+    sdk.pull_environment(f"oci:{layout}:base", name="base:1")
+    lines.clear()
+    installed = sdk.pull_environment(images_helper.layered_image(layout, "base"), name="layered:1")
+    # The busybox layer is the same blob as base:1's: its disk is shared, only the
+    # two new layers were applied.
+    assert any("1 of 3 layers already on disk, shared" in line for line in lines), lines
+    chain = installed["manifest"]["chain"]
+    base_chain = sdk.inspect_environment("base:1")["manifest"]["chain"]
+    assert chain[: len(base_chain)] == base_chain and len(chain) == len(base_chain) + 1
+
+    script = (
+        "cat /opt/keep.txt /opt/hard /opt/becomes_file; ls /etc/opaque; ls /opt; "
+        "readlink /opt/passwd; stat -c '%a %u' /bin/suid /home/app/mine.txt; "
+        "stat -c %h /opt/keep.txt"
+    )
+    ran = sdk.run_in_vm("layered:1", script, timeout_seconds=60)
+    assert ran["exit_code"] == 0, ran
+    assert ran["stdout"].splitlines() == [
+        "keep",
+        "keep",
+        "now a file",
+        "upper.txt",
+        "becomes_file",
+        "hard",
+        "keep.txt",
+        "passwd",
+        "/etc/passwd",
+        "4755 0",
+        "644 1000",
+        "2",
+    ]
+    # The capability, read offline from the top layer disk.
+    raw = tmp_path / "top.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", chain[-1], raw], check=True)
+    found = subprocess.run(
+        ["debugfs", "-R", "ea_list /bin/cap", raw], capture_output=True, text=True, check=True
+    )
+    assert "security.capability" in found.stdout, found.stdout
+
+
+def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
+    sdk: Pyro, tmp_path: Path, lines: list[str]
+) -> None:
+    reference = images_helper.busybox_image(tmp_path / "layout")
+    archive = tmp_path / "saved.tar"
+    images_helper.push(reference, f"docker-archive:{archive}:team/bb:7")
+    with images_helper.loopback_registry(tmp_path) as registry:
+        images_helper.push(reference, f"docker://{registry}/team/bb:7")
+        info = sdk.pull_environment(f"{registry}/team/bb:7")
+        assert info["name"] == "bb:7" and info["installed"]
+        # The same layers again (from a docker save archive): nothing new to fetch or apply.
+        lines.clear()
+        again = sdk.pull_environment(f"docker-archive:{archive}", name="saved:1")
+        assert again["installed"] and any("already on disk" in line for line in lines)
+        assert again["manifest"]["chain"] == info["manifest"]["chain"]
+
+        with pytest.raises(images.ImageError, match="was not found"):
+            sdk.pull_environment(f"{registry}/team/bb:missing")
+    started = time.monotonic()
+    with pytest.raises(images.ImageError, match="cannot reach"):
+        sdk.pull_environment(f"127.0.0.1:{images_helper.free_port()}/team/bb:7")
+    assert time.monotonic() - started < 30
+    with pytest.raises(NotFound, match="pulled from images: bb:7, saved:1"):
+        sdk.create_workspace(environment="nothing:1")
+    ran = sdk.run_in_vm("bb:7", "id -un", timeout_seconds=60)
+    assert ran["stdout"] == "app\n"
+
+
+def test_a_corrupted_blob_is_refused_and_fetched_again(
+    sdk: Pyro, tmp_path: Path, image_cache: Path
+) -> None:
+    layout = tmp_path / "layout"
+    reference = images_helper.busybox_image(layout, "corrupt")
+    manifest = json.loads((layout / "index.json").read_text())["manifests"][-1]["digest"]
+    blobs = layout / "blobs" / "sha256"
+    layer = json.loads((blobs / manifest.removeprefix("sha256:")).read_text())["layers"][0]
+    blob = blobs / layer["digest"].removeprefix("sha256:")
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-10] + b"0123456789")  # same size, other bytes
+    with pytest.raises(images.ImageError):
+        sdk.pull_environment(reference, name="corrupt:1")
+    with pytest.raises(NotFound):
+        sdk.inspect_environment("corrupt:1")
+    blob.write_bytes(good)
+    assert sdk.pull_environment(reference, name="corrupt:1")["installed"]
+
+
+def test_references_and_names_are_checked() -> None:
+    parse = images.parse_reference
+    assert parse("registry.example.org/team/node:22").default_name == "node:22"
+    assert parse("docker://registry.example.org/node:22").source == (
+        "docker://registry.example.org/node:22"
+    )
+    digest = "sha256:" + "ab" * 32
+    assert parse(f"registry.example.org/node@{digest}").default_name == "node:sha-abababababab"
+    assert parse("127.0.0.1:5000/app").registry == "127.0.0.1:5000"
+    for bad in ("", "team/node:22", "node", "a b"):
+        with pytest.raises(InvalidArgument, match="reference"):
+            parse(bad)
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        parse("oci-archive:/nonexistent/file.tar")
+    with pytest.raises(InvalidArgument, match="name"):
+        images.check_name("Bad Name")
