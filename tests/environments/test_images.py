@@ -156,6 +156,15 @@ def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
     ran = sdk.run_in_vm("bb:7", "id -un", timeout_seconds=60)
     assert ran["stdout"] == "app\n"
 
+    # Prune keeps what installed environments use, and frees it once none does.
+    chain = [Path(p) for p in info["manifest"]["chain"]]
+    sdk.prune_environments()
+    assert all(path.is_file() for path in chain)
+    assert sdk.run_in_vm("saved:1", "true", timeout_seconds=60)["exit_code"] == 0
+    removed = sdk.prune_environments(all=True)["removed"]
+    assert not any(path.exists() for path in chain)
+    assert any("/oci/blobs/" in path for path in removed)
+
 
 def test_a_corrupted_blob_is_refused_and_fetched_again(
     sdk: Pyro, tmp_path: Path, image_cache: Path

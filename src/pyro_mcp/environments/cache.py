@@ -432,7 +432,8 @@ class EnvironmentCache:
                 freed += used_bytes(path)
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(str(path))
-        return {"removed": removed, "freed_bytes": freed}
+        more, freed_images = _prune_images(self.cache_dir)
+        return {"removed": removed + more, "freed_bytes": freed + freed_images}
 
     # --------------------------------------------------------------- helpers
 
@@ -488,6 +489,76 @@ def _try_lock(env_dir: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
+    """Layer disks and image blobs no build still names (a build that VMs use
+    is still there, so what it names stays)."""
+    disks: set[str] = set()
+    blobs: set[str] = set()
+    for manifest_path in (cache_dir / "environments").glob("*/builds/*/manifest.json"):
+        manifest, _ = _read_manifest(manifest_path.parent)
+        if not manifest or manifest.get("kind") != "image":
+            continue
+        disks.update(str(Path(path).resolve()) for path in manifest.get("chain") or [])
+        image = manifest.get("image") or {}
+        blobs.update(str(image.get(key)) for key in ("manifest_digest", "config_digest"))
+        blobs.update(str(layer.get("digest")) for layer in image.get("layers") or [])
+    removed: list[str] = []
+    freed = 0
+    layers_dir = cache_dir / "layers"
+    for size_dir in sorted(layers_dir.iterdir()) if layers_dir.is_dir() else []:
+        with _try_lock_file(size_dir / ".build.lock") as free:
+            if not free:
+                continue  # an image is being built on these disks right now
+            kept = 0
+            for disk in sorted(size_dir.glob("*.qcow2")) + sorted(size_dir.glob(".*.qcow2")):
+                if str(disk.resolve()) in disks:
+                    kept += 1
+                    continue
+                freed += used_bytes_file(disk)
+                disk.unlink(missing_ok=True)
+                disk.with_suffix(".json").unlink(missing_ok=True)
+                removed.append(str(disk))
+            empty = size_dir / "empty.ext4"
+            if not kept and empty.exists():
+                freed += used_bytes_file(empty)
+                empty.unlink()
+                removed.append(str(empty))
+    blob_dir = cache_dir / "oci" / "blobs" / "sha256"
+    lock = cache_dir / "oci.lock"
+    with _try_lock_file(lock) as free:
+        for blob in sorted(blob_dir.iterdir()) if free and blob_dir.is_dir() else []:
+            if f"sha256:{blob.name}" not in blobs:
+                freed += used_bytes_file(blob)
+                blob.unlink(missing_ok=True)
+                removed.append(str(blob))
+    return removed, freed
+
+
+@contextmanager
+def _try_lock_file(path: Path) -> Iterator[bool]:
+    """``path``'s lock if nobody holds it (True), without waiting; False if absent."""
+    if not path.parent.is_dir():
+        yield False
+        return
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def used_bytes_file(path: Path) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _read_manifest(build_dir: Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -240,7 +240,7 @@ DESCRIPTIONS: dict[str, str] = {
     "vm_delete": "Delete a raw VM and its disk. Call it when you are done with a VM from vm_create.",
     "vm_status": "State of a raw VM (created, running or stopped, with last_error when it died on its own).",
     "vm_list": "List raw VMs made with vm_create: vm_id, environment, state. Workspaces have their own list.",
-    "vm_list_environments": "List the environments workspaces and VMs can use (debian:12-base, debian:12 with git, debian:12-build with compilers) and whether each is built on this host. Use it to pick the environment argument of workspace_create or vm_run.",
+    "vm_list_environments": "List the environments workspaces and VMs can use: the curated ones (debian:12-base, debian:12 with git, debian:12-build with compilers) and any the operator pulled from an OCI image (kind image, with its source reference), and whether each is installed on this host. Use it to pick the environment argument of workspace_create or vm_run.",
     "vm_network_info": "Say how a raw VM reaches the network: no NIC at all, or egress only through pyro's proxy (its address, the guest's address).",
     "vm_reap_expired": "Delete raw VMs whose ttl_seconds has passed and one-shot VMs whose caller died. Returns the reaped vm_ids.",
 }

@@ -102,7 +102,8 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
     def vm_list_environments() -> Annotated[CallToolResult, schemas.EnvironmentList]:
         environments = pyro.list_environments()
         text = "\n".join(
-            f"{e['name']}: {e['description']} ({'installed' if e['installed'] else 'not built'})"
+            f"{e['name']} [{e['kind']}]: {e['description']} "
+            f"({'installed' if e['installed'] else 'not built'})"
             for e in environments
         )
         return reply(text, {"environments": environments})
