@@ -228,6 +228,13 @@ def _switched_on(variable: str) -> bool:
     return os.environ.get(variable, "").strip().lower() not in ("0", "false", "no", "off")
 
 
+def environment_registry() -> str | None:
+    """``PYRO_ENVIRONMENT_REGISTRY``: where curated environments are pulled from
+    (``HOST[:PORT]/PATH``) instead of built; None to build them locally."""
+    value = os.environ.get("PYRO_ENVIRONMENT_REGISTRY", "").strip().removeprefix("docker://")
+    return value.rstrip("/") or None
+
+
 def qemu_override() -> str | None:
     """``PYRO_QEMU``: the QEMU binary to use instead of the one on PATH."""
     value = os.environ.get("PYRO_QEMU", "").strip()

@@ -710,7 +710,7 @@ class Pyro:
         """
         started = time.monotonic()
         if reference in CATALOG and name in (None, reference):
-            self._vms.environments.pull(reference, self._progress, force=force)
+            self._pull_curated(reference, force)
             env_name = reference
         else:
             installed = self._vms.pull_image(
@@ -724,6 +724,44 @@ class Pyro:
         info = self._vms.environments.inspect(env_name)
         info["seconds"] = round(time.monotonic() - started, 1)
         return info
+
+    def _pull_curated(self, name: str, force: bool) -> None:
+        """From ``PYRO_ENVIRONMENT_REGISTRY`` when one is named and ``name`` is not
+        installed yet; otherwise (or when that fails) built from Debian packages."""
+        registry = config.environment_registry()
+        environments = self._vms.environments
+        installed = environments.status(name).installed
+        if registry and (force or not installed):
+            source = f"{registry}/{name}"
+            try:
+                self._vms.pull_image(source, name=name, curated=True, progress=self._progress)
+                self._progress(f"phase=source {name} pulled from {source}, not built")
+                return
+            except images.ImageError as exc:
+                self._progress(
+                    f"phase=fallback {source} could not be pulled ({str(exc)[:200]}); "
+                    f"building {name} from Debian packages instead"
+                )
+        elif not installed:
+            self._progress(
+                f"phase=source building {name} from Debian packages "
+                "(PYRO_ENVIRONMENT_REGISTRY names no registry to pull it from)"
+            )
+        environments.pull(name, self._progress, force=force)
+
+    def push_environment(
+        self, name: str, reference: str, *, insecure_registry: bool = False
+    ) -> dict[str, Any]:
+        """Write installed environment ``name`` (curated or pulled) to ``reference``:
+        a registry (``HOST/PATH:TAG``, ``docker://...``), ``oci:PATH[:TAG]`` or
+        ``oci-archive:FILE``. ``pull_environment`` of it elsewhere gives the same
+        manifest digest. A curated environment becomes a one-layer image of its
+        root filesystem (packed in a guest, once per build)."""
+        started = time.monotonic()
+        result = self._vms.push_environment(
+            name, reference, insecure_registry=insecure_registry, progress=self._progress
+        )
+        return {**result, "seconds": round(time.monotonic() - started, 1)}
 
     def inspect_environment(self, name: str) -> dict[str, Any]:
         """Catalog entry, status and build manifest of ``name``."""

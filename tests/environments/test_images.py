@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,65 @@ def test_references_and_names_are_checked() -> None:
         parse("oci-archive:/nonexistent/file.tar")
     with pytest.raises(InvalidArgument, match="name"):
         images.check_name("Bad Name")
+
+
+def _cache_with(tmp: Path, shared: Path, *environments: str) -> Path:
+    """A cache of its own that sees these installed environments, the kernels
+    and the runtime drive of the shared one."""
+    private = tmp
+    (private / "environments").mkdir(parents=True)
+    for name in ("kernels", "runtime"):
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        (private / name).symlink_to(shared / name)
+    for slug in environments:
+        (private / "environments" / slug).symlink_to(shared / "environments" / slug)
+    return private
+
+
+def test_a_curated_environment_pushed_and_pulled_back_keeps_its_digest(
+    tmp_path: Path,
+    cache_dir: Path,
+    warm_environment: dict[str, Any],
+    lines: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    here = Pyro(
+        state_dir=tmp_path / "state",
+        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12"),
+        progress=lines.append,
+    )
+    elsewhere_state = tmp_path / "elsewhere-state"
+    elsewhere = Pyro(
+        state_dir=elsewhere_state,
+        cache_dir=_cache_with(tmp_path / "elsewhere", cache_dir),
+        progress=lines.append,
+    )
+    try:
+        with images_helper.loopback_registry(tmp_path) as registry:
+            pushed = here.push_environment("debian:12", f"{registry}/pyro/debian:12")
+            assert pushed["manifest_digest"].startswith("sha256:")
+            # Pushing again packs nothing and gives the same digest.
+            again = here.push_environment("debian:12", f"oci:{tmp_path / 'layout'}:debian")
+            assert again["manifest_digest"] == pushed["manifest_digest"]
+
+            # Another machine names the registry: the curated name comes from it.
+            monkeypatch.setenv("PYRO_ENVIRONMENT_REGISTRY", f"{registry}/pyro")
+            lines.clear()
+            info = elsewhere.pull_environment("debian:12")
+            assert info["kind"] == "curated" and info["installed"]
+            assert info["digest"] == pushed["manifest_digest"]
+            assert any("pulled from" in line and "not built" in line for line in lines), lines
+        elsewhere.prepare("debian:12", network=False)
+        ws = elsewhere.create_workspace(environment="debian:12")["workspace_id"]
+        done = elsewhere.exec_workspace(ws, "git --version && id -u && python3 -c 'print(1)'")
+        assert done["exit_code"] == 0 and done["stdout"].splitlines()[1:] == ["0", "1"], done
+        assert sdk_boot_kind(elsewhere, ws) == "warm"
+    finally:
+        for workspace in elsewhere.list_workspaces():
+            elsewhere.delete_workspace(workspace["workspace_id"])
+    assert leaked_processes(elsewhere_state) == []
+    assert leaked_processes(tmp_path / "state") == []
+
+
+def sdk_boot_kind(pyro: Pyro, ws: str) -> str:
+    return str(pyro.status_workspace(ws).get("boot_kind"))

@@ -1,4 +1,4 @@
-"""``pyro env list|pull|inspect|prune``."""
+"""``pyro env list|pull|push|inspect|prune``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ examples:
   pyro env list
   pyro env pull debian:12          build it (about a minute), or verify and repair it
   pyro env pull debian:12 --force  rebuild from scratch
+  pyro env pull registry.example.org/team/node:22   any OCI image, no root needed
+  pyro env push node:22 oci-archive:./node-22.tar
   pyro env inspect debian:12 --json
   pyro env prune                   drop interrupted/superseded builds and download caches
 """
@@ -21,8 +23,11 @@ examples:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "env",
-        help="list, build, inspect and prune environments",
-        description="Environments are guest images built locally from Debian packages.",
+        help="list, build or pull, push, inspect and prune environments",
+        description=(
+            "Environments are what guests boot: curated ones built locally from Debian "
+            "packages, or any OCI image pulled from a registry or an archive."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,6 +72,30 @@ def register(commands: Any) -> None:
     pull.add_argument("--json", action="store_true")
     pull.set_defaults(handler=handle_pull)
 
+    push = sub.add_parser(
+        "push",
+        help="write an installed environment to a registry or an OCI layout",
+        description=(
+            "Write NAME (curated or pulled) to REF as an OCI image: a registry "
+            "(HOST/PATH:TAG, docker://...), oci:PATH[:TAG] or oci-archive:FILE. "
+            "`pyro env pull REF` elsewhere gives the same manifest digest."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pyro env push debian:12 registry.example.org/pyro/debian:12\n"
+            "  pyro env push node:22 oci-archive:./node-22.tar --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    push.add_argument("name")
+    push.add_argument("reference", metavar="REF")
+    push.add_argument(
+        "--insecure-registry",
+        action="store_true",
+        help="allow a plain-HTTP registry that is not on a loopback address",
+    )
+    push.add_argument("--json", action="store_true")
+    push.set_defaults(handler=handle_push)
     inspect = sub.add_parser("inspect", help="catalog entry, status and build manifest")
     inspect.add_argument("name")
     inspect.add_argument("--json", action="store_true")
@@ -112,6 +141,17 @@ def handle_pull(args: argparse.Namespace) -> int:
             f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, "
             f"kernel {info['kernel']}{origin}) at {info['path']}"
         )
+    return 0
+
+
+def handle_push(args: argparse.Namespace) -> int:
+    result = Pyro(progress=progress_printer("env")).push_environment(
+        args.name, args.reference, insecure_registry=args.insecure_registry
+    )
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['name']}: pushed to {result['reference']} ({result['manifest_digest']})")
     return 0
 
 

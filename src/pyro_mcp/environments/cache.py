@@ -188,6 +188,7 @@ class EnvironmentCache:
         chain: Sequence[Path],
         image: dict[str, Any],
         progress: builder.Progress,
+        kind: str = "image",
     ) -> InstalledEnvironment:
         """Record an environment whose root disk is ``chain[-1]`` (layers shared, see
         ``environments/images.py``): a new build, made current when whole."""
@@ -221,8 +222,9 @@ class EnvironmentCache:
                 )
                 manifest = {
                     "format": MANIFEST_FORMAT,
-                    "kind": "image",
+                    "kind": kind,
                     "name": name,
+                    "build_seconds": 0.0,
                     "build_id": build_id,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "kernel": {"package": kernel.package, "version": kernel.version},

@@ -217,7 +217,9 @@ class ImageStore:
             finally:
                 self._untag(tag)
 
-    def _fetch_error(self, reference: Reference, stderr: str, insecure: bool) -> ImageError:
+    def _fetch_error(
+        self, reference: Reference, stderr: str, insecure: bool, action: str = "fetching"
+    ) -> ImageError:
         text = " ".join(stderr.split())
         detail = text[-600:]
         lowered = text.lower()
@@ -240,7 +242,7 @@ class ImageStore:
             return ImageError(f"{reference.text} was not found: {detail}")
         if "connection refused" in lowered or "no such host" in lowered or "timeout" in lowered:
             return ImageError(f"cannot reach the registry of {reference.text}: {detail}")
-        return ImageError(f"fetching {reference.text} failed: {detail}")
+        return ImageError(f"{action} {reference.text} failed: {detail}")
 
     def _platforms(self, reference: Reference, insecure: bool) -> str:
         skopeo = host_tools.require(SKOPEO)["skopeo"]
@@ -500,3 +502,119 @@ def blobs_image(store: ImageStore, layers: list[Layer], work: Path) -> Path:
         what="mkfs.ext4 (layer blobs)",
     )
     return image
+
+
+# ------------------------------------------------------------------ pushing
+
+
+def destination(text: str, *, insecure: bool = False) -> tuple[str, list[str]]:
+    """A push destination as skopeo takes it, and its TLS flags.
+
+    Raises:
+        InvalidArgument: not a registry reference, ``oci:`` or ``oci-archive:``.
+    """
+    if text.startswith(("oci:", "oci-archive:")):
+        prefix, _, rest = text.partition(":")
+        path, _, tag = rest.partition(":") if prefix == "oci" else (rest, "", "")
+        local = Path(path).expanduser().absolute()
+        if not local.parent.is_dir():
+            raise InvalidArgument("reference", f"the directory {local.parent} does not exist")
+        return f"{prefix}:{local}" + (f":{tag}" if tag else ""), []
+    if text.startswith("docker-archive:"):
+        return text, []
+    remote = text.removeprefix("docker://")
+    first = remote.split("/", 1)[0]
+    if "/" not in remote or not ("." in first or ":" in first or first == "localhost"):
+        raise InvalidArgument(
+            "reference",
+            f"{text!r} is not a push destination: use HOST/PATH:TAG, docker://..., "
+            "oci:PATH[:TAG] or oci-archive:FILE",
+        )
+    plain = insecure or bool(LOOPBACK.match(first))
+    return f"docker://{remote}", [f"--dest-tls-verify={'false' if plain else 'true'}"]
+
+
+def write_blob(store: ImageStore, data: bytes) -> str:
+    """Store ``data`` in the layout by its digest; return the digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = store.blob(digest)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return digest
+
+
+def store_file_blob(store: ImageStore, source: Path) -> tuple[str, int]:
+    """Move ``source`` into the layout by its digest; return the digest and size."""
+    digest = "sha256:" + builder.sha256_file(source)
+    size = source.stat().st_size
+    path = store.blob(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        source.unlink()
+    else:
+        os.replace(source, path)
+    return digest, size
+
+
+def push(
+    store: ImageStore,
+    manifest_digest: str,
+    target: str,
+    progress: Progress,
+    *,
+    insecure: bool = False,
+) -> str:
+    """Copy the image whose manifest is ``manifest_digest`` to ``target``, digests
+    kept; return the manifest digest at the destination."""
+    skopeo = host_tools.require(SKOPEO)["skopeo"]
+    dest, flags = destination(target, insecure=insecure)
+    manifest_path = store.blob(manifest_digest)
+    if not manifest_path.is_file():
+        raise ImageError(
+            f"the image's manifest {manifest_digest[:19]} is no longer in the cache; "
+            "pull the environment again"
+        )
+    media = str(
+        _json_file(manifest_path, "the image manifest").get("mediaType")
+        or "application/vnd.oci.image.manifest.v1+json"
+    )
+    tag = f"pyro-push-{uuid.uuid4().hex[:12]}"
+    progress(f"phase=push {target}")
+    with store.locked():
+        index_path = store.layout / "index.json"
+        index = _json_file(index_path, "the image layout's index") if index_path.exists() else {}
+        index.setdefault("schemaVersion", 2)
+        index.setdefault("manifests", []).append(
+            {
+                "mediaType": media,
+                "digest": manifest_digest,
+                "size": manifest_path.stat().st_size,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        )
+        layout_file = store.layout / "oci-layout"
+        if not layout_file.exists():
+            layout_file.write_text('{"imageLayoutVersion":"1.0.0"}')
+        tmp = index_path.with_name(f".index-{uuid.uuid4().hex[:6]}.json")
+        tmp.write_text(json.dumps(index))
+        tmp.replace(index_path)
+        try:
+            command = [str(skopeo), "copy", "--preserve-digests", *flags]
+            command += [f"oci:{store.layout}:{tag}", dest]
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=PULL_TIMEOUT_SECONDS,
+                check=False,
+            )
+        finally:
+            store._untag(tag)
+    if done.returncode != 0:
+        reference = Reference(target, dest, "", dest.removeprefix("docker://").split("/")[0])
+        raise store._fetch_error(reference, done.stderr, insecure, "pushing to")
+    return manifest_digest

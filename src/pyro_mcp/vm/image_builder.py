@@ -11,7 +11,9 @@ stops it. Nothing on the host runs as root and nothing of the image runs.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gzip
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.agent import operations as guest
@@ -26,7 +29,7 @@ from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments import builder, images, runtime
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG
-from pyro_mcp.errors import InvalidArgument, PyroError, VMError
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import backend, disks
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
@@ -62,22 +65,7 @@ def build_disk(
             blobs = images.blobs_image(store, layers, Path(tmp))
             disks.create_overlay(runtime, files.root_disk)
             disks.create_overlay(base, target)
-            machine = MachineSpec(
-                qemu=host_tools.require(host_tools.QEMU)["qemu-system-x86_64"],
-                accel=accel_name,
-                vcpu_count=1,
-                mem_mib=1024,
-                kernel=kernel,
-                initrd=initrd,
-                root_disk=files.root_disk,
-                agent_socket=Path(files.agent_socket.name),
-                console_socket=Path(files.console_socket.name),
-                qmp_socket=Path(files.qmp_socket.name),
-                hostname="pyro-build",
-                network=False,
-                workspace_disk=target,
-                baseline_disk=blobs,
-            )
+            machine = _builder_machine(accel_name, kernel, initrd, files, target, blobs)
             progress(f"phase=layers booting a guest to apply {len(layers)} layer(s)")
             report = backend.launch(
                 files,
@@ -132,12 +120,14 @@ def pull_image(
     insecure_registry: bool,
     disk_size_mib: int,
     progress: images.Progress,
+    curated: bool = False,
 ) -> InstalledEnvironment:
     """Fetch ``reference`` and install it as environment ``name`` (default: from the
-    reference). Nothing is installed unless every step succeeds."""
+    reference); ``curated``: as that curated environment (from
+    ``PYRO_ENVIRONMENT_REGISTRY``). Nothing is installed unless every step succeeds."""
     ref = images.parse_reference(reference)
     env_name = images.check_name(name or ref.default_name)
-    if env_name in CATALOG:
+    if env_name in CATALOG and not curated:
         raise InvalidArgument(
             "name", f"{env_name} is a curated environment; name the image with --name"
         )
@@ -196,7 +186,13 @@ def pull_image(
         "settings": images.image_settings(image.config),
     }
     installed = cache.install_image(
-        env_name, kernel=kernel, runtime=runtime_image, chain=chain, image=info, progress=progress
+        env_name,
+        kernel=kernel,
+        runtime=runtime_image,
+        chain=chain,
+        image=info,
+        progress=progress,
+        kind="curated" if curated else "image",
     )
     progress(f"phase=done {env_name} installed from {reference}")
     return installed
@@ -253,3 +249,178 @@ def _chain_of(disk: Path) -> list[Path]:
         if not parent:
             return list(reversed(chain))
         chain.append(Path(parent))
+
+
+def push_environment(
+    cache: EnvironmentCache,
+    *,
+    vms_dir: Path,
+    accel_name: str,
+    name: str,
+    target: str,
+    insecure_registry: bool,
+    progress: images.Progress,
+) -> dict[str, Any]:
+    """Write environment ``name`` to ``target`` (a registry or an OCI layout/archive)
+    as an OCI image; pulling it back gives the same manifest digest."""
+    status = cache.status(name)
+    if not status.installed or status.build_dir is None or status.manifest is None:
+        raise NotFound(f"environment {name} is not installed; run `pyro env pull {name}` first")
+    images.destination(target, insecure=insecure_registry)  # a bad target fails before work
+    store = images.ImageStore(cache.cache_dir)
+    image = status.manifest.get("image") or {}
+    digest = str(image.get("manifest_digest") or "")
+    if not digest or not store.blob(digest).is_file():
+        digest = _curated_image(cache, status.build_dir, name, vms_dir, accel_name, progress)
+    images.push(store, digest, target, progress, insecure=insecure_registry)
+    progress(f"phase=done {name} pushed to {target} as {digest}")
+    return {"name": name, "reference": target, "manifest_digest": digest}
+
+
+def _curated_image(
+    cache: EnvironmentCache,
+    build_dir: Path,
+    name: str,
+    vms_dir: Path,
+    accel_name: str,
+    progress: images.Progress,
+) -> str:
+    """An OCI image of a curated build's root filesystem (one layer), made once
+    per build and recorded beside it (``oci.json``); its manifest digest."""
+    record = build_dir / "oci.json"
+    store = images.ImageStore(cache.cache_dir)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        digest = str(json.loads(record.read_text()).get("manifest_digest"))
+        if store.blob(digest).is_file():
+            return digest
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    kernel = builder.fetch_kernel(cache.kernels_dir, progress)
+    runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
+    initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
+    if not initrd.is_file():
+        builder.build_initramfs(kernel.modules_dir, initrd)
+    rootfs = build_dir / "rootfs.ext4"
+    size_mib = max(1024, rootfs.stat().st_blocks * 512 * 3 // 2**20 // 2 + 256)
+    store.layout.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pyro-export-", dir=store.layout.parent) as tmp:
+        work = Path(tmp)
+        scratch_base = work / "scratch.ext4"
+        builder._run(
+            host_tools.MKFS_EXT4,
+            ["-q", "-F", scratch_base, f"{size_mib}M"],
+            what="mkfs.ext4 (scratch)",
+        )
+        scratch = work / "scratch.qcow2"
+        progress(f"phase=export packing {name}'s root filesystem as one layer, in a guest")
+        files = VmFiles(vms_dir / f"image-export-{uuid.uuid4().hex[:10]}")
+        files.dir.mkdir(parents=True, mode=0o700)
+        pid = None
+        try:
+            disks.create_overlay(runtime_image, files.root_disk)
+            disks.create_overlay(scratch_base, scratch)
+            machine = _builder_machine(accel_name, kernel.vmlinuz, initrd, files, scratch, rootfs)
+            report = backend.launch(
+                files,
+                machine,
+                BOOT_TIMEOUT_SECONDS,
+                owner_bound=True,
+                hello={"mounts": {"workspace": True, "baseline": True}},
+            )
+            pid = int(report["pid"])
+            with SupervisorClient(files.control_socket) as client:
+                client.call("own")
+                argv = ["tar", "--create", "--file", "/workspace/layer.tar"]
+                argv += ["--directory", "/run/pyro/baseline", "--numeric-owner", "--sort=name"]
+                argv += ["--xattrs", "--xattrs-include=*", "--format=posix"]
+                argv += ["--pax-option=delete=atime,delete=ctime", "--exclude=./lost+found", "."]
+                done = guest.exec_command(client, {"argv": argv, "timeout_seconds": 3000}, 3100)
+                if done.get("exit_code") != 0:
+                    raise images.ImageError(f"packing {name} failed: {str(done)[-600:]}")
+                guest.freeze(client, True)
+            backend.stop(files, pid)
+            pid = None
+        finally:
+            if pid is not None:
+                backend.stop(files, pid)
+            shutil.rmtree(files.dir, ignore_errors=True)
+        raw = work / "scratch.raw"
+        builder._run(
+            host_tools.QEMU_IMG, ["convert", "-O", "raw", scratch, raw], what="read the layer"
+        )
+        layer_tar = work / "layer.tar"
+        builder._run(host_tools.DEBUGFS, ["-R", f"dump /layer.tar {layer_tar}", raw], what="dump")
+        raw.unlink()
+        diff_id = "sha256:" + builder.sha256_file(layer_tar)
+        compressed = work / "layer.tar.gz"
+        with (
+            layer_tar.open("rb") as source,
+            compressed.open("wb") as sink,
+            gzip.GzipFile("", "wb", 6, sink, mtime=0) as packed,  # no name, no time: reproducible
+        ):
+            shutil.copyfileobj(source, packed, 4 * 1024 * 1024)
+        layer_tar.unlink()
+        layer_digest, layer_size = images.store_file_blob(store, compressed)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Labels": {
+                "org.pyro.environment": name,
+                "org.pyro.build_id": str(manifest.get("build_id")),
+                "org.pyro.kernel": str((manifest.get("kernel") or {}).get("version")),
+            },
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    config_digest = images.write_blob(store, config_bytes)
+    oci_manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config_bytes),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    digest = images.write_blob(
+        store, json.dumps(oci_manifest, sort_keys=True, separators=(",", ":")).encode()
+    )
+    record.write_text(json.dumps({"manifest_digest": digest}))
+    return digest
+
+
+def _builder_machine(
+    accel_name: str,
+    kernel: Path,
+    initrd: Path,
+    files: VmFiles,
+    workspace: Path,
+    baseline: Path,
+) -> MachineSpec:
+    """A guest booted from the runtime drive's overlay, ``workspace`` writable,
+    ``baseline`` read-only."""
+    return MachineSpec(
+        qemu=host_tools.require(host_tools.QEMU)["qemu-system-x86_64"],
+        accel=accel_name,
+        vcpu_count=1,
+        mem_mib=1024,
+        kernel=kernel,
+        initrd=initrd,
+        root_disk=files.root_disk,
+        agent_socket=Path(files.agent_socket.name),
+        console_socket=Path(files.console_socket.name),
+        qmp_socket=Path(files.qmp_socket.name),
+        hostname="pyro-build",
+        network=False,
+        workspace_disk=workspace,
+        baseline_disk=baseline,
+    )

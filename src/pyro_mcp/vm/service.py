@@ -825,6 +825,7 @@ class VmService:
         insecure_registry: bool = False,
         disk_size_mib: int = images.DEFAULT_DISK_MIB,
         progress: Progress = _quiet,
+        curated: bool = False,
     ) -> InstalledEnvironment:
         """Install an environment from an OCI image (``vm/image_builder.py``)."""
         return image_builder.pull_image(
@@ -835,6 +836,26 @@ class VmService:
             name=name,
             insecure_registry=insecure_registry,
             disk_size_mib=disk_size_mib,
+            progress=progress,
+            curated=curated,
+        )
+
+    def push_environment(
+        self,
+        name: str,
+        reference: str,
+        *,
+        insecure_registry: bool = False,
+        progress: Progress = _quiet,
+    ) -> dict[str, Any]:
+        """Write an installed environment to a registry or an OCI layout."""
+        return image_builder.push_environment(
+            self.environments,
+            vms_dir=self.paths.vms_dir,
+            accel_name=self.accel_decision().accel,
+            name=name,
+            target=reference,
+            insecure_registry=insecure_registry,
             progress=progress,
         )
 
