@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 
+import pyro_mcp
 from pyro_mcp import InvalidArgument, Pyro
-from pyro_mcp.environments import images
+from pyro_mcp.environments import builder, images, runtime
 from pyro_mcp.errors import NotFound
 from tests.cli_helper import pyro_cli
 from tests.conftest import leaked_processes
@@ -264,3 +268,51 @@ def test_a_curated_environment_pushed_and_pulled_back_keeps_its_digest(
 
 def sdk_boot_kind(pyro: Pyro, ws: str) -> str:
     return str(pyro.status_workspace(ws).get("boot_kind"))
+
+
+def test_pull_and_run_work_as_a_user_without_root(
+    cache_dir: Path, warm_environment: dict[str, Any]
+) -> None:
+    """As ``nobody``, with Debian's own python3 and a copy of pyro and its
+    dependencies: an image is pulled and runs; nothing needs root."""
+    # What a first pull fetches once (the kernel, the runtime drive) is copied
+    # from the shared cache, which nobody may not be able to reach.
+    runtime.ensure_runtime(cache_dir, lambda _: None)
+    builder.fetch_kernel(cache_dir / "kernels", lambda _: None)
+    with tempfile.TemporaryDirectory(prefix="pyro-nobody-") as tmp:
+        world = Path(tmp)
+        reference = images_helper.busybox_image(world / "layout")
+        code = world / "code"
+        shutil.copytree(Path(tomlkit.__file__).parent.parent, code, symlinks=True)
+        shutil.copytree(Path(pyro_mcp.__file__).parent, code / "pyro_mcp", dirs_exist_ok=True)
+        cache = world / "cache"
+        for shared in ("kernels", "runtime"):
+            shutil.copytree(cache_dir / shared, cache / shared, symlinks=True)
+        (world / "state").mkdir()
+        subprocess.run(["chmod", "-R", "a+rX", world], check=True)
+        subprocess.run(["chown", "-R", "nobody:nogroup", cache, world / "state"], check=True)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(world / "state"),
+            "PYTHONPATH": str(code),
+            "PYRO_HOME": str(world / "state"),
+            "PYRO_CACHE_DIR": str(cache),
+        }
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+            command = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-m"]
+            return subprocess.run(
+                [*command, "pyro_mcp.cli.main", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
+
+        pulled = as_nobody("env", "pull", reference, "--name", "bb:1", "--json")
+        assert pulled.returncode == 0, pulled.stderr[-3000:]
+        assert json.loads(pulled.stdout)["installed"] is True
+        ran = as_nobody("run", "bb:1", "--", "id", "-u")
+        assert ran.returncode == 0 and ran.stdout == "1000\n", ran.stderr[-3000:]
+        assert leaked_processes(world / "state") == []
