@@ -51,6 +51,8 @@ APT_CACHE = HostTool("apt-cache", "apt", "finds the guest kernel package")
 CHROOT = HostTool("chroot", "coreutils", "lists the packages of an environment being built")
 GIT = HostTool("git", "git", "seeds workspaces from Git checkouts")
 # Optional: only asked what the host's own package index settings are.
+SKOPEO = HostTool("skopeo", "skopeo", "fetches and pushes OCI images")
+ZSTD = HostTool("zstd", "zstd", "reads zstd-compressed image layers")
 NPM = HostTool("npm", "npm", "names the npm registry guests may reach")
 PYTHON3 = HostTool("python3", "python3", "names pip's default index")
 

@@ -156,8 +156,9 @@ def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
     with pytest.raises(images.ImageError, match="cannot reach"):
         sdk.pull_environment(f"127.0.0.1:{images_helper.free_port()}/team/bb:7")
     assert time.monotonic() - started < 30
-    with pytest.raises(NotFound, match="pulled from images: bb:7, saved:1"):
+    with pytest.raises(NotFound, match=r"pulled from images: .*bb:7, .*saved:1") as missing:
         sdk.create_workspace(environment="nothing:1")
+    assert "pyro env pull REF --name" in str(missing.value)
     ran = sdk.run_in_vm("bb:7", "id -un", timeout_seconds=60)
     assert ran["stdout"] == "app\n"
 

@@ -46,8 +46,8 @@ from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
 
 Progress = Callable[[str], None]
 
-SKOPEO = host_tools.HostTool("skopeo", "skopeo", "fetches OCI images")
-ZSTD = host_tools.HostTool("zstd", "zstd", "reads zstd-compressed image layers")
+SKOPEO = host_tools.SKOPEO
+ZSTD = host_tools.ZSTD
 DEFAULT_DISK_MIB = 8192
 PULL_TIMEOUT_SECONDS = 3600
 LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
@@ -187,9 +187,8 @@ class ImageStore:
 
     def fetch(self, reference: Reference, progress: Progress, *, insecure: bool = False) -> Image:
         """Copy the image into the layout (blobs already there are not fetched again)."""
-        skopeo = host_tools.require(SKOPEO)["skopeo"]
         tag = f"pyro-{uuid.uuid4().hex[:12]}"
-        command = [str(skopeo), "copy", "--override-os", "linux", "--override-arch", "amd64"]
+        command = ["copy", "--override-os", "linux", "--override-arch", "amd64"]
         if reference.registry is not None:
             plain = insecure or bool(LOOPBACK.match(reference.registry))
             command.append(f"--src-tls-verify={'false' if plain else 'true'}")
@@ -197,13 +196,12 @@ class ImageStore:
         progress(f"phase=fetch {reference.text}")
         with self.locked():
             try:
-                done = subprocess.run(
+                done = host_tools.run(
+                    SKOPEO,
                     command,
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
-                    text=True,
                     timeout=PULL_TIMEOUT_SECONDS,
-                    check=False,
                 )
             except subprocess.TimeoutExpired as exc:
                 raise ImageError(f"fetching {reference.text} took longer than an hour") from exc
@@ -245,14 +243,11 @@ class ImageStore:
         return ImageError(f"{action} {reference.text} failed: {detail}")
 
     def _platforms(self, reference: Reference, insecure: bool) -> str:
-        skopeo = host_tools.require(SKOPEO)["skopeo"]
-        command = [str(skopeo), "inspect", "--raw"]
+        command = ["inspect", "--raw"]
         if reference.registry is not None:
             plain = insecure or bool(LOOPBACK.match(reference.registry))
             command.append(f"--tls-verify={'false' if plain else 'true'}")
-        done = subprocess.run(
-            [*command, reference.source], capture_output=True, text=True, timeout=60, check=False
-        )
+        done = host_tools.run(SKOPEO, [*command, reference.source], capture_output=True, timeout=60)
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             index = json.loads(done.stdout)
             found = [
@@ -343,9 +338,8 @@ class ImageStore:
             if layer.compression == "gzip":
                 stream = gzip.GzipFile(fileobj=hashed_raw)  # type: ignore[call-overload]
             elif layer.compression == "zstd":
-                zstd = host_tools.require(ZSTD)["zstd"]
-                process = subprocess.Popen(
-                    [str(zstd), "-dc", str(path)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+                process = host_tools.popen(
+                    ZSTD, ["-dc", path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
                 )
                 assert process.stdout is not None
                 stream = process.stdout
@@ -569,7 +563,6 @@ def push(
 ) -> str:
     """Copy the image whose manifest is ``manifest_digest`` to ``target``, digests
     kept; return the manifest digest at the destination."""
-    skopeo = host_tools.require(SKOPEO)["skopeo"]
     dest, flags = destination(target, insecure=insecure)
     manifest_path = store.blob(manifest_digest)
     if not manifest_path.is_file():
@@ -602,15 +595,13 @@ def push(
         tmp.write_text(json.dumps(index))
         tmp.replace(index_path)
         try:
-            command = [str(skopeo), "copy", "--preserve-digests", *flags]
-            command += [f"oci:{store.layout}:{tag}", dest]
-            done = subprocess.run(
+            command = ["copy", "--preserve-digests", *flags, f"oci:{store.layout}:{tag}", dest]
+            done = host_tools.run(
+                SKOPEO,
                 command,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                text=True,
                 timeout=PULL_TIMEOUT_SECONDS,
-                check=False,
             )
         finally:
             store._untag(tag)
