@@ -167,6 +167,26 @@ def _apt_candidate_version(package: str) -> str:
     return match.group(1)
 
 
+def apt_candidate_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Each package's candidate version, in one ``apt-cache policy`` (~0.5 s each here).
+
+    Raises:
+        EnvironmentBuildError: apt has no candidate for one of them.
+    """
+    output = _apt_query(["policy", *packages])
+    found: dict[str, str] = {}
+    current = None
+    for line in output.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+        elif current and line.strip().startswith("Candidate:"):
+            found[current] = line.split(":", 1)[1].strip()
+    for package in packages:
+        if found.get(package) in (None, "(none)"):
+            raise EnvironmentBuildError(f"apt has no candidate version of {package}")
+    return {package: found[package] for package in packages}
+
+
 def _apt_query(args: list[str]) -> str:
     """An apt-cache query; runs ``apt-get update`` once if lists are missing (root only)."""
     for attempt in range(2):

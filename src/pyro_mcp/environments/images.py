@@ -31,14 +31,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
@@ -49,6 +48,7 @@ Progress = Callable[[str], None]
 SKOPEO = host_tools.SKOPEO
 ZSTD = host_tools.ZSTD
 DEFAULT_DISK_MIB = 8192
+CHUNK_BYTES = 4 * 1024 * 1024
 PULL_TIMEOUT_SECONDS = 3600
 LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[a-z0-9][a-z0-9._-]{0,62})?$")
@@ -324,53 +324,38 @@ class ImageStore:
 
     # -------------------------------------------------------------- layers
 
-    def examine(self, layer: Layer) -> None:
-        """Check ``layer``'s digests and names; note its whiteouts and entries."""
+    def examine(self, layer: Layer, unpacked_path: Path) -> None:
+        """Check ``layer``'s digests and names; note its whiteouts and entries.
+
+        The layer is decompressed here, natively and in large reads, into
+        ``unpacked_path``: the guest that applies it then reads a plain tar
+        (decompressing under emulation costs it several times more).
+        """
         path = self.blob(layer.digest)
         if not path.is_file() or path.stat().st_size != layer.size:
             raise ImageError(f"layer {layer.digest[:19]} is missing or has the wrong size")
-        compressed = hashlib.sha256()
-        unpacked = hashlib.sha256()
-        with path.open("rb") as raw:
-            hashed_raw = _Hashing(raw, compressed)
-            stream: IO[bytes]
-            process = None
-            if layer.compression == "gzip":
-                stream = gzip.GzipFile(fileobj=hashed_raw)  # type: ignore[call-overload]
-            elif layer.compression == "zstd":
-                process = host_tools.popen(
-                    ZSTD, ["-dc", path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
-                )
-                assert process.stdout is not None
-                stream = process.stdout
-            else:
-                stream = hashed_raw  # type: ignore[assignment]
-            counted = _Hashing(stream, unpacked)
-            try:
-                with tarfile.open(fileobj=counted, mode="r|") as tar:  # type: ignore[call-overload]
-                    for member in tar:
-                        self._note(layer, member)
-                while counted.read(1024 * 1024):  # the padding after the end marker counts too
-                    pass
-            except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
-                raise ImageError(f"layer {layer.digest[:19]} is not a readable tar: {exc}") from exc
-            finally:
-                if process is not None:
-                    process.kill()
-                    process.wait()
-            if layer.compression == "zstd":
-                compressed_hex = builder.sha256_file(path)
-            else:
-                while hashed_raw.read(1024 * 1024):
-                    pass
-                compressed_hex = compressed.hexdigest()
-        if "sha256:" + compressed_hex != layer.digest:
-            raise ImageError(f"layer {layer.digest[:19]} does not match its digest")
-        if "sha256:" + unpacked.hexdigest() != layer.diff_id:
+        if "sha256:" + builder.sha256_file(path) != layer.digest:
+            path.unlink(missing_ok=True)  # the next pull fetches it afresh
             raise ImageError(
-                f"layer {layer.digest[:19]} unpacks to other content than the config says"
+                f"layer {layer.digest[:19]} does not match its digest; it was removed from "
+                "the cache, pull again to fetch it afresh"
             )
-        layer.unpacked_bytes = counted.total
+        try:
+            if layer.compression == "zstd":
+                host_tools.run(ZSTD, ["-q", "-d", "-f", path, "-o", unpacked_path])
+                digest, total = _hash_file(unpacked_path)
+            else:
+                digest, total = _unpack(path, unpacked_path, layer.compression == "gzip")
+            if "sha256:" + digest != layer.diff_id:
+                raise ImageError(
+                    f"layer {layer.digest[:19]} unpacks to other content than the config says"
+                )
+            with tarfile.open(unpacked_path, "r:") as tar:
+                for member in tar:
+                    self._note(layer, member)
+        except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ImageError(f"layer {layer.digest[:19]} is not a readable tar: {exc}") from exc
+        layer.unpacked_bytes = total
 
     def _note(self, layer: Layer, member: tarfile.TarInfo) -> None:
         name = _inside_root(member.name)
@@ -392,19 +377,21 @@ class ImageStore:
 # ------------------------------------------------------------------ helpers
 
 
-class _Hashing:
-    """A read-only stream that hashes and counts what is read through it."""
+def _unpack(source: Path, target: Path, gzipped: bool) -> tuple[str, int]:
+    """Copy ``source`` to ``target``, gunzipped if ``gzipped``; the copy's sha256 and size."""
+    digest = hashlib.sha256()
+    total = 0
+    opener: Any = gzip.open if gzipped else open
+    with opener(source, "rb") as reader, target.open("wb") as writer:
+        while chunk := reader.read(CHUNK_BYTES):
+            digest.update(chunk)
+            total += len(chunk)
+            writer.write(chunk)
+    return digest.hexdigest(), total
 
-    def __init__(self, inner: Any, digest: Any) -> None:
-        self.inner = inner
-        self.digest = digest
-        self.total = 0
 
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self.inner.read(size)
-        self.digest.update(data)
-        self.total += len(data)
-        return data
+def _hash_file(path: Path) -> tuple[str, int]:
+    return builder.sha256_file(path), path.stat().st_size
 
 
 def _inside_root(name: str) -> str | None:
@@ -476,18 +463,11 @@ def chain_disk(layers_dir: Path, size_mib: int, chain_id: str) -> Path:
     return layers_dir / f"{size_mib}M" / f"{chain_id.removeprefix('sha256:')}.qcow2"
 
 
-def blobs_image(store: ImageStore, layers: list[Layer], work: Path) -> Path:
-    """An ext4 image of the layer blobs to apply, for the building guest to read."""
-    folder = work / "blobs"
-    folder.mkdir()
-    total = 0
-    for layer in layers:
-        target = folder / layer.hex
-        try:
-            os.link(store.blob(layer.digest), target)
-        except OSError:
-            shutil.copyfile(store.blob(layer.digest), target)
-        total += layer.size
+def blobs_image(unpacked: Path, layers: list[Layer], work: Path) -> Path:
+    """An ext4 image of the layers (plain tars named by digest, in ``unpacked``),
+    for the building guest to read."""
+    total = sum(layer.unpacked_bytes for layer in layers)
+    folder = unpacked
     image = work / "blobs.ext4"
     size_mib = total * 11 // 10 // 2**20 + 16
     builder._run(

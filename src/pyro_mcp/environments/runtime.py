@@ -20,6 +20,7 @@ the warm snapshot of a curated environment unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,7 +62,7 @@ PYTHON = "usr/bin/python3.11"
 def ensure_runtime(cache_dir: Path, progress: builder.Progress) -> Path:
     """The runtime image (``runtime.ext4``) for the host's current package versions."""
     host_tools.require(host_tools.APT_GET, host_tools.APT_CACHE, host_tools.DPKG_DEB)
-    versions = {name: builder._apt_candidate_version(name) for name in PACKAGES}
+    versions = _versions()
     key = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
     home = cache_dir / "runtime"
     image = home / key / "runtime.ext4"
@@ -99,6 +100,12 @@ def ensure_runtime(cache_dir: Path, progress: builder.Progress) -> Path:
         os.replace(raw, image)
         os.replace(work / "versions.json", image.parent / "versions.json")
     return image
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    """The host's candidate version of each package (asked once per process)."""
+    return builder.apt_candidate_versions(PACKAGES)
 
 
 def _finish_tree(root: Path) -> None:

@@ -47,11 +47,12 @@ def build_disk(
     runtime: Path,
     base: Path,
     target: Path,
-    store: images.ImageStore,
+    unpacked: Path,
     layers: list[images.Layer],
     progress: images.Progress,
 ) -> None:
-    """Write ``target`` (a new qcow2 over ``base``) with ``layers`` applied.
+    """Write ``target`` (a new qcow2 over ``base``) with ``layers`` applied
+    (their plain tars, named by digest, are in ``unpacked``).
 
     Raises:
         ImageError: a layer could not be applied (the guest's tar output says why).
@@ -62,7 +63,7 @@ def build_disk(
     pid = None
     try:
         with tempfile.TemporaryDirectory(prefix="pyro-layers-", dir=target.parent) as tmp:
-            blobs = images.blobs_image(store, layers, Path(tmp))
+            blobs = images.blobs_image(unpacked, layers, Path(tmp))
             disks.create_overlay(runtime, files.root_disk)
             disks.create_overlay(base, target)
             machine = _builder_machine(accel_name, kernel, initrd, files, target, blobs)
@@ -135,26 +136,27 @@ def pull_image(
         raise InvalidArgument("disk_size_mib", "must be from 256 to 262144 MiB")
     store = images.ImageStore(cache.cache_dir)
     image = store.fetch(ref, progress, insecure=insecure_registry)
-    for number, layer in enumerate(image.layers, 1):
-        progress(f"phase=check layer {number}/{len(image.layers)} {layer.digest[:19]}")
-        store.examine(layer)
-    needed_mib = sum(layer.unpacked_bytes for layer in image.layers) * 12 // 10 // 2**20 + 64
-    if needed_mib > disk_size_mib:
-        raise images.ImageError(
-            f"{reference} needs about {needed_mib} MiB unpacked and the environment disk is "
-            f"{disk_size_mib} MiB; pass --disk-size-mib {needed_mib * 2} (disk_size_mib=)"
-        )
+    if not image.layers:
+        raise images.ImageError(f"{reference} has no layers")
     kernel = builder.fetch_kernel(cache.kernels_dir, progress)
     runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
     initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
     if not initrd.is_file():
         builder.build_initramfs(kernel.modules_dir, initrd)
-    layers_dir = store.layers_dir
+
+    def check_room(needed_bytes: int) -> None:
+        needed_mib = needed_bytes * 12 // 10 // 2**20 + 64
+        if needed_mib > disk_size_mib:
+            raise images.ImageError(
+                f"{reference} needs about {needed_mib} MiB unpacked and the environment disk "
+                f"is {disk_size_mib} MiB; pass --disk-size-mib {needed_mib * 2} (disk_size_mib=)"
+            )
+
     chain = _build_chain(
-        layers_dir,
+        store,
         disk_size_mib,
         image.layers,
-        lambda base, target, todo: build_disk(
+        lambda base, target, todo, unpacked: build_disk(
             vms_dir=vms_dir,
             accel_name=accel_name,
             kernel=kernel.vmlinuz,
@@ -162,10 +164,11 @@ def pull_image(
             runtime=runtime_image,
             base=base,
             target=target,
-            store=store,
+            unpacked=unpacked,
             layers=todo,
             progress=progress,
         ),
+        check_room,
         progress,
     )
     info = {
@@ -199,20 +202,23 @@ def pull_image(
 
 
 def _build_chain(
-    layers_dir: Path,
+    store: images.ImageStore,
     size_mib: int,
     layers: list[images.Layer],
-    build: Callable[[Path, Path, list[images.Layer]], None],
+    build: Callable[[Path, Path, list[images.Layer], Path], None],
+    check_room: Callable[[int], None],
     progress: images.Progress,
 ) -> list[Path]:
-    """The layer disks from the bottom up, the last one holding every layer; the
-    longest prefix already built is reused, the rest built on it."""
+    """The layer disks from the bottom up, the last one holding every layer.
+
+    The longest prefix already built is reused; only the layers after it are
+    checked (``ImageStore.examine``) and applied, on a disk over that prefix's.
+    """
+    layers_dir = store.layers_dir
     base = images.empty_base(layers_dir, size_mib)
     folder = base.parent
     with (folder / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second reuses the first's
-        if not layers:
-            raise images.ImageError("the image has no layers")
         done = 0
         for index in range(len(layers), 0, -1):
             if images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id).is_file():
@@ -221,31 +227,41 @@ def _build_chain(
         final = images.chain_disk(layers_dir, size_mib, layers[-1].chain_id)
         if done == len(layers):
             progress(f"phase=layers all {done} layers already on disk, shared")
-        else:
-            below = base
-            if done:
-                below = images.chain_disk(layers_dir, size_mib, layers[done - 1].chain_id)
-                progress(f"phase=layers {done} of {len(layers)} layers already on disk, shared")
+            return _chain_of(final)
+        below, below_bytes = base, 0
+        if done:
+            below = images.chain_disk(layers_dir, size_mib, layers[done - 1].chain_id)
+            below_bytes = _record(below).get("unpacked_bytes", 0)
+            progress(f"phase=layers {done} of {len(layers)} layers already on disk, shared")
+        todo = layers[done:]
+        with tempfile.TemporaryDirectory(prefix=".unpacked-", dir=folder) as tmp:
+            for number, layer in enumerate(todo, done + 1):
+                progress(f"phase=check layer {number}/{len(layers)} {layer.digest[:19]}")
+                store.examine(layer, Path(tmp) / layer.hex)
+                check_room(below_bytes + sum(item.unpacked_bytes for item in todo))
             partial = final.with_name(f".partial-{uuid.uuid4().hex[:8]}.qcow2")
-            build(below, partial, layers[done:])
-            os.chmod(partial, 0o444)
-            _write_parent(final, below if done else None)
-            os.replace(partial, final)
+            build(below, partial, todo, Path(tmp))
+        os.chmod(partial, 0o444)
+        total = below_bytes + sum(layer.unpacked_bytes for layer in todo)
+        final.with_suffix(".json").write_text(
+            json.dumps({"parent": str(below) if done else None, "unpacked_bytes": total})
+        )
+        os.replace(partial, final)
         return _chain_of(final)
 
 
-def _write_parent(disk: Path, parent: Path | None) -> None:
-    record = disk.with_suffix(".json")
-    record.write_text(json.dumps({"parent": str(parent) if parent else None}))
+def _record(disk: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(disk.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _chain_of(disk: Path) -> list[Path]:
     chain = [disk]
     while True:
-        try:
-            parent = json.loads(chain[-1].with_suffix(".json").read_text()).get("parent")
-        except (OSError, ValueError, AttributeError):
-            parent = None
+        parent = _record(chain[-1]).get("parent")
         if not parent:
             return list(reversed(chain))
         chain.append(Path(parent))
