@@ -10,6 +10,7 @@ import struct
 import subprocess
 import tarfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,15 +149,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def loopback_registry(work: Path) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1 (plain HTTP), stopped afterwards."""
+def loopback_registry(work: Path, *, password: str | None = None) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (plain HTTP), stopped afterwards;
+    with ``password``, it lets in only the user ``pyro`` with that password."""
     port = free_port()
-    config = work / "registry.yml"
+    config = work / f"registry-{port}.yml"
+    auth = ""
+    if password is not None:
+        with warnings.catch_warnings():  # deprecated, and the one bcrypt maker at hand
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # Debian's libxcrypt makes bcrypt, which the registry wants
+
+        htpasswd = work / f"htpasswd-{port}"
+        htpasswd.write_text(f"pyro:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+        auth = f"auth:\n  htpasswd:\n    realm: pyro-tests\n    path: {htpasswd}\n"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n"
         f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry-data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
     )
     process = subprocess.Popen(
         ["docker-registry", "serve", str(config)],
@@ -177,9 +188,10 @@ def loopback_registry(work: Path) -> Iterator[str]:
         process.wait(10)
 
 
-def push(source: str, destination: str) -> None:
+def push(source: str, destination: str, *, auth_file: Path | None = None) -> None:
+    auth = ["--dest-authfile", str(auth_file)] if auth_file else []
     subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", source, destination],
+        ["skopeo", "copy", "--dest-tls-verify=false", *auth, source, destination],
         check=True,
         capture_output=True,
     )

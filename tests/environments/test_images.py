@@ -3,6 +3,7 @@ real guests and a real registry on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -317,3 +318,48 @@ def test_pull_and_run_work_as_a_user_without_root(
         ran = as_nobody("run", "bb:1", "--", "id", "-u")
         assert ran.returncode == 0 and ran.stdout == "1000\n", ran.stderr[-3000:]
         assert leaked_processes(world / "state") == []
+
+
+def test_images_that_cannot_be_installed_are_refused_before_any_guest(
+    sdk: Pyro, tmp_path: Path, image_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = tmp_path / "layout"
+    images_helper.busybox_image(layout, "arm")
+    images_helper.umoci("config", "--image", f"{layout}:arm", "--architecture", "arm64")
+    with pytest.raises(images.ImageError, match="linux/arm64"):
+        sdk.pull_environment(f"oci:{layout}:arm", name="arm:1")
+
+    images_helper.busybox_image(layout, "arm64-free")
+    images_helper.busybox_image(layout, "climb")
+    images_helper.add_layer(layout, "climb", [(images_helper.entry("../../etc/evil"), b"x")])
+    with pytest.raises(images.ImageError, match="climbs out of the image root"):
+        sdk.pull_environment(f"oci:{layout}:climb", name="climb:1")
+
+    images_helper.busybox_image(layout, "big")
+    zeros = b"\0" * (300 * 2**20)  # 300 MiB unpacked, a few hundred KB compressed
+    images_helper.add_layer(layout, "big", [(images_helper.entry("opt/zeros"), zeros)])
+    with pytest.raises(images.ImageError, match="--disk-size-mib"):
+        sdk.pull_environment(f"oci:{layout}:big", name="big:1", disk_size_mib=256)
+
+    with images_helper.loopback_registry(tmp_path, password="s3cret-pass") as registry:
+        with pytest.raises(images.ImageError, match=r"auth\.json") as refused:
+            sdk.pull_environment(f"{registry}/team/private:1")
+        assert "s3cret-pass" not in str(refused.value)
+        auth = tmp_path / "auth.json"
+        token = base64.b64encode(b"pyro:s3cret-pass").decode()
+        auth.write_text(json.dumps({"auths": {registry: {"auth": token}}}))
+        images_helper.push(
+            f"oci:{layout}:arm64-free", f"docker://{registry}/team/private:1", auth_file=auth
+        )
+        # The credentials where the container tools keep them: the pull gets in.
+        runtime_dir = tmp_path / "run"
+        (runtime_dir / "containers").mkdir(parents=True)
+        auth.rename(runtime_dir / "containers" / "auth.json")
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
+        info = sdk.pull_environment(f"{registry}/team/private:1")
+        assert info["installed"] and "s3cret" not in json.dumps(info)
+        assert token not in json.dumps(info)
+    for name in ("arm:1", "climb:1", "big:1"):
+        with pytest.raises(NotFound):
+            sdk.inspect_environment(name)
+    assert not list((image_cache / "layers").rglob(".partial-*"))

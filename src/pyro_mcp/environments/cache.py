@@ -478,19 +478,8 @@ class EnvironmentCache:
 @contextmanager
 def _try_lock(env_dir: Path) -> Iterator[bool]:
     """The environment's build lock if nobody holds it (True), without waiting."""
-    if not env_dir.is_dir():
-        yield False
-        return
-    with (env_dir / ".lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _try_lock_file(env_dir / ".lock") as free:
+        yield free
 
 
 def _prune_images(cache_dir: Path) -> tuple[list[str], int]:

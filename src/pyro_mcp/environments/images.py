@@ -196,13 +196,7 @@ class ImageStore:
         progress(f"phase=fetch {reference.text}")
         with self.locked():
             try:
-                done = host_tools.run(
-                    SKOPEO,
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=PULL_TIMEOUT_SECONDS,
-                )
+                done = _skopeo(command)
             except subprocess.TimeoutExpired as exc:
                 raise ImageError(f"fetching {reference.text} took longer than an hour") from exc
             for line in done.stdout.splitlines():
@@ -375,6 +369,12 @@ class ImageStore:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _skopeo(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return host_tools.run(
+        SKOPEO, args, stdin=subprocess.DEVNULL, capture_output=True, timeout=PULL_TIMEOUT_SECONDS
+    )
 
 
 def _unpack(source: Path, target: Path, gzipped: bool) -> tuple[str, int]:
@@ -576,13 +576,7 @@ def push(
         tmp.replace(index_path)
         try:
             command = ["copy", "--preserve-digests", *flags, f"oci:{store.layout}:{tag}", dest]
-            done = host_tools.run(
-                SKOPEO,
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=PULL_TIMEOUT_SECONDS,
-            )
+            done = _skopeo(command)
         finally:
             store._untag(tag)
     if done.returncode != 0:

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,35 +58,20 @@ def build_disk(
         ImageError: a layer could not be applied (the guest's tar output says why).
         VMError: the building guest did not start.
     """
-    files = VmFiles(vms_dir / f"image-build-{uuid.uuid4().hex[:10]}")
-    files.dir.mkdir(parents=True, mode=0o700)
-    pid = None
     try:
         with tempfile.TemporaryDirectory(prefix="pyro-layers-", dir=target.parent) as tmp:
             blobs = images.blobs_image(unpacked, layers, Path(tmp))
-            disks.create_overlay(runtime, files.root_disk)
             disks.create_overlay(base, target)
-            machine = _builder_machine(accel_name, kernel, initrd, files, target, blobs)
             progress(f"phase=layers booting a guest to apply {len(layers)} layer(s)")
-            report = backend.launch(
-                files,
-                machine,
-                BOOT_TIMEOUT_SECONDS,
-                owner_bound=True,
-                hello={"mounts": {"workspace": True, "baseline": True}},
-            )
-            pid = int(report["pid"])
-            with SupervisorClient(files.control_socket) as client:
-                client.call("own")
+            with _builder_guest(
+                vms_dir, accel_name, kernel, initrd, runtime, target, blobs
+            ) as client:
                 for number, layer in enumerate(layers, 1):
                     progress(
                         f"phase=layers applying {number}/{len(layers)} {layer.digest[:19]} "
                         f"({layer.unpacked_bytes // 2**20} MiB)"
                     )
                     _apply(client, layer)
-                guest.freeze(client, True)  # flushed and consistent before the VM stops
-            backend.stop(files, pid)
-            pid = None
     except PyroError as exc:
         target.unlink(missing_ok=True)
         if isinstance(exc, images.ImageError | VMError):
@@ -95,6 +80,39 @@ def build_disk(
     except BaseException:
         target.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _builder_guest(
+    vms_dir: Path,
+    accel_name: str,
+    kernel: Path,
+    initrd: Path,
+    runtime: Path,
+    workspace: Path,
+    baseline: Path,
+) -> Iterator[SupervisorClient]:
+    """A guest booted from ``runtime`` (through a throwaway overlay), ``workspace``
+    mounted writable and ``baseline`` read-only, owned by this process; its
+    /workspace is flushed and frozen before it stops."""
+    files = VmFiles(vms_dir / f"image-build-{uuid.uuid4().hex[:10]}")
+    files.dir.mkdir(parents=True, mode=0o700)
+    pid = None
+    try:
+        disks.create_overlay(runtime, files.root_disk)
+        machine = _builder_machine(accel_name, kernel, initrd, files, workspace, baseline)
+        report = backend.launch(
+            files,
+            machine,
+            BOOT_TIMEOUT_SECONDS,
+            owner_bound=True,
+            hello={"mounts": {"workspace": True, "baseline": True}},
+        )
+        pid = int(report["pid"])
+        with SupervisorClient(files.control_socket) as client:
+            client.call("own")
+            yield client
+            guest.freeze(client, True)  # flushed and consistent before the VM stops
     finally:
         if pid is not None:
             backend.stop(files, pid)
@@ -328,37 +346,17 @@ def _curated_image(
         )
         scratch = work / "scratch.qcow2"
         progress(f"phase=export packing {name}'s root filesystem as one layer, in a guest")
-        files = VmFiles(vms_dir / f"image-export-{uuid.uuid4().hex[:10]}")
-        files.dir.mkdir(parents=True, mode=0o700)
-        pid = None
-        try:
-            disks.create_overlay(runtime_image, files.root_disk)
-            disks.create_overlay(scratch_base, scratch)
-            machine = _builder_machine(accel_name, kernel.vmlinuz, initrd, files, scratch, rootfs)
-            report = backend.launch(
-                files,
-                machine,
-                BOOT_TIMEOUT_SECONDS,
-                owner_bound=True,
-                hello={"mounts": {"workspace": True, "baseline": True}},
-            )
-            pid = int(report["pid"])
-            with SupervisorClient(files.control_socket) as client:
-                client.call("own")
-                argv = ["tar", "--create", "--file", "/workspace/layer.tar"]
-                argv += ["--directory", "/run/pyro/baseline", "--numeric-owner", "--sort=name"]
-                argv += ["--xattrs", "--xattrs-include=*", "--format=posix"]
-                argv += ["--pax-option=delete=atime,delete=ctime", "--exclude=./lost+found", "."]
-                done = guest.exec_command(client, {"argv": argv, "timeout_seconds": 3000}, 3100)
-                if done.get("exit_code") != 0:
-                    raise images.ImageError(f"packing {name} failed: {str(done)[-600:]}")
-                guest.freeze(client, True)
-            backend.stop(files, pid)
-            pid = None
-        finally:
-            if pid is not None:
-                backend.stop(files, pid)
-            shutil.rmtree(files.dir, ignore_errors=True)
+        disks.create_overlay(scratch_base, scratch)
+        with _builder_guest(
+            vms_dir, accel_name, kernel.vmlinuz, initrd, runtime_image, scratch, rootfs
+        ) as client:
+            argv = ["tar", "--create", "--file", "/workspace/layer.tar"]
+            argv += ["--directory", "/run/pyro/baseline", "--numeric-owner", "--sort=name"]
+            argv += ["--xattrs", "--xattrs-include=*", "--format=posix"]
+            argv += ["--pax-option=delete=atime,delete=ctime", "--exclude=./lost+found", "."]
+            done = guest.exec_command(client, {"argv": argv, "timeout_seconds": 3000}, 3100)
+            if done.get("exit_code") != 0:
+                raise images.ImageError(f"packing {name} failed: {str(done)[-600:]}")
         raw = work / "scratch.raw"
         builder._run(
             host_tools.QEMU_IMG, ["convert", "-O", "raw", scratch, raw], what="read the layer"
