@@ -8,14 +8,14 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.environments.builder import guest_files
-from pyro_mcp.guest import agent, commands
+from pyro_mcp.guest import agent, commands, network
 
 
 class AgentPeer:
@@ -174,3 +174,13 @@ def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it
     ):
         assert commands._without_shell([*sh, shell_needed], env) == [*sh, shell_needed]
     assert commands._without_shell(["true"], env) == ["true"]  # an argv is left alone
+
+
+def test_ssh_reaches_the_egress_helper_without_the_image_s_python(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    (runtime / "usr").mkdir(parents=True)
+    assert network.connect_command(str(runtime), "/usr/bin/python3") == network.CONNECT_HELPER
+    command = network.connect_command(str(runtime), str(tmp_path / "no-python"))
+    assert command.startswith(f"{runtime}/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ")
+    assert command.endswith(f"python3.11 -E -s {network.CONNECT_HELPER}")
+    assert network.connect_command(str(tmp_path / "none"), "/nope") == network.CONNECT_HELPER

@@ -118,6 +118,21 @@ while True:
 """
 
 
+RUNTIME = "/run/pyro/runtime"
+
+
+def connect_command(runtime: str = RUNTIME, image_python: str = "/usr/bin/python3") -> str:
+    """How ssh starts the CONNECT helper: by its ``#!/usr/bin/python3`` line, or in
+    an image without that Python through the runtime drive's own loader and
+    interpreter (see ``environments/runtime.py``)."""
+    if os.path.exists(image_python) or not os.path.isdir(os.path.join(runtime, "usr")):
+        return CONNECT_HELPER
+    loader = os.path.join(runtime, "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    libraries = f"{runtime}/lib/x86_64-linux-gnu:{runtime}/usr/lib/x86_64-linux-gnu"
+    python = os.path.join(runtime, "usr/bin/python3.11")
+    return f"{loader} --library-path {libraries} {python} -E -s {CONNECT_HELPER}"
+
+
 def op_egress(args: dict[str, Any]) -> dict[str, Any]:
     """Send every client through the host's egress proxy; trust the workspace's CA.
 
@@ -153,7 +168,7 @@ def op_egress(args: dict[str, Any]) -> dict[str, Any]:
         os.makedirs("/etc/ssh/ssh_config.d", exist_ok=True)
         system.write_file(
             "/etc/ssh/ssh_config.d/pyro-egress.conf",
-            f"Host *\n    ProxyCommand {CONNECT_HELPER} %h %p\n",
+            f"Host *\n    ProxyCommand {connect_command()} %h %p\n",
         )
     trusted = None
     if args.get("ca"):
