@@ -363,3 +363,23 @@ def test_images_that_cannot_be_installed_are_refused_before_any_guest(
         with pytest.raises(NotFound):
             sdk.inspect_environment(name)
     assert not list((image_cache / "layers").rglob(".partial-*"))
+
+
+def test_byte_counts_are_a_live_line_on_a_terminal_and_sparse_lines_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyro_mcp.cli.render import progress_printer
+
+    plain = progress_printer("env")
+    for message in ("phase=fetch 1.0 of 9.0 MiB", "phase=fetch 2.0 of 9.0 MiB", "phase=done"):
+        plain(message)
+    assert capsys.readouterr().err.splitlines() == [
+        "[env] phase=fetch 1.0 of 9.0 MiB",
+        "[env] phase=done",
+    ]
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    live = progress_printer("env")
+    for message in ("phase=fetch 1.0 of 9.0 MiB", "phase=fetch 2.0 of 9.0 MiB", "phase=done"):
+        live(message)
+    err = capsys.readouterr().err
+    assert err.count("\r[env] phase=fetch") == 2 and err.endswith("\n[env] phase=done\n")

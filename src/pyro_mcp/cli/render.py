@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from pyro_mcp.errors import InvalidArgument
@@ -14,13 +15,35 @@ def print_json(data: Any) -> None:
 
 
 def progress_printer(tag: str) -> Any:
-    """A progress callback printing ``[tag] message`` lines to stderr."""
+    """A progress callback printing ``[tag] message`` lines to stderr.
+
+    On a terminal, a byte count (``phase=fetch 12.3 of 81.0 MiB``) rewrites
+    one live line instead of adding lines; elsewhere it prints one line every
+    few seconds at most.
+    """
+    live = sys.stderr.isatty()
+    state = {"open": False, "last": 0.0}
 
     def progress(message: str) -> None:
-        sys.stderr.write(f"[{tag}] {message}\n")
+        counting = message.startswith("phase=fetch ") and message.endswith(" MiB")
+        if counting and live:
+            sys.stderr.write(f"\r[{tag}] {message}\x1b[K")
+            state["open"] = True
+        elif counting and time.monotonic() - state["last"] < PLAIN_COUNT_SECONDS:
+            return
+        else:
+            if state["open"]:
+                sys.stderr.write("\n")
+                state["open"] = False
+            sys.stderr.write(f"[{tag}] {message}\n")
+        if counting:
+            state["last"] = time.monotonic()
         sys.stderr.flush()
 
     return progress
+
+
+PLAIN_COUNT_SECONDS = 5.0
 
 
 def human_bytes(count: int) -> str:

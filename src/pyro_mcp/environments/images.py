@@ -33,6 +33,8 @@ import os
 import re
 import subprocess
 import tarfile
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -194,20 +196,77 @@ class ImageStore:
             command.append(f"--src-tls-verify={'false' if plain else 'true'}")
         command += [reference.source, f"oci:{self.layout}:{tag}"]
         progress(f"phase=fetch {reference.text}")
+        total = self._missing_bytes(reference, insecure)
         with self.locked():
-            try:
-                done = _skopeo(command)
-            except subprocess.TimeoutExpired as exc:
-                raise ImageError(f"fetching {reference.text} took longer than an hour") from exc
-            for line in done.stdout.splitlines():
-                if line.startswith(("Copying blob", "Copying config")):
-                    progress(f"phase=fetch {line.strip()}")
+            done = self._copy_with_progress(command, total, progress)
             if done.returncode != 0:
                 raise self._fetch_error(reference, done.stderr, insecure)
             try:
                 return self._read(tag)
             finally:
                 self._untag(tag)
+
+    def _missing_bytes(self, reference: Reference, insecure: bool) -> int | None:
+        """The compressed size of the image's layers not in the cache yet (None: unknown)."""
+        flags = ["--command-timeout", "60s", "inspect", "--raw"]
+        if reference.registry is not None:
+            plain = insecure or bool(LOOPBACK.match(reference.registry))
+            flags.append(f"--tls-verify={'false' if plain else 'true'}")
+        try:
+            manifest = json.loads(
+                host_tools.run(SKOPEO, [*flags, reference.source], capture_output=True).stdout
+            )
+            if "manifests" in manifest and reference.registry is not None:  # an index
+                chosen = next(
+                    m["digest"]
+                    for m in manifest["manifests"]
+                    if (m.get("platform") or {}).get("architecture") == "amd64"
+                    and (m.get("platform") or {}).get("os") == "linux"
+                )
+                repository = re.sub(r"(@.*|:[^:/]*)$", "", reference.source)
+                source = f"{repository}@{chosen}"
+                manifest = json.loads(
+                    host_tools.run(SKOPEO, [*flags, source], capture_output=True).stdout
+                )
+            layers = manifest.get("layers")
+            if not isinstance(layers, list):
+                return None
+            return sum(int(layer.get("size", 0)) for layer in layers if not self._has(layer))
+        except (subprocess.TimeoutExpired, ValueError, AttributeError, TypeError, StopIteration):
+            return None
+
+    def _has(self, layer: dict[str, Any]) -> bool:
+        digest = str(layer.get("digest"))
+        return bool(_DIGEST.match(digest)) and self.blob(digest).exists()
+
+    def _copy_with_progress(
+        self, command: list[str], total: int | None, progress: Progress
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``skopeo copy``, reporting the bytes written into the layout each second."""
+        start = _layout_bytes(self.layout)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            process = host_tools.popen(
+                SKOPEO, command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True
+            )
+            deadline = time.monotonic() + PULL_TIMEOUT_SECONDS
+            shown = -1
+            while True:
+                try:
+                    process.wait(timeout=1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        process.kill()
+                        process.wait()
+                        raise ImageError("fetching took longer than an hour") from None
+                fetched = max(0, _layout_bytes(self.layout) - start)
+                if fetched != shown:
+                    shown = fetched
+                    of = f" of {total / 2**20:.1f}" if total else ""
+                    progress(f"phase=fetch {fetched / 2**20:.1f}{of} MiB")
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
 
     def _fetch_error(
         self, reference: Reference, stderr: str, insecure: bool, action: str = "fetching"
@@ -369,6 +428,18 @@ class ImageStore:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _layout_bytes(layout: Path) -> int:
+    """Bytes in the layout's blobs and skopeo's files being written."""
+    total = 0
+    for folder in (layout, layout / "blobs" / "sha256"):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _skopeo(args: list[str]) -> subprocess.CompletedProcess[str]:
