@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -15,12 +17,22 @@ from tests.cli_helper import pyro_cli
 pytestmark = pytest.mark.vm
 
 
+def read_until(pyro: Pyro, ws: str, sh: str, needle: str, cursor: int = 0) -> dict[str, Any]:
+    """Read from ``cursor`` until ``needle`` shows (a quiet half second alone can
+    come before a python3 start under a busy TCG)."""
+    deadline = time.monotonic() + 30
+    while True:
+        got = pyro.read_shell(ws, sh, cursor=cursor, plain=True, wait_for_idle_ms=500)
+        if needle in got["output"] or time.monotonic() > deadline:
+            return got
+
+
 def test_a_shell_is_a_real_terminal_with_cursors_and_plain_rendering(pyro: Pyro) -> None:
     ws = pyro.create_workspace()["workspace_id"]
     pyro.exec_workspace(ws, "mkdir -p src")
     sh = pyro.open_shell(ws, cwd="src", cols=100, rows=30)["shell_id"]
     pyro.write_shell(ws, sh, "pwd; python3 -c 'import sys; print(sys.stdin.isatty())'; stty size")
-    first = pyro.read_shell(ws, sh, plain=True, wait_for_idle_ms=500)
+    first = read_until(pyro, ws, sh, "30 100")
     assert (
         "/workspace/src" in first["output"]
         and "True" in first["output"]
