@@ -10,10 +10,11 @@ from typing import Any
 
 try:
     from pyro_mcp.agent import protocol
-    from pyro_mcp.guest import commands, fileops, system
+    from pyro_mcp.guest import commands, fileops, processes, system
 except ImportError:  # inside the guest, beside this file
     import commands  # type: ignore[import-not-found,no-redef]
     import fileops  # type: ignore[import-not-found,no-redef]
+    import processes  # type: ignore[import-not-found,no-redef]
     import protocol  # type: ignore[import-not-found,no-redef]
     import system  # type: ignore[import-not-found,no-redef]
 
@@ -186,8 +187,14 @@ def op_package_index(args: dict[str, Any]) -> dict[str, Any]:
         written.append("/etc/pip.conf")
     registry = args.get("npm_registry")
     if isinstance(registry, str) and registry and "\n" not in registry:
-        system.write_file("/root/.npmrc", f"registry={registry}\n")
-        written.append("/root/.npmrc")
+        # root's, and an image environment's own user's (its HOME) when that is another
+        for home in sorted({"/root", commands.BASE_ENV.get("HOME", "/root")}):
+            npmrc = os.path.join(home, ".npmrc")
+            system.write_file(npmrc, f"registry={registry}\n")
+            if home != "/root" and processes.IMAGE_USER is not None:
+                with contextlib.suppress(OSError):
+                    os.chown(npmrc, *processes.IMAGE_USER)
+            written.append(npmrc)
     env = args.get("env") or {}
     if not isinstance(env, dict):
         raise RequestError("bad_args", "env must map names to strings")
