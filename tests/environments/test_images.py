@@ -165,8 +165,11 @@ def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
 
     # Prune keeps what installed environments use, and frees it once none does.
     chain = [Path(p) for p in info["manifest"]["chain"]]
+    killed = chain[-1].parent / ".unpacked-left-by-a-killed-pull"  # what kill -9 leaves
+    killed.mkdir()
+    (killed / "layer.tar").write_bytes(b"x" * 4096)
     sdk.prune_environments()
-    assert all(path.is_file() for path in chain)
+    assert all(path.is_file() for path in chain) and not killed.exists()
     assert sdk.run_in_vm("saved:1", "true", timeout_seconds=60)["exit_code"] == 0
     removed = sdk.prune_environments(all=True)["removed"]
     assert not any(path.exists() for path in chain)

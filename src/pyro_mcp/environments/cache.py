@@ -516,6 +516,11 @@ def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
                 freed += used_bytes_file(empty)
                 empty.unlink()
                 removed.append(str(empty))
+            # What a killed pull left: unpacked layers and the building guest's blobs.
+            for leftover in [*size_dir.glob(".unpacked-*"), *size_dir.glob("pyro-layers-*")]:
+                freed += used_bytes(leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(str(leftover))
     blob_dir = cache_dir / "oci" / "blobs" / "sha256"
     lock = cache_dir / "oci.lock"
     with _try_lock_file(lock) as free:
