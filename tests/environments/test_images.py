@@ -87,6 +87,21 @@ def test_a_busybox_only_image_runs_as_its_user_with_its_env(
     assert [c["path"] for c in sdk.diff_workspace(ws)["changes"]] == ["made.txt"]
     sdk.reset_workspace(ws)
     assert sdk.exec_workspace(ws, "ls")["stdout"].split() == ["lost+found"]
+
+    # A service, a shell (sh: the image has no bash) and a fork: the image's user and Env.
+    loop = "id -u > svc-uid; echo $GREETING > svc-env; while true; do sleep 1; done"
+    sdk.start_service(ws, "loop", loop, ready_file="svc-env")
+    seen = sdk.exec_workspace(ws, "cat svc-uid svc-env")["stdout"].splitlines()
+    assert seen == ["1000", "hello from the image"]
+    sh = sdk.open_shell(ws)["shell_id"]
+    sdk.write_shell(ws, sh, "echo shell-$(id -u)-$GREETING")
+    deadline, output = time.monotonic() + 30, ""
+    while "shell-1000-hello from the image" not in output and time.monotonic() < deadline:
+        output = sdk.read_shell(ws, sh, cursor=0, plain=True, wait_for_idle_ms=500)["output"]
+    assert "shell-1000-hello from the image" in output, output
+    fork = sdk.fork_workspace(ws)["forks"][0]["workspace_id"]
+    assert sdk.exec_workspace(fork, "id -u; cat svc-env")["stdout"].splitlines() == seen
+    sdk.delete_workspace(fork)
     sdk.delete_workspace(ws)
 
 
