@@ -206,7 +206,7 @@ class VmService:
                     machine,
                     config.BOOT_TIMEOUT_SECONDS,
                     owner_bound=record.owner_bound,
-                    hello=self._hello(record),
+                    hello=self._hello(record, installed),
                     watch_pid=self.watch_pid,
                 )
             except VMError as exc:
@@ -429,7 +429,7 @@ class VmService:
             log.warning("%s: not resumed: %s", record.vm_id, why)
             return None, f"not resumed: {why}; booted from its disks (files kept)"
         progress(f"phase=start resuming {record.vm_id}")
-        hello = self._hello(record)
+        hello = self._hello(record, installed)
         if not saved.fresh_identity:
             hello.pop("machine_id")  # the same machine, carrying on
         try:
@@ -574,7 +574,7 @@ class VmService:
             config.RESTORE_TIMEOUT_SECONDS,
             owner_bound=record.owner_bound,
             restore=snapshot.devices,
-            hello=self._hello(record),
+            hello=self._hello(record, installed),
             watch_pid=self.watch_pid,
         )
 
@@ -600,7 +600,7 @@ class VmService:
             )
         return machine
 
-    def _hello(self, record: VmRecord) -> dict[str, Any]:
+    def _hello(self, record: VmRecord, installed: InstalledEnvironment) -> dict[str, Any]:
         """What makes this boot the VM's own: its name, machine id and disks to mount,
         and an image environment's config (Env, User, WorkingDir)."""
         hello = {
@@ -614,7 +614,7 @@ class VmService:
                 record.workspace_disk is not None and disks.take_fresh(Path(record.workspace_disk))
             ),
         }
-        settings = _image_settings(Path(record.build_dir))
+        settings = _image_settings(installed.manifest)
         if settings is not None:
             hello["image"] = settings
         return hello
@@ -984,13 +984,9 @@ class VmService:
         )
 
 
-def _image_settings(build_dir: Path) -> dict[str, Any] | None:
+def _image_settings(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """What the guest honours of an image environment's config; None for curated ones."""
-    try:
-        manifest = json.loads((build_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    image = manifest.get("image") if isinstance(manifest, dict) else None
+    image = manifest.get("image")
     settings = image.get("settings") if isinstance(image, dict) else None
     if not isinstance(settings, dict):
         return None
