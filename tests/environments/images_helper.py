@@ -195,3 +195,100 @@ def push(source: str, destination: str, *, auth_file: Path | None = None) -> Non
         check=True,
         capture_output=True,
     )
+
+
+def debugfs_cat(rootfs: Path, path: str) -> str:
+    result = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(rootfs)], check=True, capture_output=True, text=True
+    )
+    return result.stdout
+
+
+NODE_PACKAGES = ("nodejs", "npm")
+# The host may have another nodejs installed (not from its Debian sources): resolve
+# against the sources alone.
+APT_SOURCES_ONLY = ("-o", "Dir::State::status=/dev/null")
+APT_IMPORTANT_ONLY = tuple(
+    f"--no-{kind}"
+    for kind in ("recommends", "suggests", "conflicts", "breaks", "replaces", "enhances")
+)
+
+
+def node_image(layout: Path, base: str, rootfs: Path, debs: Path) -> str:
+    """The Debian image tagged ``base`` (whose root filesystem is ``rootfs``) plus
+    one layer: Debian's nodejs and npm with every package they need that the
+    base lacks (downloaded with the host's apt into ``debs``, kept there), and a
+    user ``node`` (1000) that the config names. Returns its ``oci:`` reference."""
+    installed = {
+        line.split(":", 1)[1].strip()
+        for line in debugfs_cat(rootfs, "/var/lib/dpkg/status").splitlines()
+        if line.startswith("Package:")
+    }
+    closure = subprocess.run(
+        [
+            "apt-cache",
+            *APT_SOURCES_ONLY,
+            "depends",
+            "--recurse",
+            *APT_IMPORTANT_ONLY,
+            *NODE_PACKAGES,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    wanted = sorted(
+        {line for line in closure.splitlines() if line and line[0] not in " <"} - installed
+    )
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [name for name in wanted if not list(debs.glob(f"{name}_*.deb"))]
+    if missing:
+        subprocess.run(
+            ["apt-get", *APT_SOURCES_ONLY, "download", *missing],
+            cwd=debs,
+            check=True,
+            capture_output=True,
+        )
+    root = layout.parent / "node-root"
+    for name in wanted:
+        deb = sorted(debs.glob(f"{name}_*.deb"))[-1]
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    # The base is merged-/usr (/bin, /lib... are links into /usr): so is the layer.
+    for top in ("bin", "sbin", "lib", "lib64"):
+        if (root / top).is_dir() and not (root / top).is_symlink():
+            subprocess.run(["cp", "-a", f"{root / top}/.", str(root / "usr" / top)], check=True)
+            shutil.rmtree(root / top)
+    (root / "etc").mkdir(exist_ok=True)
+    passwd = debugfs_cat(rootfs, "/etc/passwd") + "node:x:1000:1000::/home/node:/bin/bash\n"
+    (root / "etc" / "passwd").write_text(passwd)
+    (root / "etc" / "group").write_text(debugfs_cat(rootfs, "/etc/group") + "node:x:1000:\n")
+    (root / "home" / "node").mkdir(parents=True)
+
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        mine = info.name == "home/node"
+        info.uid = info.gid = 1000 if mine else 0
+        info.uname = info.gname = "node" if mine else "root"
+        return info
+
+    archive = layout.parent / "node-layer.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.iterdir()):
+            tar.add(path, arcname=path.name, filter=owned)
+    shutil.rmtree(root)
+    umoci("tag", "--image", f"{layout}:{base}", "node")
+    umoci("raw", "add-layer", "--image", f"{layout}:node", archive)
+    archive.unlink()
+    umoci(
+        "config",
+        "--image",
+        f"{layout}:node",
+        "--config.env",
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "--config.env",
+        "NODE_ENV=development",
+        "--config.user",
+        "node",
+        "--config.workingdir",
+        "/home/node",
+    )
+    return f"oci:{layout}:node"

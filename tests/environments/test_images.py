@@ -8,12 +8,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import tomlkit
 
@@ -24,6 +26,7 @@ from pyro_mcp.errors import NotFound
 from tests.cli_helper import pyro_cli
 from tests.conftest import leaked_processes
 from tests.environments import images_helper
+from tests.mcp.conftest import call, mcp_client
 
 pytestmark = pytest.mark.vm
 
@@ -103,6 +106,24 @@ def test_a_busybox_only_image_runs_as_its_user_with_its_env(
     assert sdk.exec_workspace(fork, "id -u; cat svc-env")["stdout"].splitlines() == seen
     sdk.delete_workspace(fork)
     sdk.delete_workspace(ws)
+
+    # From chat: a server whose default environment is the pulled one.
+    async def chat() -> None:
+        async with mcp_client(
+            env, "--profile", "workspace-full", "--environment", "bb:1", "--no-project-source"
+        ) as client:
+            listed = await call(client, "vm_list_environments")
+            mine = next(e for e in listed["environments"] if e["name"] == "bb:1")
+            assert mine["kind"] == "image" and mine["source"] == reference
+            made = await call(client, "workspace_create")
+            assert made["environment"] == "bb:1"
+            ran = await call(
+                client, "workspace_exec", workspace_id=made["workspace_id"], command="id -un"
+            )
+            assert ran["stdout"] == "app\n"
+            await call(client, "workspace_delete", workspace_id=made["workspace_id"])
+
+    anyio.run(chat)
 
 
 def test_layers_delete_replace_and_keep_owners_links_setuid_and_capabilities(
@@ -401,3 +422,146 @@ def test_byte_counts_are_a_live_line_on_a_terminal_and_sparse_lines_elsewhere(
         live(message)
     err = capsys.readouterr().err
     assert err.count("\r[env] phase=fetch") == 2 and err.endswith("\n[env] phase=done\n")
+
+
+NODE_PROJECT = {
+    "package.json": json.dumps(
+        {
+            "name": "pyro-node-demo",
+            "version": "1.0.0",
+            "private": True,
+            "scripts": {"test": "uvu test"},
+            "dependencies": {"ms": "2.1.3"},
+            "devDependencies": {"uvu": "0.5.6"},
+        }
+    ),
+    "index.js": "const ms = require('ms');\nexports.wait = (text) => ms(text) / 1000;\n",
+    "test/wait.test.js": (
+        "const { test } = require('uvu');\nconst assert = require('uvu/assert');\n"
+        "const { wait } = require('../index.js');\n"
+        "test('two days in seconds', () => { assert.is(wait('2 days'), 172800); });\n"
+        "test('a minute', () => { assert.is(wait('1m'), 60); });\ntest.run();\n"
+    ),
+}
+
+
+def test_a_node_toolchain_image_runs_a_real_npm_project_as_its_user(
+    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any], lines: list[str]
+) -> None:
+    """Debian 12 (the curated one, pushed) plus a layer with Debian's nodejs and
+    npm and a user ``node``: a workspace installs a project's dependencies from
+    the registry this host uses and runs its tests as ``node``, with a secret,
+    across a suspend and resume."""
+    state = tmp_path / "state"
+    pyro = Pyro(
+        state_dir=state,
+        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12"),
+        progress=lines.append,
+    )
+    layout = tmp_path / "layout"
+    pyro.push_environment("debian:12", f"oci:{layout}:debian")
+    rootfs = Path(pyro.inspect_environment("debian:12")["path"]) / "rootfs.ext4"
+    reference = images_helper.node_image(
+        layout, "debian", rootfs, cache_dir / "tests" / "node-debs"
+    )
+    try:
+        info = pyro.pull_environment(reference, name="node:18")
+        assert info["image"]["settings"]["user"] == "node"
+        ws = pyro.create_workspace(
+            environment="node:18",
+            network=True,
+            allow_package_index=True,
+            secrets={"NPM_TOKEN": "tok-node-secret-1"},
+        )["workspace_id"]
+        for path, text in NODE_PROJECT.items():
+            pyro.write_workspace_file(ws, path, text)
+        who = pyro.exec_workspace(ws, "id -un; node --version; echo $NODE_ENV; echo ~")
+        assert who["stdout"].splitlines()[0] == "node", who
+        assert who["stdout"].splitlines()[1].startswith("v18.")
+        assert who["stdout"].splitlines()[2:] == ["development", "/home/node"]
+
+        installed = pyro.exec_workspace(
+            ws, "npm install --no-audit --no-fund 2>&1", timeout_seconds=600
+        )
+        assert installed["exit_code"] == 0, installed["stdout"][-3000:]
+        tested = pyro.exec_workspace(ws, "npm test 2>&1", timeout_seconds=300)
+        assert tested["exit_code"] == 0 and "Passed:    2" in tested["stdout"], tested
+        owners = pyro.exec_workspace(ws, "stat -c %U node_modules/ms/package.json")
+        assert owners["stdout"] == "node\n"
+
+        # The secret reaches the image's user, as a variable and as its file.
+        token = pyro.exec_workspace(
+            ws,
+            'test "$T" = "$(cat /run/pyro-secrets/NPM_TOKEN)" && echo same',
+            secret_env=["NPM_TOKEN:T"],
+        )
+        assert token["stdout"] == "same\n", token
+
+        # Suspended with its memory and resumed: the user, the toolchain and the files stay.
+        assert pyro.stop_workspace(ws)["state"] in ("suspended", "stopped")
+        pyro.start_workspace(ws)
+        again = pyro.exec_workspace(ws, "id -un && node_modules/.bin/uvu test", timeout_seconds=300)
+        assert again["exit_code"] == 0 and again["stdout"].startswith("node\n"), again
+        assert "Passed:    2" in again["stdout"]
+        pyro.delete_workspace(ws)
+    finally:
+        for workspace in pyro.list_workspaces():
+            pyro.delete_workspace(workspace["workspace_id"])
+    assert leaked_processes(state) == []
+
+
+def test_a_killed_pull_and_two_pulls_at_once_leave_one_whole_environment(
+    sdk: Pyro, tmp_path: Path, image_cache: Path
+) -> None:
+    layout = tmp_path / "layout"
+    reference = images_helper.busybox_image(layout, "slow")
+    zeros = b"\0" * (96 * 2**20)  # some work for the building guest
+    images_helper.add_layer(layout, "slow", [(images_helper.entry("opt/zeros"), zeros)])
+    state = tmp_path / "state"
+    env = dict(os.environ, PYRO_HOME=str(state), PYRO_CACHE_DIR=str(image_cache))
+    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "pull", reference, "--name"]
+
+    # kill -9 while the guest applies the layers: its guest goes with it, nothing is installed.
+    with subprocess.Popen(
+        [*command, "slow:1"], env=env, stderr=subprocess.PIPE, text=True
+    ) as pulling:
+        assert pulling.stderr is not None
+        for line in pulling.stderr:
+            if "phase=layers applying" in line:
+                break
+        pulling.kill()
+        pulling.wait(30)
+    deadline = time.monotonic() + 60
+    while leaked_processes(state) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leaked_processes(state) == []
+    assert not list((state / "vms").glob("image-build-*"))
+    with pytest.raises(NotFound):
+        sdk.inspect_environment("slow:1")
+    with pytest.raises(NotFound):
+        sdk.create_workspace(environment="slow:1")
+    left = list((image_cache / "layers").glob("*/.partial-*")) + list(
+        (image_cache / "layers").glob("*/.unpacked-*")
+    )
+    assert left  # what the killed pull was writing
+
+    # Two pulls of it at once: one builds, the other waits and shares; the leftovers go.
+    both = [
+        subprocess.Popen(
+            [*command, "slow:1", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=900) for process in both]
+    for process, (out, err) in zip(both, results, strict=True):
+        assert process.returncode == 0, err[-3000:]
+        assert json.loads(out)["installed"]
+    assert sum("already on disk" in err for _, err in results) == 1, results
+    assert any("an interrupted pull left" in err for _, err in results)
+    assert not any(path.exists() for path in left)
+    ran = sdk.run_in_vm("slow:1", "stat -c %s /opt/zeros", timeout_seconds=60)
+    assert ran["stdout"] == f"{len(zeros)}\n"

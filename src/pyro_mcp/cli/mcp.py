@@ -164,6 +164,7 @@ def handle_serve(args: argparse.Namespace) -> int:
         if not path.is_dir():
             raise InvalidArgument("--allow-host-path", f"{directory} is not a directory")
         allowed.append(path.resolve())
+    _check_environment(paths.cache_dir, args.environment)
     tools = f"mode {args.mode}" if args.mode else f"profile {args.profile or 'workspace-core'}"
     seed = f"{source.origin_kind} {source.origin_ref}".strip()
     serving = f"{tools}, environment {args.environment}, workspaces seeded from: {seed}"
@@ -203,6 +204,18 @@ def handle_serve(args: argparse.Namespace) -> int:
     )
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))
     return 0
+
+
+def _check_environment(cache_dir: Path, name: str) -> None:
+    """A default environment that is neither curated nor installed is refused at
+    start-up (the handshake path: a cheap look first, the full message only then)."""
+    from pyro_mcp.environments.catalog import CATALOG, slug
+
+    if name in CATALOG or (cache_dir / "environments" / slug(name) / "current").is_dir():
+        return
+    from pyro_mcp.environments.cache import EnvironmentCache
+
+    EnvironmentCache(cache_dir).status(name)  # NotFound: what is installed, how to pull
 
 
 def _log_progress(message: str) -> None:

@@ -159,12 +159,15 @@ def op_secrets_put(args: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("bad_args", "secrets must map names to base64 values")
     os.makedirs(SECRETS_DIR, mode=0o700, exist_ok=True)
     os.chmod(SECRETS_DIR, 0o700)
+    owner = IMAGE_USER or (0, 0)  # an image's user runs the commands: the secrets are its
+    os.chown(SECRETS_DIR, *owner)
     for name, encoded in values.items():
         if not isinstance(name, str) or "/" in name or name.startswith("."):
             raise RequestError("bad_args", "bad secret name")
         path = os.path.join(SECRETS_DIR, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as handle:
+            os.fchown(handle.fileno(), *owner)
             handle.write(base64.b64decode(str(encoded), validate=True))
     return {"names": sorted(values)}
 

@@ -103,7 +103,8 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         environments = pyro.list_environments()
         text = "\n".join(
             f"{e['name']} [{e['kind']}]: {e['description']} "
-            f"({'installed' if e['installed'] else 'not built'})"
+            + (f"from {e['source']} " if e.get("source") else "")
+            + f"({'installed' if e['installed'] else 'not built'})"
             for e in environments
         )
         return reply(text, {"environments": environments})

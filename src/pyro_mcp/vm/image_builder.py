@@ -237,6 +237,7 @@ def _build_chain(
     folder = base.parent
     with (folder / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second reuses the first's
+        _sweep(folder, progress)
         done = 0
         for index in range(len(layers), 0, -1):
             if images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id).is_file():
@@ -266,6 +267,24 @@ def _build_chain(
         )
         os.replace(partial, final)
         return _chain_of(final)
+
+
+def _sweep(folder: Path, progress: images.Progress) -> None:
+    """Remove what a killed build left in ``folder`` (called under its build lock,
+    so no live build owns any of it): a half-written disk, unpacked layers, the
+    building guest's blob image."""
+    leftovers = [
+        *folder.glob(".partial-*.qcow2"),
+        *folder.glob(".unpacked-*"),
+        *folder.glob("pyro-layers-*"),
+    ]
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if leftovers:
+        progress(f"phase=layers removed {len(leftovers)} item(s) an interrupted pull left")
 
 
 def _record(disk: Path) -> dict[str, Any]:
