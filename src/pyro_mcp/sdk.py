@@ -686,8 +686,11 @@ class Pyro:
     # ---------------------------------------------------------- environments
 
     def list_environments(self) -> list[dict[str, Any]]:
-        """The catalog with each environment's installed state."""
-        return [status.to_dict() for status in self._vms.environments.list()]
+        """The catalog and the pulled environments, each with its installed state;
+        pulled ones also with ``layer_disks``, ``layers_bytes``, ``shared_layers``,
+        ``shared_bytes`` and ``shared_with`` (environments sharing its layer disks)."""
+        environments = self._vms.environments
+        return environments.describe(environments.list())
 
     def pull_environment(
         self,

@@ -97,26 +97,27 @@ def entry(
     return info
 
 
+def first_layer() -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The layer ``layered_image`` puts over busybox first (the same bytes each time)."""
+    directory = tarfile.DIRTYPE
+    return [
+        (entry("opt", directory, mode=0o755), b""),
+        (entry("opt/keep.txt"), b"keep\n"),
+        (entry("opt/gone.txt"), b"gone\n"),
+        (entry("opt/becomes_file", directory, mode=0o755), b""),
+        (entry("opt/becomes_file/inner.txt"), b"inner\n"),
+        (entry("etc/opaque", directory, mode=0o755), b""),
+        (entry("etc/opaque/lower.txt"), b"lower\n"),
+    ]
+
+
 def layered_image(layout: Path, base: str) -> str:
     """The busybox image tagged ``base`` plus two layers: the second deletes and
     replaces what the first made (a whiteout, an opaque directory, a directory
     become a file) and adds a hard link, a symlink out of the root, a setuid
     binary and a file with a capability."""
     umoci("tag", "--image", f"{layout}:{base}", "layered")
-    directory = tarfile.DIRTYPE
-    add_layer(
-        layout,
-        "layered",
-        [
-            (entry("opt", directory, mode=0o755), b""),
-            (entry("opt/keep.txt"), b"keep\n"),
-            (entry("opt/gone.txt"), b"gone\n"),
-            (entry("opt/becomes_file", directory, mode=0o755), b""),
-            (entry("opt/becomes_file/inner.txt"), b"inner\n"),
-            (entry("etc/opaque", directory, mode=0o755), b""),
-            (entry("etc/opaque/lower.txt"), b"lower\n"),
-        ],
-    )
+    add_layer(layout, "layered", first_layer())
     add_layer(
         layout,
         "layered",

@@ -139,7 +139,27 @@ def test_layers_delete_replace_and_keep_owners_links_setuid_and_capabilities(
     assert any("1 of 3 layers already on disk, shared" in line for line in lines), lines
     chain = installed["manifest"]["chain"]
     base_chain = sdk.inspect_environment("base:1")["manifest"]["chain"]
-    assert chain[: len(base_chain)] == base_chain and len(chain) == len(base_chain) + 1
+    assert chain[: len(base_chain)] == base_chain and len(chain) == len(base_chain) + 2
+
+    # A sibling: the same first two layers, another third. Neither image holds
+    # the other, yet the two lower layer disks are shared (a disk per layer).
+    images_helper.umoci("tag", "--image", f"{layout}:base", "sibling")
+    images_helper.add_layer(layout, "sibling", images_helper.first_layer())
+    images_helper.add_layer(layout, "sibling", [(images_helper.entry("opt/other"), b"other\n")])
+    lines.clear()
+    sibling = sdk.pull_environment(f"oci:{layout}:sibling", name="sibling:1")
+    assert any("2 of 3 layers already on disk, shared" in line for line in lines), lines
+    assert sibling["manifest"]["chain"][:2] == chain[:2]
+    listed = {e["name"]: e for e in sdk.list_environments()}
+    assert listed["sibling:1"]["shared_layers"] == 2
+    assert listed["sibling:1"]["shared_with"] == ["base:1", "layered:1"]
+    assert listed["layered:1"]["layer_disks"][2]["shared_with"] == []
+    assert listed["base:1"]["layer_disks"][0]["shared_with"] == ["layered:1", "sibling:1"]
+    env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(image_cache))
+    table = pyro_cli(env, "env", "list").stdout
+    assert "SHARED" in table and "with base:1, layered:1" in table, table
+    shown = pyro_cli(env, "env", "inspect", "sibling:1").stdout
+    assert "shared with base:1, layered:1" in shown, shown
 
     script = (
         "cat /opt/keep.txt /opt/hard /opt/becomes_file; ls /etc/opaque; ls /opt; "
@@ -401,7 +421,9 @@ def test_images_that_cannot_be_installed_are_refused_before_any_guest(
     for name in ("arm:1", "climb:1", "big:1"):
         with pytest.raises(NotFound):
             sdk.inspect_environment(name)
-    assert not list((image_cache / "layers").rglob(".partial-*"))
+    assert not [
+        d for d in (image_cache / "layers").rglob("*.qcow2") if not d.with_suffix(".json").exists()
+    ]
 
 
 def test_byte_counts_are_a_live_line_on_a_terminal_and_sparse_lines_elsewhere(
@@ -540,10 +562,9 @@ def test_a_killed_pull_and_two_pulls_at_once_leave_one_whole_environment(
         sdk.inspect_environment("slow:1")
     with pytest.raises(NotFound):
         sdk.create_workspace(environment="slow:1")
-    left = list((image_cache / "layers").glob("*/.partial-*")) + list(
-        (image_cache / "layers").glob("*/.unpacked-*")
-    )
-    assert left  # what the killed pull was writing
+    layers = image_cache / "layers"
+    unrecorded = [d for d in layers.glob("*/*.qcow2") if not d.with_suffix(".json").exists()]
+    assert unrecorded  # what the killed pull was writing
 
     # Two pulls of it at once: one builds, the other waits and shares; the leftovers go.
     both = [
@@ -562,6 +583,7 @@ def test_a_killed_pull_and_two_pulls_at_once_leave_one_whole_environment(
         assert json.loads(out)["installed"]
     assert sum("already on disk" in err for _, err in results) == 1, results
     assert any("an interrupted pull left" in err for _, err in results)
-    assert not any(path.exists() for path in left)
+    assert all(d.with_suffix(".json").exists() for d in layers.glob("*/*.qcow2"))
+    assert not list(layers.glob("*/.unpacked-*"))
     ran = sdk.run_in_vm("slow:1", "stat -c %s /opt/zeros", timeout_seconds=60)
     assert ran["stdout"] == f"{len(zeros)}\n"

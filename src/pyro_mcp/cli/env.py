@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pyro_mcp.cli.render import human_bytes, print_json, progress_printer, table
@@ -116,13 +117,23 @@ def handle_list(args: argparse.Namespace) -> int:
         [
             env["name"],
             "installed" if env["installed"] else ("broken" if env["problem"] else "not installed"),
-            human_bytes(env["size_bytes"]) if env["installed"] else "-",
+            human_bytes(env["size_bytes"] + env.get("layers_bytes", 0))
+            if env["installed"]
+            else "-",
+            _shared(env),
             env["description"],
         ]
         for env in environments
     ]
-    print(table(rows, ["NAME", "STATE", "SIZE", "DESCRIPTION"]))
+    print(table(rows, ["NAME", "STATE", "SIZE", "SHARED", "DESCRIPTION"]))
     return 0
+
+
+def _shared(env: dict[str, Any]) -> str:
+    """What of an environment's layers other environments use too."""
+    if not env.get("shared_layers"):
+        return "-"
+    return f"{human_bytes(env['shared_bytes'])} with {', '.join(env['shared_with'])}"
 
 
 def handle_pull(args: argparse.Namespace) -> int:
@@ -174,7 +185,13 @@ def handle_inspect(args: argparse.Namespace) -> int:
         settings = image.get("settings") or {}
         print(f"  source      {image.get('reference')}")
         print(f"  digest      {image.get('manifest_digest')}")
-        print(f"  layers      {len(image.get('layers') or [])}")
+        count, size = len(image.get("layers") or []), human_bytes(info.get("layers_bytes", 0))
+        print(f"  layers      {count}, {size} on disk")
+        for layer in info.get("layer_disks") or []:
+            sharing = (
+                f", shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
+            )
+            print(f"    {Path(layer['disk']).stem[:12]}  {human_bytes(layer['bytes'])}{sharing}")
         print(f"  user        {settings.get('user') or 'root'}")
         print(f"  workdir     {settings.get('working_dir') or '-'}")
         print(f"  entrypoint  {settings.get('entrypoint') or '-'} (not run)")

@@ -133,6 +133,35 @@ class EnvironmentCache:
             name, spec.description, problem is None, problem, build_dir, manifest
         )
 
+    def describe(self, statuses: Sequence[EnvironmentStatus]) -> list[dict[str, Any]]:
+        """``statuses`` as dicts; those with layer disks (pulled ones) also say
+        how many layers they have, the bytes those take, and which layers other
+        installed environments share (the disks exist once)."""
+        chains = {
+            status.name: [str(Path(path).resolve()) for path in chain]
+            for status in self.list()
+            if status.manifest and (chain := status.manifest.get("chain"))
+        }
+        described = []
+        for status in statuses:
+            info = status.to_dict()
+            chain = chains.get(status.name)
+            if chain:
+                layers: list[dict[str, Any]] = []
+                for disk in chain:
+                    others = sorted(n for n, c in chains.items() if n != status.name and disk in c)
+                    layers.append(
+                        {"disk": disk, "bytes": used_bytes_file(Path(disk)), "shared_with": others}
+                    )
+                shared = [layer for layer in layers if layer["shared_with"]]
+                info["layer_disks"] = layers
+                info["layers_bytes"] = sum(layer["bytes"] for layer in layers)
+                info["shared_layers"] = len(shared)
+                info["shared_bytes"] = sum(layer["bytes"] for layer in shared)
+                info["shared_with"] = sorted({n for layer in shared for n in layer["shared_with"]})
+            described.append(info)
+        return described
+
     def list(self) -> list[EnvironmentStatus]:
         return [self.status(name) for name in [*CATALOG, *self.image_names()]]
 
@@ -149,7 +178,7 @@ class EnvironmentCache:
 
     def inspect(self, name: str) -> dict[str, Any]:
         status = self.status(name)
-        info = status.to_dict()
+        info = self.describe([status])[0]
         if name in CATALOG:
             spec = get_spec(name)
             info["catalog_packages"] = list(spec.packages)

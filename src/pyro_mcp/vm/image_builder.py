@@ -46,39 +46,54 @@ def build_disk(
     initrd: Path,
     runtime: Path,
     base: Path,
-    target: Path,
+    targets: list[Path],
     unpacked: Path,
     layers: list[images.Layer],
     progress: images.Progress,
 ) -> None:
-    """Write ``target`` (a new qcow2 over ``base``) with ``layers`` applied
-    (their plain tars, named by digest, are in ``unpacked``).
+    """Write ``targets``, one new qcow2 per layer, each over the one before (the
+    first over ``base``), with ``layers`` applied: target N holds the image up
+    to layer N and nothing more, so an image sharing that prefix can start from
+    it. Their plain tars, named by digest, are in ``unpacked``.
+
+    One guest applies them all: after each layer it freezes its disk and QEMU
+    moves the drive onto the next target (the disk split a fork uses).
 
     Raises:
         ImageError: a layer could not be applied (the guest's tar output says why).
         VMError: the building guest did not start.
     """
+    made: list[Path] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="pyro-layers-", dir=target.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix="pyro-layers-", dir=targets[0].parent) as tmp:
             blobs = images.blobs_image(unpacked, layers, Path(tmp))
-            disks.create_overlay(base, target)
+            disks.create_overlay(base, targets[0])
+            made.append(targets[0])
             progress(f"phase=layers booting a guest to apply {len(layers)} layer(s)")
             with _builder_guest(
-                vms_dir, accel_name, kernel, initrd, runtime, target, blobs
+                vms_dir, accel_name, kernel, initrd, runtime, targets[0], blobs
             ) as client:
-                for number, layer in enumerate(layers, 1):
+                for number, (layer, target) in enumerate(zip(layers, targets, strict=True), 1):
+                    if made[-1] != target:
+                        guest.freeze(client, True)
+                        disks.create_overlay(made[-1], target)
+                        client.call("split", {"splits": [[str(made[-1]), str(target)]]})
+                        made.append(target)
+                        guest.freeze(client, False)
                     progress(
                         f"phase=layers applying {number}/{len(layers)} {layer.digest[:19]} "
                         f"({layer.unpacked_bytes // 2**20} MiB)"
                     )
                     _apply(client, layer)
     except PyroError as exc:
-        target.unlink(missing_ok=True)
+        for target in made:
+            target.unlink(missing_ok=True)
         if isinstance(exc, images.ImageError | VMError):
             raise
         raise images.ImageError(f"applying the image's layers failed: {exc}") from exc
     except BaseException:
-        target.unlink(missing_ok=True)
+        for target in made:
+            target.unlink(missing_ok=True)
         raise
 
 
@@ -174,14 +189,14 @@ def pull_image(
         store,
         disk_size_mib,
         image.layers,
-        lambda base, target, todo, unpacked: build_disk(
+        lambda base, targets, todo, unpacked: build_disk(
             vms_dir=vms_dir,
             accel_name=accel_name,
             kernel=kernel.vmlinuz,
             initrd=initrd,
             runtime=runtime_image,
             base=base,
-            target=target,
+            targets=targets,
             unpacked=unpacked,
             layers=todo,
             progress=progress,
@@ -223,14 +238,17 @@ def _build_chain(
     store: images.ImageStore,
     size_mib: int,
     layers: list[images.Layer],
-    build: Callable[[Path, Path, list[images.Layer], Path], None],
+    build: Callable[[Path, list[Path], list[images.Layer], Path], None],
     check_room: Callable[[int], None],
     progress: images.Progress,
 ) -> list[Path]:
-    """The layer disks from the bottom up, the last one holding every layer.
+    """The layer disks from the bottom up, one per layer, the last holding them all.
 
-    The longest prefix already built is reused; only the layers after it are
-    checked (``ImageStore.examine``) and applied, on a disk over that prefix's.
+    Each disk is named by its layer's chain ID, so any image with the same
+    layers below shares it. The longest prefix already built is reused; only
+    the layers after it are checked (``ImageStore.examine``) and applied. A
+    disk counts once its record (``.json``: parent, unpacked bytes) is written,
+    which happens bottom up after the whole build succeeded.
     """
     layers_dir = store.layers_dir
     base = images.empty_base(layers_dir, size_mib)
@@ -240,7 +258,7 @@ def _build_chain(
         _sweep(folder, progress)
         done = 0
         for index in range(len(layers), 0, -1):
-            if images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id).is_file():
+            if _built(images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id)):
                 done = index
                 break
         final = images.chain_disk(layers_dir, size_mib, layers[-1].chain_id)
@@ -253,28 +271,38 @@ def _build_chain(
             below_bytes = _record(below).get("unpacked_bytes", 0)
             progress(f"phase=layers {done} of {len(layers)} layers already on disk, shared")
         todo = layers[done:]
+        targets = [images.chain_disk(layers_dir, size_mib, layer.chain_id) for layer in todo]
         with tempfile.TemporaryDirectory(prefix=".unpacked-", dir=folder) as tmp:
             for number, layer in enumerate(todo, done + 1):
                 progress(f"phase=check layer {number}/{len(layers)} {layer.digest[:19]}")
                 store.examine(layer, Path(tmp) / layer.hex)
                 check_room(below_bytes + sum(item.unpacked_bytes for item in todo))
-            partial = final.with_name(f".partial-{uuid.uuid4().hex[:8]}.qcow2")
-            build(below, partial, todo, Path(tmp))
-        os.chmod(partial, 0o444)
-        total = below_bytes + sum(layer.unpacked_bytes for layer in todo)
-        final.with_suffix(".json").write_text(
-            json.dumps({"parent": str(below) if done else None, "unpacked_bytes": total})
-        )
-        os.replace(partial, final)
+            build(below, targets, todo, Path(tmp))
+        parent, total = (below if done else None), below_bytes
+        for layer, disk in zip(todo, targets, strict=True):
+            os.chmod(disk, 0o444)
+            total += layer.unpacked_bytes
+            record = disk.with_name(f".{disk.stem}.json.tmp")
+            record.write_text(
+                json.dumps({"parent": str(parent) if parent else None, "unpacked_bytes": total})
+            )
+            os.replace(record, disk.with_suffix(".json"))
+            parent = disk
         return _chain_of(final)
+
+
+def _built(disk: Path) -> bool:
+    return disk.is_file() and disk.with_suffix(".json").is_file()
 
 
 def _sweep(folder: Path, progress: images.Progress) -> None:
     """Remove what a killed build left in ``folder`` (called under its build lock,
-    so no live build owns any of it): a half-written disk, unpacked layers, the
-    building guest's blob image."""
+    so no live build owns any of it): layer disks without their record,
+    unpacked layers, the building guest's blob image."""
     leftovers = [
-        *folder.glob(".partial-*.qcow2"),
+        *(disk for disk in folder.glob("*.qcow2") if not _built(disk)),
+        *folder.glob(".*.qcow2"),
+        *folder.glob(".*.json.tmp"),
         *folder.glob(".unpacked-*"),
         *folder.glob("pyro-layers-*"),
     ]

@@ -631,6 +631,12 @@ class Supervisor:
         async def drives(args: dict[str, Any]) -> dict[str, Any]:
             return await self.drives()
 
+        async def split(args: dict[str, Any]) -> dict[str, Any]:
+            # Each drive moves onto its new top now (the caller froze what writes to it).
+            actions = await self._switch_actions(list(args["splits"]))
+            await self.monitor.call("transaction", {"actions": actions})
+            return await self.drives()
+
         async def egress_reload(args: dict[str, Any]) -> dict[str, Any]:
             return self.reload_egress()
 
@@ -650,6 +656,7 @@ class Supervisor:
             "suspend": suspend,
             "fork_save": fork_save,
             "drives": drives,
+            "split": split,
             "egress_reload": egress_reload,
             "save_template": save_template,
             "shutdown": shutdown,
