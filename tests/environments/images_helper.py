@@ -149,9 +149,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def outward_address() -> str:
+    """This host's first IPv4 address that is not loopback."""
+    found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True)
+    addresses = [a for a in found.stdout.split() if "." in a and not a.startswith("127.")]
+    assert addresses, "the tests need an IPv4 address besides loopback (hostname -I)"
+    return addresses[0]
+
+
 @contextlib.contextmanager
-def loopback_registry(work: Path, *, password: str | None = None) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1 (plain HTTP), stopped afterwards;
+def loopback_registry(
+    work: Path, *, password: str | None = None, address: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Debian's docker-registry on ``address`` (plain HTTP), stopped afterwards;
     with ``password``, it lets in only the user ``pyro`` with that password."""
     port = free_port()
     config = work / f"registry-{port}.yml"
@@ -168,7 +178,7 @@ def loopback_registry(work: Path, *, password: str | None = None) -> Iterator[st
         "version: 0.1\n"
         "log:\n  level: error\n"
         f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry-data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
+        f"http:\n  addr: {address}:{port}\n" + auth
     )
     process = subprocess.Popen(
         ["docker-registry", "serve", str(config)],
@@ -178,12 +188,12 @@ def loopback_registry(work: Path, *, password: str | None = None) -> Iterator[st
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            with contextlib.suppress(OSError), socket.create_connection((address, port), 1):
                 break
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("docker-registry did not start")
             time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield f"{address}:{port}"
     finally:
         process.terminate()
         process.wait(10)

@@ -201,6 +201,10 @@ def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
         images_helper.push(reference, f"docker://{registry}/team/bb:7")
         info = sdk.pull_environment(f"{registry}/team/bb:7")
         assert info["name"] == "bb:7" and info["installed"]
+        # Each layer is reported once whole, with its size.
+        done = [line for line in lines if line.startswith("phase=fetch layer ")]
+        assert len(done) == 1 and done[0].endswith(" MiB done"), lines
+        assert done[0].startswith("phase=fetch layer 1/1 sha256:"), done
         # The same layers again (from a docker save archive): nothing new to fetch or apply.
         lines.clear()
         again = sdk.pull_environment(f"docker-archive:{archive}", name="saved:1")
@@ -418,6 +422,13 @@ def test_images_that_cannot_be_installed_are_refused_before_any_guest(
         info = sdk.pull_environment(f"{registry}/team/private:1")
         assert info["installed"] and "s3cret" not in json.dumps(info)
         assert token not in json.dumps(info)
+    # Plain HTTP off loopback: refused unless the flag names it.
+    address = images_helper.outward_address()
+    with images_helper.loopback_registry(tmp_path, address=address) as registry:
+        images_helper.push(f"oci:{layout}:arm64-free", f"docker://{registry}/team/plain:1")
+        with pytest.raises(images.ImageError, match="--insecure-registry"):
+            sdk.pull_environment(f"{registry}/team/plain:1")
+        assert sdk.pull_environment(f"{registry}/team/plain:1", insecure_registry=True)["installed"]
     for name in ("arm:1", "climb:1", "big:1"):
         with pytest.raises(NotFound):
             sdk.inspect_environment(name)
@@ -587,3 +598,40 @@ def test_a_killed_pull_and_two_pulls_at_once_leave_one_whole_environment(
     assert not list(layers.glob("*/.unpacked-*"))
     ran = sdk.run_in_vm("slow:1", "stat -c %s /opt/zeros", timeout_seconds=60)
     assert ran["stdout"] == f"{len(zeros)}\n"
+
+
+def test_a_full_disk_is_named_and_the_next_pull_with_room_finishes(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The cache on a 48 MiB tmpfs, an image of 30 MiB of noise: the pull fails
+    saying the disk is full and how to make room, nothing is installed; with
+    room made, the same pull finishes."""
+    layout = tmp_path / "layout"
+    reference = images_helper.busybox_image(layout, "noise")
+    noise = os.urandom(30 * 2**20)  # does not compress
+    images_helper.add_layer(layout, "noise", [(images_helper.entry("opt/noise"), noise)])
+    cache = tmp_path / "small"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", cache], check=True)
+    state = tmp_path / "state"
+    try:
+        for shared in ("kernels", "runtime"):
+            (cache_dir / shared).mkdir(parents=True, exist_ok=True)
+            (cache / shared).symlink_to(cache_dir / shared)
+        pyro = Pyro(state_dir=state, cache_dir=cache, progress=lambda _: None)
+        with pytest.raises(images.ImageError, match="is full") as full:
+            pyro.pull_environment(reference, name="noise:1")
+        assert "pyro env prune" in str(full.value) and "PYRO_CACHE_DIR" in str(full.value)
+        with pytest.raises(NotFound):
+            pyro.inspect_environment("noise:1")
+        layers = cache / "layers"
+        assert not [d for d in layers.rglob("*.qcow2") if not d.with_suffix(".json").exists()]
+        assert not list(layers.glob("*/.unpacked-*"))
+
+        subprocess.run(["mount", "-o", "remount,size=400m", cache], check=True)
+        assert pyro.pull_environment(reference, name="noise:1")["installed"]
+        ran = pyro.run_in_vm("noise:1", "stat -c %s /opt/noise", timeout_seconds=60)
+        assert ran["stdout"] == f"{len(noise)}\n"
+    finally:
+        assert leaked_processes(state) == []
+        subprocess.run(["umount", "-l", cache], check=True)

@@ -25,12 +25,14 @@ makes before it extracts the layer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -196,9 +198,9 @@ class ImageStore:
             command.append(f"--src-tls-verify={'false' if plain else 'true'}")
         command += [reference.source, f"oci:{self.layout}:{tag}"]
         progress(f"phase=fetch {reference.text}")
-        total = self._missing_bytes(reference, insecure)
+        missing = self._missing_layers(reference, insecure)
         with self.locked():
-            done = self._copy_with_progress(command, total, progress)
+            done = self._copy_with_progress(command, missing, progress)
             if done.returncode != 0:
                 raise self._fetch_error(reference, done.stderr, insecure)
             try:
@@ -206,8 +208,9 @@ class ImageStore:
             finally:
                 self._untag(tag)
 
-    def _missing_bytes(self, reference: Reference, insecure: bool) -> int | None:
-        """The compressed size of the image's layers not in the cache yet (None: unknown)."""
+    def _missing_layers(self, reference: Reference, insecure: bool) -> list[tuple[str, int]] | None:
+        """The image's layers not in the cache yet, as (digest, compressed size),
+        in the manifest's order (None: unknown)."""
         flags = ["--command-timeout", "60s", "inspect", "--raw"]
         if reference.registry is not None:
             plain = insecure or bool(LOOPBACK.match(reference.registry))
@@ -231,8 +234,19 @@ class ImageStore:
             layers = manifest.get("layers")
             if not isinstance(layers, list):
                 return None
-            return sum(int(layer.get("size", 0)) for layer in layers if not self._has(layer))
-        except (subprocess.TimeoutExpired, ValueError, AttributeError, TypeError, StopIteration):
+            return [
+                (str(layer["digest"]), int(layer.get("size", 0)))
+                for layer in layers
+                if not self._has(layer)
+            ]
+        except (
+            subprocess.TimeoutExpired,
+            ValueError,
+            AttributeError,
+            TypeError,
+            KeyError,
+            StopIteration,
+        ):
             return None
 
     def _has(self, layer: dict[str, Any]) -> bool:
@@ -240,10 +254,29 @@ class ImageStore:
         return bool(_DIGEST.match(digest)) and self.blob(digest).exists()
 
     def _copy_with_progress(
-        self, command: list[str], total: int | None, progress: Progress
+        self, command: list[str], missing: list[tuple[str, int]] | None, progress: Progress
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``skopeo copy``, reporting the bytes written into the layout each second."""
+        """Run ``skopeo copy``, reporting each second the bytes written into the
+        layout of the total to fetch, and each layer once it is whole."""
         start = _layout_bytes(self.layout)
+        layers = missing or []
+        total = sum(size for _, size in layers)
+        finished: set[str] = set()
+
+        def report_layers() -> None:
+            for number, (digest, size) in enumerate(layers, 1):
+                if (
+                    digest in finished
+                    or not _DIGEST.match(digest)
+                    or not self.blob(digest).exists()
+                ):
+                    continue
+                finished.add(digest)
+                progress(
+                    f"phase=fetch layer {number}/{len(layers)} {digest[:19]} "
+                    f"{size / 2**20:.1f} MiB done"
+                )
+
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             process = host_tools.popen(
                 SKOPEO, command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True
@@ -259,11 +292,15 @@ class ImageStore:
                         process.kill()
                         process.wait()
                         raise ImageError("fetching took longer than an hour") from None
+                report_layers()
                 fetched = max(0, _layout_bytes(self.layout) - start)
                 if fetched != shown:
                     shown = fetched
                     of = f" of {total / 2**20:.1f}" if total else ""
-                    progress(f"phase=fetch {fetched / 2**20:.1f}{of} MiB")
+                    count = f"layers {len(finished)} of {len(layers)} done, " if layers else ""
+                    progress(f"phase=fetch {count}{fetched / 2**20:.1f}{of} MiB")
+            if process.returncode == 0:
+                report_layers()
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
@@ -289,6 +326,8 @@ class ImageStore:
                 f"{reference.registry} speaks plain HTTP; pyro allows that only on a loopback "
                 "address or with --insecure-registry"
             )
+        if "no space left on device" in lowered:
+            return disk_full(self.layout)
         if "manifest unknown" in lowered or "not found" in lowered or "no such file" in lowered:
             return ImageError(f"{reference.text} was not found: {detail}")
         if "connection refused" in lowered or "no such host" in lowered or "timeout" in lowered:
@@ -406,7 +445,11 @@ class ImageStore:
             with tarfile.open(unpacked_path, "r:") as tar:
                 for member in tar:
                     self._note(layer, member)
-        except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise disk_full(unpacked_path.parent) from exc
+            raise ImageError(f"layer {layer.digest[:19]} could not be read: {exc}") from exc
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
             raise ImageError(f"layer {layer.digest[:19]} is not a readable tar: {exc}") from exc
         layer.unpacked_bytes = total
 
@@ -511,6 +554,29 @@ def image_settings(config: dict[str, Any]) -> dict[str, Any]:
         "cmd": inner.get("Cmd") or None,
         "labels": inner.get("Labels") or {},
     }
+
+
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def disk_full(path: Path) -> ImageError:
+    """The error for a pull that ran out of room where it writes (``path``)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        free = 0
+    return ImageError(
+        f"the disk holding {path} is full ({free // 2**20} MiB free): nothing was installed. "
+        "Free space there (`pyro env prune` removes layers and blobs no environment uses), "
+        "or point PYRO_CACHE_DIR at a larger disk, and pull again"
+    )
+
+
+def low_on_space(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 def empty_base(layers_dir: Path, size_mib: int) -> Path:

@@ -12,6 +12,7 @@ stops it. Nothing on the host runs as root and nothing of the image runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import json
@@ -168,6 +169,40 @@ def pull_image(
     if not 256 <= disk_size_mib <= 262_144:
         raise InvalidArgument("disk_size_mib", "must be from 256 to 262144 MiB")
     store = images.ImageStore(cache.cache_dir)
+    try:
+        return _pull(
+            cache,
+            store,
+            ref,
+            env_name,
+            vms_dir,
+            accel_name,
+            insecure_registry,
+            disk_size_mib,
+            progress,
+            curated,
+        )
+    except (PyroError, OSError) as exc:
+        # Whatever failed first (skopeo, gunzip, the guest's writes, the install),
+        # a full disk is the cause to name.
+        if images.low_on_space(cache.cache_dir) or getattr(exc, "errno", None) == errno.ENOSPC:
+            raise images.disk_full(cache.cache_dir) from exc
+        raise
+
+
+def _pull(
+    cache: EnvironmentCache,
+    store: images.ImageStore,
+    ref: images.Reference,
+    env_name: str,
+    vms_dir: Path,
+    accel_name: str,
+    insecure_registry: bool,
+    disk_size_mib: int,
+    progress: images.Progress,
+    curated: bool,
+) -> InstalledEnvironment:
+    reference = ref.text
     image = store.fetch(ref, progress, insecure=insecure_registry)
     if not image.layers:
         raise images.ImageError(f"{reference} has no layers")
