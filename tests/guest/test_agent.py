@@ -177,10 +177,23 @@ def test_a_plain_shell_command_runs_without_the_shell_and_anything_else_keeps_it
 
 
 def test_ssh_reaches_the_egress_helper_without_the_image_s_python(tmp_path: Path) -> None:
-    runtime = tmp_path / "runtime"
-    (runtime / "usr").mkdir(parents=True)
-    assert network.connect_command(str(runtime), "/usr/bin/python3") == network.CONNECT_HELPER
-    command = network.connect_command(str(runtime), str(tmp_path / "no-python"))
-    assert command.startswith(f"{runtime}/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ")
-    assert command.endswith(f"python3.11 -E -s {network.CONNECT_HELPER}")
-    assert network.connect_command(str(tmp_path / "none"), "/nope") == network.CONNECT_HELPER
+    rt = "/run/pyro/runtime"
+    agent = [
+        f"{rt}/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "--library-path",
+        f"{rt}/lib/x86_64-linux-gnu:{rt}/usr/lib/x86_64-linux-gnu",
+        f"{rt}/usr/bin/python3.11",
+        "-E",
+        "-s",
+        "-u",
+        "/run/pyro/agent.py",
+    ]
+    assert network.connect_command(agent, "/usr/bin/python3") == network.CONNECT_HELPER
+    command = network.connect_command(agent, str(tmp_path / "no-python"))
+    assert command == " ".join([*agent[:6], network.CONNECT_HELPER])
+    # An agent started on the image's own Python: the helper's #! line.
+    plain = ["/usr/bin/python3", "-u", "/run/pyro/agent.py"]
+    assert network.connect_command(plain, "/nope") == network.CONNECT_HELPER
+    # The command init.sh really runs is the one the test spells.
+    init = (Path(network.__file__).parent / "init.sh").read_text()
+    assert "rt=/run/pyro/runtime" in init and '"$rt/usr/bin/python3.11" -E -s -u' in init

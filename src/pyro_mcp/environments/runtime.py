@@ -53,10 +53,9 @@ PACKAGES = (
     "libzstd1",
     "dash",
 )
-MOUNT_POINT = "/run/pyro/runtime"
-LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-LIBRARY_PATH = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
-PYTHON = "usr/bin/python3.11"
+# Where the guest mounts this drive and how it starts the agent from it (the
+# loader, library path and interpreter) is spelled once, in guest/init.sh; the
+# agent reuses its own command line for helpers (guest/network.connect_command).
 
 
 def ensure_runtime(cache_dir: Path, progress: builder.Progress) -> Path:

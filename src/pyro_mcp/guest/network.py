@@ -119,19 +119,24 @@ while True:
 """
 
 
-RUNTIME = "/run/pyro/runtime"
-
-
-def connect_command(runtime: str = RUNTIME, image_python: str = "/usr/bin/python3") -> str:
+def connect_command(
+    agent_argv: list[str] | None = None, image_python: str = "/usr/bin/python3"
+) -> str:
     """How ssh starts the CONNECT helper: by its ``#!/usr/bin/python3`` line, or in
-    an image without that Python through the runtime drive's own loader and
-    interpreter (see ``environments/runtime.py``)."""
-    if os.path.exists(image_python) or not os.path.isdir(os.path.join(runtime, "usr")):
+    an image without that Python the way init started this agent: the runtime
+    drive's loader, library path and interpreter (``init.sh`` spells them once;
+    ``agent_argv`` defaults to this process's own command line)."""
+    if agent_argv is None:
+        try:
+            with open("/proc/self/cmdline", "rb") as handle:
+                agent_argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            agent_argv = []
+    through_loader = bool(agent_argv) and agent_argv[0].endswith("/ld-linux-x86-64.so.2")
+    if os.path.exists(image_python) or not through_loader or len(agent_argv) < 4:
         return CONNECT_HELPER
-    loader = os.path.join(runtime, "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
-    libraries = f"{runtime}/lib/x86_64-linux-gnu:{runtime}/usr/lib/x86_64-linux-gnu"
-    python = os.path.join(runtime, "usr/bin/python3.11")
-    return f"{loader} --library-path {libraries} {python} -E -s {CONNECT_HELPER}"
+    loader, flag, libraries, python = agent_argv[:4]
+    return f"{loader} {flag} {libraries} {python} -E -s {CONNECT_HELPER}"
 
 
 def op_egress(args: dict[str, Any]) -> dict[str, Any]:
