@@ -22,10 +22,12 @@ from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments import images
 from pyro_mcp.environments.catalog import CATALOG
-from pyro_mcp.errors import PyroError
+from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.hosts import service as host_service
 from pyro_mcp.hosts.server_command import ServerOptions
+from pyro_mcp.vm import env_build
 from pyro_mcp.vm.service import VmService
+from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces.secrets import Redactor, SecretSpec
 from pyro_mcp.workspaces.service import WorkspaceService
 
@@ -751,6 +753,68 @@ class Pyro:
                 "(PYRO_ENVIRONMENT_REGISTRY names no registry to pull it from)"
             )
         environments.pull(name, self._progress, force=force)
+
+    def build_environment(
+        self,
+        name: str,
+        *,
+        file: str | Path | None = None,
+        context: str | Path = ".",
+        build_args: Mapping[str, str] | None = None,
+        allow_hosts: Sequence[str] = (),
+        allow_package_index: bool = False,
+        no_cache: bool = False,
+        step_timeout_seconds: int = env_build.STEP_TIMEOUT_SECONDS,
+    ) -> dict[str, Any]:
+        """Build environment ``name`` from a Dockerfile (``file``, default
+        ``CONTEXT/Dockerfile``) inside a guest; ``COPY``/``ADD`` read from
+        ``context`` (``.dockerignore`` honoured, nothing outside it).
+
+        ``FROM`` names any installed environment or any reference
+        ``pull_environment`` takes (pulled first). ``RUN`` steps run in the
+        guest; they reach the network only through the egress proxy, and only
+        the hosts in ``allow_hosts`` (and the package index with
+        ``allow_package_index``); with neither, no network. Each step's result
+        is cached by its parent, instruction and inputs: a rebuild runs from
+        the first step that changed (``no_cache``: all). A step running longer
+        than ``step_timeout_seconds`` is stopped with its guest. Nothing is
+        installed unless every step succeeds.
+
+        Returns:
+            The environment inspection, with ``seconds``.
+        """
+        started = time.monotonic()
+        context_path = Path(context).expanduser()
+        file_path = Path(file).expanduser() if file else context_path / "Dockerfile"
+        if not file_path.is_file():
+            raise InvalidArgument("file", f"{file_path} is not a file; name it with --file")
+        egress = None
+        if allow_hosts or allow_package_index:
+            policy = workspace_egress.build_policy(
+                network=True,
+                allow_hosts=list(allow_hosts),
+                allow_package_index=allow_package_index,
+                deny_hosts=(),
+                allow_private_egress=False,
+                allow_host_services=False,
+                secret_hosts={},
+                secret_names=[],
+            )
+            assert policy is not None
+            egress = egress_config.EgressConfig(policy=policy)
+        installed = self._vms.build_environment(
+            name,
+            file=file_path,
+            context=context_path,
+            build_args=dict(build_args or {}),
+            egress=egress,
+            no_cache=no_cache,
+            step_timeout_seconds=step_timeout_seconds,
+            progress=self._progress,
+        )
+        info = self._vms.environments.inspect(installed.name)
+        info["seconds"] = round(time.monotonic() - started, 1)
+        return info
 
     def push_environment(
         self, name: str, reference: str, *, insecure_registry: bool = False

@@ -1,4 +1,4 @@
-"""``pyro env list|pull|push|inspect|prune``."""
+"""``pyro env list|pull|build|push|inspect|prune``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ examples:
   pyro env pull debian:12          build it (about a minute), or verify and repair it
   pyro env pull debian:12 --force  rebuild from scratch
   pyro env pull registry.example.org/team/node:22   any OCI image, no root needed
+  pyro env build app:1 --file Dockerfile . --allow-package-index
   pyro env push node:22 oci-archive:./node-22.tar
   pyro env inspect debian:12 --json
   pyro env prune                   drop interrupted/superseded builds and download caches
@@ -72,6 +73,55 @@ def register(commands: Any) -> None:
     )
     pull.add_argument("--json", action="store_true")
     pull.set_defaults(handler=handle_pull)
+
+    build = sub.add_parser(
+        "build",
+        help="build an environment from a Dockerfile, inside a guest",
+        description=(
+            "Build NAME from a Dockerfile inside a pyro guest: FROM (an installed "
+            "environment or any REF `env pull` takes), RUN, COPY and ADD of files from "
+            "CONTEXT (.dockerignore honoured), ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, "
+            "ENTRYPOINT and CMD (recorded, not run). RUN steps have no network unless "
+            "--allow-host or --allow-package-index let them out through the egress "
+            "proxy. Each step is cached: a rebuild runs from the first step that changed."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pyro env build app:1                      ./Dockerfile, context .\n"
+            "  pyro env build app:1 --file ci/Dockerfile ./service --build-arg VERSION=2\n"
+            "  pyro env build tools:1 --allow-host mirror.example.org --allow-package-index\n"
+            "  pyro env build app:1 --no-cache --step-timeout 600 --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("name")
+    build.add_argument("context", nargs="?", default=".", metavar="CONTEXT")
+    build.add_argument("--file", "-f", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    build.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host RUN steps may reach (name, *.name, either with :port); repeatable",
+    )
+    build.add_argument(
+        "--allow-package-index",
+        action="store_true",
+        help="let RUN steps reach this host's package index settings (pip, npm)",
+    )
+    build.add_argument(
+        "--build-arg", action="append", default=[], metavar="K=V", help="set an ARG; repeatable"
+    )
+    build.add_argument("--no-cache", action="store_true", help="run every step again")
+    build.add_argument(
+        "--step-timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="stop a step (and its guest) after this long (default 1800)",
+    )
+    build.add_argument("--json", action="store_true")
+    build.set_defaults(handler=handle_build)
 
     push = sub.add_parser(
         "push",
@@ -152,6 +202,34 @@ def handle_pull(args: argparse.Namespace) -> int:
             f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, "
             f"kernel {info['kernel']}{origin}) at {info['path']}"
         )
+    return 0
+
+
+def handle_build(args: argparse.Namespace) -> int:
+    from pyro_mcp.errors import InvalidArgument
+    from pyro_mcp.vm.env_build import STEP_TIMEOUT_SECONDS
+
+    build_args = {}
+    for item in args.build_arg:
+        key, has_value, value = item.partition("=")
+        if not key or not has_value:
+            raise InvalidArgument("--build-arg", f"expected K=V, not {item!r}")
+        build_args[key] = value
+    info = Pyro(progress=progress_printer("build")).build_environment(
+        args.name,
+        file=args.file,
+        context=args.context,
+        build_args=build_args,
+        allow_hosts=args.allow_host,
+        allow_package_index=args.allow_package_index,
+        no_cache=args.no_cache,
+        step_timeout_seconds=args.step_timeout or STEP_TIMEOUT_SECONDS,
+    )
+    if args.json:
+        print_json(info)
+    else:
+        size = human_bytes(info.get("layers_bytes", 0))
+        print(f"{info['name']}: built in {info['seconds']} s ({size} of layers) at {info['path']}")
     return 0
 
 

@@ -540,11 +540,12 @@ def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
                 disk.unlink(missing_ok=True)
                 disk.with_suffix(".json").unlink(missing_ok=True)
                 removed.append(str(disk))
-            empty = size_dir / "empty.ext4"
-            if not kept and empty.exists():
-                freed += used_bytes_file(empty)
-                empty.unlink()
-                removed.append(str(empty))
+            # The bottoms of the chains (empty.ext4, a curated root a build started
+            # from): kept while any disk here is.
+            for bottom in sorted(size_dir.glob("*.ext4")) if not kept else []:
+                freed += used_bytes_file(bottom)
+                bottom.unlink()
+                removed.append(str(bottom))
             # What a killed pull left: unpacked layers and the building guest's blobs.
             for leftover in [*size_dir.glob(".unpacked-*"), *size_dir.glob("pyro-layers-*")]:
                 freed += used_bytes(leftover)

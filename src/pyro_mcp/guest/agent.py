@@ -25,6 +25,7 @@ from typing import Any
 try:
     from pyro_mcp.agent import protocol
     from pyro_mcp.guest import (
+        build,
         commands,
         diff,
         disks,
@@ -36,6 +37,7 @@ try:
         system,
     )
 except ImportError:  # inside the guest, these files sit beside this one
+    import build  # type: ignore[import-not-found,no-redef]
     import commands  # type: ignore[import-not-found,no-redef]
     import diff  # type: ignore[import-not-found,no-redef]
     import disks  # type: ignore[import-not-found,no-redef]
@@ -142,6 +144,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     **diff.OPERATIONS,
     **processes.OPERATIONS,
     **layers.OPERATIONS,
+    **build.OPERATIONS,
 }
 
 

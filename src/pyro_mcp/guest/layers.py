@@ -72,6 +72,9 @@ def op_layer_apply(args: dict[str, Any]) -> dict[str, Any]:
         "--xattrs-include=*",
         "--exclude=.wh.*",
     ]
+    transform = args.get("transform")
+    if isinstance(transform, str) and transform:
+        command.append(f"--transform={transform}")
     done = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=3600
     )

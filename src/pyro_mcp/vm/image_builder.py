@@ -12,6 +12,7 @@ stops it. Nothing on the host runs as root and nothing of the image runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import gzip
@@ -27,6 +28,8 @@ from typing import Any
 from pyro_mcp import host_tools
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
+from pyro_mcp.egress import config as egress_config
+from pyro_mcp.egress.config import EgressConfig
 from pyro_mcp.environments import builder, images, runtime
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG
@@ -98,6 +101,32 @@ def build_disk(
         raise
 
 
+def builder_parts(
+    cache: EnvironmentCache, progress: images.Progress
+) -> tuple[builder.Kernel, Path, Path]:
+    """What a building guest boots: the kernel, the runtime drive, the initramfs."""
+    kernel = builder.fetch_kernel(cache.kernels_dir, progress)
+    runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
+    initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
+    if not initrd.is_file():
+        builder.build_initramfs(kernel.modules_dir, initrd)
+    return kernel, runtime_image, initrd
+
+
+def builder_guest(
+    vms_dir: Path,
+    accel_name: str,
+    kernel: Path,
+    initrd: Path,
+    runtime: Path,
+    workspace: Path,
+    baseline: Path,
+    egress: EgressConfig | None = None,
+) -> contextlib.AbstractContextManager[SupervisorClient]:
+    """The building guest (see ``_builder_guest``), for other builders."""
+    return _builder_guest(vms_dir, accel_name, kernel, initrd, runtime, workspace, baseline, egress)
+
+
 @contextlib.contextmanager
 def _builder_guest(
     vms_dir: Path,
@@ -107,16 +136,23 @@ def _builder_guest(
     runtime: Path,
     workspace: Path,
     baseline: Path,
+    egress: EgressConfig | None = None,
 ) -> Iterator[SupervisorClient]:
     """A guest booted from ``runtime`` (through a throwaway overlay), ``workspace``
     mounted writable and ``baseline`` read-only, owned by this process; its
-    /workspace is flushed and frozen before it stops."""
+    /workspace is flushed and frozen before it stops. With ``egress``, it has a
+    NIC that reaches only pyro's egress proxy, under those rules."""
     files = VmFiles(vms_dir / f"image-build-{uuid.uuid4().hex[:10]}")
     files.dir.mkdir(parents=True, mode=0o700)
     pid = None
     try:
         disks.create_overlay(runtime, files.root_disk)
         machine = _builder_machine(accel_name, kernel, initrd, files, workspace, baseline)
+        if egress is not None:
+            egress_config.write(files.dir, egress)
+            machine = dataclasses.replace(
+                machine, network=True, egress_command=egress_config.relay_command()
+            )
         report = backend.launch(
             files,
             machine,
@@ -206,11 +242,7 @@ def _pull(
     image = store.fetch(ref, progress, insecure=insecure_registry)
     if not image.layers:
         raise images.ImageError(f"{reference} has no layers")
-    kernel = builder.fetch_kernel(cache.kernels_dir, progress)
-    runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
-    initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
-    if not initrd.is_file():
-        builder.build_initramfs(kernel.modules_dir, initrd)
+    kernel, runtime_image, initrd = builder_parts(cache, progress)
 
     def check_room(needed_bytes: int) -> None:
         needed_mib = needed_bytes * 12 // 10 // 2**20 + 64
@@ -290,16 +322,16 @@ def _build_chain(
     folder = base.parent
     with (folder / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second reuses the first's
-        _sweep(folder, progress)
+        sweep(folder, progress)
         done = 0
         for index in range(len(layers), 0, -1):
-            if _built(images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id)):
+            if built(images.chain_disk(layers_dir, size_mib, layers[index - 1].chain_id)):
                 done = index
                 break
         final = images.chain_disk(layers_dir, size_mib, layers[-1].chain_id)
         if done == len(layers):
             progress(f"phase=layers all {done} layers already on disk, shared")
-            return _chain_of(final)
+            return chain_of(final)
         below, below_bytes = base, 0
         if done:
             below = images.chain_disk(layers_dir, size_mib, layers[done - 1].chain_id)
@@ -317,25 +349,30 @@ def _build_chain(
         for layer, disk in zip(todo, targets, strict=True):
             os.chmod(disk, 0o444)
             total += layer.unpacked_bytes
-            record = disk.with_name(f".{disk.stem}.json.tmp")
-            record.write_text(
-                json.dumps({"parent": str(parent) if parent else None, "unpacked_bytes": total})
-            )
-            os.replace(record, disk.with_suffix(".json"))
+            write_record(disk, parent, total)
             parent = disk
-        return _chain_of(final)
+        return chain_of(final)
 
 
-def _built(disk: Path) -> bool:
+def write_record(disk: Path, parent: Path | None, unpacked_bytes: int) -> None:
+    """``disk``'s record: what it is backed by; once written, the disk counts."""
+    record = disk.with_name(f".{disk.stem}.json.tmp")
+    record.write_text(
+        json.dumps({"parent": str(parent) if parent else None, "unpacked_bytes": unpacked_bytes})
+    )
+    os.replace(record, disk.with_suffix(".json"))
+
+
+def built(disk: Path) -> bool:
     return disk.is_file() and disk.with_suffix(".json").is_file()
 
 
-def _sweep(folder: Path, progress: images.Progress) -> None:
+def sweep(folder: Path, progress: images.Progress) -> None:
     """Remove what a killed build left in ``folder`` (called under its build lock,
     so no live build owns any of it): layer disks without their record,
     unpacked layers, the building guest's blob image."""
     leftovers = [
-        *(disk for disk in folder.glob("*.qcow2") if not _built(disk)),
+        *(disk for disk in folder.glob("*.qcow2") if not built(disk)),
         *folder.glob(".*.qcow2"),
         *folder.glob(".*.json.tmp"),
         *folder.glob(".unpacked-*"),
@@ -358,7 +395,7 @@ def _record(disk: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _chain_of(disk: Path) -> list[Path]:
+def chain_of(disk: Path) -> list[Path]:
     chain = [disk]
     while True:
         parent = _record(chain[-1]).get("parent")
@@ -410,11 +447,7 @@ def _curated_image(
         if store.blob(digest).is_file():
             return digest
     manifest = json.loads((build_dir / "manifest.json").read_text())
-    kernel = builder.fetch_kernel(cache.kernels_dir, progress)
-    runtime_image = runtime.ensure_runtime(cache.cache_dir, progress)
-    initrd = runtime_image.parent / f"initrd-{builder.guest_files_hash()}.img"
-    if not initrd.is_file():
-        builder.build_initramfs(kernel.modules_dir, initrd)
+    kernel, runtime_image, initrd = builder_parts(cache, progress)
     rootfs = build_dir / "rootfs.ext4"
     size_mib = max(1024, rootfs.stat().st_blocks * 512 * 3 // 2**20 // 2 + 256)
     store.layout.mkdir(parents=True, exist_ok=True)

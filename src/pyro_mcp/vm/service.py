@@ -47,7 +47,17 @@ from pyro_mcp.errors import (
 )
 from pyro_mcp.models import ExecResult, RunResult, VmRecord, VmState, require_state
 from pyro_mcp.store.db import Store
-from pyro_mcp.vm import accel, backend, disks, image_builder, supervisor, suspend, thin, warm
+from pyro_mcp.vm import (
+    accel,
+    backend,
+    disks,
+    env_build,
+    image_builder,
+    supervisor,
+    suspend,
+    thin,
+    warm,
+)
 from pyro_mcp.vm.commands import exec_args, exec_result
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
@@ -838,6 +848,35 @@ class VmService:
             disk_size_mib=disk_size_mib,
             progress=progress,
             curated=curated,
+        )
+
+    def build_environment(
+        self,
+        name: str,
+        *,
+        file: Path,
+        context: Path,
+        build_args: dict[str, str],
+        egress: egress_config.EgressConfig | None,
+        no_cache: bool,
+        step_timeout_seconds: int,
+        progress: Progress = _quiet,
+    ) -> InstalledEnvironment:
+        """Build an environment from a Dockerfile in a guest (``vm/env_build.py``);
+        a ``FROM`` that is not installed is pulled first."""
+        return env_build.build_environment(
+            self.environments,
+            vms_dir=self.paths.vms_dir,
+            accel_name=self.accel_decision().accel,
+            name=name,
+            file=file,
+            context=context,
+            build_args=build_args,
+            egress=egress,
+            no_cache=no_cache,
+            step_timeout_seconds=step_timeout_seconds,
+            pull=lambda reference: self.pull_image(reference, progress=progress),
+            progress=progress,
         )
 
     def push_environment(

@@ -1,0 +1,226 @@
+"""`pyro env build`: Dockerfiles built inside real guests, from the curated
+debian:12, with apt through the egress proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.environments import builder, dockerfile
+from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument, NotFound
+from tests.cli_helper import pyro_cli
+from tests.conftest import leaked_processes
+
+pytestmark = pytest.mark.vm
+
+TOOL_DOCKERFILE = """\
+# a toolchain the curated image lacks (jq), a project, a non-root user
+FROM debian:12
+ARG TOOL=jq
+ENV APP_HOME=/opt/app \\
+    MODE=test
+RUN apt-get update -q && \\
+    apt-get install -y -q --no-install-recommends $TOOL && \\
+    rm -rf /var/lib/apt/lists/*
+RUN useradd -m -u 1000 app && date +%s%N > /etc/built-at
+WORKDIR $APP_HOME
+COPY --chown=app:app project/ ./
+USER app
+RUN python3 -m unittest -q 2>&1 && echo "built as $(id -un) in $(pwd)"
+CMD ["python3", "-m", "unittest"]
+"""
+
+TEST_PY = """\
+import json, os, subprocess, unittest
+
+class Tool(unittest.TestCase):
+    def test_jq_reads_the_config(self):
+        out = subprocess.run(["jq", "-r", ".name", "config.json"], capture_output=True, text=True)
+        self.assertEqual(out.stdout.strip(), "demo")
+
+    def test_env_and_user(self):
+        self.assertEqual(os.environ["MODE"], "test")
+        self.assertEqual(os.getuid(), 1000)
+"""
+
+
+@pytest.fixture
+def pyro(tmp_path: Path, cache_dir: Path, lines: list[str]) -> Iterator[Pyro]:
+    """A cache of its own that sees the shared debian:12, kernels and runtime drive."""
+    cache = tmp_path / "cache"
+    (cache / "environments").mkdir(parents=True)
+    for shared in ("kernels", "runtime"):
+        (cache_dir / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(cache_dir / shared)
+    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    state = tmp_path / "state"
+    client = Pyro(state_dir=state, cache_dir=cache, progress=lines.append)
+    yield client
+    for workspace in client.list_workspaces():
+        client.delete_workspace(workspace["workspace_id"])
+    assert leaked_processes(state) == []
+
+
+@pytest.fixture
+def lines() -> list[str]:
+    return []
+
+
+def project(root: Path, dockerfile_text: str = TOOL_DOCKERFILE) -> Path:
+    (root / "project").mkdir(parents=True)
+    (root / "project" / "test_tool.py").write_text(TEST_PY)
+    (root / "project" / "config.json").write_text(json.dumps({"name": "demo"}))
+    (root / "project" / "notes.secret").write_text("stays out\n")
+    (root / ".dockerignore").write_text("**/*.secret\n")
+    (root / "Dockerfile").write_text(dockerfile_text)
+    return root
+
+
+def test_a_dockerfile_builds_a_toolchain_environment_and_rebuilds_from_the_cache(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any], lines: list[str]
+) -> None:
+    context = project(tmp_path / "ctx")
+    mirror = urlsplit(builder.debian_mirror()).hostname
+    assert mirror
+    first = pyro.build_environment("tool:1", context=context, allow_hosts=[mirror])
+    assert first["kind"] == "image" and first["installed"]
+    settings = first["image"]["settings"]
+    assert settings["user"] == "app" and settings["working_dir"] == "/opt/app"
+    assert settings["env"]["MODE"] == "test" and settings["cmd"][0] == "python3"
+    # Output streamed line by line, with the step number.
+    assert any(line == "step 8/9: | built as app in /opt/app" for line in lines), lines
+    assert any(line.startswith("step 3/9: | ") and "jq" in line for line in lines)
+
+    ws = pyro.create_workspace(environment="tool:1")["workspace_id"]
+    ran = pyro.exec_workspace(
+        ws, "cd /opt/app && python3 -m unittest -v 2>&1; id -un; ls /opt/app; cat /etc/built-at"
+    )
+    assert ran["exit_code"] == 0, ran
+    assert "Ran 2 tests" in ran["stdout"] and "OK" in ran["stdout"]
+    listing = ran["stdout"].split("OK", 1)[1].split()
+    assert listing[0] == "app" and "notes.secret" not in listing and "config.json" in listing
+    built_at = listing[-1]
+    pyro.delete_workspace(ws)
+
+    # Edit the last line: only it runs again (the apt and useradd steps do not).
+    lines.clear()
+    edited = TOOL_DOCKERFILE.replace('CMD ["python3", "-m", "unittest"]', 'CMD ["sh"]\nLABEL v=2')
+    (context / "Dockerfile").write_text(edited)
+    started = time.monotonic()
+    second = pyro.build_environment("tool:1", context=context, allow_hosts=[mirror])
+    rebuild = time.monotonic() - started
+    assert second["image"]["settings"]["cmd"] == ["sh"]
+    assert sum(line.endswith("(cached)") for line in lines) == 4, lines
+    assert rebuild < first["seconds"] / 2, (rebuild, first["seconds"])
+    ran = pyro.run_in_vm("tool:1", "cat /etc/built-at; jq --version", timeout_seconds=120)
+    assert ran["stdout"].splitlines()[0] == built_at, ran
+    # Nothing that writes changed: the same layer disks.
+    assert [d["disk"] for d in second["layer_disks"]] == [d["disk"] for d in first["layer_disks"]]
+
+
+def test_bad_dockerfiles_are_refused_with_their_line(tmp_path: Path) -> None:
+    cases = {
+        "FROM debian:12\nFROBNICATE x\n": (2, "unknown instruction"),
+        "RUN true\n": (1, "before FROM"),
+        "FROM debian:12\nHEALTHCHECK CMD true\n": (2, "health checks"),
+        "FROM a\nFROM b\n": (2, "multi-stage"),
+        "FROM debian:12\nCOPY --from=build /x /y\n": (2, "multi-stage"),
+        "FROM debian:12\nADD https://example.org/x /x\n": (2, "URL"),
+        'FROM debian:12\nRUN ["sh", "-c" "x"]\n': (2, "JSON array"),
+        "# only a comment\n": (1, "no FROM"),
+    }
+    for text, (line, message) in cases.items():
+        path = tmp_path / "Dockerfile"
+        path.write_text(text)
+        with pytest.raises(dockerfile.DockerfileError, match=message) as refused:
+            dockerfile.parse(path)
+        assert refused.value.line == line, (text, refused.value)
+        assert f"Dockerfile:{line}:" in str(refused.value)
+    path = tmp_path / "Dockerfile"
+    path.write_text(
+        'ARG BASE=debian:12\nFROM $BASE\nARG V=1\nENV A=${V:-x} B="two words" \\\n'
+        "  C=${MISSING:-fallback}\nRUN echo \\$A\n"
+    )
+    parsed = dockerfile.parse(path, {"V": "9", "UNUSED": "1"})
+    assert parsed.base == "debian:12" and parsed.unused_build_args == ["UNUSED"]
+    env = parsed.steps[1].args["env"]
+    assert env == {"A": "9", "B": "two words", "C": "fallback"}
+    assert parsed.steps[2].args["argv"] == ["/bin/sh", "-c", "echo \\$A"]
+
+
+def test_failing_hanging_and_escaping_steps_install_nothing(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any], lines: list[str]
+) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "ok.txt").write_text("ok\n")
+    (tmp_path / "outside.txt").write_text("host file\n")
+    (context / "link").symlink_to(tmp_path / "outside.txt")
+    dockerfile_path = context / "Dockerfile"
+
+    # A good build first: a failed rebuild of the same name leaves it in place.
+    dockerfile_path.write_text("FROM debian:12\nCOPY ok.txt /ok.txt\n")
+    pyro.build_environment("bad:1", context=context)
+
+    for text, message in (
+        ("FROM debian:12\nCOPY ../outside.txt /x\n", "outside the build context"),
+        ("FROM debian:12\nCOPY link /x\n", "leads outside the build context"),
+        ("FROM debian:12\nCOPY missing.txt /x\n", "is not in the build context"),
+        ("FROM nothing-here:1\nRUN true\n", "nothing-here"),
+    ):
+        dockerfile_path.write_text(text)
+        with pytest.raises((EnvironmentBuildError, InvalidArgument, NotFound), match=message):
+            pyro.build_environment("bad:1", context=context)
+
+    dockerfile_path.write_text(
+        "FROM debian:12\nRUN echo step one\nRUN echo some output; echo more >&2; exit 3\n"
+    )
+    with pytest.raises(EnvironmentBuildError, match=r"line 3 .* exited 3") as failed:
+        pyro.build_environment("bad:1", context=context)
+    assert "some output" in str(failed.value) and "more" in str(failed.value)
+
+    dockerfile_path.write_text("FROM debian:12\nRUN sleep 600 & sleep 600\n")
+    started = time.monotonic()
+    with pytest.raises(EnvironmentBuildError, match="ran longer than 10 s"):
+        pyro.build_environment("bad:1", context=context, step_timeout_seconds=10)
+    assert time.monotonic() - started < 120
+    # Still the first build; its file is there.
+    ran = pyro.run_in_vm("bad:1", "cat /ok.txt", timeout_seconds=120)
+    assert ran["stdout"] == "ok\n"
+    layers = Path(pyro.inspect_environment("bad:1")["layer_disks"][0]["disk"]).parent
+    assert all(d.with_suffix(".json").exists() for d in layers.glob("*.qcow2"))
+
+
+def test_the_cli_builds_with_build_args_and_says_what_is_wrong(
+    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        'FROM debian:12\nARG WHO=nobody\nRUN echo "hello $WHO" > /hello\n'
+    )
+    cache = tmp_path / "cache"
+    (cache / "environments").mkdir(parents=True)
+    for shared in ("kernels", "runtime"):
+        (cache / shared).symlink_to(cache_dir / shared)
+    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(cache))
+    built = pyro_cli(env, "env", "build", "hi:1", str(context), "--build-arg", "WHO=pyro", "--json")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert json.loads(built.stdout)["name"] == "hi:1"
+    assert "[build] step 2/2: RUN" in built.stderr
+    ran = pyro_cli(env, "run", "hi:1", "--", "cat", "/hello")
+    assert ran.stdout == "hello pyro\n", ran.stderr[-2000:]
+    bad = pyro_cli(env, "env", "build", "hi:2", str(context), "--build-arg", "novalue")
+    assert bad.returncode == 2 and "--build-arg" in bad.stderr
+    missing = pyro_cli(env, "env", "build", "hi:2", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+    assert leaked_processes(tmp_path / "state") == []
