@@ -28,6 +28,7 @@ from pyro_mcp.hosts.server_command import ServerOptions
 from pyro_mcp.vm import env_build
 from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import egress as workspace_egress
+from pyro_mcp.workspaces.context import WorkspaceState
 from pyro_mcp.workspaces.secrets import Redactor, SecretSpec
 from pyro_mcp.workspaces.service import WorkspaceService
 
@@ -815,6 +816,35 @@ class Pyro:
         info = self._vms.environments.inspect(installed.name)
         info["seconds"] = round(time.monotonic() - started, 1)
         return info
+
+    def save_environment(self, workspace: str, name: str) -> dict[str, Any]:
+        """Save the root filesystem of ``workspace`` as it is now (what it installed
+        outside /workspace) as environment ``name``; /workspace is not part of it.
+        A running workspace pauses only while its root disk moves onto a new top
+        (``pause_ms``) and runs on; a stopped or suspended one stays as it is.
+
+        Returns:
+            The environment inspection, with ``pause_ms`` and ``save_seconds``.
+        """
+        ctx = self._workspaces.ctx
+        record = ctx.find(workspace)
+        ctx.require(
+            record,
+            (WorkspaceState.RUNNING, WorkspaceState.SUSPENDED, WorkspaceState.STOPPED),
+            "Wait until it has started, then save it.",
+        )
+        vm_id = str(record["vm_id"])
+        source = f"workspace:{record['workspace_id']}"
+        installed, saved = env_build.save_environment(
+            self._vms.environments,
+            name=name,
+            environment=str(record["environment"]),
+            source=source,
+            save_root=lambda out, base: self._vms.save_root(vm_id, out, base),
+            progress=self._progress,
+        )
+        ctx.journal(record, "env_save", {"name": installed.name, **saved})
+        return {**self._vms.environments.inspect(installed.name), **saved}
 
     def push_environment(
         self, name: str, reference: str, *, insecure_registry: bool = False

@@ -224,3 +224,54 @@ def test_the_cli_builds_with_build_args_and_says_what_is_wrong(
     missing = pyro_cli(env, "env", "build", "hi:2", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "is not a file" in missing.stderr
     assert leaked_processes(tmp_path / "state") == []
+
+
+def test_a_workspace_saved_as_an_environment_keeps_what_it_installed(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any], cache_dir: Path
+) -> None:
+    mirror = urlsplit(builder.debian_mirror()).hostname
+    assert mirror
+    ws = pyro.create_workspace(environment="debian:12", network=True, allow_hosts=[mirror])[
+        "workspace_id"
+    ]
+    installed = pyro.exec_workspace(
+        ws,
+        "apt-get update -q && apt-get install -y -q --no-install-recommends jq"
+        " && echo kept > /root/note && echo mine > /workspace/mine.txt",
+        timeout_seconds=600,
+    )
+    assert installed["exit_code"] == 0, installed["stdout"][-3000:]
+
+    # Running: it pauses for a moment and runs on; what it does after is not saved.
+    saved = pyro.save_environment(ws, "saved:1")
+    assert saved["kind"] == "image" and saved["installed"] and saved["pause_ms"] < 5000
+    assert saved["source"] == f"workspace:{ws}"
+    after = pyro.exec_workspace(ws, "echo later > /root/later && cat /root/note")
+    assert after["stdout"] == "kept\n"
+
+    check = (
+        "jq --version; cat /root/note; ls /workspace; test -e /root/later || echo no-later;"
+        " test -e /etc/apt/apt.conf.d/80pyro-egress || echo no-proxy-config"
+    )
+    fresh = pyro.create_workspace(environment="saved:1")["workspace_id"]
+    seen = pyro.exec_workspace(fresh, check)["stdout"].split()
+    assert seen[0].startswith("jq-") and seen[1] == "kept", seen
+    assert "mine.txt" not in seen and "no-later" in seen and "no-proxy-config" in seen
+    pyro.delete_workspace(fresh)
+
+    # Stopped: saved as it is, through the CLI.
+    pyro.stop_workspace(ws, discard_memory=True)
+    env = dict(
+        os.environ,
+        PYRO_HOME=str(tmp_path / "state"),
+        PYRO_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    done = pyro_cli(env, "env", "save", ws, "saved:2", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["pause_ms"] == 0
+    ran = pyro.run_in_vm("saved:2", "cat /root/later", timeout_seconds=120)
+    assert ran["stdout"] == "later\n"
+    with pytest.raises(NotFound):
+        pyro.save_environment("ws-000000000000", "x:1")
+    with pytest.raises(InvalidArgument, match="curated"):
+        pyro.save_environment(ws, "debian:12")

@@ -1,4 +1,4 @@
-"""``pyro env list|pull|build|push|inspect|prune``."""
+"""``pyro env list|pull|build|save|push|inspect|prune``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,27 @@ def register(commands: Any) -> None:
     build.add_argument("--json", action="store_true")
     build.set_defaults(handler=handle_build)
 
+    save = sub.add_parser(
+        "save",
+        help="save a workspace's root filesystem as an environment",
+        description=(
+            "Save WORKSPACE's root filesystem as it is now (packages, toolchains, caches "
+            "outside /workspace) as environment NAME; new workspaces start from it. "
+            "/workspace is not part of it. A running workspace pauses for milliseconds "
+            "and runs on."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pyro env save ws-1a2b3c4d5e6f node-tools:1\n"
+            "  pyro env save my-workspace app:2 --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    save.add_argument("workspace", metavar="WORKSPACE")
+    save.add_argument("name", metavar="NAME")
+    save.add_argument("--json", action="store_true")
+    save.set_defaults(handler=handle_save)
+
     push = sub.add_parser(
         "push",
         help="write an installed environment to a registry or an OCI layout",
@@ -230,6 +251,18 @@ def handle_build(args: argparse.Namespace) -> int:
     else:
         size = human_bytes(info.get("layers_bytes", 0))
         print(f"{info['name']}: built in {info['seconds']} s ({size} of layers) at {info['path']}")
+    return 0
+
+
+def handle_save(args: argparse.Namespace) -> int:
+    info = Pyro(progress=progress_printer("env")).save_environment(args.workspace, args.name)
+    if args.json:
+        print_json(info)
+    else:
+        print(
+            f"{info['name']}: saved from {args.workspace} in {info['save_seconds']} s "
+            f"(paused {info['pause_ms']} ms) at {info['path']}"
+        )
     return 0
 
 

@@ -78,6 +78,8 @@ def op_hello(args: dict[str, Any]) -> dict[str, Any]:
     egress = args.get("egress")
     if isinstance(egress, dict) and system.is_guest():
         network.op_egress(egress)  # in the hello: no round trip more on the boot path
+    elif system.is_guest():
+        network.forget_egress()  # a root saved from a workspace that had a network
     return {"nonce": args.get("nonce"), "mounted": mounted, **op_info({})}
 
 

@@ -183,6 +183,27 @@ def op_egress(args: dict[str, Any]) -> dict[str, Any]:
     return {"proxy": proxy, "trusted": trusted}
 
 
+def forget_egress() -> None:
+    """Remove what ``op_egress`` wrote into the root filesystem, if a saved
+    environment carries it: without a network here, it would point at nothing."""
+    for path in (
+        "/etc/apt/apt.conf.d/80pyro-egress",
+        "/etc/ssh/ssh_config.d/pyro-egress.conf",
+        CONNECT_HELPER,
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    with contextlib.suppress(OSError):
+        with open("/etc/environment", encoding="utf-8") as handle:
+            lines = [line for line in handle.read().splitlines() if line.strip()]
+        ours = (*PROXY_VARIABLES, "no_proxy", "NO_PROXY")
+        if lines and all(line.split("=", 1)[0] in ours for line in lines):
+            system.write_file("/etc/environment", "")
+    if os.path.exists(EGRESS_CA_COPY):
+        os.unlink(EGRESS_CA_COPY)
+        _rebuild_trust()
+
+
 def op_package_index(args: dict[str, Any]) -> dict[str, Any]:
     """Use the host's package index settings: pip.conf, npm's registry, index variables."""
     written = []

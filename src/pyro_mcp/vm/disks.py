@@ -127,6 +127,18 @@ def split(image: Path) -> Split:
     return Split(live, layer, top)
 
 
+def convert_over(source: Path, base: Path, out: Path) -> None:
+    """``out``: a qcow2 over ``base`` that reads as ``source`` does (only what
+    differs is written; ``base`` named relative when it shares ``out``'s folder)."""
+    backing = _backing_name(base, out)
+    kind = "qcow2" if is_qcow2(base) else "raw"
+    args = ["convert", "-q", "-O", "qcow2", "-B", backing, "-F", kind, str(source), out.name]
+    result = host_tools.run(host_tools.QEMU_IMG, args, capture_output=True, cwd=out.parent)
+    if result.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise VMError(f"qemu-img could not copy {source} over {base}: {result.stderr.strip()}")
+
+
 def unsplit(prepared: Split) -> None:
     """Undo ``split`` for a drive that was never switched onto its new top."""
     prepared.top.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ import re
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -179,6 +180,63 @@ def build_environment(
     )
     progress(f"phase=done {env_name} built from {file} in {seconds} s")
     return installed
+
+
+def save_environment(
+    cache: EnvironmentCache,
+    *,
+    name: str,
+    environment: str,
+    source: str,
+    save_root: Callable[[Path, Path], dict[str, Any]],
+    progress: images.Progress,
+) -> tuple[InstalledEnvironment, dict[str, Any]]:
+    """Install ``name`` from a workspace's root disk: ``save_root(out, base)``
+    writes it as a qcow2 over the root disk of ``environment`` (what the
+    workspace started from), which the saved environment shares."""
+    env_name = images.check_name(name)
+    if env_name in CATALOG:
+        raise InvalidArgument("name", f"{env_name} is a curated environment; name it otherwise")
+
+    def missing(reference: str) -> InstalledEnvironment:
+        raise NotFound(
+            f"the workspace's environment {reference} is no longer installed; "
+            f"`pyro env pull {reference}` it again, then save"
+        )
+
+    base = _base(cache, environment, missing, progress)
+    kernel, runtime_image, _ = image_builder.builder_parts(cache, progress)
+    folder = images.ImageStore(cache.cache_dir).layers_dir / f"{base.size_mib}M"
+    started = time.monotonic()
+    with (folder / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        image_builder.sweep(folder, progress)
+        out = folder / f"{uuid.uuid4().hex}{uuid.uuid4().hex}.qcow2"
+        progress(f"phase=save copying the root disk of {source} (what differs from {environment})")
+        try:
+            saved = save_root(out, base.top)
+            os.chmod(out, 0o444)
+            image_builder.write_record(out, base.top if base.chain else None, 0)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        chain = image_builder.chain_of(out)
+    info: dict[str, Any] = {
+        "reference": source,
+        "source": source,
+        "manifest_digest": None,
+        "config_digest": None,
+        "disk_size_mib": base.size_mib,
+        "layers": [],
+        "settings": base.settings,
+        "saved_from": {"workspace": source, "environment": environment},
+    }
+    installed = cache.install_image(
+        env_name, kernel=kernel, runtime=runtime_image, chain=chain, image=info, progress=progress
+    )
+    seconds = round(time.monotonic() - started, 1)
+    progress(f"phase=done {env_name} saved from {source} in {seconds} s")
+    return installed, {**saved, "save_seconds": seconds}
 
 
 def _base(cache: EnvironmentCache, reference: str, pull: Pull, progress: images.Progress) -> _Base:

@@ -353,6 +353,33 @@ class VmService:
             layout = _thin(vm_id, memory, base)
         return {"pause_ms": int(result.get("pause_ms", 0)), "memory": layout}, layers
 
+    def save_root(self, vm_id: str, out: Path, base: Path) -> dict[str, Any]:
+        """Write the VM's root disk as it is now into ``out``: a qcow2 over ``base``
+        holding what differs from it. A running VM is paused only while its root
+        drive moves onto a new top (the guest's page cache flushed first); the
+        old top, now read-only, is what is copied while it runs on. Returns
+        ``pause_ms`` (0 for a VM that is not running)."""
+        with self.lifecycle_lock(vm_id):
+            record = self.status_vm(vm_id)
+            files = self._files(vm_id)
+            pause_ms = 0
+            if record.state == VmState.RUNNING:
+                prepared = disks.split(files.root_disk)
+                try:
+                    with SupervisorClient(files.control_socket) as client:
+                        client.agent("sync", {}, 60)  # the page cache on disk first
+                        started = time.monotonic()
+                        client.call("split", {"splits": [[str(prepared.live), str(prepared.top)]]})
+                        pause_ms = int((time.monotonic() - started) * 1000)
+                except BaseException:
+                    _undo_splits(files, [prepared])
+                    raise
+                source = disks.freeze(prepared).path
+            else:
+                source = disks.live_top(files.root_disk)
+            disks.convert_over(source, base, out)
+        return {"pause_ms": pause_ms}
+
     def settle_disks(self, vm_id: str) -> None:
         """A stopped VM's drives under their own names again (after forks while it ran)."""
         try:
