@@ -912,6 +912,63 @@ class Pyro:
             self._vms, environment, network=network, force=force, progress=self._progress
         )
 
+    def prepare_project(
+        self,
+        project_path: str | Path,
+        *,
+        allow_hosts: Sequence[str] = (),
+        allow_package_index: bool = False,
+        network: bool = True,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """The environment ``project_path`` declares in ``.devcontainer/devcontainer.json``
+        (``image``: pulled; ``build.dockerfile``: built in a guest, its ``RUN`` steps
+        reaching ``allow_hosts`` and the package index as ``build_environment``'s),
+        named after the project, and its warm snapshots. ``pyro mcp serve`` and
+        ``pyro host connect`` started in the project then default to it.
+
+        Returns:
+            ``prepare``'s result with ``project``, ``devcontainer`` and ``environment``.
+
+        Raises:
+            InvalidArgument: the project has no devcontainer file, or it is not
+                valid (the message names the file and the field).
+        """
+        from pyro_mcp.environments import devcontainer
+
+        project = Path(project_path).expanduser().resolve()
+        if not project.is_dir():
+            raise InvalidArgument("project_path", f"{project} is not a folder")
+        declared = devcontainer.read(project)
+        if declared is None:
+            raise InvalidArgument(
+                "project_path",
+                f"{project} has no {' or '.join(devcontainer.LOCATIONS)}; "
+                "prepare an environment by name instead (pyro prepare NAME)",
+            )
+        name = declared.environment_name
+        self._progress(f"phase=project {declared.describe()} -> environment {name}")
+        if declared.image:
+            self.pull_environment(declared.image, name=name, force=force)
+        else:
+            assert declared.dockerfile is not None and declared.context is not None
+            self.build_environment(
+                name,
+                file=declared.dockerfile,
+                context=declared.context,
+                build_args=dict(declared.args),
+                allow_hosts=allow_hosts,
+                allow_package_index=allow_package_index,
+                no_cache=force,
+            )
+        result = self.prepare(name, network=network, force=force)
+        return {
+            **result,
+            "project": str(project),
+            "devcontainer": str(declared.path),
+            "environment": name,
+        }
+
     # ------------------------------------------------------------------ MCP
 
     def create_server(

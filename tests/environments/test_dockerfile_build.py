@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import pytest
 
 from pyro_mcp import Pyro
@@ -18,6 +20,7 @@ from pyro_mcp.environments import builder, dockerfile
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument, NotFound
 from tests.cli_helper import pyro_cli
 from tests.conftest import leaked_processes
+from tests.mcp.conftest import call, mcp_client
 
 pytestmark = pytest.mark.vm
 
@@ -275,3 +278,92 @@ def test_a_workspace_saved_as_an_environment_keeps_what_it_installed(
         pyro.save_environment("ws-000000000000", "x:1")
     with pytest.raises(InvalidArgument, match="curated"):
         pyro.save_environment(ws, "debian:12")
+
+
+DEVCONTAINER = """\
+// the project's environment (JSON with comments and trailing commas)
+{
+  "name": "demo",
+  "build": {
+    "dockerfile": "Dockerfile",  // beside this file
+    "context": "..",
+    "args": {"MARK": "from-devcontainer",},
+  },
+  "customizations": {"vscode": {"extensions": []}},
+}
+"""
+
+
+def git_project(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "app.py").write_text("print('app')\n")
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=root, check=True
+        )
+    return root
+
+
+def test_a_project_devcontainer_becomes_the_chat_s_default_environment(
+    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+) -> None:
+    project_dir = git_project(tmp_path / "demo")
+    (project_dir / ".devcontainer").mkdir()
+    (project_dir / ".devcontainer" / "devcontainer.json").write_text(DEVCONTAINER)
+    (project_dir / ".devcontainer" / "Dockerfile").write_text(
+        "FROM debian:12\nARG MARK\nCOPY app.py /opt/app.py\nRUN echo $MARK > /etc/project-mark\n"
+    )
+    cache = tmp_path / "cache"
+    (cache / "environments").mkdir(parents=True)
+    for shared in ("kernels", "runtime"):
+        (cache / shared).symlink_to(cache_dir / shared)
+    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(cache))
+    log = tmp_path / "server.log"
+
+    # Not prepared yet: the default environment, and the line says what prepares it.
+    async def first() -> None:
+        async with mcp_client(env, "--log-file", str(log), cwd=project_dir) as client:
+            await client.list_tools()
+
+    anyio.run(first)
+    line = log.read_text().splitlines()[0]
+    assert "environment debian:12 (the project declares .devcontainer" in line, line
+    assert f"pyro prepare --project-path {project_dir}" in line
+
+    prepared = pyro_cli(
+        env, "prepare", "--project-path", str(project_dir), "--no-network", "--json"
+    )
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    name = json.loads(prepared.stdout)["environment"]
+    assert name.startswith("demo:devcontainer-")
+
+    log.unlink()
+
+    async def chat() -> None:
+        async with mcp_client(env, "--log-file", str(log), cwd=project_dir) as client:
+            made = await call(client, "workspace_create")
+            assert made["environment"] == name
+            ran = await call(
+                client,
+                "workspace_exec",
+                workspace_id=made["workspace_id"],
+                command="cat /etc/project-mark /opt/app.py; ls",
+            )
+            seen = ran["stdout"].splitlines()
+            assert seen[:3] == ["from-devcontainer", "print('app')", "app.py"], seen
+            await call(client, "workspace_delete", workspace_id=made["workspace_id"])
+
+    anyio.run(chat)
+    assert f"environment {name} (the project's environment" in log.read_text().splitlines()[0]
+
+    # A broken file: the server still starts, on the default, and names the file and field.
+    (project_dir / ".devcontainer" / "devcontainer.json").write_text('{"build": {"context": 3}}')
+    log.unlink()
+    anyio.run(first)
+    line = log.read_text().splitlines()[0]
+    assert "environment debian:12 (the project's devcontainer is not used" in line, line
+    assert "devcontainer.json: build.dockerfile" in line
+    bad = pyro_cli(env, "prepare", "--project-path", str(project_dir))
+    assert bad.returncode == 2 and "build.dockerfile" in bad.stderr
+    assert leaked_processes(tmp_path / "state") == []

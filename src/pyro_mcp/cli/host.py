@@ -126,6 +126,9 @@ def handle_connect(args: argparse.Namespace) -> int:
     print(f"pyro is registered with {args.host} ({result['scope']} scope)")
     print(f"  wrote      {result['config_path']}")
     print(f"  command    {result['command']} {' '.join(result['args'])}")
+    chosen = result.get("environment") or {}
+    if chosen.get("name"):
+        print(f"  environment {chosen['name']} ({chosen['note']})")
     if result.get("backup"):
         print(f"  backup     {result['backup']}")
     _print_health(result["health"])
@@ -207,6 +210,9 @@ def handle_doctor(args: argparse.Namespace) -> int:
             print(f"               seeds from: {source['origin_kind']} {detail}{extra}")
             if source.get("note"):
                 print(f"               ({source['note']})")
+        chosen = host.get("environment")
+        if chosen and chosen.get("name"):
+            print(f"               environment: {chosen['name']} ({chosen['note']})")
         if host.get("fix"):
             print(f"               fix: {host['fix']}")
     return 1 if failing else 0

@@ -88,7 +88,15 @@ def register(commands: Any) -> None:
     source.add_argument("--repo-url", help="a repository to clone on the host as the seed")
     source.add_argument("--no-project-source", action="store_true", help="start workspaces empty")
     serve.add_argument("--repo-ref", help="branch, tag or commit of --repo-url")
-    serve.add_argument("--environment", default=config.DEFAULT_ENVIRONMENT)
+    serve.add_argument(
+        "--environment",
+        default=None,
+        help=(
+            "the default environment of workspace_create and vm_run (default: the "
+            "project's .devcontainer environment once `pyro prepare --project-path` "
+            f"made it, else {config.DEFAULT_ENVIRONMENT})"
+        ),
+    )
     serve.add_argument(
         "--allow-host-path",
         action="append",
@@ -164,10 +172,20 @@ def handle_serve(args: argparse.Namespace) -> int:
         if not path.is_dir():
             raise InvalidArgument("--allow-host-path", f"{directory} is not a directory")
         allowed.append(path.resolve())
-    _check_environment(paths.cache_dir, args.environment)
+    if args.environment:
+        _check_environment(paths.cache_dir, args.environment)
+        environment, note = args.environment, ""
+    else:
+        from pyro_mcp.environments import devcontainer
+
+        environment, note = devcontainer.choose(
+            source.root, paths.cache_dir, config.DEFAULT_ENVIRONMENT
+        )
+    args.environment = environment
     tools = f"mode {args.mode}" if args.mode else f"profile {args.profile or 'workspace-core'}"
     seed = f"{source.origin_kind} {source.origin_ref}".strip()
-    serving = f"{tools}, environment {args.environment}, workspaces seeded from: {seed}"
+    chosen = f"{environment} ({note})" if note else environment
+    serving = f"{tools}, environment {chosen}, workspaces seeded from: {seed}"
     fast_start.configure_logging(args.log_file, args.verbose, serving)
 
     def build() -> Any:

@@ -16,6 +16,8 @@ examples:
   pyro prepare debian:12-build    another environment
   pyro prepare --no-network       only guests without a NIC
   pyro prepare --force            take new snapshots even if the current ones are valid
+  pyro prepare --project-path .   the project's .devcontainer/devcontainer.json environment
+                                  (image pulled, or Dockerfile built), then its snapshots
 
 Afterwards workspace create, reset and `pyro run` restore the snapshot instead
 of booting. `pyro doctor` says whether the daily loop is warm, cold or stale;
@@ -33,7 +35,24 @@ def register(commands: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("environment", nargs="?", default=config.DEFAULT_ENVIRONMENT)
+    parser.add_argument("environment", nargs="?", default=None)
+    parser.add_argument(
+        "--project-path",
+        metavar="DIR",
+        help="the environment DIR declares in .devcontainer/devcontainer.json (pulled or built)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="with --project-path and a Dockerfile: a host its RUN steps may reach",
+    )
+    parser.add_argument(
+        "--allow-package-index",
+        action="store_true",
+        help="with --project-path and a Dockerfile: RUN steps may reach the package index",
+    )
     parser.add_argument(
         "--network",
         action=argparse.BooleanOptionalAction,
@@ -46,8 +65,26 @@ def register(commands: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from pyro_mcp.errors import InvalidArgument
+
     pyro = Pyro(progress=progress_printer("prepare"))
-    result = pyro.prepare(args.environment, network=args.network, force=args.force)
+    if args.project_path:
+        if args.environment:
+            raise InvalidArgument(
+                "--project-path", "give an environment or --project-path, not both"
+            )
+        result = pyro.prepare_project(
+            args.project_path,
+            allow_hosts=args.allow_host,
+            allow_package_index=args.allow_package_index,
+            network=args.network,
+            force=args.force,
+        )
+    else:
+        if args.allow_host or args.allow_package_index:
+            raise InvalidArgument("--allow-host", "goes with --project-path (a Dockerfile build)")
+        environment = args.environment or config.DEFAULT_ENVIRONMENT
+        result = pyro.prepare(environment, network=args.network, force=args.force)
     if args.json:
         print_json(result)
         return 0

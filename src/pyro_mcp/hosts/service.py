@@ -98,6 +98,10 @@ def connect(
         # Proves the entry starts, and records the handshake the server then
         # replays, so the host's first start is as fast as its later ones.
         "health": health_check(Entry(command, args), config.server_cwd(None, project)),
+        "environment": environment_of(
+            Entry(command, args),
+            project_source_of(Entry(command, args), config.server_cwd(None, project)),
+        ),
         "next_step": _next_step(host, scope),
     }
 
@@ -156,6 +160,7 @@ def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any
             cwd = config.server_cwd(entry, project)
             report["server_cwd"] = str(cwd)
             report["project_source"] = project_source_of(entry, cwd)
+            report["environment"] = environment_of(entry, report["project_source"])
             if name == "codex" and not entry.cwd:
                 report["project_source"]["note"] = (
                     "Codex starts servers in ~/.codex outside a chat thread and in the "
@@ -241,6 +246,23 @@ def project_source_of(entry: Entry, cwd: Path) -> dict[str, Any]:
     except PyroError as exc:
         return {"origin_kind": "project_path", "origin_ref": str(root), "reason": str(exc)}
     return {"origin_kind": "project_path", "origin_ref": str(root), "tracked_files": count}
+
+
+def environment_of(entry: Entry, source: dict[str, Any]) -> dict[str, Any]:
+    """The default environment a server started from ``entry`` would use, and why."""
+    from pyro_mcp import config as pyro_config
+    from pyro_mcp.environments import devcontainer
+
+    flags = _serve_flags(entry)
+    if flags is None:
+        return {"name": None, "note": "the entry does not run `pyro mcp serve`"}
+    if flags.environment:
+        return {"name": flags.environment, "note": "named with --environment"}
+    root = Path(source["origin_ref"]) if source.get("origin_kind") == "project_path" else None
+    name, note = devcontainer.choose(
+        root, pyro_config.default_paths().cache_dir, pyro_config.DEFAULT_ENVIRONMENT
+    )
+    return {"name": name, "note": note or "pyro's default"}
 
 
 # ---------------------------------------------------------------------- helpers
