@@ -11,16 +11,18 @@ over files that each hold a slice of one class.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pyro_mcp import config, doctor
 from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.egress import config as egress_config
-from pyro_mcp.environments import images
+from pyro_mcp.environments import builder, images
 from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.hosts import service as host_service
@@ -774,8 +776,9 @@ class Pyro:
         ``FROM`` names any installed environment or any reference
         ``pull_environment`` takes (pulled first). ``RUN`` steps run in the
         guest; they reach the network only through the egress proxy, and only
-        the hosts in ``allow_hosts`` (and the package index with
-        ``allow_package_index``); with neither, no network. Each step's result
+        the hosts in ``allow_hosts`` (and with ``allow_package_index`` this
+        host's package index settings: pip's and npm's, and apt's Debian
+        mirror); with neither, no network. Each step's result
         is cached by its parent, instruction and inputs: a rebuild runs from
         the first step that changed (``no_cache``: all). A step running longer
         than ``step_timeout_seconds`` is stopped with its guest. Nothing is
@@ -791,9 +794,16 @@ class Pyro:
             raise InvalidArgument("file", f"{file_path} is not a file; name it with --file")
         egress = None
         if allow_hosts or allow_package_index:
+            hosts = list(allow_hosts)
+            if allow_package_index:
+                # A build's package index includes apt's: this host's Debian mirror.
+                with contextlib.suppress(PyroError):
+                    mirror = urlsplit(builder.debian_mirror()).hostname
+                    if mirror and mirror not in hosts:
+                        hosts.append(mirror)
             policy = workspace_egress.build_policy(
                 network=True,
-                allow_hosts=list(allow_hosts),
+                allow_hosts=hosts,
                 allow_package_index=allow_package_index,
                 deny_hosts=(),
                 allow_private_egress=False,

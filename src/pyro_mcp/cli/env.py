@@ -107,7 +107,7 @@ def register(commands: Any) -> None:
     build.add_argument(
         "--allow-package-index",
         action="store_true",
-        help="let RUN steps reach this host's package index settings (pip, npm)",
+        help="let RUN steps reach this host's package indexes (pip, npm, apt's Debian mirror)",
     )
     build.add_argument(
         "--build-arg", action="append", default=[], metavar="K=V", help="set an ARG; repeatable"
