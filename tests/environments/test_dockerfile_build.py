@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -367,3 +368,62 @@ def test_a_project_devcontainer_becomes_the_chat_s_default_environment(
     bad = pyro_cli(env, "prepare", "--project-path", str(project_dir))
     assert bad.returncode == 2 and "build.dockerfile" in bad.stderr
     assert leaked_processes(tmp_path / "state") == []
+
+
+def test_a_killed_build_two_builds_at_once_and_a_full_disk(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any]
+) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    dockerfile_path = context / "Dockerfile"
+    state = tmp_path / "state"
+    env = dict(os.environ, PYRO_HOME=str(state), PYRO_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "build"]
+
+    # kill -9 mid-step: its guest goes with it, nothing is installed.
+    dockerfile_path.write_text("FROM debian:12\nRUN echo started; sleep 300\n")
+    with subprocess.Popen(
+        [*command, "k:1", str(context)], env=env, stderr=subprocess.PIPE, text=True
+    ) as building:
+        assert building.stderr is not None
+        for line in building.stderr:
+            if "| started" in line:
+                break
+        building.kill()
+        building.wait(30)
+    deadline = time.monotonic() + 90
+    while leaked_processes(state) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leaked_processes(state) == []
+    with pytest.raises(NotFound):
+        pyro.inspect_environment("k:1")
+
+    # Two builds of one name at once: they take turns, the second finds the step cached.
+    dockerfile_path.write_text("FROM debian:12\nRUN echo once > /once\n")
+    both = [
+        subprocess.Popen(
+            [*command, "k:1", str(context), "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=900) for process in both]
+    for process, (out, err) in zip(both, results, strict=True):
+        assert process.returncode == 0, err[-3000:]
+        assert json.loads(out)["installed"]
+    assert sum("(cached)" in err for _, err in results) == 1, results
+    assert any(
+        "an interrupted pull or build left" in err for _, err in results
+    )  # the killed build's disk
+
+    # A step that fills the disk: it fails with its output, nothing of it is kept.
+    dockerfile_path.write_text("FROM debian:12\nRUN head -c 4G /dev/zero > /fill\n")
+    with pytest.raises(EnvironmentBuildError, match=r"line 2 .* exited 1") as full:
+        pyro.build_environment("k:2", context=context)
+    assert "No space left on device" in str(full.value)
+    layers = tmp_path / "cache" / "layers"
+    assert all(d.with_suffix(".json").exists() for d in layers.glob("*/*.qcow2"))
+    assert pyro.run_in_vm("k:1", "cat /once", timeout_seconds=120)["stdout"] == "once\n"

@@ -384,7 +384,7 @@ def sweep(folder: Path, progress: images.Progress) -> None:
         else:
             leftover.unlink(missing_ok=True)
     if leftovers:
-        progress(f"phase=layers removed {len(leftovers)} item(s) an interrupted pull left")
+        progress(f"phase=layers removed {len(leftovers)} item(s) an interrupted pull or build left")
 
 
 def _record(disk: Path) -> dict[str, Any]:
