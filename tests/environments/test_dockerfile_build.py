@@ -19,6 +19,8 @@ import pytest
 from pyro_mcp import Pyro
 from pyro_mcp.environments import builder, dockerfile
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument, NotFound
+from pyro_mcp.hosts import service as host_service
+from pyro_mcp.hosts.configs import Entry
 from tests.cli_helper import pyro_cli
 from tests.conftest import leaked_processes
 from tests.mcp.conftest import call, mcp_client
@@ -56,15 +58,19 @@ class Tool(unittest.TestCase):
 """
 
 
+def own_cache(cache: Path, shared: Path) -> Path:
+    """A cache of its own that sees the shared debian:12, kernels and runtime drive."""
+    (cache / "environments").mkdir(parents=True)
+    for name in ("kernels", "runtime"):
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        (cache / name).symlink_to(shared / name)
+    (cache / "environments" / "debian-12").symlink_to(shared / "environments" / "debian-12")
+    return cache
+
+
 @pytest.fixture
 def pyro(tmp_path: Path, cache_dir: Path, lines: list[str]) -> Iterator[Pyro]:
-    """A cache of its own that sees the shared debian:12, kernels and runtime drive."""
-    cache = tmp_path / "cache"
-    (cache / "environments").mkdir(parents=True)
-    for shared in ("kernels", "runtime"):
-        (cache_dir / shared).mkdir(parents=True, exist_ok=True)
-        (cache / shared).symlink_to(cache_dir / shared)
-    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    cache = own_cache(tmp_path / "cache", cache_dir)
     state = tmp_path / "state"
     client = Pyro(state_dir=state, cache_dir=cache, progress=lines.append)
     yield client
@@ -112,6 +118,14 @@ def test_a_dockerfile_builds_a_toolchain_environment_and_rebuilds_from_the_cache
     listing = ran["stdout"].split("OK", 1)[1].split()
     assert listing[0] == "app" and "notes.secret" not in listing and "config.json" in listing
     built_at = listing[-1]
+    # Everything else works on it: fork, suspend and resume, reset.
+    fork = pyro.fork_workspace(ws)["forks"][0]["workspace_id"]
+    assert pyro.exec_workspace(fork, "id -un; jq -n 1")["stdout"] == "app\n1\n"
+    pyro.delete_workspace(fork)
+    pyro.stop_workspace(ws)
+    pyro.start_workspace(ws)
+    pyro.reset_workspace(ws)
+    assert pyro.exec_workspace(ws, "id -un && echo $MODE")["stdout"] == "app\ntest\n"
     pyro.delete_workspace(ws)
 
     # Edit the last line: only it runs again (the apt and useradd steps do not).
@@ -211,11 +225,7 @@ def test_the_cli_builds_with_build_args_and_says_what_is_wrong(
     (context / "Dockerfile").write_text(
         'FROM debian:12\nARG WHO=nobody\nRUN echo "hello $WHO" > /hello\n'
     )
-    cache = tmp_path / "cache"
-    (cache / "environments").mkdir(parents=True)
-    for shared in ("kernels", "runtime"):
-        (cache / shared).symlink_to(cache_dir / shared)
-    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    cache = own_cache(tmp_path / "cache", cache_dir)
     env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(cache))
     built = pyro_cli(env, "env", "build", "hi:1", str(context), "--build-arg", "WHO=pyro", "--json")
     assert built.returncode == 0, built.stderr[-3000:]
@@ -306,7 +316,10 @@ def git_project(root: Path) -> Path:
 
 
 def test_a_project_devcontainer_becomes_the_chat_s_default_environment(
-    tmp_path: Path, cache_dir: Path, warm_environment: dict[str, Any]
+    tmp_path: Path,
+    cache_dir: Path,
+    warm_environment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project_dir = git_project(tmp_path / "demo")
     (project_dir / ".devcontainer").mkdir()
@@ -314,11 +327,7 @@ def test_a_project_devcontainer_becomes_the_chat_s_default_environment(
     (project_dir / ".devcontainer" / "Dockerfile").write_text(
         "FROM debian:12\nARG MARK\nCOPY app.py /opt/app.py\nRUN echo $MARK > /etc/project-mark\n"
     )
-    cache = tmp_path / "cache"
-    (cache / "environments").mkdir(parents=True)
-    for shared in ("kernels", "runtime"):
-        (cache / shared).symlink_to(cache_dir / shared)
-    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    cache = own_cache(tmp_path / "cache", cache_dir)
     env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(cache))
     log = tmp_path / "server.log"
 
@@ -357,6 +366,13 @@ def test_a_project_devcontainer_becomes_the_chat_s_default_environment(
 
     anyio.run(chat)
     assert f"environment {name} (the project's environment" in log.read_text().splitlines()[0]
+    # What `pyro host doctor` and `pyro host connect` report for a server started there.
+    entry = Entry(sys.executable, ["-m", "pyro_mcp.cli.main", "mcp", "serve"])
+    source = {"origin_kind": "project_path", "origin_ref": str(project_dir)}
+    monkeypatch.setenv("PYRO_CACHE_DIR", str(cache))
+    assert host_service.environment_of(entry, source)["name"] == name
+    named = Entry(entry.command, [*entry.args, "--environment", "debian:12"])
+    assert host_service.environment_of(named, source)["note"] == "named with --environment"
 
     # A broken file: the server still starts, on the default, and names the file and field.
     (project_dir / ".devcontainer" / "devcontainer.json").write_text('{"build": {"context": 3}}')

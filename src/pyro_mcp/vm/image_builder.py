@@ -74,7 +74,7 @@ def build_disk(
             disks.create_overlay(base, targets[0])
             made.append(targets[0])
             progress(f"phase=layers booting a guest to apply {len(layers)} layer(s)")
-            with _builder_guest(
+            with builder_guest(
                 vms_dir, accel_name, kernel, initrd, runtime, targets[0], blobs
             ) as client:
                 for number, (layer, target) in enumerate(zip(layers, targets, strict=True), 1):
@@ -113,22 +113,8 @@ def builder_parts(
     return kernel, runtime_image, initrd
 
 
-def builder_guest(
-    vms_dir: Path,
-    accel_name: str,
-    kernel: Path,
-    initrd: Path,
-    runtime: Path,
-    workspace: Path,
-    baseline: Path,
-    egress: EgressConfig | None = None,
-) -> contextlib.AbstractContextManager[SupervisorClient]:
-    """The building guest (see ``_builder_guest``), for other builders."""
-    return _builder_guest(vms_dir, accel_name, kernel, initrd, runtime, workspace, baseline, egress)
-
-
 @contextlib.contextmanager
-def _builder_guest(
+def builder_guest(
     vms_dir: Path,
     accel_name: str,
     kernel: Path,
@@ -462,7 +448,7 @@ def _curated_image(
         scratch = work / "scratch.qcow2"
         progress(f"phase=export packing {name}'s root filesystem as one layer, in a guest")
         disks.create_overlay(scratch_base, scratch)
-        with _builder_guest(
+        with builder_guest(
             vms_dir, accel_name, kernel.vmlinuz, initrd, runtime_image, scratch, rootfs
         ) as client:
             argv = ["tar", "--create", "--file", "/workspace/layer.tar"]
