@@ -30,6 +30,7 @@ from pyro_mcp.hosts.server_command import ServerOptions
 from pyro_mcp.vm import env_build
 from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import egress as workspace_egress
+from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.context import WorkspaceState
 from pyro_mcp.workspaces.secrets import Redactor, SecretSpec
 from pyro_mcp.workspaces.service import WorkspaceService
@@ -121,6 +122,7 @@ class Pyro:
         ttl_seconds: int | None = None,
         network: bool = False,
         env: dict[str, str] | None = None,
+        allow_host_compat: bool = False,
     ) -> dict[str, Any]:
         """Boot a fresh VM, run one command, delete the VM.
 
@@ -134,6 +136,8 @@ class Pyro:
             timeout_seconds: the command is killed after this; ``timed_out`` is then true.
             network: give the guest user-mode NAT egress (default: no NIC at all).
             env: extra environment variables for the command.
+            allow_host_compat: pyro-mcp 4.5's switch for running on the host when
+                no guest can boot; pyro has no host mode, so only ``False`` is taken.
 
         Returns:
             ``environment``, ``exit_code``, ``stdout``, ``stderr``, ``timed_out``,
@@ -144,6 +148,7 @@ class Pyro:
             NotFound: unknown environment.
             VMError: the guest failed to boot or died (message has the console tail).
         """
+        _no_host_mode(allow_host_compat)
         return self._vms.run(
             environment,
             command,
@@ -166,8 +171,11 @@ class Pyro:
         mem_mib: int = config.DEFAULT_MEM_MIB,
         network: bool = False,
         ttl_seconds: int | None = None,
+        allow_host_compat: bool = False,
     ) -> dict[str, Any]:
-        """Record a VM with its own disk overlay; ``start_vm`` boots it."""
+        """Record a VM with its own disk overlay; ``start_vm`` boots it
+        (``allow_host_compat``: as for ``run_in_vm``, only ``False``)."""
+        _no_host_mode(allow_host_compat)
         self._vms.reap_expired()
         return self._vms.create_vm(
             environment,
@@ -271,7 +279,7 @@ class Pyro:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
-        secrets: Mapping[str, SecretSpec] | None = None,
+        secrets: Mapping[str, SecretSpec] | Sequence[Mapping[str, Any]] | None = None,
         secret_files: Mapping[str, SecretSpec] | None = None,
         allow_hosts: Sequence[str] | None = None,
         allow_package_index: bool = False,
@@ -303,7 +311,9 @@ class Pyro:
         into commands with ``secret_env``, and redacted from every result. Given as
         ``{"value": ..., "hosts": [...]}`` (``{"path": ..., "hosts": [...]}``) the
         guest sees a placeholder instead, and the egress proxy puts the real value
-        in place of it in requests to those hosts only.
+        in place of it in requests to those hosts only. pyro-mcp 4.5's list form
+        ``secrets=[{"name": N, "value": V}, {"name": N, "file_path": P}]`` (each
+        may add ``"hosts"``) means the same.
 
         ``ttl_seconds`` is an idle timeout: every operation moves ``expires_at``
         forward; ``max_lifetime_seconds`` caps the total. After
@@ -317,6 +327,8 @@ class Pyro:
             The workspace status: ``workspace_id``, ``name``, ``labels``, ``state``,
             ``seed`` (kind, source, file_count, bytes), ``expires_at``...
         """
+        if secrets is not None and not isinstance(secrets, Mapping):
+            secrets, secret_files = secret_store.from_list(secrets, secret_files)
         return self._workspaces.create(
             environment,
             seed_path=seed_path,
@@ -390,12 +402,13 @@ class Pyro:
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
-        secret_env: Sequence[str] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         """Run a command in /workspace (``cwd`` is relative to it); same fields as ``run_in_vm``.
 
         ``secret_env`` entries ``NAME[:ENV_VAR]`` put a workspace secret in the
-        command's environment (as ``NAME`` unless ``ENV_VAR`` is given).
+        command's environment (as ``NAME`` unless ``ENV_VAR`` is given); a mapping
+        ``{ENV_VAR: SECRET_NAME}`` (pyro-mcp 4.5's form) means the same.
         """
         return self._workspaces.commands.run(
             workspace,
@@ -541,7 +554,7 @@ class Pyro:
         cols: int = 120,
         rows: int = 40,
         env: dict[str, str] | None = None,
-        secret_env: Sequence[str] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         """Open an interactive bash on a real PTY in the guest; returns ``shell_id``."""
         return self._workspaces.shells.open(
@@ -613,8 +626,8 @@ class Pyro:
         ready_command: str | None = None,
         ready_timeout_seconds: float = 60.0,
         ready_interval_ms: int = 200,
-        published_ports: Sequence[str] = (),
-        secret_env: Sequence[str] = (),
+        published_ports: Sequence[str | Mapping[str, Any]] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         """Start a named long-running process and wait for its readiness check.
 
@@ -1083,3 +1096,13 @@ class Pyro:
 def create_server(profile: str | None = None, mode: str | None = None, **options: Any) -> Any:
     """``Pyro().create_server(...)``: the MCP server with default state and cache dirs."""
     return Pyro().create_server(profile, mode, **options)
+
+
+def _no_host_mode(allow_host_compat: Any) -> None:
+    """pyro-mcp 4.5's ``allow_host_compat``: accepted as ``False``, the only mode pyro has."""
+    if allow_host_compat is not False:
+        raise InvalidArgument(
+            "allow_host_compat",
+            "pyro has no host mode: every command runs in a guest VM, so only False is "
+            "accepted. Run `pyro doctor` if guests cannot boot here",
+        )

@@ -10,8 +10,9 @@ from pyro_mcp.guest import agent as guest_agent
 
 SRC = Path(operations.__file__).resolve().parents[1]
 # What the supervisor itself sends the guest: the hello after a boot or
-# restore, and a flush before saving memory. ``info`` answers the guest tests.
-NOT_FROM_THE_HOST_SERVICES = {"hello", "sync", "info"}
+# restore. ``info`` answers the guest tests. (``sync``, which the supervisor
+# also sends before saving memory, the host sends before an env save.)
+NOT_FROM_THE_HOST_SERVICES = {"hello", "info"}
 
 
 def _named_operations(path: Path) -> set[str]:

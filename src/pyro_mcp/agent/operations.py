@@ -139,6 +139,26 @@ def layer_apply(client: Client, args: Mapping[str, Any]) -> Reply:
     return client.agent("layer_apply", dict(args), 3600)
 
 
+def build_run(client: Client, args: Mapping[str, Any]) -> Reply:
+    """Start a Dockerfile RUN step chrooted into /workspace (the building guest only)."""
+    return client.agent("build_run", dict(args), 60)
+
+
+def build_poll(client: Client, step: str, offset: int, wait_ms: int) -> Reply:
+    """A RUN step's output from ``offset``, and its exit code once it ended."""
+    return client.agent("build_poll", {"step": step, "offset": offset, "wait_ms": wait_ms}, 30)
+
+
+def build_copy(client: Client, args: Mapping[str, Any]) -> Reply:
+    """Extract a COPY/ADD step's tar into /workspace (the building guest only)."""
+    return client.agent("build_copy", dict(args), 600)
+
+
+def sync(client: Client) -> Reply:
+    """Flush the guest's page cache to its disks (before one of them is split)."""
+    return client.agent("sync", {}, 60)
+
+
 # ---------------------------------------------------------------- per boot
 
 

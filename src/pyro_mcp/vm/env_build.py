@@ -539,8 +539,8 @@ def _run_steps(
                     parent = made[-1]
                     made.append(target)
                 if item.copy is not None:
-                    client.agent(
-                        "build_copy",
+                    guest.build_copy(
+                        client,
                         {
                             "blob": item.copy.digest,
                             "entries": item.copy.entries,
@@ -548,7 +548,6 @@ def _run_steps(
                             "file_dest": item.copy.file_dest[0] if item.copy.file_dest else None,
                             "file_name": item.copy.file_dest[1] if item.copy.file_dest else None,
                         },
-                        600,
                     )
                 else:
                     _run(client, item, total, timeout, progress)
@@ -571,10 +570,9 @@ def _run(
     """One RUN step, its output streamed line by line; EnvironmentBuildError if
     it fails or outlasts ``timeout``."""
     step = item.step
-    started = client.agent(
-        "build_run",
+    started = guest.build_run(
+        client,
         {"argv": step.args["argv"], "env": item.env, "user": item.user, "workdir": item.workdir},
-        60,
     )
     step_id = str(started["step"])
     offset, pending, tail = 0, "", ""
@@ -586,9 +584,7 @@ def _run(
                 "and was stopped with its guest; nothing of it is kept. Raise --step-timeout "
                 f"if it needs longer. Its last output:\n{tail[-OUTPUT_TAIL_CHARS:]}"
             )
-        polled = client.agent(
-            "build_poll", {"step": step_id, "offset": offset, "wait_ms": POLL_WAIT_MS}, 30
-        )
+        polled = guest.build_poll(client, step_id, offset, POLL_WAIT_MS)
         text = str(polled.get("output") or "")
         next_offset = polled.get("next")
         if not isinstance(next_offset, int) or next_offset < offset:

@@ -367,7 +367,7 @@ class VmService:
                 prepared = disks.split(files.root_disk)
                 try:
                     with SupervisorClient(files.control_socket) as client:
-                        client.agent("sync", {}, 60)  # the page cache on disk first
+                        guest.sync(client)  # the page cache on disk first
                         started = time.monotonic()
                         client.call("split", {"splits": [[str(prepared.live), str(prepared.top)]]})
                         pause_ms = int((time.monotonic() - started) * 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyro_mcp import config
@@ -30,7 +30,7 @@ class CommandOps:
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
-        secret_env: Sequence[str] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         """Run a command in ``/workspace`` (or ``cwd`` under it); journal it.
 

@@ -12,7 +12,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -222,7 +222,7 @@ class WorkspaceContext:
     def secret_env(
         self,
         workspace: dict[str, Any],
-        specs: Sequence[str],
+        specs: Sequence[str] | Mapping[str, str],
         used_by: str = "exec",
         *,
         known: dict[str, bytes] | None = None,

@@ -12,7 +12,7 @@ import binascii
 import contextlib
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyro_mcp import names
@@ -31,8 +31,29 @@ _SHELL_ID = re.compile(r"^[0-9a-f]{12}$")
 SERVICE_STATES = frozenset({"starting", "ready", "failed", "exited", "stopped"})
 
 
-def parse_publish(spec: str) -> tuple[int | None, int]:
-    """``[HOST_PORT:]GUEST_PORT`` as (host port or None, guest port)."""
+def parse_publish(spec: Any) -> tuple[int | None, int]:
+    """``[HOST_PORT:]GUEST_PORT``, or pyro-mcp 4.5's ``{"guest_port": N,
+    "host_port": M}`` (``host_port`` optional), as (host port or None, guest port)."""
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"guest_port", "host_port"}
+        guest, host_value = spec.get("guest_port"), spec.get("host_port")
+        if (
+            unknown
+            or not _port_number(guest)
+            or not (host_value is None or _port_number(host_value))
+        ):
+            raise InvalidArgument(
+                "published_ports",
+                f"{dict(spec)!r}: give '[HOST_PORT:]GUEST_PORT' or "
+                '{"guest_port": 8080, "host_port": 18080} (host_port optional), ports 1-65535',
+            )
+        assert isinstance(guest, int)
+        return (int(host_value) if host_value is not None else None), guest
+    if not isinstance(spec, str | int) or isinstance(spec, bool):
+        raise InvalidArgument(
+            "published_ports",
+            f'{spec!r}: give \'[HOST_PORT:]GUEST_PORT\' or {{"guest_port": N, "host_port": M}}',
+        )
     host, _, guest_part = str(spec).rpartition(":")
     try:
         guest_port = int(guest_part)
@@ -45,6 +66,10 @@ def parse_publish(spec: str) -> tuple[int | None, int]:
         if port is not None and not 1 <= port <= 65535:
             raise InvalidArgument("published_ports", f"{spec!r}: ports are 1-65535")
     return host_port, guest_port
+
+
+def _port_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 def free_host_port() -> int:
@@ -82,8 +107,8 @@ class ServiceOps:
         ready_command: str | None = None,
         ready_timeout_seconds: float = 60.0,
         ready_interval_ms: int = 200,
-        published_ports: Sequence[str] = (),
-        secret_env: Sequence[str] = (),
+        published_ports: Sequence[str | Mapping[str, Any]] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         """Start a named service and wait until its readiness check passes (or fails)."""
         names.check_name("service_name", name)
@@ -262,7 +287,7 @@ class ShellOps:
         cols: int = 120,
         rows: int = 40,
         env: dict[str, str] | None = None,
-        secret_env: Sequence[str] = (),
+        secret_env: Sequence[str] | Mapping[str, str] = (),
     ) -> dict[str, Any]:
         if not (10 <= cols <= 1000 and 2 <= rows <= 500):
             raise InvalidArgument("cols", "cols must be 10-1000 and rows 2-500")

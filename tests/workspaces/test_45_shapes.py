@@ -1,0 +1,124 @@
+"""pyro-mcp 4.5's SDK call shapes (../shared/seed-parity.md, "SDK call shapes"):
+each works beside today's and means the same; any other shape is an
+InvalidArgument that names the accepted forms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.workspaces import secrets
+from pyro_mcp.workspaces.processes import parse_publish
+
+TOKEN = "tok-45-shape-secret"
+
+
+def test_secret_env_takes_a_list_or_a_mapping_and_nothing_else() -> None:
+    known = ["API_TOKEN", "OTHER"]
+    assert secrets.parse_secret_env(["API_TOKEN", "OTHER:T"], known) == {
+        "API_TOKEN": "API_TOKEN",
+        "T": "OTHER",
+    }
+    assert secrets.parse_secret_env({"API_TOKEN": "API_TOKEN", "T": "OTHER"}, known) == {
+        "API_TOKEN": "API_TOKEN",
+        "T": "OTHER",
+    }
+    for bad in ("API_TOKEN", [1], {"T": 2}):
+        with pytest.raises(InvalidArgument, match=r"NAME\[:ENV_VAR\].*ENV_VAR"):
+            secrets.parse_secret_env(bad, known)  # type: ignore[arg-type]
+
+
+def test_the_secrets_list_form_is_the_mappings_form() -> None:
+    literal, files = secrets.from_list(
+        [
+            {"name": "A", "value": "value-of-a"},
+            {"name": "B", "file_path": "/tmp/b"},
+            {"name": "C", "value": "value-of-c", "hosts": ["api.example.org"]},
+        ],
+        {"D": "/tmp/d"},
+    )
+    assert literal == {
+        "A": "value-of-a",
+        "C": {"value": "value-of-c", "hosts": ["api.example.org"]},
+    }
+    assert files == {"B": "/tmp/b", "D": "/tmp/d"}
+    for bad in (
+        "A=x",
+        [{"value": "x"}],
+        [{"name": "A", "value": "x", "file_path": "/p"}],
+        [{"name": "A", "secret": "x"}],
+        [{"name": "A", "value": "x"}, {"name": "A", "value": "y"}],
+        ["A"],
+    ):
+        with pytest.raises(InvalidArgument, match="secrets"):
+            secrets.from_list(bad, None)
+
+
+def test_published_ports_take_a_string_or_a_mapping() -> None:
+    assert parse_publish("8080") == (None, 8080)
+    assert parse_publish("18080:8080") == (18080, 8080)
+    assert parse_publish({"guest_port": 8080}) == (None, 8080)
+    assert parse_publish({"guest_port": 8080, "host_port": 18080}) == (18080, 8080)
+    for bad in ({"guest": 1}, {"guest_port": "8080"}, {"guest_port": 0}, [8080], True):
+        with pytest.raises(InvalidArgument, match="guest_port"):
+            parse_publish(bad)
+
+
+def test_allow_host_compat_is_taken_as_false_only(tmp_path: Path) -> None:
+    pyro = Pyro(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    for call in (pyro.run_in_vm, pyro.create_vm):
+        with pytest.raises(InvalidArgument, match="no host mode"):
+            call("debian:12", allow_host_compat=True)  # type: ignore[operator]
+
+
+def test_the_4_5_import_paths() -> None:
+    from pyro_mcp.api import Pyro as ApiPyro
+    from pyro_mcp.daily_loop import DEFAULT_PREPARE_ENVIRONMENT
+
+    assert ApiPyro is Pyro and DEFAULT_PREPARE_ENVIRONMENT == "debian:12"
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_mcp.cli", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("pyro ")
+
+
+@pytest.mark.vm
+def test_a_program_in_the_4_5_shapes_runs_against_a_real_guest(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-secret-45\n")
+    ws = pyro.create_workspace(
+        network_policy="egress+published-ports",
+        secrets=[
+            {"name": "API_TOKEN", "value": TOKEN},
+            {"name": "FILE_TOKEN", "file_path": str(token_file)},
+        ],
+    )["workspace_id"]
+    ran = pyro.exec_workspace(
+        ws,
+        'test "$API_TOKEN" = "$(cat /run/pyro-secrets/API_TOKEN)" && echo "$F"',
+        secret_env={"API_TOKEN": "API_TOKEN", "F": "FILE_TOKEN"},
+    )
+    # The file secret reached the command as F, and comes back redacted.
+    assert ran["exit_code"] == 0 and ran["stdout"] == "[REDACTED:FILE_TOKEN]\n", ran
+    started = pyro.start_service(
+        ws,
+        "web",
+        "python3 -m http.server 8080",
+        ready_tcp="127.0.0.1:8080",
+        published_ports=[{"guest_port": 8080}],
+        secret_env={"API_TOKEN": "API_TOKEN"},
+    )
+    assert started["state"] == "ready", started
+    host_port = started["published_ports"][0]["host_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=30) as answer:
+        assert answer.status == 200
+    pyro.delete_workspace(ws)
