@@ -60,20 +60,7 @@ def _user(spec: Any) -> tuple[int, int, str]:
         return 0, 0, "/root"
     if not isinstance(spec, str):
         raise RequestError("bad_args", "user must be a string")
-    who, _, group = spec.partition(":")
-    passwd = processes._table(os.path.join(ROOT, "etc/passwd"))
-    entry = next((row for row in passwd if who in (row[0], row[2])), None)
-    if entry is None and not who.isdigit():
-        raise RequestError("bad_user", f"user {who!r} is not in the image's /etc/passwd")
-    uid = int(entry[2]) if entry else int(who)
-    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
-    if group:
-        groups = processes._table(os.path.join(ROOT, "etc/group"))
-        found = next((row for row in groups if group in (row[0], row[2])), None)
-        if found is None and not group.isdigit():
-            raise RequestError("bad_user", f"group {group!r} is not in the image's /etc/group")
-        gid = int(found[2]) if found else int(group)
-    home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
+    uid, gid, _name, home = processes._resolve_user(spec, ROOT)
     return uid, gid, home
 
 

@@ -73,18 +73,19 @@ def apply_image(settings: dict[str, Any]) -> None:
         DEFAULT_CWD = "/"
 
 
-def _resolve_user(user: str) -> tuple[int, int, str, str]:
+def _resolve_user(user: str, root: str = "/") -> tuple[int, int, str, str]:
     """``name``, ``uid``, ``name:group`` or ``uid:gid`` against the image's own
-    /etc/passwd and /etc/group: (uid, gid, name, home)."""
+    /etc/passwd and /etc/group (those under ``root``): (uid, gid, name, home)."""
     who, _, group = user.partition(":")
-    passwd = _table("/etc/passwd")
+    passwd = _table(os.path.join(root, "etc/passwd"))
     entry = next((row for row in passwd if who in (row[0], row[2])), None)
     if entry is None and not who.isdigit():
         raise RequestError("bad_user", f"the image's user {who!r} is not in its /etc/passwd")
     uid = int(entry[2]) if entry else int(who)
     gid = int(entry[3]) if entry and entry[3].isdigit() else 0
     if group:
-        found = next((row for row in _table("/etc/group") if group in (row[0], row[2])), None)
+        groups = _table(os.path.join(root, "etc/group"))
+        found = next((row for row in groups if group in (row[0], row[2])), None)
         if found is None and not group.isdigit():
             raise RequestError("bad_user", f"the image's group {group!r} is not in its /etc/group")
         gid = int(found[2]) if found else int(group)

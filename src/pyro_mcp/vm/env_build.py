@@ -243,9 +243,7 @@ def _base(cache: EnvironmentCache, reference: str, pull: Pull, progress: images.
     """The ``FROM`` environment: installed, built (curated) or pulled first."""
     try:
         status = cache.status(reference)
-    except NotFound:
-        status = None
-    except InvalidArgument:
+    except (NotFound, InvalidArgument):  # not installed, or not a name: pulled below
         status = None
     if status is None or not status.installed:
         if reference in CATALOG:
