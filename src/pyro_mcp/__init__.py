@@ -19,13 +19,16 @@ from pyro_mcp.errors import (
     NotFound,
     PatchConflict,
     PyroError,
+    QuotaExceeded,
+    RemoteError,
     StateError,
     StoreError,
     VMError,
 )
 
 if TYPE_CHECKING:
-    from pyro_mcp.sdk import Pyro, create_server
+    from pyro_mcp.mcp.factory import create_server
+    from pyro_mcp.sdk import Pyro
 
 from pyro_mcp.version import __version__
 
@@ -40,6 +43,8 @@ __all__ = [
     "PatchConflict",
     "Pyro",
     "PyroError",
+    "QuotaExceeded",
+    "RemoteError",
     "StateError",
     "StoreError",
     "VMError",
@@ -49,10 +54,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Pyro", "create_server"):
+    if name == "Pyro":
         from pyro_mcp import sdk
 
-        return getattr(sdk, name)
+        return sdk.Pyro
+    if name == "create_server":
+        from pyro_mcp.mcp import factory
+
+        return factory.create_server
     raise AttributeError(f"module 'pyro_mcp' has no attribute {name!r}")
 
 

@@ -38,6 +38,13 @@ class Paths:
 
     state_dir: Path
     cache_dir: Path
+    # Where warm snapshots live (default ``cache_dir/warm``). ``pyro server``
+    # gives each principal its own, so no two principals' guests map one file.
+    warm_dir: Path | None = None
+
+    @property
+    def warm_root(self) -> Path:
+        return self.warm_dir or self.cache_dir / "warm"
 
     @property
     def db_path(self) -> Path:

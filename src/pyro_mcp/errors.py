@@ -15,6 +15,9 @@ name what went wrong, the evidence, and the next step.
      +-- EnvironmentBuildError     building or repairing an environment failed
      +-- StoreError                the state database could not be used
      +-- VMError                   QEMU failed to start, or the guest died
+     +-- QuotaExceeded             a server token's limit (running workspaces, disk) is reached
+     +-- RemoteError               a pyro server could not be reached, refused the
+                                   token, or runs another version
      +-- AgentError                the guest agent failed a request
           +-- AgentTimeout         no answer within the bound
           +-- AgentProtocolError   the guest sent something malformed
@@ -78,3 +81,11 @@ class AgentTimeout(AgentError):
 
 class AgentProtocolError(AgentError):
     """The guest sent a frame or message that breaks the protocol."""
+
+
+class QuotaExceeded(PyroError):
+    """A ``pyro server`` token's limit is reached; the message names the limit."""
+
+
+class RemoteError(PyroError):
+    """A ``pyro server`` could not be reached, refused the token, or runs another version."""

@@ -239,7 +239,9 @@ def _prove(vms: VmService, key: warm.WarmKey, snapshot: warm.WarmSnapshot) -> di
     from pyro_mcp.workspaces.service import WorkspaceService
 
     with tempfile.TemporaryDirectory(prefix=".prove-", dir=snapshot.directory) as state:
-        paths = config.Paths(state_dir=Path(state), cache_dir=vms.paths.cache_dir)
+        paths = config.Paths(
+            state_dir=Path(state), cache_dir=vms.paths.cache_dir, warm_dir=vms.paths.warm_dir
+        )
         proving = VmService(paths, pinned_warm=snapshot, watch_pid=os.getpid())
         workspaces = WorkspaceService(proving)
         timings: dict[str, Any] = {}

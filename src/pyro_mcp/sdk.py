@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +26,7 @@ from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments import builder, images
 from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import InvalidArgument, PyroError
-from pyro_mcp.hosts import service as host_service
-from pyro_mcp.hosts.server_command import ServerOptions
+from pyro_mcp.transport import LocalTransport, Transport
 from pyro_mcp.vm import env_build
 from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import egress as workspace_egress
@@ -88,6 +88,17 @@ class Pyro:
         cache_dir: where environments are built (default ``PYRO_CACHE_DIR`` or
             ``$XDG_CACHE_HOME/pyro``).
         progress: receives one line per phase of long work (builds, boots).
+        transport: where the engine runs: ``LocalTransport()`` (the default:
+            QEMU guests on this machine) or ``RemoteTransport(url, token)``, a
+            ``pyro server`` elsewhere. Every method works through both, with the
+            same results and errors; seeds, sync sources, secret files and
+            export outputs stay paths of the caller's machine.
+
+    Remote example::
+
+        from pyro_mcp import Pyro
+        from pyro_mcp.transport import RemoteTransport
+        pyro = Pyro(transport=RemoteTransport("https://kvm-box:8787", token))
     """
 
     def __init__(
@@ -95,13 +106,38 @@ class Pyro:
         state_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         progress: Progress | None = None,
+        *,
+        transport: LocalTransport | Transport | None = None,
     ) -> None:
+        remote = None if transport is None or isinstance(transport, LocalTransport) else transport
+        if isinstance(transport, LocalTransport):
+            state_dir = state_dir or transport.state_dir
+            cache_dir = cache_dir or transport.cache_dir
+        elif remote is not None and (state_dir or cache_dir):
+            raise InvalidArgument(
+                "transport",
+                "state_dir and cache_dir are a local engine's; a remote one has its own",
+            )
         defaults = config.default_paths()
-        self.paths = config.Paths(
+        paths = config.Paths(
             state_dir=Path(state_dir).absolute() if state_dir else defaults.state_dir,
             cache_dir=Path(cache_dir).absolute() if cache_dir else defaults.cache_dir,
         )
+        self._setup(paths, progress, remote)
+
+    @classmethod
+    def _over(cls, paths: config.Paths, progress: Progress | None = None) -> Pyro:
+        """A local ``Pyro`` over ``paths`` as given (``pyro server``: warm store per principal)."""
+        pyro = cls.__new__(cls)
+        pyro._setup(paths, progress, None)
+        return pyro
+
+    def _setup(self, paths: config.Paths, progress: Progress | None, remote: Any) -> None:
+        self.paths = paths
         self._progress = progress or _quiet
+        self._remote: Transport | None = remote
+        if remote is not None:
+            return  # the engine is the server's
         self._vms = VmService(self.paths)
         self._workspaces = WorkspaceService(self._vms)
         # Expired workspaces are reaped, and idle ones suspended, lazily: by
@@ -992,80 +1028,6 @@ class Pyro:
             "environment": name,
         }
 
-    # ------------------------------------------------------------------ MCP
-
-    def create_server(
-        self,
-        profile: str | None = None,
-        mode: str | None = None,
-        *,
-        project_path: str | Path | None = None,
-        repo_url: str | None = None,
-        repo_ref: str | None = None,
-        no_project_source: bool = False,
-        environment: str = config.DEFAULT_ENVIRONMENT,
-        allow_host_paths: Sequence[str | Path] = (),
-        default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
-    ) -> Any:
-        """The MCP server object (``mcp.server.mcpserver.MCPServer``) over this SDK.
-
-        The default seed of ``workspace_create`` is found as ``pyro mcp serve``
-        finds it: ``project_path`` or ``repo_url`` when given, else the Git
-        checkout around the current directory; ``no_project_source=True``
-        starts workspaces empty (unless the tool is given a seed_path).
-        Workspaces the server creates without a ``ttl_seconds`` get
-        ``default_ttl_seconds`` of idle time (24 h; 0: never).
-        Run it with ``server.run()`` (stdio).
-        """
-        from pyro_mcp.mcp.server import create_server
-        from pyro_mcp.workspaces import project_source
-
-        source = project_source.resolve(
-            cwd=Path.cwd(),
-            cache_dir=self.paths.cache_dir,
-            project_path=str(project_path) if project_path is not None else None,
-            repo_url=repo_url,
-            repo_ref=repo_ref,
-            no_project_source=no_project_source,
-        )
-        return create_server(
-            profile,
-            mode,
-            pyro=self,
-            project=source,
-            environment=environment,
-            allow_host_paths=[Path(p) for p in allow_host_paths],
-            default_ttl_seconds=default_ttl_seconds,
-        )
-
-    # ---------------------------------------------------------- chat hosts
-
-    @staticmethod
-    def connect_host(
-        host: str, options: ServerOptions | None = None, *, scope: str = "user"
-    ) -> dict[str, Any]:
-        """Register pyro with ``claude-code``, ``codex`` or ``opencode`` (see ``pyro host``)."""
-        return host_service.connect(host, options or ServerOptions(), scope=scope)
-
-    @staticmethod
-    def host_config(
-        host: str, options: ServerOptions | None = None, *, scope: str = "user"
-    ) -> dict[str, Any]:
-        """The config snippet for ``host`` (also ``generic``) and where it goes."""
-        return host_service.print_config(host, options or ServerOptions(), scope=scope)
-
-    @staticmethod
-    def repair_host(
-        host: str, options: ServerOptions | None = None, *, scope: str = "user"
-    ) -> dict[str, Any]:
-        """Rewrite pyro's entry in the host's config in place, after a backup."""
-        return host_service.repair(host, options or ServerOptions(), scope=scope)
-
-    @staticmethod
-    def doctor_hosts(*, health: bool = True) -> dict[str, Any]:
-        """Every host's pyro entry, whether it matches, and whether it really starts."""
-        return host_service.doctor(health=health)
-
     # ---------------------------------------------------------------- host
 
     def doctor(
@@ -1093,9 +1055,34 @@ class Pyro:
         return report
 
 
-def create_server(profile: str | None = None, mode: str | None = None, **options: Any) -> Any:
-    """``Pyro().create_server(...)``: the MCP server with default state and cache dirs."""
-    return Pyro().create_server(profile, mode, **options)
+def _routed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, sent through the transport when the engine is remote."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Pyro, *args: Any, **kwargs: Any) -> Any:
+        if self._remote is None:
+            return method(self, *args, **kwargs)
+        arguments = dict(signature.bind(self, *args, **kwargs).arguments)
+        del arguments["self"]
+        return self._remote.call(name, arguments, self._progress)
+
+    return wrapper
+
+
+def routed_methods() -> list[str]:
+    """The SDK methods a remote transport carries (``pyro server`` serves these)."""
+    return sorted(
+        name for name, member in vars(Pyro).items() if getattr(member, "__pyro_routed__", False)
+    )
+
+
+for _name, _member in list(vars(Pyro).items()):
+    if _name.startswith("_") or not inspect.isfunction(_member):
+        continue
+    _wrapped = _routed(_name, _member)
+    _wrapped.__pyro_routed__ = True  # type: ignore[attr-defined]
+    setattr(Pyro, _name, _wrapped)
 
 
 def _no_host_mode(allow_host_compat: Any) -> None:

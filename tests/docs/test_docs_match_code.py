@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from mcp import Client
-from pyro_mcp import Pyro
+from pyro_mcp import Pyro, create_server
 from pyro_mcp.config import default_paths
 from pyro_mcp.mcp import profiles
 
@@ -49,7 +49,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sizes: set[int] = set()
 
     async def listing(**selection: str) -> None:
-        server = pyro.create_server(**selection, no_project_source=True)
+        server = create_server(**selection, pyro=pyro, no_project_source=True)
         async with Client(server) as client:
             tools = (await client.list_tools()).tools
         sizes.add(len(tools))

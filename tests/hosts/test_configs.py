@@ -9,7 +9,7 @@ from pathlib import Path
 import json5
 import pytest
 
-from pyro_mcp import Pyro
+from pyro_mcp import hosts
 from pyro_mcp.errors import HostSetupError, InvalidArgument
 from pyro_mcp.hosts import service
 from pyro_mcp.hosts.configs import get_host
@@ -78,9 +78,9 @@ def test_bad_choices_are_refused_with_the_valid_ones() -> None:
     with pytest.raises(InvalidArgument, match="supports user"):
         service.print_config("codex", ServerOptions(), scope="project")
     with pytest.raises(HostSetupError, match="print-config generic"):
-        Pyro.connect_host("generic")
+        hosts.connect_host("generic")
     with pytest.raises(HostSetupError, match="print-config generic"):
-        Pyro.repair_host("generic")
+        hosts.repair_host("generic")
 
 
 def test_repairing_opencode_keeps_comments_and_other_servers(
@@ -90,7 +90,7 @@ def test_repairing_opencode_keeps_comments_and_other_servers(
     path = tmp_path / ".config" / "opencode" / "opencode.jsonc"
     path.parent.mkdir(parents=True)
     path.write_text(OPENCODE_JSONC)
-    result = Pyro.repair_host("opencode")
+    result = hosts.repair_host("opencode")
     assert result["config_path"] == str(path)
     assert Path(result["backup"]).read_text() == OPENCODE_JSONC
     text = path.read_text()
@@ -108,7 +108,7 @@ def test_repairing_codex_keeps_comments_other_servers_and_its_own_settings(
     path.parent.mkdir()
     path.write_text(CODEX_TOML)
     path.chmod(0o600)
-    Pyro.repair_host("codex", ServerOptions(no_project_source=True))
+    hosts.repair_host("codex", ServerOptions(no_project_source=True))
     text = path.read_text()
     assert "# my codex settings" in text and "# another server" in text
     data = tomllib.loads(text)
@@ -126,13 +126,13 @@ def test_repair_creates_a_missing_config_and_claude_code_scopes(
     project.mkdir()
     monkeypatch.chdir(project)
     (tmp_path / ".claude.json").write_text(json.dumps({"numStartups": 3, "mcpServers": {}}))
-    Pyro.repair_host("claude-code", scope="local")
+    hosts.repair_host("claude-code", scope="local")
     data = json.loads((tmp_path / ".claude.json").read_text())
     assert data["numStartups"] == 3
     assert data["projects"][str(project)]["mcpServers"]["pyro"]["command"] == pyro_launcher()[0]
-    Pyro.repair_host("claude-code", scope="project")
+    hosts.repair_host("claude-code", scope="project")
     assert json.loads((project / ".mcp.json").read_text())["mcpServers"]["pyro"]["type"] == "stdio"
-    created = Pyro.repair_host("opencode", scope="project")
+    created = hosts.repair_host("opencode", scope="project")
     assert created["backup"] is None and (project / "opencode.json").exists()
 
 
@@ -146,7 +146,7 @@ def test_an_invalid_config_is_left_alone_and_named(
     with pytest.raises(
         HostSetupError, match=r"config\.toml is not valid TOML.*nothing was written"
     ):
-        Pyro.repair_host("codex")
+        hosts.repair_host("codex")
     assert path.read_text() == "[mcp_servers.pyro\ncommand = "
     assert list(path.parent.iterdir()) == [path]  # no backup of a file left untouched
     report = service.doctor(health=False)
@@ -160,7 +160,7 @@ def test_connect_without_the_host_cli_says_how_to_install_it_and_what_to_paste(
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(HostSetupError) as failure:
-        Pyro.connect_host("claude-code")
+        hosts.connect_host("claude-code")
     message = str(failure.value)
     assert "npm install -g @anthropic-ai/claude-code" in message
     assert '"mcpServers"' in message and pyro_launcher()[0] in message

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from mcp import Client
-from pyro_mcp import Pyro
+from pyro_mcp import Pyro, create_server
 from pyro_mcp.mcp import profiles
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "public-contract.md"
@@ -41,8 +41,10 @@ def documented() -> dict[str, tuple[set[str], set[str]]]:
 
 
 def live(pyro: Pyro, flag: str, name: str) -> dict[str, set[str]]:
-    server = pyro.create_server(
-        **({"mode": name} if flag == "mode" else {"profile": name}), no_project_source=True
+    server = create_server(
+        **({"mode": name} if flag == "mode" else {"profile": name}),
+        pyro=pyro,
+        no_project_source=True,
     )
 
     async def listing() -> dict[str, set[str]]:

@@ -292,7 +292,7 @@ def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
 def test_create_server_from_python_lists_the_same_tools(state_dir: Path, cache_dir: Path) -> None:
     from pyro_mcp import create_server
 
-    server = Pyro(state_dir=state_dir, cache_dir=cache_dir).create_server(mode="inspect")
+    server = create_server(mode="inspect", pyro=Pyro(state_dir=state_dir, cache_dir=cache_dir))
     names = {tool.name for tool in anyio.run(server.list_tools)}
     assert names == EXPECTED[("--mode", "inspect")]
     assert callable(create_server)

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from pyro_mcp.vm.qemu import MachineSpec, tcg_clock_arguments
 
 
@@ -24,7 +26,7 @@ def spec(**overrides: object) -> MachineSpec:
 
 def test_the_machine_is_a_microvm_without_default_devices() -> None:
     argv = spec().argv()
-    assert argv[argv.index("-M") + 1] == "microvm,accel=tcg"
+    assert argv[argv.index("-M") + 1] == "microvm,accel=tcg,mem-merge=on"
     assert {"-nodefaults", "-no-user-config", "-no-reboot"} <= set(argv)
     assert "virtserialport,chardev=agent,name=org.pyro.agent" in argv
 
@@ -55,12 +57,21 @@ def test_a_warm_template_writes_its_ram_file_and_a_warm_vm_maps_it_privately() -
     template = spec(memory_file=Path("ram.img"), memory_shared=True).argv()
     assert template[template.index("-M") + 1] == "microvm,accel=tcg,memory-backend=ram"
     backend = template[template.index("-object") + 1]
-    assert backend == "memory-backend-file,id=ram,size=512M,mem-path=ram.img,share=on"
+    assert backend == "memory-backend-file,id=ram,size=512M,mem-path=ram.img,share=on,merge=on"
     assert template[template.index("-m") + 1] == "512"  # must match the backend's size
     assert "-incoming" not in template
     restored = spec(memory_file=Path("ram.img"), incoming=True).argv()
     assert "share=off" in restored[restored.index("-object") + 1]
     assert restored[restored.index("-incoming") + 1] == "defer"
+
+
+def test_guest_ram_is_not_offered_to_page_merging_when_merging_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYRO_MEMORY_MERGE", "off")
+    assert spec().argv()[spec().argv().index("-M") + 1].endswith(",mem-merge=off")
+    warm = spec(memory_file=Path("ram.img")).argv()
+    assert warm[warm.index("-object") + 1].endswith(",merge=off")
 
 
 def test_cold_boots_keep_ram_anonymous() -> None:

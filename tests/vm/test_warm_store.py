@@ -43,7 +43,7 @@ def test_each_changed_key_field_is_named_for_doctor() -> None:
 
 
 def test_shapes_keep_snapshots_with_and_without_a_nic_apart(tmp_path: Path) -> None:
-    store = warm.WarmStore(tmp_path)
+    store = warm.WarmStore(tmp_path / "warm")
     assert store.shape_dir(key()).name == "1cpu-1024m"
     assert store.shape_dir(key(network=True)).name == "1cpu-1024m-net"
     fake_snapshot(store, key())
@@ -52,7 +52,7 @@ def test_shapes_keep_snapshots_with_and_without_a_nic_apart(tmp_path: Path) -> N
 
 
 def test_a_committed_snapshot_is_current_and_checked_before_use(tmp_path: Path) -> None:
-    store = warm.WarmStore(tmp_path)
+    store = warm.WarmStore(tmp_path / "warm")
     assert store.status(key()).status == "cold"
     snapshot = fake_snapshot(store, key())
     status = store.status(key())
@@ -71,7 +71,7 @@ def test_a_committed_snapshot_is_current_and_checked_before_use(tmp_path: Path) 
 
 
 def test_a_manifest_from_elsewhere_or_a_stale_key_is_never_used(tmp_path: Path) -> None:
-    store = warm.WarmStore(tmp_path)
+    store = warm.WarmStore(tmp_path / "warm")
     snapshot = fake_snapshot(store, key())
     stale = store.status(key(build_id="b2"))
     assert stale.status == "stale" and stale.snapshot is None
@@ -83,7 +83,7 @@ def test_a_manifest_from_elsewhere_or_a_stale_key_is_never_used(tmp_path: Path) 
 
 
 def test_an_interrupted_prepare_leaves_a_partial_that_is_never_current(tmp_path: Path) -> None:
-    store = warm.WarmStore(tmp_path)
+    store = warm.WarmStore(tmp_path / "warm")
     good = fake_snapshot(store, key())
     with store.lock(key()):
         partial = store.new_partial(key())
@@ -95,7 +95,7 @@ def test_an_interrupted_prepare_leaves_a_partial_that_is_never_current(tmp_path:
 
 
 def test_prune_keeps_only_the_usable_snapshots(tmp_path: Path) -> None:
-    store = warm.WarmStore(tmp_path)
+    store = warm.WarmStore(tmp_path / "warm")
     old = fake_snapshot(store, key())
     new = fake_snapshot(store, key())
     other = fake_snapshot(store, key(network=True))

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import print_json
-from pyro_mcp.sdk import Pyro
 
 
 def register(commands: Any) -> None:
@@ -33,7 +33,7 @@ def register(commands: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    report = Pyro().doctor(environment=args.environment, platform_only=args.platform)
+    report = client.pyro().doctor(environment=args.environment, platform_only=args.platform)
     if args.json:
         print_json(report)
         return 0 if report["ok"] else 1

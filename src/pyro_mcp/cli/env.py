@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import human_bytes, print_json, progress_printer, table
-from pyro_mcp.sdk import Pyro
 
 EPILOG = """\
 examples:
@@ -180,7 +180,7 @@ def register(commands: Any) -> None:
 
 
 def handle_list(args: argparse.Namespace) -> int:
-    environments = Pyro().list_environments()
+    environments = client.pyro().list_environments()
     if args.json:
         print_json(environments)
         return 0
@@ -208,7 +208,7 @@ def _shared(env: dict[str, Any]) -> str:
 
 
 def handle_pull(args: argparse.Namespace) -> int:
-    info = Pyro(progress=progress_printer("env")).pull_environment(
+    info = client.pyro(progress=progress_printer("env")).pull_environment(
         args.reference,
         name=args.name,
         force=args.force,
@@ -236,7 +236,7 @@ def handle_build(args: argparse.Namespace) -> int:
         if not key or not has_value:
             raise InvalidArgument("--build-arg", f"expected K=V, not {item!r}")
         build_args[key] = value
-    info = Pyro(progress=progress_printer("build")).build_environment(
+    info = client.pyro(progress=progress_printer("build")).build_environment(
         args.name,
         file=args.file,
         context=args.context,
@@ -255,7 +255,7 @@ def handle_build(args: argparse.Namespace) -> int:
 
 
 def handle_save(args: argparse.Namespace) -> int:
-    info = Pyro(progress=progress_printer("env")).save_environment(args.workspace, args.name)
+    info = client.pyro(progress=progress_printer("env")).save_environment(args.workspace, args.name)
     if args.json:
         print_json(info)
     else:
@@ -267,7 +267,7 @@ def handle_save(args: argparse.Namespace) -> int:
 
 
 def handle_push(args: argparse.Namespace) -> int:
-    result = Pyro(progress=progress_printer("env")).push_environment(
+    result = client.pyro(progress=progress_printer("env")).push_environment(
         args.name, args.reference, insecure_registry=args.insecure_registry
     )
     if args.json:
@@ -278,7 +278,7 @@ def handle_push(args: argparse.Namespace) -> int:
 
 
 def handle_inspect(args: argparse.Namespace) -> int:
-    info = Pyro().inspect_environment(args.name)
+    info = client.pyro().inspect_environment(args.name)
     if args.json:
         print_json(info)
         return 0
@@ -326,7 +326,7 @@ def handle_inspect(args: argparse.Namespace) -> int:
 
 
 def handle_prune(args: argparse.Namespace) -> int:
-    result = Pyro().prune_environments(all=args.all)
+    result = client.pyro().prune_environments(all=args.all)
     if args.json:
         print_json(result)
     else:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import print_json, print_listing
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.sdk import Pyro
 
 INCLUDE_IGNORED_HELP = (
     "also show what the project's .gitignore rules ignore (left out by default for a "
@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
 
 
 def handle_sync_push(args: argparse.Namespace) -> int:
-    result = Pyro().push_workspace_sync(args.workspace, args.source, dest=args.dest)
+    result = client.pyro().push_workspace_sync(args.workspace, args.source, dest=args.dest)
     if args.json:
         print_json(result)
     else:
@@ -83,7 +83,7 @@ def handle_sync_push(args: argparse.Namespace) -> int:
 
 
 def handle_file_list(args: argparse.Namespace) -> int:
-    result = Pyro().list_workspace_files(args.workspace, args.path, recursive=args.recursive)
+    result = client.pyro().list_workspace_files(args.workspace, args.path, recursive=args.recursive)
     if args.json:
         print_json(result)
         return 0
@@ -94,7 +94,7 @@ def handle_file_list(args: argparse.Namespace) -> int:
 
 
 def handle_file_read(args: argparse.Namespace) -> int:
-    result = Pyro().read_workspace_file(args.workspace, args.path, max_bytes=args.max_bytes)
+    result = client.pyro().read_workspace_file(args.workspace, args.path, max_bytes=args.max_bytes)
     if args.json:
         print_json(result)
     elif result["binary"]:
@@ -113,7 +113,7 @@ def handle_file_write(args: argparse.Namespace) -> int:
         content: str | bytes = read_host_file(args.text_file, "--text-file")
     else:
         content = args.text
-    result = Pyro().write_workspace_file(args.workspace, args.path, content)
+    result = client.pyro().write_workspace_file(args.workspace, args.path, content)
     print_json(result) if args.json else print(f"wrote {result['bytes']} bytes to {result['path']}")
     return 0
 
@@ -127,7 +127,7 @@ def handle_patch_apply(args: argparse.Namespace) -> int:
         )
     else:
         text = args.patch
-    result = Pyro().apply_workspace_patch(args.workspace, text)
+    result = client.pyro().apply_workspace_patch(args.workspace, text)
     if args.json:
         print_json(result)
     else:
@@ -137,7 +137,7 @@ def handle_patch_apply(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    result = Pyro().export_workspace(
+    result = client.pyro().export_workspace(
         args.workspace,
         args.path,
         args.output,

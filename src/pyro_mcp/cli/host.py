@@ -116,9 +116,9 @@ def _options(args: argparse.Namespace) -> ServerOptions:
 
 
 def handle_connect(args: argparse.Namespace) -> int:
-    from pyro_mcp.sdk import Pyro
+    from pyro_mcp import hosts
 
-    result = Pyro.connect_host(args.host, _options(args), scope=args.scope)
+    result = hosts.connect_host(args.host, _options(args), scope=args.scope)
     code = 0 if result["health"]["ok"] else 1  # registered, but the server does not start
     if args.json:
         print_json(result)
@@ -144,9 +144,9 @@ def _print_health(health: dict[str, Any]) -> None:
 
 
 def handle_print_config(args: argparse.Namespace) -> int:
-    from pyro_mcp.sdk import Pyro
+    from pyro_mcp import hosts
 
-    result = Pyro.host_config(args.host, _options(args), scope=args.scope)
+    result = hosts.host_config(args.host, _options(args), scope=args.scope)
     if args.output is not None:
         args.output.write_text(result["snippet"] + "\n")
         result["output"] = str(args.output)
@@ -164,9 +164,9 @@ def handle_print_config(args: argparse.Namespace) -> int:
 
 
 def handle_repair(args: argparse.Namespace) -> int:
-    from pyro_mcp.sdk import Pyro
+    from pyro_mcp import hosts
 
-    result = Pyro.repair_host(args.host, _options(args), scope=args.scope)
+    result = hosts.repair_host(args.host, _options(args), scope=args.scope)
     code = 0 if result["health"]["ok"] else 1
     if args.json:
         print_json(result)
@@ -180,9 +180,9 @@ def handle_repair(args: argparse.Namespace) -> int:
 
 
 def handle_doctor(args: argparse.Namespace) -> int:
-    from pyro_mcp.sdk import Pyro
+    from pyro_mcp import hosts
 
-    report = Pyro.doctor_hosts(health=not args.no_health)
+    report = hosts.doctor_hosts(health=not args.no_health)
     failing = [h["host"] for h in report["hosts"] if h.get("health") and not h["health"]["ok"]]
     if args.json:
         print_json(report)

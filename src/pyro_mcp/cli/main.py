@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pyro_mcp.cli import doctor, env, host, mcp, prepare, run, vm, workspace
+from pyro_mcp.cli import client, doctor, env, host, mcp, prepare, run, server, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.version import __version__
 
@@ -24,6 +24,9 @@ examples:
   pyro run debian:12 --json -- sh -c 'exit 3'  structured result, exit code 3
   pyro demo                                    create, start, exec, delete
   pyro host connect claude-code                use pyro from Claude Code (also codex, opencode)
+  pyro --remote https://kvm-box:8787 workspace list
+                                               the same commands against a `pyro server`
+                                               (token in PYRO_TOKEN)
 
 Every command takes --json. State lives under PYRO_HOME (default
 ~/.local/share/pyro), environments under PYRO_CACHE_DIR (default ~/.cache/pyro).
@@ -38,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyro {__version__}")
+    parser.add_argument(
+        "--remote",
+        metavar="URL",
+        help="run every command on the `pyro server` at URL (default: PYRO_REMOTE); "
+        "the token comes from PYRO_TOKEN, a private CA from PYRO_REMOTE_CA",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run.register(commands)
     doctor.register(commands)
@@ -47,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     workspace.register(commands)
     mcp.register(commands)
     host.register(commands)
+    server.register(commands)
     return parser
 
 
@@ -71,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        client.configure(args.remote)
         code = int(handler(args))
         sys.stdout.flush()  # a reader that went away shows up here, not at exit
         return code

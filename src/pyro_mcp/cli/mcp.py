@@ -134,6 +134,14 @@ def register(commands: Any) -> None:
         help="workspaces this server creates may reach this host's 127.0.0.1:PORT as "
         "host.pyro.internal:PORT when they allow it (the chat cannot ask for this switch)",
     )
+    serve.add_argument(
+        "--remote",
+        dest="mcp_remote",
+        metavar="URL",
+        help="a local stdio bridge to the `pyro server` at URL (default: PYRO_REMOTE): the "
+        "chat host keeps a local command, seeds are packed from this checkout, the guests "
+        "run on the server (token in PYRO_TOKEN)",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.add_argument(
         "--verbose",
@@ -172,7 +180,14 @@ def handle_serve(args: argparse.Namespace) -> int:
         if not path.is_dir():
             raise InvalidArgument("--allow-host-path", f"{directory} is not a directory")
         allowed.append(path.resolve())
-    if args.environment:
+    from pyro_mcp.cli import client
+
+    remote = client.remote_settings(args.mcp_remote or args.remote)
+    if remote is not None:
+        # The server has the environments; it checks the name at the first create.
+        environment = args.environment or config.DEFAULT_ENVIRONMENT
+        note = f"on {remote[0]}"
+    elif args.environment:
         _check_environment(paths.cache_dir, args.environment)
         environment, note = args.environment, ""
     else:
@@ -191,11 +206,17 @@ def handle_serve(args: argparse.Namespace) -> int:
     def build() -> Any:
         from pyro_mcp.mcp.server import create_server
         from pyro_mcp.sdk import Pyro
+        from pyro_mcp.transport import RemoteTransport
 
+        transport = None
+        if remote is not None:
+            transport = RemoteTransport(remote[0], remote[1], ca_file=remote[2])
         return create_server(
             args.profile,
             args.mode,
-            pyro=Pyro(progress=_log_progress),
+            pyro=Pyro(progress=_log_progress, transport=transport),
+            # A remote server suspends and reaps its own workspaces.
+            idle_timer=remote is None,
             project=source,
             environment=args.environment,
             allow_host_paths=allowed,
@@ -218,6 +239,7 @@ def handle_serve(args: argparse.Namespace) -> int:
             args.idle_suspend_seconds,
             args.allow_private_egress,
             args.allow_host_services,
+            remote[0] if remote else None,
         ]
     )
     fast_start.serve(build, fast_start.HandshakeCache(paths.cache_dir, key))

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import human_bytes, print_json, progress_printer
-from pyro_mcp.sdk import Pyro
 
 EPILOG = """\
 examples:
@@ -67,7 +67,7 @@ def register(commands: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from pyro_mcp.errors import InvalidArgument
 
-    pyro = Pyro(progress=progress_printer("prepare"))
+    pyro = client.pyro(progress=progress_printer("prepare"))
     if args.project_path:
         if args.environment:
             raise InvalidArgument(

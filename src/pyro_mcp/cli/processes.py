@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import print_json, print_listing, table
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.sdk import Pyro
 
 SHELL_EPILOG = """\
 examples:
@@ -199,7 +199,7 @@ def register_disk(sub: Any) -> None:
 
 
 def handle_disk(args: argparse.Namespace) -> int:
-    pyro = Pyro()
+    pyro = client.pyro()
     if args.action == "export":
         result = pyro.export_workspace_disk(args.workspace, args.output, overwrite=args.overwrite)
         print_json(result) if args.json else print(f"wrote {result['output']} ({result['format']})")
@@ -221,7 +221,7 @@ def handle_disk(args: argparse.Namespace) -> int:
 
 
 def handle_snapshot(args: argparse.Namespace) -> int:
-    pyro = Pyro()
+    pyro = client.pyro()
     if args.action == "list":
         result = pyro.list_snapshots(args.workspace)
         if args.json:
@@ -240,7 +240,7 @@ def handle_snapshot(args: argparse.Namespace) -> int:
 
 
 def handle_shell_open(args: argparse.Namespace) -> int:
-    shell = Pyro().open_shell(
+    shell = client.pyro().open_shell(
         args.workspace,
         cwd=args.cwd,
         cols=args.cols,
@@ -256,7 +256,7 @@ def handle_shell_open(args: argparse.Namespace) -> int:
 
 
 def handle_shell_write(args: argparse.Namespace) -> int:
-    result = Pyro().write_shell(
+    result = client.pyro().write_shell(
         args.workspace, args.shell_id, args.input, newline=not args.no_newline
     )
     print_json(result) if args.json else None
@@ -264,7 +264,7 @@ def handle_shell_write(args: argparse.Namespace) -> int:
 
 
 def handle_shell_read(args: argparse.Namespace) -> int:
-    result = Pyro().read_shell(
+    result = client.pyro().read_shell(
         args.workspace,
         args.shell_id,
         cursor=args.cursor,
@@ -288,13 +288,13 @@ def handle_shell_read(args: argparse.Namespace) -> int:
 
 
 def handle_shell_signal(args: argparse.Namespace) -> int:
-    result = Pyro().signal_shell(args.workspace, args.shell_id, args.signal)
+    result = client.pyro().signal_shell(args.workspace, args.shell_id, args.signal)
     print_json(result) if args.json else None
     return 0
 
 
 def handle_shell_simple(args: argparse.Namespace) -> int:
-    pyro = Pyro()
+    pyro = client.pyro()
     if args.action == "close":
         result = pyro.close_shell(args.workspace, args.shell_id)
         print_json(result) if args.json else print(f"closed shell {args.shell_id}")
@@ -314,7 +314,7 @@ def handle_shell_simple(args: argparse.Namespace) -> int:
 def handle_service_start(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise InvalidArgument("command", "give the service's command after --")
-    status = Pyro().start_service(
+    status = client.pyro().start_service(
         args.workspace,
         args.name,
         list(args.cmd),
@@ -337,7 +337,7 @@ def handle_service_start(args: argparse.Namespace) -> int:
 
 
 def handle_service_simple(args: argparse.Namespace) -> int:
-    pyro = Pyro()
+    pyro = client.pyro()
     if args.action == "list":
         result = pyro.list_services(args.workspace)
         if args.json:

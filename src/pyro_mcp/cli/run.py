@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import parse_pairs, print_json, progress_printer, write_command_output
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.sdk import Pyro
 
 RUN_EPILOG = """\
 examples:
@@ -78,7 +78,7 @@ def handle_run(args: argparse.Namespace) -> int:
         raise InvalidArgument(
             "command", "give the command after --, e.g. `pyro run debian:12 -- uname -a`"
         )
-    pyro = Pyro(progress=progress_printer("run"))
+    pyro = client.pyro(progress=progress_printer("run"))
     result = pyro.run_in_vm(
         args.environment,
         command,
@@ -110,7 +110,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def handle_demo(args: argparse.Namespace) -> int:
     progress = progress_printer("demo")
-    pyro = Pyro(progress=progress)
+    pyro = client.pyro(progress=progress)
     steps: list[dict[str, Any]] = []
 
     def step(name: str, started: float, **extra: Any) -> None:

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.cli import client
 from pyro_mcp.cli.render import print_json, progress_printer, table, write_command_output
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.sdk import Pyro
 
 EPILOG = """\
 examples:
@@ -73,7 +73,7 @@ def register(commands: Any) -> None:
 
 
 def handle_create(args: argparse.Namespace) -> int:
-    record = Pyro(progress=progress_printer("vm")).create_vm(
+    record = client.pyro(progress=progress_printer("vm")).create_vm(
         args.environment,
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
@@ -93,7 +93,7 @@ def handle_create(args: argparse.Namespace) -> int:
 
 
 def handle_simple(args: argparse.Namespace) -> int:
-    pyro = Pyro(progress=progress_printer("vm"))
+    pyro = client.pyro(progress=progress_printer("vm"))
     method = {
         "start": pyro.start_vm,
         "stop": pyro.stop_vm,
@@ -114,7 +114,7 @@ def handle_exec(args: argparse.Namespace) -> int:
     command = list(args.cmd)
     if not command:
         raise InvalidArgument("command", "give the command after --")
-    result = Pyro().exec_vm(
+    result = client.pyro().exec_vm(
         args.vm_id,
         command,
         timeout_seconds=args.timeout_seconds,
@@ -129,7 +129,7 @@ def handle_exec(args: argparse.Namespace) -> int:
 
 
 def handle_list(args: argparse.Namespace) -> int:
-    records = Pyro().list_vms()
+    records = client.pyro().list_vms()
     if args.json:
         print_json(records)
         return 0
@@ -142,7 +142,7 @@ def handle_list(args: argparse.Namespace) -> int:
 
 
 def handle_reap(args: argparse.Namespace) -> int:
-    result = Pyro().reap_expired()
+    result = client.pyro().reap_expired()
     if args.json:
         print_json(result)
     else:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pyro_mcp import config
-from pyro_mcp.cli import files, processes
+from pyro_mcp.cli import client, files, processes
 from pyro_mcp.cli.render import (
     parse_pairs,
     print_json,
@@ -19,7 +19,6 @@ from pyro_mcp.cli.render import (
 from pyro_mcp.cli.run import parse_env
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.render import render_journal_entry, render_summary
-from pyro_mcp.sdk import Pyro
 
 EPILOG = """\
 examples:
@@ -297,7 +296,7 @@ def _secrets_with_hosts(args: argparse.Namespace) -> tuple[dict[str, Any], dict[
 
 def handle_create(args: argparse.Namespace) -> int:
     secrets, secret_files = _secrets_with_hosts(args)
-    workspace = Pyro(progress=progress_printer("workspace")).create_workspace(
+    workspace = client.pyro(progress=progress_printer("workspace")).create_workspace(
         args.environment,
         seed_path=args.seed_path,
         project_path=args.project_path,
@@ -330,7 +329,7 @@ def handle_create(args: argparse.Namespace) -> int:
 
 
 def handle_list(args: argparse.Namespace) -> int:
-    workspaces = Pyro().list_workspaces()
+    workspaces = client.pyro().list_workspaces()
     if args.json:
         print_json(workspaces)
         return 0
@@ -353,7 +352,7 @@ def handle_list(args: argparse.Namespace) -> int:
 
 
 def handle_update(args: argparse.Namespace) -> int:
-    workspace = Pyro().update_workspace(
+    workspace = client.pyro().update_workspace(
         args.workspace,
         name=args.name,
         clear_name=args.clear_name,
@@ -369,7 +368,7 @@ def handle_update(args: argparse.Namespace) -> int:
 
 
 def handle_simple(args: argparse.Namespace) -> int:
-    pyro = Pyro(progress=progress_printer("workspace"))
+    pyro = client.pyro(progress=progress_printer("workspace"))
     method = {
         "status": pyro.status_workspace,
         "logs": pyro.logs_workspace,
@@ -390,7 +389,7 @@ def handle_simple(args: argparse.Namespace) -> int:
 
 
 def handle_fork(args: argparse.Namespace) -> int:
-    result = Pyro().fork_workspace(args.workspace, name=args.name, count=args.count)
+    result = client.pyro().fork_workspace(args.workspace, name=args.name, count=args.count)
     if args.json:
         print_json(result)
         return 0
@@ -404,7 +403,7 @@ def handle_fork(args: argparse.Namespace) -> int:
 
 
 def handle_stop(args: argparse.Namespace) -> int:
-    result = Pyro().stop_workspace(args.workspace, discard_memory=args.discard_memory)
+    result = client.pyro().stop_workspace(args.workspace, discard_memory=args.discard_memory)
     if args.json:
         print_json(result)
     elif result["suspended"]:
@@ -419,7 +418,7 @@ def handle_stop(args: argparse.Namespace) -> int:
 
 
 def handle_diff(args: argparse.Namespace) -> int:
-    result = Pyro().diff_workspace(
+    result = client.pyro().diff_workspace(
         args.workspace,
         include_ignored=args.include_ignored,
         format="patch" if args.patch else "changes",
@@ -446,7 +445,7 @@ def handle_diff(args: argparse.Namespace) -> int:
 
 
 def handle_summary(args: argparse.Namespace) -> int:
-    result = Pyro().summarize_workspace(args.workspace, include_ignored=args.include_ignored)
+    result = client.pyro().summarize_workspace(args.workspace, include_ignored=args.include_ignored)
     print_json(result) if args.json else print(render_summary(result))
     return 0
 
@@ -454,7 +453,7 @@ def handle_summary(args: argparse.Namespace) -> int:
 def handle_exec(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise InvalidArgument("command", "give the command after --")
-    result = Pyro().exec_workspace(
+    result = client.pyro().exec_workspace(
         args.workspace,
         list(args.cmd),
         timeout_seconds=args.timeout_seconds,
@@ -520,7 +519,7 @@ def _ago(timestamp: float) -> str:
 
 
 def handle_reset(args: argparse.Namespace) -> int:
-    workspace = Pyro(progress=progress_printer("workspace")).reset_workspace(
+    workspace = client.pyro(progress=progress_printer("workspace")).reset_workspace(
         args.workspace, snapshot=args.snapshot
     )
     print_json(workspace) if args.json else print(_describe(workspace))

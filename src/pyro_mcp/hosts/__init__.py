@@ -1,1 +1,50 @@
-"""Chat hosts: registering pyro with Claude Code, Codex and OpenCode, and checking it."""
+"""Chat hosts: registering pyro with Claude Code, Codex and OpenCode, and checking it.
+
+The SDK face of ``pyro host``: each function returns what the command prints
+with ``--json``. ``options`` is a ``ServerOptions`` (the ``pyro mcp serve``
+command a host is given; ``remote``/``token_env`` make it a bridge to a
+``pyro server``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyro_mcp.hosts.server_command import ServerOptions
+
+
+def connect_host(
+    host: str, options: ServerOptions | None = None, *, scope: str = "user"
+) -> dict[str, Any]:
+    """Register pyro with ``claude-code``, ``codex`` or ``opencode`` (see ``pyro host``)."""
+    from pyro_mcp.hosts import service
+
+    return service.connect(host, options or ServerOptions(), scope=scope)
+
+
+def host_config(
+    host: str, options: ServerOptions | None = None, *, scope: str = "user"
+) -> dict[str, Any]:
+    """The config snippet for ``host`` (also ``generic``) and where it goes."""
+    from pyro_mcp.hosts import service
+
+    return service.print_config(host, options or ServerOptions(), scope=scope)
+
+
+def repair_host(
+    host: str, options: ServerOptions | None = None, *, scope: str = "user"
+) -> dict[str, Any]:
+    """Rewrite pyro's entry in the host's config in place, after a backup."""
+    from pyro_mcp.hosts import service
+
+    return service.repair(host, options or ServerOptions(), scope=scope)
+
+
+def doctor_hosts(*, health: bool = True) -> dict[str, Any]:
+    """Every host's pyro entry, whether it matches, and whether it really starts."""
+    from pyro_mcp.hosts import service
+
+    return service.doctor(health=health)
+
+
+__all__ = ["ServerOptions", "connect_host", "doctor_hosts", "host_config", "repair_host"]

@@ -76,6 +76,7 @@ def create_server(
     idle_suspend_seconds: int = config.DEFAULT_IDLE_SUSPEND_SECONDS,
     allow_private_egress: bool = False,
     allow_host_services: bool = False,
+    idle_timer: bool = True,
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -97,6 +98,8 @@ def create_server(
         allow_private_egress, allow_host_services: the operator's egress switches
             for every workspace this server creates (never tool arguments): reach
             private addresses; reach this host's 127.0.0.1 as host.pyro.internal.
+        idle_timer: suspend idle workspaces and reap expired ones on a timer;
+            False where the engine's owner does that (``pyro server``).
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
@@ -136,7 +139,8 @@ def create_server(
         for tool in served.values()
     )
     warm_up = BackgroundWarmUp(client, environment, network=network)
-    IdleSuspender(client).start()
+    if idle_timer:
+        IdleSuspender(client).start()
     server = PyroMCPServer(
         "pyro",
         version=__version__,

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyro_mcp import host_tools
+from pyro_mcp import config, host_tools
 from pyro_mcp.agent.protocol import AGENT_PORT_NAME
 from pyro_mcp.egress import EGRESS_GUEST_ADDRESS, EGRESS_GUEST_PORT
 from pyro_mcp.errors import HostSetupError
@@ -72,17 +72,23 @@ class MachineSpec:
         if self.runtime_disk is not None:
             append += " pyro.runtime=1"
         machine = f"microvm,accel={self.accel}"
+        # Guest RAM is offered to the host's same-page merging unless merging is
+        # switched off (PYRO_MEMORY_MERGE=off; `pyro server` with more than one
+        # principal): merged pages let one guest time another's memory.
+        merge = "on" if config.memory_merge_enabled() else "off"
         memory: list[str] = []
         if self.memory_file is not None:
             machine += ",memory-backend=ram"
             memory = [
                 "-object",
                 f"memory-backend-file,id=ram,size={self.mem_mib}M,mem-path={self.memory_file},"
-                f"share={'on' if self.memory_shared else 'off'}",
+                f"share={'on' if self.memory_shared else 'off'},merge={merge}",
             ]
         elif self.memory_anonymous:
             machine += ",memory-backend=ram"
-            memory = ["-object", f"memory-backend-ram,id=ram,size={self.mem_mib}M"]
+            memory = ["-object", f"memory-backend-ram,id=ram,size={self.mem_mib}M,merge={merge}"]
+        else:
+            machine += f",mem-merge={merge}"
         argv = [
             str(self.qemu),
             "-M",

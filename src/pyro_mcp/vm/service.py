@@ -99,7 +99,7 @@ class VmService:
         self.paths = paths
         self.store = Store(paths.db_path)
         self.environments = EnvironmentCache(paths.cache_dir)
-        self.warm = warm.WarmStore(paths.cache_dir)
+        self.warm = warm.WarmStore(paths.warm_root)
         self.pinned_warm = pinned_warm
         self.watch_pid = watch_pid
 

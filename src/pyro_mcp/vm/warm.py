@@ -190,10 +190,10 @@ class WarmStatus:
 
 
 class WarmStore:
-    """Finds, checks, writes and prunes warm snapshots under ``cache_dir/warm``."""
+    """Finds, checks, writes and prunes warm snapshots under ``root`` (``cache_dir/warm``)."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.root = cache_dir / "warm"
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     def shape_dir(self, key: WarmKey) -> Path:
         return self.root / slug(key.environment) / key.shape

@@ -1,0 +1,1 @@
+"""``pyro server``: the engine served over HTTP to other machines (issue #26)."""

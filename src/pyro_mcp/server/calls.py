@@ -1,0 +1,300 @@
+"""One principal's view of the engine: the transport behind its SDK calls and
+its MCP tools on ``pyro server``.
+
+Every call passes here before the engine sees it:
+
+- A workspace or VM argument must name one this principal created; any other
+  gets the ``NotFound`` an id that never existed gets (an admin sees all).
+  Lists hold only the principal's own.
+- Creating, starting and forking count against the token's limits.
+- Host paths never come from a client: seeds and sync sources arrive as
+  uploads (``{"upload": TICKET}``), exports leave as downloads. A path string
+  is refused, so no caller makes the server read or write its own files.
+- Operations on the whole machine (pruning the cache, reaping) are the admin's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import names
+from pyro_mcp.errors import InvalidArgument, NotFound, QuotaExceeded
+from pyro_mcp.sdk import Pyro, routed_methods
+from pyro_mcp.server.registry import Principal, Registry
+from pyro_mcp.transport import wire
+
+ADMIN_ONLY = frozenset(
+    {"prune_environments", "push_environment", "reap_expired", "suspend_idle_workspaces"}
+)
+# These read the caller's own files; the remote client refuses them before
+# sending, and a caller of /mcp never had them (no host paths there).
+REFUSED = frozenset({"build_environment", "prepare_project"})
+# Arguments that name a host path; they must have crossed as an upload or download.
+_UPLOADED = {"create_workspace": "seed_path", "push_workspace_sync": "source"}
+_DOWNLOADED = {"export_workspace": "output_path", "export_workspace_disk": "output_path"}
+_STARTS = frozenset({"create_workspace", "start_workspace", "fork_workspace"})
+_LIVE = ("running", "suspended")
+
+# The engine reports progress through one callback per Pyro; each server
+# thread points it at the call it is running.
+_current = threading.local()
+
+
+def report_progress(line: str) -> None:
+    sink = getattr(_current, "progress", None)
+    if sink is not None:
+        sink(line)
+
+
+class PrincipalCalls:
+    """The transport of one principal: ``call(method, arguments, progress)``."""
+
+    def __init__(self, engine: Pyro, registry: Registry, principal: Principal, spool: Path):
+        self.engine = engine
+        self.registry = registry
+        self.principal = principal
+        self.spool = spool
+        self._methods = set(routed_methods())
+        # Quota checks and the creation they guard happen one at a time per
+        # principal, so two creates at once cannot both pass a limit of one.
+        self._admission = threading.Lock()
+
+    def call(self, method: str, arguments: dict[str, Any], progress: Callable[[str], None]) -> Any:
+        if method not in self._methods:
+            raise InvalidArgument("method", f"{names.shown(method)} is not a pyro SDK method")
+        if method in REFUSED:
+            raise InvalidArgument(
+                method,
+                "reads files of the caller's machine, which pyro server never does; "
+                "run it on the server itself",
+            )
+        if method in ADMIN_ONLY and not self.principal.admin:
+            raise InvalidArgument(
+                method, "acts on the whole server; only an admin token may (token create --admin)"
+            )
+        arguments = dict(arguments)
+        _current.progress = progress
+        try:
+            with contextlib.ExitStack() as cleanup:
+                self._check_refs(method, arguments)
+                self._cross_in(method, arguments, cleanup)
+                download = self._cross_out(method, arguments, cleanup)
+                if method in _STARTS or method in ("create_vm", "run_in_vm"):
+                    with self._admission:
+                        self._check_limits(method)
+                        result = getattr(self.engine, method)(**arguments)
+                        self._record(method, result)
+                else:
+                    result = getattr(self.engine, method)(**arguments)
+                if download is not None:
+                    result = {**result, wire.DOWNLOAD: download(result)}
+                return self._filtered(method, result)
+        finally:
+            _current.progress = None
+
+    # ------------------------------------------------------------- ownership
+
+    def _check_refs(self, method: str, arguments: dict[str, Any]) -> None:
+        if "workspace" in arguments:
+            arguments["workspace"] = self._own_workspace(arguments["workspace"])
+        if "vm_id" in arguments:
+            self._own_vm(arguments["vm_id"])
+
+    def _own_workspace(self, ref: Any) -> str:
+        """``ref`` if this principal owns the workspace it names (or it is gone and
+        was theirs, for the engine's own "no longer exists" answer)."""
+        ref = names.check_workspace_ref(ref)
+        store = self.engine._vms.store
+        found = store.find_workspace(ref)
+        if found is None:
+            tombstone = store.find_tombstone(ref)
+            if tombstone is not None and self._mine("workspace", tombstone["workspace_id"]):
+                return str(ref)
+        elif self._mine("workspace", found["workspace_id"]):
+            return str(found["workspace_id"])
+        raise NotFound(f"no workspace {names.shown(ref)}; see `pyro workspace list`")
+
+    def _own_vm(self, vm_id: Any) -> None:
+        if not self._mine("vm", names.check_vm_id(vm_id)):
+            raise NotFound(f"no VM {vm_id!r}; list VMs with `pyro vm list`")
+
+    def _mine(self, kind: str, ref: str) -> bool:
+        return self.principal.admin or self.registry.owner(kind, ref) == self.principal.name
+
+    def _record(self, method: str, result: Any) -> None:
+        if method == "create_vm":
+            self.registry.own("vm", result["vm_id"], self.principal.name)
+        elif method == "create_workspace":
+            self.registry.own("workspace", result["workspace_id"], self.principal.name)
+        elif method == "fork_workspace":
+            for fork in result["forks"]:
+                self.registry.own("workspace", fork["workspace_id"], self.principal.name)
+
+    def _filtered(self, method: str, result: Any) -> Any:
+        result = _scrub_seed(result, str(self.spool.parent))
+        if self.principal.admin:
+            return result
+        if method == "list_workspaces":
+            mine = self.registry.owned("workspace", self.principal.name)
+            return [w for w in result if w["workspace_id"] in mine]
+        if method == "list_vms":
+            mine = self.registry.owned("vm", self.principal.name)
+            return [v for v in result if v["vm_id"] in mine]
+        return result
+
+    # ---------------------------------------------------------------- limits
+
+    def _check_limits(self, method: str) -> None:
+        limit = self.principal.max_running
+        if limit is not None and method in _STARTS:
+            live = [w for w in self._own_workspaces() if w["state"] in _LIVE]
+            if len(live) >= limit:
+                shown = ", ".join(w["name"] or w["workspace_id"] for w in live)
+                raise QuotaExceeded(
+                    f"token {self.principal.name!r} may keep {limit} workspace(s) running "
+                    f"(--max-running {limit}); running now: {shown}. Stop or delete one first"
+                )
+        gib = self.principal.max_disk_gib
+        if gib is not None and method in _STARTS:
+            used = sum(_disk_bytes(self._folder(w["workspace_id"])) for w in self._own_workspaces())
+            if used >= gib * 2**30:
+                raise QuotaExceeded(
+                    f"token {self.principal.name!r} may use {gib:g} GiB of disk "
+                    f"(--max-disk-gib {gib:g}); its workspaces use {used / 2**30:.2f} GiB. "
+                    "Delete a workspace or its snapshots first"
+                )
+
+    def _own_workspaces(self) -> list[dict[str, Any]]:
+        mine = self.registry.owned("workspace", self.principal.name)
+        return [w for w in self.engine.list_workspaces() if w["workspace_id"] in mine]
+
+    def _folder(self, workspace_id: str) -> Path:
+        return self.engine.paths.state_dir / "workspaces" / workspace_id
+
+    # ------------------------------------------------------------ host paths
+
+    def _cross_in(
+        self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
+    ) -> None:
+        for field in ("project_path", "secret_files"):
+            if arguments.get(field) is not None:
+                raise InvalidArgument(
+                    field,
+                    "names a file of the caller's machine; pyro server never reads its "
+                    "own files for a client (the remote SDK uploads the files, or reads the "
+                    "secret and sends its value)",
+                )
+        listed = arguments.get("secrets")
+        if isinstance(listed, list) and any(
+            isinstance(item, dict) and "file_path" in item for item in listed
+        ):
+            raise InvalidArgument(
+                "secrets", "give values; a file_path names a file of the caller's machine"
+            )
+        if "origin" in arguments and arguments["origin"] is not None:
+            arguments["origin"] = tuple(arguments["origin"])
+        uploaded = _UPLOADED.get(method)
+        if uploaded is None or arguments.get(uploaded) is None:
+            return
+        field = uploaded
+        value = arguments[field]
+        ticket = value.get(wire.UPLOAD) if isinstance(value, dict) else None
+        path = None
+        if isinstance(ticket, str):
+            path = self.registry.take("upload", ticket, self.principal.name)
+        if path is None:
+            raise InvalidArgument(
+                field,
+                "must be an upload made with this token (the remote SDK and CLI upload "
+                "a local path for you); pyro server never reads its own files for a client",
+            )
+        cleanup.callback(_remove, path)
+        arguments[field] = path
+
+    def _cross_out(
+        self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
+    ) -> Callable[[dict[str, Any]], str] | None:
+        field = _DOWNLOADED.get(method)
+        if field is None:
+            return None
+        if arguments.get(field) != {wire.DOWNLOAD: True}:
+            raise InvalidArgument(
+                field,
+                "a remote export is downloaded by the client (the remote SDK and CLI "
+                "write it to a local path for you); pyro server never writes a client's path",
+            )
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = Path(tempfile.mkdtemp(prefix="export-", dir=self.spool))
+        produced = folder / "out"
+        arguments[field] = produced
+        arguments.pop("overwrite", None)  # the client checks its own output
+        kept = False
+
+        def finish(result: dict[str, Any]) -> str:
+            nonlocal kept
+            if method == "export_workspace_disk":
+                archive = produced
+            else:
+                archive = folder / "export.tar"
+                with tarfile.open(archive, "w") as tar:
+                    if produced.is_dir():
+                        for entry in sorted(os.listdir(produced)):
+                            tar.add(produced / entry, arcname=entry)
+                    else:
+                        tar.add(produced, arcname=produced.name)
+                _remove(produced)
+            ticket = self.registry.spool("download", self.principal.name, archive)
+            kept = True
+            return ticket
+
+        def drop_unless_kept() -> None:
+            if not kept:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        cleanup.callback(drop_unless_kept)
+        return finish
+
+
+def _scrub_seed(value: Any, spool: str) -> Any:
+    """Seeds that came as uploads, shown by where they came from on the client
+    (the server's spool path means nothing there)."""
+    if isinstance(value, list):
+        return [_scrub_seed(item, spool) for item in value]
+    if not isinstance(value, dict):
+        return value
+    value = {key: _scrub_seed(item, spool) for key, item in value.items()}
+    seed = value.get("seed")
+    if isinstance(seed, dict) and str(seed.get("source") or "").startswith(spool):
+        project = seed.get("origin_kind") == "project_path"
+        value["seed"] = {
+            **seed,
+            "source": seed.get("origin_ref"),
+            "kind": "project" if project else seed.get("kind"),
+        }
+    return value
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Bytes the files under ``folder`` occupy (sparse disks count what they hold)."""
+    total = 0
+    for current, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(current, name)).st_blocks * 512
+    return total

@@ -1,0 +1,320 @@
+"""The remote transport: a ``Pyro`` whose engine is a ``pyro server`` elsewhere.
+
+Every SDK call becomes one HTTP request (see ``wire``). What touches the
+caller's own disk happens here, on the caller's side: a seed directory,
+archive or Git project is packed and uploaded first; an export is written
+back locally with the same checks a local export makes; secret files are read
+here and only their values travel. The server never reads or writes a path a
+client names.
+
+Needs neither QEMU nor KVM nor root: it runs on any laptop with Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import ssl
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from pyro_mcp.errors import InvalidArgument, RemoteError
+from pyro_mcp.transport import wire
+from pyro_mcp.version import __version__
+from pyro_mcp.workspaces import project_source, transfer
+from pyro_mcp.workspaces import secrets as secret_store
+from pyro_mcp.workspaces.seed import ARCHIVE_SUFFIXES, MAX_SEED_FILES
+
+Progress = Callable[[str], None]
+# How long to wait for the server to accept a connection; the calls
+# themselves may run for minutes (an environment pull) and report progress.
+CONNECT_TIMEOUT = 10.0
+
+# Methods that name a path of the caller's machine, which a server cannot read.
+_LOCAL_ONLY = {
+    "build_environment": "build it on the server (`pyro env build` there), then use it by name",
+    "prepare_project": "prepare it on the server, or create the workspace with "
+    "project_path (the files are uploaded) and an installed environment",
+}
+
+
+class RemoteTransport:
+    """Speaks to a ``pyro server`` at ``url`` with a bearer ``token``.
+
+    Example::
+
+        from pyro_mcp import Pyro
+        from pyro_mcp.transport import RemoteTransport
+        pyro = Pyro(transport=RemoteTransport("https://kvm-box:8787", token))
+
+    Args:
+        url: the server's base URL (``http://`` only for loopback, or a server
+            started with ``--insecure``).
+        token: from ``pyro server token create NAME`` on the server.
+        ca_file: a PEM bundle to trust besides the system's (a private CA).
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, ca_file: str | Path | None = None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgument("remote", f"{url!r} is not an http:// or https:// URL")
+        self.url = url.rstrip("/")
+        headers = {wire.VERSION_HEADER: __version__}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        verify: ssl.SSLContext | bool = True
+        if parts.scheme == "https":
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidArgument("ca_file", f"cannot read {ca_file}: {exc}") from exc
+        self._http = httpx2.Client(
+            base_url=self.url + wire.API,
+            headers=headers,
+            verify=verify,
+            timeout=httpx2.Timeout(CONNECT_TIMEOUT, read=None),
+            # A server on the LAN is never reached through the host's web proxy.
+            trust_env=False,
+        )
+        self._hello: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def hello(self) -> dict[str, Any]:
+        """The server's version and who this token is (checked once, before any work).
+
+        Raises:
+            RemoteError: unreachable, the token refused, or another version.
+        """
+        if self._hello is None:
+            with self._request("GET", "/hello") as response:
+                self._hello = json.loads(response.read())
+        return self._hello
+
+    # ----------------------------------------------------------------- calls
+
+    def call(self, method: str, arguments: dict[str, Any], progress: Progress) -> Any:
+        """Run the SDK method ``method`` on the server with ``arguments``."""
+        self.hello()
+        if method in _LOCAL_ONLY:
+            raise InvalidArgument(
+                method,
+                f"reads files on this machine, which a remote server cannot; {_LOCAL_ONLY[method]}",
+            )
+        with contextlib.ExitStack() as cleanup:
+            finish: Callable[[Any], Any] = lambda result: result  # noqa: E731
+            if method == "create_workspace":
+                arguments = self._create_crossings(arguments, cleanup)
+            elif method == "push_workspace_sync":
+                source = Path(arguments["source"]).expanduser().absolute()
+                arguments["source"] = self._upload(source, None, cleanup)
+                finish = _with(source=str(source))
+            elif method in ("export_workspace", "export_workspace_disk"):
+                output = transfer.check_output(
+                    Path(arguments["output_path"]), bool(arguments.get("overwrite"))
+                )
+                arguments["output_path"] = {wire.DOWNLOAD: True}
+                finish = lambda result: self._download(  # noqa: E731
+                    result, output, bool(arguments.get("overwrite")), raw=method.endswith("disk")
+                )
+            return finish(self._call(method, arguments, progress))
+        raise AssertionError("unreachable")  # pragma: no cover (ExitStack swallows nothing)
+
+    def _call(self, method: str, arguments: dict[str, Any], progress: Progress) -> Any:
+        body = json.dumps({"arguments": wire.encode(arguments)}).encode()
+        with self._request("POST", f"/call/{method}", content=body) as response:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    shown = line[:200]
+                    raise RemoteError(f"the server sent an unreadable line: {shown!r}") from exc
+                if "progress" in message:
+                    progress(str(message["progress"]))
+                elif "error" in message:
+                    wire.raise_error(message["error"])
+                elif "result" in message:
+                    return message["result"]
+        raise RemoteError(
+            f"the connection to {self.url} ended before {method} answered; the server may "
+            "have restarted: check the workspace's status before retrying"
+        )
+
+    @contextlib.contextmanager
+    def _request(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx2.Response]:
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _raise_status(self.url, response)
+                yield response
+        except httpx2.HTTPError as exc:
+            raise RemoteError(
+                f"cannot reach the pyro server at {self.url}: {exc or type(exc).__name__}. "
+                "Is `pyro server serve` running there, and is the URL right?"
+            ) from exc
+
+    # -------------------------------------------------------- host crossings
+
+    def _create_crossings(
+        self, arguments: dict[str, Any], cleanup: contextlib.ExitStack
+    ) -> dict[str, Any]:
+        if arguments.get("seed_path") is not None and arguments.get("project_path") is not None:
+            raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
+        if arguments.get("project_path") is not None:
+            given = Path(arguments.pop("project_path")).expanduser()
+            root = project_source.git_toplevel(given)
+            if root is None:
+                raise InvalidArgument("project_path", f"{given} is not inside a Git checkout")
+            tracked = project_source.tracked_files(root)
+            arguments["seed_path"] = self._upload(root, tracked, cleanup)
+            arguments.setdefault("origin", ("project_path", str(root)))
+        elif arguments.get("seed_path") is not None:
+            seed = Path(arguments["seed_path"]).expanduser().absolute()
+            arguments["seed_path"] = self._upload(seed, None, cleanup)
+            arguments.setdefault("origin", ("seed_path", str(seed)))
+        secrets, files = arguments.get("secrets"), arguments.pop("secret_files", None)
+        if secrets is not None and not isinstance(secrets, Mapping):
+            secrets, files = _secrets_from_list(secrets, files)
+        if files:
+            secrets = {**(secrets or {}), **{k: _read_secret(k, v) for k, v in files.items()}}
+        if secrets is not None:
+            arguments["secrets"] = secrets
+        return arguments
+
+    def _upload(
+        self, source: Path, only: list[str] | None, cleanup: contextlib.ExitStack
+    ) -> dict[str, str]:
+        """Pack ``source`` (only the paths ``only`` lists, if given) and upload it."""
+        if not source.exists():
+            raise InvalidArgument("seed_path", f"{source} does not exist")
+        if source.is_file() and source.name.endswith(ARCHIVE_SUFFIXES):
+            archive = source
+        elif source.is_dir():
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pyro-up-")))
+            archive = folder / "seed.tar.gz"
+            _pack(source, archive, only)
+        else:
+            raise InvalidArgument(
+                "seed_path", f"{source} is neither a directory nor a .tar/.tar.gz/.tgz archive"
+            )
+        size = archive.stat().st_size
+        if size > wire.MAX_UPLOAD_BYTES:
+            raise InvalidArgument(
+                "seed_path",
+                f"{source} packs to {size} bytes; a server takes at most {wire.MAX_UPLOAD_BYTES}",
+            )
+        suffix = next(s for s in (".tar.gz", ".tgz", ".tar") if archive.name.endswith(s))
+
+        def chunks() -> Iterator[bytes]:
+            with archive.open("rb") as stream:
+                while chunk := stream.read(wire.CHUNK_BYTES):
+                    yield chunk
+
+        headers = {"Content-Length": str(size), "Pyro-Archive-Suffix": suffix}
+        with self._request("POST", "/uploads", content=chunks(), headers=headers) as response:
+            return {wire.UPLOAD: str(json.loads(response.read())["upload"])}
+
+    def _download(self, result: dict[str, Any], output: Path, overwrite: bool, *, raw: bool) -> Any:
+        """Fetch the archive the server kept for ``result`` and place it at ``output``."""
+        ticket = result.pop(wire.DOWNLOAD, None)
+        if not isinstance(ticket, str):
+            raise RemoteError("the server kept no export to download")
+        with tempfile.TemporaryDirectory(prefix=".pyro-down-", dir=output.parent) as tmp:
+            archive = Path(tmp) / "download"
+            with (
+                self._request("GET", f"/downloads/{ticket}") as response,
+                archive.open("wb") as out,
+            ):
+                received = 0
+                for chunk in response.iter_bytes(wire.CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > transfer.MAX_EXPORT_BYTES:
+                        raise RemoteError("the server sent more than an export may hold")
+                    out.write(chunk)
+            if raw:
+                output = transfer.check_output(output, overwrite)
+                transfer.replace_output(archive, output)
+                return {**result, "output": str(output)}
+            placed = transfer.extract_export(archive, str(result.get("type")), output, overwrite)
+        return {**result, "output": placed["output"]}
+
+
+def _with(**fields: Any) -> Callable[[Any], Any]:
+    def finish(result: Any) -> Any:
+        return {**result, **fields} if isinstance(result, dict) else result
+
+    return finish
+
+
+def _raise_status(url: str, response: httpx2.Response) -> None:
+    if response.status_code == 401:
+        raise RemoteError(
+            f"the pyro server at {url} refused the token: set PYRO_TOKEN to a token made "
+            "with `pyro server token create NAME` on the server (tokens are shown once)"
+        )
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and "error" in payload:
+        wire.raise_error(payload["error"])
+    raise RemoteError(f"the pyro server at {url} answered HTTP {response.status_code}")
+
+
+def _pack(root: Path, archive: Path, only: list[str] | None) -> None:
+    """``root`` as a gzip tar: links that lead out of it and special files left out."""
+    count = 0
+
+    def keep(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        nonlocal count
+        if member.issym():
+            target = PurePosixPath(member.name).parent / member.linkname
+            if PurePosixPath(member.linkname).is_absolute() or not transfer.stays_inside(target):
+                return None  # as a local seed does: never followed, never sent
+        elif not (member.isfile() or member.isdir() or member.islnk()):
+            return None
+        count += 1
+        if count > MAX_SEED_FILES:
+            raise InvalidArgument("seed_path", f"{root} has more than {MAX_SEED_FILES} entries")
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        return member
+
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        names = only if only is not None else sorted(os.listdir(root))
+        for name in names:
+            path = root / name
+            if only is not None and not (path.is_file() or path.is_symlink()):
+                continue  # tracked but gone from the working tree: skipped, as locally
+            with contextlib.suppress(PermissionError):
+                tar.add(path, arcname=name, recursive=only is None, filter=keep)
+
+
+def _secrets_from_list(
+    items: Any, files: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    values, paths = secret_store.from_list(items, files)
+    return dict(values or {}), dict(paths or {})
+
+
+def _read_secret(name: str, spec: Any) -> Any:
+    """A secret file's value, read here (``{"path", "hosts"}`` keeps its hosts)."""
+    path = spec.get("path") if isinstance(spec, Mapping) else spec
+    try:
+        value = Path(str(path)).expanduser().read_text()
+    except (OSError, UnicodeDecodeError, TypeError) as exc:
+        raise InvalidArgument(f"secret_files.{name}", f"cannot read {path}: {exc}") from exc
+    if isinstance(spec, Mapping) and "hosts" in spec:
+        return {"value": value, "hosts": spec["hosts"]}
+    return value
