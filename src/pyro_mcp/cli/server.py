@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
@@ -100,7 +101,7 @@ def handle_serve(args: argparse.Namespace) -> int:
         if warning:
             print(f"pyro: {warning}", file=sys.stderr)
         if args.json:
-            print_json({"url": url})
+            print(json.dumps({"url": url}))  # one line: a supervisor reads it to connect
         else:
             print(f"pyro server listening on {url} (MCP at {url}/mcp)", file=sys.stderr)
         sys.stdout.flush()

@@ -21,8 +21,11 @@ FLAG = "pyro mcp serve --allow-host-path DIR"
 class HostPathPolicy:
     """The allowed roots, and checks of paths against them."""
 
-    def __init__(self, roots: Sequence[Path]) -> None:
+    def __init__(self, roots: Sequence[Path], *, refusal: str | None = None) -> None:
+        """``refusal``: refuse every host path with this reason, before looking at
+        the filesystem (``pyro server``: its files are nobody's seed or target)."""
         self.roots = [Path(root).resolve() for root in roots]
+        self.refusal = refusal
 
     def readable(self, value: str, field: str) -> Path:
         """``value`` as a real path inside an allowed root, for reading.
@@ -61,6 +64,8 @@ class HostPathPolicy:
         return target
 
     def _absolute(self, value: str, field: str) -> Path:
+        if self.refusal is not None:
+            raise InvalidArgument(field, self.refusal)
         if not isinstance(value, str) or not value or "\0" in value:
             raise InvalidArgument(field, "must be a host path")
         path = Path(value).expanduser()

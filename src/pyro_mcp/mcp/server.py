@@ -77,6 +77,7 @@ def create_server(
     allow_private_egress: bool = False,
     allow_host_services: bool = False,
     idle_timer: bool = True,
+    host_path_refusal: str | None = None,
 ) -> MCPServer:
     """The pyro MCP server with the tools of ``profile`` (or ``mode``).
 
@@ -100,12 +101,14 @@ def create_server(
             private addresses; reach this host's 127.0.0.1 as host.pyro.internal.
         idle_timer: suspend idle workspaces and reap expired ones on a timer;
             False where the engine's owner does that (``pyro server``).
+        host_path_refusal: refuse every host-path argument with this reason
+            (``pyro server``'s /mcp, whose machine is not the caller's).
     """
     names = profiles.tool_names(profile, mode)
     client = pyro or Pyro(progress=_log_progress)
     source = project or ProjectSource.none()
     roots = [source.root] if source.root is not None else []
-    policy = HostPathPolicy([*roots, *allow_host_paths])
+    policy = HostPathPolicy([*roots, *allow_host_paths], refusal=host_path_refusal)
     if isinstance(default_ttl_seconds, bool) or not 0 <= default_ttl_seconds <= 365 * 86400:
         raise InvalidArgument("default_ttl_seconds", "must be 0 (never) up to a year in seconds")
     if (

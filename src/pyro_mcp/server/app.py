@@ -119,6 +119,11 @@ class PyroServer:
                 pyro=Pyro(transport=calls, progress=_log_progress),
                 environment=self.environment,
                 idle_timer=False,
+                host_path_refusal=(
+                    "this pyro server's files are not yours to seed from or export to. To "
+                    "seed from your checkout and export to your machine, connect through the "
+                    "local bridge `pyro mcp serve --remote URL` instead of the URL itself"
+                ),
             )
             manager = StreamableHTTPSessionManager(
                 app=mcp._lowlevel_server,

@@ -185,7 +185,7 @@ class PrincipalCalls:
         self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
     ) -> None:
         for field in ("project_path", "secret_files"):
-            if arguments.get(field) is not None:
+            if arguments.get(field):
                 raise InvalidArgument(
                     field,
                     "names a file of the caller's machine; pyro server never reads its "

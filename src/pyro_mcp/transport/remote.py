@@ -86,7 +86,18 @@ class RemoteTransport:
         self._hello: dict[str, Any] | None = None
 
     def close(self) -> None:
+        """Close the connections (also done when the transport is garbage collected)."""
         self._http.close()
+
+    def __enter__(self) -> RemoteTransport:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._http.close()
 
     def hello(self) -> dict[str, Any]:
         """The server's version and who this token is (checked once, before any work).

@@ -1,0 +1,144 @@
+"""A real ``pyro server`` on 127.0.0.1 (a random port), its tokens, and clients of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyro_mcp import Pyro
+from pyro_mcp.transport import RemoteTransport
+from tests.conftest import leaked_processes
+
+START_TIMEOUT = 60.0
+
+
+def pyro_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pyro_mcp.cli.main", *args]
+
+
+@dataclass
+class RemoteServer:
+    """One ``pyro server serve`` process over ``state_dir``, and its tokens."""
+
+    state_dir: Path
+    cache_dir: Path
+    log: Path
+    flags: list[str] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYRO_HOME=str(self.state_dir), PYRO_CACHE_DIR=str(self.cache_dir))
+
+    def start(self) -> None:
+        self.process, self.url = start(self.env, self.log, *self.flags)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self.process = None
+
+    def token(self, name: str, *flags: str) -> str:
+        done = subprocess.run(
+            pyro_command("server", "token", "create", name, "--json", *flags),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        created = json.loads(done.stdout)
+        assert created["name"] == name
+        self.tokens[name] = created["token"]
+        return str(created["token"])
+
+    def sdk(self, name: str, **options: Any) -> Pyro:
+        return Pyro(transport=RemoteTransport(self.url, self.tokens[name], **options))
+
+    def cleanup(self) -> None:
+        """Delete every guest this server's engine made; none may outlive it."""
+        local = Pyro(state_dir=self.state_dir, cache_dir=self.cache_dir)
+        for workspace in local.list_workspaces():
+            local.delete_workspace(workspace["workspace_id"])
+        for record in local.list_vms():
+            local.delete_vm(record["vm_id"])
+        assert leaked_processes(self.state_dir) == []
+
+
+def start(env: dict[str, str], log: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``pyro server serve --listen 127.0.0.1:0 --json``; the process and its URL."""
+    with log.open("a") as stderr:
+        process = subprocess.Popen(
+            pyro_command("server", "serve", "--listen", "127.0.0.1:0", "--json", *flags),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(START_TIMEOUT):
+            process.kill()
+            process.wait()
+            process.stdout.close()
+            raise AssertionError(f"pyro server did not start: {log.read_text()[-2000:]}")
+    line = process.stdout.readline()
+    try:
+        return process, str(json.loads(line)["url"])
+    except (ValueError, KeyError):
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise AssertionError(f"pyro server said {line!r}: {log.read_text()[-2000:]}") from None
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, warm_environment: dict[str, Any]
+) -> Iterator[RemoteServer]:
+    """A server with two principals, alice and bob (bob may run one workspace)."""
+    folder = tmp_path_factory.mktemp("server")
+    remote = RemoteServer(folder / "state", cache_dir, folder / "server.log")
+    remote.token("alice")
+    remote.token("bob", "--max-running", "1")
+    remote.start()
+    try:
+        yield remote
+    finally:
+        remote.stop()
+        remote.cleanup()
+
+
+@pytest.fixture
+def git_project(tmp_path: Path) -> Path:
+    """A local Git checkout: two tracked files, one ignored, one untracked."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "app.py").write_text("print('hi')\n")
+    (root / ".gitignore").write_text("*.log\n")
+    git = ["git", "-C", str(root), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    (root / "debug.log").write_text("ignored\n")
+    (root / "notes.txt").write_text("untracked\n")
+    return root

@@ -1,0 +1,249 @@
+"""The whole workspace loop through a real ``pyro server``, by two principals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pyro_mcp import InvalidArgument, NotFound, QuotaExceeded
+from tests.server.conftest import RemoteServer, pyro_command
+
+pytestmark = pytest.mark.vm
+
+PATCH = "--- a/app.py\n+++ b/app.py\n@@ -1 +1 @@\n-print('hi')\n+print('hello')\n"
+
+
+def test_the_workspace_loop_runs_through_the_remote_sdk(
+    server: RemoteServer, git_project: Path, tmp_path: Path
+) -> None:
+    alice = server.sdk("alice")
+    created = alice.create_workspace(project_path=git_project, name="loop")
+    try:
+        # The Git-tracked files, read on this side; the server's spool path never shows.
+        assert created["seed"]["kind"] == "project"
+        assert created["seed"]["source"] == str(git_project)
+        listed = alice.exec_workspace("loop", "ls -A /workspace")["stdout"].split()
+        assert "app.py" in listed and "debug.log" not in listed and "notes.txt" not in listed
+        assert alice.apply_workspace_patch("loop", PATCH)["applied"] is True
+        assert "+print('hello')" in alice.diff_workspace("loop")["patch"]
+        exported = alice.export_workspace("loop", ".", tmp_path / "out")
+        assert exported["output"] == str(tmp_path / "out")
+        assert (tmp_path / "out" / "app.py").read_text() == "print('hello')\n"
+        single = alice.export_workspace("loop", "app.py", tmp_path / "app.py")
+        assert single["type"] == "file" and (tmp_path / "app.py").read_text().endswith("'hello')\n")
+        with pytest.raises(InvalidArgument, match="exists"):
+            alice.export_workspace("loop", "app.py", tmp_path / "app.py")
+        alice.write_workspace_file("loop", "blob.bin", b"\x00\xff")
+        assert alice.read_workspace_file("loop", "blob.bin")["content_base64"] == "AP8="
+        alice.create_snapshot("loop", "patched")
+        alice.reset_workspace("loop")
+        assert alice.exec_workspace("loop", "cat app.py")["stdout"] == "print('hi')\n"
+        alice.reset_workspace("loop", snapshot="patched")
+        assert alice.exec_workspace("loop", "cat app.py")["stdout"] == "print('hello')\n"
+        forks = alice.fork_workspace("loop", name="loop-fork")["forks"]
+        assert [f["name"] for f in forks] == ["loop-fork"]
+        assert alice.stop_workspace("loop")["state"] == "suspended"
+        assert alice.start_workspace("loop")["state"] == "running"
+        assert alice.exec_workspace("loop", "cat app.py")["stdout"] == "print('hello')\n"
+        assert {w["name"] for w in alice.list_workspaces()} == {"loop", "loop-fork"}
+        alice.delete_workspace("loop-fork")
+    finally:
+        alice.delete_workspace(created["workspace_id"])
+
+
+def test_another_principal_finds_nothing_of_a_workspace_it_does_not_own(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    alice, bob = server.sdk("alice"), server.sdk("bob")
+    owned = alice.create_workspace(name="private")
+    ref = owned["workspace_id"]
+    try:
+        alice.create_snapshot(ref, "snap")
+        assert bob.list_workspaces() == []
+        calls = {
+            "status": lambda w: bob.status_workspace(w),
+            "exec": lambda w: bob.exec_workspace(w, "true"),
+            "logs": lambda w: bob.logs_workspace(w),
+            "snapshots": lambda w: bob.list_snapshots(w),
+            "reset to a snapshot": lambda w: bob.reset_workspace(w, snapshot="snap"),
+            "export": lambda w: bob.export_workspace(w, ".", tmp_path / "stolen"),
+            "fork": lambda w: bob.fork_workspace(w),
+            "services": lambda w: bob.list_services(w),
+            "delete": lambda w: bob.delete_workspace(w),
+        }
+        for what, call in calls.items():
+            for guess in (ref, "private"):
+                with pytest.raises(NotFound) as found:
+                    call(guess)
+                # The same answer as for an id that never existed.
+                assert str(found.value) == f"no workspace {guess!r}; see `pyro workspace list`", (
+                    what
+                )
+        assert not (tmp_path / "stolen").exists()
+        assert alice.status_workspace(ref)["state"] == "running"
+    finally:
+        alice.delete_workspace(ref)
+
+
+def test_a_token_may_keep_only_its_limit_of_workspaces_running(server: RemoteServer) -> None:
+    bob = server.sdk("bob")
+    first = bob.create_workspace(name="one")
+    try:
+        with pytest.raises(QuotaExceeded, match=r"--max-running 1\).*one"):
+            bob.create_workspace(name="two")
+        assert [w["name"] for w in bob.list_workspaces()] == ["one"]
+    finally:
+        bob.delete_workspace(first["workspace_id"])
+
+
+def test_the_remote_cli_runs_without_qemu_on_path(
+    server: RemoteServer, git_project: Path, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"  # only git: no QEMU, no pyro state on this side
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    assert shutil.which("qemu-system-x86_64", path=str(bin_dir)) is None
+    home = tmp_path / "client-home"
+    env = {
+        "PATH": str(bin_dir),
+        "HOME": str(home),
+        "PYRO_HOME": str(home / "state"),
+        "PYRO_CACHE_DIR": str(home / "cache"),
+        "PYRO_REMOTE": server.url,
+        "PYRO_TOKEN": server.tokens["alice"],
+    }
+
+    def pyro(*args: str) -> dict:
+        done = subprocess.run(
+            pyro_command(*args), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if "--json" in args else {}
+
+    created = pyro("workspace", "create", "--project-path", str(git_project), "--json")
+    ref = created["workspace_id"]
+    try:
+        ran = pyro("workspace", "exec", ref, "--json", "--", "cat", "app.py")
+        assert ran["stdout"] == "print('hi')\n"
+        pyro("workspace", "export", ref, "app.py", "--output", str(tmp_path / "got.py"), "--json")
+        assert (tmp_path / "got.py").read_text() == "print('hi')\n"
+        listed = subprocess.run(
+            pyro_command("--remote", server.url, "workspace", "list", "--json"),
+            env={**env, "PYRO_REMOTE": ""},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert ref in listed.stdout
+    finally:
+        pyro("workspace", "delete", ref, "--json")
+    assert not home.exists()  # a remote client keeps no local state
+
+
+def test_a_seed_archive_that_climbs_out_is_refused_and_nothing_is_created(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../../escape")
+    bob = server.sdk("bob")
+    with pytest.raises(InvalidArgument, match="outside the workspace"):
+        bob.create_workspace(seed_path=evil)
+    assert bob.list_workspaces() == []
+    assert list((server.state_dir / "server-spool" / "uploads").iterdir()) == []
+
+
+def test_the_remote_sdk_reads_secret_files_on_its_own_side(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "token.txt"
+    secret.write_text("s3cret-value")
+    alice = server.sdk("alice")
+    created = alice.create_workspace(secrets=[{"name": "TOKEN", "file_path": str(secret)}])
+    try:
+        ran = alice.exec_workspace(
+            created["workspace_id"],
+            'test "$T" = s3cret-value && echo same',
+            secret_env={"T": "TOKEN"},
+        )
+        assert ran["stdout"] == "same\n"
+    finally:
+        alice.delete_workspace(created["workspace_id"])
+
+
+def test_a_restarted_server_gives_owners_their_running_workspaces_back(
+    server: RemoteServer,
+) -> None:
+    alice = server.sdk("alice")
+    created = alice.create_workspace(name="survivor")
+    try:
+        alice.write_workspace_file("survivor", "kept.txt", "still here\n")
+        server.stop()
+        server.start()
+        alice = server.sdk("alice")
+        assert alice.status_workspace("survivor")["state"] == "running"
+        assert alice.exec_workspace("survivor", "cat kept.txt")["stdout"] == "still here\n"
+        with pytest.raises(NotFound):
+            server.sdk("bob").status_workspace("survivor")
+    finally:
+        server.sdk("alice").delete_workspace(created["workspace_id"])
+
+
+def test_principals_warm_guests_map_no_common_snapshot_file(server: RemoteServer) -> None:
+    alice, bob = server.sdk("alice"), server.sdk("bob")
+    for principal in (alice, bob):
+        principal.prepare(network=False)
+    a = alice.create_workspace(name="iso-a")
+    b = bob.create_workspace(name="iso-b")
+    try:
+        assert a["boot_kind"] == b["boot_kind"] == "warm"
+        mapped = {"alice": _mapped_files(server, a), "bob": _mapped_files(server, b)}
+        for name, files in mapped.items():
+            # Each guest's RAM is its own principal's snapshot (a hard link to it).
+            own = server.cache_dir / "warm-principals" / name
+            snapshots = {_inode(p) for p in own.rglob("ram.img")}
+            assert files & snapshots, name
+        assert mapped["alice"] & mapped["bob"] == set()
+    finally:
+        alice.delete_workspace(a["workspace_id"])
+        bob.delete_workspace(b["workspace_id"])
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
+def _mapped_files(server: RemoteServer, workspace: dict) -> set[tuple[int, int]]:
+    """The files a workspace's QEMU maps, but the environment's boot files (the
+    same public kernel and initrd for everyone, never guest memory)."""
+    vm_dir = f"/vms/{workspace['vm_id']}/".encode()
+    environments = str(server.cache_dir / "environments")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"qemu-system" not in cmdline.split(b"\0")[0] or vm_dir not in cmdline:
+                continue
+            lines = (entry / "maps").read_text().splitlines()
+        except OSError:
+            continue
+        paths = {
+            fields[5] for fields in (line.split(None, 5) for line in lines) if len(fields) == 6
+        }
+        return {
+            _inode(Path(p))
+            for p in paths
+            if p.startswith("/")
+            and not p.startswith(("/usr/", "/lib", environments))
+            and Path(p).exists()
+        }
+    raise AssertionError(f"no QEMU process for {workspace['vm_id']}")
