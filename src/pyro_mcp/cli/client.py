@@ -12,12 +12,14 @@ from pyro_mcp.transport import RemoteTransport
 _remote: RemoteTransport | None = None
 
 
-def remote_settings(url: str | None) -> tuple[str, str | None, str | None] | None:
+def remote_settings(
+    url: str | None, token_env: str = "PYRO_TOKEN"
+) -> tuple[str, str | None, str | None] | None:
     """(url, token, CA file) of the remote to use, or None for the local engine."""
     url = url or os.environ.get("PYRO_REMOTE") or None
     if url is None:
         return None
-    return url, os.environ.get("PYRO_TOKEN") or None, os.environ.get("PYRO_REMOTE_CA") or None
+    return url, os.environ.get(token_env) or None, os.environ.get("PYRO_REMOTE_CA") or None
 
 
 def configure(url: str | None) -> None:

@@ -101,6 +101,18 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--no-project-source", action="store_true")
     parser.add_argument("--repo-ref")
     parser.add_argument("--environment", help="the server's default environment")
+    parser.add_argument(
+        "--remote",
+        dest="host_remote",
+        metavar="URL",
+        help="register a local bridge to the `pyro server` at URL (`pyro mcp serve --remote`)",
+    )
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="with --remote: the environment variable holding the token (default PYRO_TOKEN); "
+        "only its name is written into the host's config, never the token",
+    )
 
 
 def _options(args: argparse.Namespace) -> ServerOptions:
@@ -112,6 +124,8 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         repo_ref=args.repo_ref,
         no_project_source=args.no_project_source,
         environment=args.environment,
+        remote=args.host_remote,
+        token_env=args.token_env,
     )
 
 

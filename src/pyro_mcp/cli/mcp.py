@@ -142,6 +142,12 @@ def register(commands: Any) -> None:
         "chat host keeps a local command, seeds are packed from this checkout, the guests "
         "run on the server (token in PYRO_TOKEN)",
     )
+    serve.add_argument(
+        "--token-env",
+        default="PYRO_TOKEN",
+        metavar="VAR",
+        help="with --remote: the environment variable holding the token (default: %(default)s)",
+    )
     serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
     serve.add_argument(
         "--verbose",
@@ -182,8 +188,14 @@ def handle_serve(args: argparse.Namespace) -> int:
         allowed.append(path.resolve())
     from pyro_mcp.cli import client
 
-    remote = client.remote_settings(args.mcp_remote or args.remote)
+    remote = client.remote_settings(args.mcp_remote or args.remote, args.token_env)
     if remote is not None:
+        from pyro_mcp.transport import RemoteTransport
+
+        # Before the handshake: a wrong URL, token or version fails the start
+        # with its own message, which the chat host shows, not a later tool call.
+        with RemoteTransport(remote[0], remote[1], ca_file=remote[2]) as probe:
+            probe.hello()
         # The server has the environments; it checks the name at the first create.
         environment = args.environment or config.DEFAULT_ENVIRONMENT
         note = f"on {remote[0]}"

@@ -161,6 +161,8 @@ class Codex(HostConfig):
         # Only the keys pyro owns change; a user's env, timeouts or cwd stay.
         table["command"] = command
         table["args"] = args
+        if forwarded := _token_env(args):
+            table["env_vars"] = forwarded
         _replace(path, tomlkit.dumps(document), mode=0o600)
         return path
 
@@ -172,6 +174,8 @@ class Codex(HostConfig):
         table = tomlkit.table()
         table["command"] = command
         table["args"] = args
+        if forwarded := _token_env(args):
+            table["env_vars"] = forwarded
         servers[SERVER_NAME] = table
         document["mcp_servers"] = servers
         return tomlkit.dumps(document)
@@ -286,6 +290,15 @@ HOSTS: dict[str, type[HostConfig]] = {
     "opencode": OpenCode,
     "generic": Generic,
 }
+
+
+def _token_env(args: list[str]) -> list[str]:
+    """The variable a bridge reads its token from: Codex starts servers with a
+    short list of the user's variables and forwards others only by name
+    (``env_vars``); the token itself is never written."""
+    if "--token-env" in args[:-1]:
+        return [args[args.index("--token-env") + 1]]
+    return []
 
 
 def get_host(name: str, home: Path | None = None) -> HostConfig:

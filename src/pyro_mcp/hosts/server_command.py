@@ -6,6 +6,7 @@ in ``~/.local/bin``, often not on PATH: the command is always absolute.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,18 @@ class ServerOptions:
     repo_ref: str | None = None
     no_project_source: bool = False
     environment: str | None = None
+    # A bridge to a `pyro server`: its URL, and the variable that holds the token.
+    remote: str | None = None
+    token_env: str | None = None
 
     def __post_init__(self) -> None:
+        if self.token_env is not None:
+            if self.remote is None:
+                raise InvalidArgument("--token-env", "goes with --remote")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.token_env):
+                raise InvalidArgument("--token-env", "the name of an environment variable")
+        if self.remote is not None and not re.match(r"https?://[^/\s]+", self.remote):
+            raise InvalidArgument("--remote", f"{self.remote!r} is not an http(s):// URL")
         if self.mode is not None and self.profile is not None:
             raise InvalidArgument(
                 "--mode",
@@ -63,6 +74,8 @@ class ServerOptions:
             args.append("--no-project-source")
         if self.environment:
             args += ["--environment", self.environment]
+        if self.remote:
+            args += ["--remote", self.remote, "--token-env", self.token_env or "PYRO_TOKEN"]
         return args
 
 

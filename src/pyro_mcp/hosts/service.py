@@ -86,6 +86,10 @@ def connect(
         add = [str(cli), "mcp", "add", SERVER_NAME, "--", command, *args]
     _run_host(remove, project, check=False)  # an older entry, if any
     said = _run_host(add, project, check=True)
+    if host == "codex" and "--token-env" in args:
+        # `codex mcp add` cannot say which of the user's variables to forward
+        # (env_vars); the file gets that key beside what the CLI wrote.
+        config.write(scope, project, command, args)
     path = config.config_path(scope, project)
     return {
         "host": host,
