@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,50 @@ def _mapped_files(server: RemoteServer, workspace: dict) -> set[tuple[int, int]]
             and Path(p).exists()
         }
     raise AssertionError(f"no QEMU process for {workspace['vm_id']}")
+
+
+def test_port_forward_carries_a_published_port_to_the_clients_loopback(
+    server: RemoteServer,
+) -> None:
+    alice = server.sdk("alice")
+    ws = alice.create_workspace(network_policy="egress+published-ports")["workspace_id"]
+    forwarder = None
+    try:
+        alice.write_workspace_file(ws, "app/index.html", "hello through the tunnel\n")
+        alice.start_service(
+            ws,
+            "web",
+            "python3 -m http.server 8000",
+            cwd="app",
+            ready_http="http://127.0.0.1:8000/",
+            published_ports=["8000"],
+        )
+        env = {**server.env, "PYRO_REMOTE": server.url}
+        forwarder = subprocess.Popen(
+            pyro_command("workspace", "port-forward", ws, "8000", "--json"),
+            env={**env, "PYRO_TOKEN": server.tokens["alice"]},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert forwarder.stdout is not None
+        ready = json.loads(forwarder.stdout.readline())
+        for _ in range(2):  # each request is a connection of its own
+            body = urllib.request.urlopen(ready["url"] + "/index.html", timeout=30).read()
+            assert body == b"hello through the tunnel\n"
+        refused = subprocess.run(
+            pyro_command("workspace", "port-forward", ws, "8000"),
+            env={**env, "PYRO_TOKEN": server.tokens["bob"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1 and f"no workspace {ws!r}" in refused.stderr
+    finally:
+        if forwarder is not None:
+            forwarder.terminate()
+            forwarder.wait(timeout=30)
+            for stream in (forwarder.stdout, forwarder.stderr):
+                if stream is not None:
+                    stream.close()
+        alice.delete_workspace(ws)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
@@ -231,6 +232,20 @@ def register(commands: Any) -> None:
     reset.add_argument("--json", action="store_true")
     reset.set_defaults(handler=handle_reset)
 
+    forward = sub.add_parser(
+        "port-forward",
+        help="carry a published port of a remote workspace to 127.0.0.1 here",
+        description="With --remote (PYRO_REMOTE): listen on 127.0.0.1:LOCAL_PORT here and "
+        "carry each connection, through the authenticated connection to the server, to the "
+        "port a service of WS publishes GUEST_PORT on (on the server's loopback). Runs until "
+        "interrupted. Locally a published port is already on 127.0.0.1: it is printed.",
+    )
+    forward.add_argument("workspace")
+    forward.add_argument("guest_port", type=int)
+    forward.add_argument("--local-port", type=int, default=0, help="default: any free port")
+    forward.add_argument("--json", action="store_true", help="print {local_port, url} once ready")
+    forward.set_defaults(handler=handle_port_forward)
+
     files.register(sub)
 
     processes.register(sub)
@@ -292,6 +307,39 @@ def _secrets_with_hosts(args: argparse.Namespace) -> tuple[dict[str, Any], dict[
                 "--secret-host", f"no --secret or --secret-file called {name!r} to bind"
             )
     return literal, files
+
+
+def handle_port_forward(args: argparse.Namespace) -> int:
+    remote = client.remote()
+
+    def ready(port: int) -> None:
+        shown = {"workspace": args.workspace, "guest_port": args.guest_port, "local_port": port}
+        if args.json:
+            print(json.dumps({**shown, "url": f"http://127.0.0.1:{port}"}), flush=True)
+        else:
+            print(
+                f"forwarding 127.0.0.1:{port} -> {args.workspace} port {args.guest_port} "
+                "(Ctrl-C to stop)",
+                flush=True,
+            )
+
+    if remote is None:
+        pyro = client.pyro()
+        for service in pyro.list_services(args.workspace)["services"]:
+            for port in service.get("published_ports", []):
+                if port["guest_port"] == args.guest_port:
+                    ready(int(port["host_port"]))  # already here: nothing to carry
+                    return 0
+        raise InvalidArgument(
+            "guest_port", f"no service of {args.workspace} publishes guest port {args.guest_port}"
+        )
+    try:
+        remote.forward_port(
+            args.workspace, args.guest_port, local_port=args.local_port, ready=ready
+        )
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 def handle_create(args: argparse.Namespace) -> int:

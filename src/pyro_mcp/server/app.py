@@ -36,8 +36,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
@@ -180,6 +181,7 @@ class PyroServer:
                 Route(f"{api}/call/{{method}}", self._call, methods=["POST"]),
                 Route(f"{api}/uploads", self._upload, methods=["POST"]),
                 Route(f"{api}/downloads/{{ticket}}", self._download, methods=["GET"]),
+                WebSocketRoute(f"{api}/ports/{{workspace}}/{{port:int}}", self._port),
                 Route("/mcp", _McpGate(self)),
             ],
             lifespan=lifespan,
@@ -300,6 +302,23 @@ class PyroServer:
         ticket = self.registry.spool("upload", principal.name, path)
         return JSONResponse({"upload": ticket})
 
+    async def _port(self, websocket: WebSocket) -> None:
+        """``pyro workspace port-forward``: one TCP connection to a published port."""
+        principal = self.principal(websocket.scope)
+        if principal is None:
+            await websocket.close(code=1008)  # before accept: the client sees HTTP 403
+            return
+        await websocket.accept()
+        calls = self.calls_for(principal)
+        workspace, port = websocket.path_params["workspace"], websocket.path_params["port"]
+        try:
+            host_port = await anyio.to_thread.run_sync(calls.published_host_port, workspace, port)
+        except PyroError as exc:
+            await websocket.send_json({"error": wire.error_payload(exc)})
+            await websocket.close()
+            return
+        await _tunnel(websocket, host_port)
+
     async def _download(self, request: Request) -> Response:
         principal = self._admit(request)
         if isinstance(principal, Response):
@@ -318,6 +337,45 @@ class PyroServer:
 
         headers = {"Content-Length": str(path.stat().st_size)}
         return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+async def _tunnel(websocket: WebSocket, host_port: int) -> None:
+    """Carry bytes between ``websocket`` and 127.0.0.1:``host_port`` until either ends."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", host_port)
+    except OSError as exc:
+        message = f"the service's port {host_port} does not answer on the server: {exc}"
+        await websocket.send_json({"error": wire.error_payload(RemoteError(message))})
+        await websocket.close()
+        return
+    await websocket.send_json({"ok": True})
+
+    async def upstream() -> None:
+        try:
+            while True:
+                data = await websocket.receive_bytes()
+                writer.write(data)
+                await writer.drain()
+        except (WebSocketDisconnect, KeyError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                writer.write_eof()
+
+    async def downstream() -> None:
+        with contextlib.suppress(OSError, WebSocketDisconnect, RuntimeError):
+            while data := await reader.read(wire.CHUNK_BYTES):
+                await websocket.send_bytes(data)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(upstream)
+            await downstream()
+            tasks.cancel_scope.cancel()
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()
 
 
 class _McpGate:

@@ -100,6 +100,27 @@ class PrincipalCalls:
         finally:
             _current.progress = None
 
+    def published_host_port(self, workspace: str, guest_port: int) -> int:
+        """The server-side port a service of the principal's ``workspace`` publishes
+        ``guest_port`` on (for ``pyro workspace port-forward``).
+
+        Raises:
+            NotFound: not the principal's workspace.
+            InvalidArgument: no service publishes that port.
+        """
+        ref = self._own_workspace(workspace)
+        services = self.engine.list_services(ref)["services"]
+        for service in services:
+            for port in service.get("published_ports", []):
+                if port["guest_port"] == guest_port:
+                    return int(port["host_port"])
+        raise InvalidArgument(
+            "guest_port",
+            f"no service of {workspace} publishes guest port {guest_port}; start one with "
+            f"published_ports=[{guest_port}] (its workspace needs network_policy "
+            "egress+published-ports)",
+        )
+
     # ------------------------------------------------------------- ownership
 
     def _check_refs(self, method: str, arguments: dict[str, Any]) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from pyro_mcp.errors import InvalidArgument, RemoteError
+from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
 from pyro_mcp.transport import wire
 from pyro_mcp.version import __version__
 from pyro_mcp.workspaces import project_source, transfer
@@ -70,11 +72,13 @@ class RemoteTransport:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         verify: ssl.SSLContext | bool = True
+        self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
             try:
                 verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
             except (OSError, ssl.SSLError) as exc:
                 raise InvalidArgument("ca_file", f"cannot read {ca_file}: {exc}") from exc
+            self._ssl = verify
         self._http = httpx2.Client(
             base_url=self.url + wire.API,
             headers=headers,
@@ -109,6 +113,94 @@ class RemoteTransport:
             with self._request("GET", "/hello") as response:
                 self._hello = json.loads(response.read())
         return self._hello
+
+    # ---------------------------------------------------------- port forward
+
+    def forward_port(
+        self,
+        workspace: str,
+        guest_port: int,
+        *,
+        local_port: int = 0,
+        ready: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Serve 127.0.0.1:``local_port`` here, each connection carried to the port a
+        service of ``workspace`` publishes ``guest_port`` on, on the server's loopback.
+
+        ``ready(port)`` is called once listening; runs until ``stop`` is set.
+
+        Raises:
+            NotFound, InvalidArgument: checked once before listening (not the
+                caller's workspace; no service publishes that port).
+            InvalidArgument: ``local_port`` is taken here.
+        """
+        self.hello()
+        self._open_tunnel(workspace, guest_port).close()  # fail now, not at first use
+        try:
+            listener = socket.create_server(("127.0.0.1", local_port))
+        except OSError as exc:
+            raise InvalidArgument("local_port", f"127.0.0.1:{local_port}: {exc}") from exc
+        with listener:
+            listener.settimeout(0.5)
+            if ready is not None:
+                ready(listener.getsockname()[1])
+            while stop is None or not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(
+                    target=self._carry, args=(connection, workspace, guest_port), daemon=True
+                ).start()
+
+    def _open_tunnel(self, workspace: str, guest_port: int) -> Any:
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = f"{scheme}://{parts.netloc}{parts.path}{wire.API}/ports/{workspace}/{guest_port}"
+        wanted = ("authorization", wire.VERSION_HEADER.lower())
+        headers = {k: v for k, v in self._http.headers.items() if k.lower() in wanted}
+        ssl_context = self._ssl if parts.scheme == "https" else None
+        try:
+            tunnel = connect(url, additional_headers=headers, ssl=ssl_context, max_size=None)
+            first = json.loads(tunnel.recv(timeout=60))
+        except InvalidStatus as exc:
+            if exc.response.status_code == 403:
+                raise RemoteError(
+                    f"the pyro server at {self.url} refused the token: set PYRO_TOKEN"
+                ) from exc
+            raise RemoteError(f"cannot open a tunnel through {self.url}: {exc}") from exc
+        except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
+            raise RemoteError(f"cannot open a tunnel through {self.url}: {exc}") from exc
+        if "error" in first:
+            tunnel.close()
+            wire.raise_error(first["error"])
+        return tunnel
+
+    def _carry(self, connection: socket.socket, workspace: str, guest_port: int) -> None:
+        with connection:
+            try:
+                tunnel = self._open_tunnel(workspace, guest_port)
+            except PyroError:
+                return
+            with tunnel:
+
+                def upstream() -> None:
+                    with contextlib.suppress(Exception):
+                        while data := connection.recv(wire.CHUNK_BYTES):
+                            tunnel.send(data)
+                    with contextlib.suppress(Exception):
+                        tunnel.close()
+
+                threading.Thread(target=upstream, daemon=True).start()
+                with contextlib.suppress(Exception):
+                    for message in tunnel:
+                        connection.sendall(
+                            message if isinstance(message, bytes) else message.encode()
+                        )
 
     # ----------------------------------------------------------------- calls
 
