@@ -50,6 +50,7 @@ DPKG_DEB = HostTool("dpkg-deb", "dpkg", "unpacks the guest kernel package")
 APT_CACHE = HostTool("apt-cache", "apt", "finds the guest kernel package")
 CHROOT = HostTool("chroot", "coreutils", "lists the packages of an environment being built")
 GIT = HostTool("git", "git", "seeds workspaces from Git checkouts")
+TAR = HostTool("tar", "tar", "unpacks seed archives (faster than Python's tarfile)")
 # Optional: only asked what the host's own package index settings are.
 SKOPEO = HostTool("skopeo", "skopeo", "fetches and pushes OCI images")
 ZSTD = HostTool("zstd", "zstd", "reads zstd-compressed image layers")

@@ -233,7 +233,10 @@ class RemoteTransport:
 
     def _call(self, method: str, arguments: dict[str, Any], progress: Progress) -> Any:
         body = json.dumps({"arguments": wire.encode(arguments)}).encode()
+        final: dict[str, Any] | None = None
         with self._request("POST", f"/call/{method}", content=body) as response:
+            # Read to the end (the server ends right after the answer): the
+            # connection then carries the next call instead of a new one.
             for line in response.iter_lines():
                 if not line.strip():
                     continue
@@ -244,14 +247,16 @@ class RemoteTransport:
                     raise RemoteError(f"the server sent an unreadable line: {shown!r}") from exc
                 if "progress" in message:
                     progress(str(message["progress"]))
-                elif "error" in message:
-                    wire.raise_error(message["error"])
-                elif "result" in message:
-                    return message["result"]
-        raise RemoteError(
-            f"the connection to {self.url} ended before {method} answered; the server may "
-            "have restarted: check the workspace's status before retrying"
-        )
+                elif final is None:
+                    final = message
+        if final is not None and "error" in final:
+            wire.raise_error(final["error"])
+        if final is None or "result" not in final:
+            raise RemoteError(
+                f"the connection to {self.url} ended before {method} answered; the server "
+                "may have restarted: check the workspace's status before retrying"
+            )
+        return final["result"]
 
     @contextlib.contextmanager
     def _request(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx2.Response]:
