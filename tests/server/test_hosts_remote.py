@@ -82,3 +82,25 @@ def test_codex_forwards_the_token_variable_by_name_only(
         Entry(transport["command"], transport["args"]), Path(laptop["HOME"]) / ".codex"
     )
     assert health["ok"] and health["tools"] > 5, health
+
+
+def test_each_host_registers_the_servers_own_http_endpoint_with_the_token_by_name(
+    laptop: dict[str, str], server: RemoteServer, tmp_path: Path
+) -> None:
+    token = server.tokens["alice"]
+    for name in ("claude-code", "codex", "opencode"):
+        flags = ["--remote", server.url, "--token-env", VAR, "--transport", "http", "--json"]
+        connected = pyro(laptop, tmp_path, "host", "connect", name, *flags)
+        assert connected.returncode == 0, connected.stdout + connected.stderr
+        result = json.loads(connected.stdout)
+        assert result["url"] == server.url + "/mcp" and result["token_env"] == VAR
+        assert result["health"]["ok"] and result["health"]["tools"] > 5, result["health"]
+        assert token not in Path(result["config_path"]).read_text()
+    assert "(HTTP) - ✔ Connected" in host(laptop, tmp_path, "claude", "mcp", "list")
+    assert "connected" in host(laptop, tmp_path, "opencode", "mcp", "list")
+    got = json.loads(host(laptop, tmp_path, "codex", "mcp", "get", "pyro", "--json"))
+    assert got["transport"]["url"] == server.url + "/mcp"
+    assert got["transport"]["bearer_token_env_var"] == VAR
+    wrong = {**laptop, VAR: "pyro_wrong"}
+    assert "401" in host(wrong, tmp_path, "claude", "mcp", "list")
+    assert "needs authentication" in host(wrong, tmp_path, "opencode", "mcp", "list")

@@ -80,12 +80,14 @@ def test_tokens_are_stored_only_as_hashes(server: RemoteServer) -> None:
     assert not any(token in listed.stdout for token in server.tokens.values())
 
 
-async def _mcp_session(url: str, token: str, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+async def _mcp_session(
+    url: str, token: str, calls: list[tuple[str, dict[str, Any]]], path: str = "/mcp"
+) -> list[Any]:
     results = []
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=300, trust_env=False) as http,
-        streamable_http_client(url + "/mcp", http_client=http) as streams,
+        streamable_http_client(url + path, http_client=http) as streams,
         ClientSession(streams[0], streams[1]) as session,
     ):
         await session.initialize()
@@ -259,3 +261,26 @@ def test_tls_with_a_private_ca_and_the_refusals_without_it(
     assert process.stdout is not None
     process.stdout.close()
     assert "WARNING: serving on 0.0.0.0:0 without TLS (--insecure)" in insecure_log.read_text()
+
+
+def test_a_profile_or_mode_in_the_url_picks_the_tool_set(server: RemoteServer) -> None:
+    from tests.mcp.test_server import EXPECTED
+
+    (listed,) = anyio.run(
+        _mcp_session, server.url, server.tokens["bob"], [("tools/list", {})], "/mcp/vm-run"
+    )
+    assert {tool.name for tool in listed.tools} == EXPECTED[("--profile", "vm-run")]
+    bogus = httpx2.post(
+        server.url + "/mcp/everything",
+        headers={"Authorization": f"Bearer {server.tokens['bob']}"},
+        content=b"{}",
+        trust_env=False,
+    )
+    assert bogus.status_code == 404 and "repro-fix" in bogus.json()["error"]["message"]
+
+
+def test_doctor_through_the_server_says_what_principals_share(server: RemoteServer) -> None:
+    report = server.sdk("bob").doctor(platform_only=True)
+    assert report["server"]["principal"] == "bob"
+    assert report["server"]["guest_memory_merge"] == "off"
+    assert "warm-principals/bob" in report["server"]["warm_snapshots"]

@@ -41,6 +41,13 @@ def handle(args: argparse.Namespace) -> int:
     accel = report["accel"]
     qemu = report["qemu"]
     print(f"pyro doctor: {'OK' if report['ok'] else 'CANNOT RUN GUESTS'}")
+    if server := report.get("server"):  # through `pyro --remote URL`
+        remote = client.remote()
+        print(f"  server       {remote.url if remote else ''} as {server['principal']}")
+        print(
+            f"  isolation    warm snapshots {server['warm_snapshots']}; guest memory "
+            f"merging {server['guest_memory_merge']}"
+        )
     root = " (root)" if platform["root"] else ""
     print(
         f"  platform     {platform['distribution']} {platform['machine']}, "

@@ -113,6 +113,13 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="with --remote: the environment variable holding the token (default PYRO_TOKEN); "
         "only its name is written into the host's config, never the token",
     )
+    parser.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="with --remote: stdio, a local bridge (seeds and exports on this machine; "
+        "default), or http, the host's own connection to the server's /mcp",
+    )
 
 
 def _options(args: argparse.Namespace) -> ServerOptions:
@@ -126,6 +133,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         environment=args.environment,
         remote=args.host_remote,
         token_env=args.token_env,
+        transport=args.transport,
     )
 
 
@@ -139,7 +147,10 @@ def handle_connect(args: argparse.Namespace) -> int:
         return code
     print(f"pyro is registered with {args.host} ({result['scope']} scope)")
     print(f"  wrote      {result['config_path']}")
-    print(f"  command    {result['command']} {' '.join(result['args'])}")
+    if result.get("transport") == "http":
+        print(f"  endpoint   {result['url']} (token from ${result['token_env']})")
+    else:
+        print(f"  command    {result['command']} {' '.join(result['args'])}")
     chosen = result.get("environment") or {}
     if chosen.get("name"):
         print(f"  environment {chosen['name']} ({chosen['note']})")
@@ -186,7 +197,10 @@ def handle_repair(args: argparse.Namespace) -> int:
         print_json(result)
         return code
     print(f"repaired pyro's entry in {result['config_path']}")
-    print(f"  command    {result['command']} {' '.join(result['args'])}")
+    if result.get("transport") == "http":
+        print(f"  endpoint   {result['url']} (token from ${result['token_env']})")
+    else:
+        print(f"  command    {result['command']} {' '.join(result['args'])}")
     print(f"  backup     {result['backup'] or '(the file was new)'}")
     _print_health(result["health"])
     print(f"next: {result['next_step']}")

@@ -31,8 +31,20 @@ class ServerOptions:
     # A bridge to a `pyro server`: its URL, and the variable that holds the token.
     remote: str | None = None
     token_env: str | None = None
+    # "stdio": the local bridge; "http": the host's own transport to /mcp.
+    transport: str = "stdio"
 
     def __post_init__(self) -> None:
+        if self.transport not in ("stdio", "http"):
+            raise InvalidArgument("--transport", "stdio (a local bridge) or http")
+        if self.transport == "http" and self.remote is None:
+            raise InvalidArgument("--transport", "http goes with --remote URL")
+        if self.transport == "http" and (self.project_path or self.repo_url):
+            raise InvalidArgument(
+                "--transport",
+                "over http the host talks to the server directly, which never reads this "
+                "machine's files: use the bridge (--transport stdio) to seed from a project",
+            )
         if self.token_env is not None:
             if self.remote is None:
                 raise InvalidArgument("--token-env", "goes with --remote")

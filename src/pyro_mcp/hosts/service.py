@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import host_tools
-from pyro_mcp.errors import HostSetupError, PyroError
+from pyro_mcp.errors import HostSetupError, InvalidArgument, PyroError
+from pyro_mcp.hosts import remote_http
 from pyro_mcp.hosts.configs import HOSTS, Entry, HostConfig, backup, get_host
 from pyro_mcp.hosts.server_command import SERVER_NAME, ServerOptions, server_command
 
@@ -35,6 +36,20 @@ def print_config(
     """The exact config snippet for ``host`` (and where it goes)."""
     config = get_host(host)
     project = (project or Path.cwd()).resolve()
+    if options.transport == "http":
+        url, var = remote_http.endpoint(options)
+        where = None
+        if host != "generic":
+            config.check_scope(scope)
+            where = str(config.config_path(scope, project))
+        return {
+            "host": host,
+            "transport": "http",
+            "url": url,
+            "token_env": var,
+            "config_path": where,
+            "snippet": remote_http.snippet(host, url, var),
+        }
     command, args = server_command(options)
     where = None
     if host != "generic":
@@ -65,6 +80,8 @@ def connect(
     config = get_host(host)
     config.check_scope(scope)
     project = (project or Path.cwd()).resolve()
+    if options.transport == "http":
+        return _connect_http(host, options, config, scope, project)
     command, args = server_command(options)
     if host not in ("claude-code", "codex"):
         # OpenCode has no `mcp add`: its file is edited (a generic host refuses there).
@@ -110,6 +127,27 @@ def connect(
     }
 
 
+def _connect_http(
+    host: str, options: ServerOptions, config: HostConfig, scope: str, project: Path
+) -> dict[str, Any]:
+    if host == "opencode":
+        result = remote_http.write_opencode(options, scope=scope, project=project)
+    else:
+        cli = _find_cli(config)
+        if cli is None:
+            url, var = remote_http.endpoint(options)
+            raise HostSetupError(
+                f"{config.cli} ({host}) is not installed or not on PATH. Install it with "
+                f"`npm install -g {config.package}`, then run this again; or add this to "
+                f"{config.config_path(scope, project)} yourself:\n"
+                f"{remote_http.snippet(host, url, var)}"
+            )
+        result = remote_http.connect(
+            host, options, scope=scope, project=project, run_host=_run_host, cli=cli
+        )
+    return {**result, "next_step": _next_step(host, scope)}
+
+
 def repair(
     host: str,
     options: ServerOptions,
@@ -121,6 +159,15 @@ def repair(
     config = get_host(host)
     config.check_scope(scope)
     project = (project or Path.cwd()).resolve()
+    if options.transport == "http":
+        if host != "opencode":
+            raise InvalidArgument(
+                "--transport",
+                f"repair rewrites {host}'s file for a local command; register the HTTP "
+                f"endpoint again with `pyro host connect {host} --remote URL --transport http`",
+            )
+        result = remote_http.write_opencode(options, scope=scope, project=project)
+        return {**result, "next_step": _next_step(host, scope)}
     command, args = server_command(options)
     path = config.config_path(scope, project)
     config.read(scope, project)  # refuses an unparseable file before any backup or write

@@ -7,7 +7,8 @@ Routes (all behind ``Authorization: Bearer TOKEN``; anything else gets a bare
     POST /api/v1/call/METHOD        one SDK call, answered as NDJSON (see wire)
     POST /api/v1/uploads            a seed or sync archive, streamed to disk
     GET  /api/v1/downloads/TICKET   an export the call kept, streamed and dropped
-    /mcp                            the MCP tools over Streamable HTTP
+    /mcp                            the MCP tools over Streamable HTTP (the token's profile)
+    /mcp/NAME                       the same with the profile or mode NAME
 
 Each principal gets its own engine view (``PrincipalCalls``), its own warm
 snapshots, and its own MCP session manager: a session id of one principal
@@ -42,6 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
+from pyro_mcp.mcp import profiles
 from pyro_mcp.mcp.server import IdleSuspender, create_server
 from pyro_mcp.mcp.warmup import BackgroundWarmUp
 from pyro_mcp.sdk import Pyro
@@ -108,15 +110,23 @@ class PyroServer:
                 BackgroundWarmUp(engine, self.environment, network=False).start()
             return calls
 
-    async def sessions_for(self, principal: Principal) -> StreamableHTTPSessionManager:
+    async def sessions_for(
+        self, principal: Principal, selection: str | None = None
+    ) -> StreamableHTTPSessionManager:
+        """The principal's session manager for the tool set ``selection`` (a profile
+        or mode named in the URL, ``/mcp/MODE``; default: the token's profile)."""
+        key = f"{principal.name}/{selection or ''}"
         async with self._sessions_lock:
-            found = self._sessions.get(principal.name)
+            found = self._sessions.get(key)
             if found is not None:
                 return found.manager
             assert self._tasks is not None, "the server's lifespan has not started"
             calls = self.calls_for(principal)
+            mode = selection if selection in profiles.MODES else None
+            profile = None if mode else selection or principal.profile or self.profile
             mcp = create_server(
-                principal.profile or self.profile,
+                profile,
+                mode,
                 pyro=Pyro(transport=calls, progress=_log_progress),
                 environment=self.environment,
                 idle_timer=False,
@@ -142,17 +152,18 @@ class PyroServer:
 
             self._tasks.start_soon(run)
             await ready.wait()
-            self._sessions[principal.name] = entry
+            self._sessions[key] = entry
             return manager
 
     async def watch(self) -> None:
         """End the MCP sessions of revoked tokens; drop spool nobody collected."""
         while True:
             await anyio.sleep(WATCH_SECONDS)
-            for name in list(self._sessions):
+            for key in list(self._sessions):
+                name = key.partition("/")[0]
                 if self.registry.principal_named(name) is None:
                     log.info("token %s was revoked: ending its MCP sessions", name)
-                    self._sessions.pop(name).stop.set()
+                    self._sessions.pop(key).stop.set()
                     with self._calls_lock:
                         self._calls.pop(name, None)
             for path in self.registry.stale(SPOOL_SECONDS):
@@ -183,6 +194,7 @@ class PyroServer:
                 Route(f"{api}/downloads/{{ticket}}", self._download, methods=["GET"]),
                 WebSocketRoute(f"{api}/ports/{{workspace}}/{{port:int}}", self._port),
                 Route("/mcp", _McpGate(self)),
+                Route("/mcp/{selection}", _McpGate(self)),
             ],
             lifespan=lifespan,
         )
@@ -389,7 +401,13 @@ class _McpGate:
         if principal is None:
             await _unauthorized()(scope, receive, send)
             return
-        manager = await self.server.sessions_for(principal)
+        selection = (scope.get("path_params") or {}).get("selection")
+        if selection is not None and selection not in (*profiles.PROFILES, *profiles.MODES):
+            known = ", ".join((*profiles.PROFILES, *profiles.MODES))
+            message = InvalidArgument("/mcp/NAME", f"{selection!r} is not one of {known}")
+            await _error(404, message)(scope, receive, send)
+            return
+        manager = await self.server.sessions_for(principal, selection)
         await manager.handle_request(scope, receive, send)
 
 

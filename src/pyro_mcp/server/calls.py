@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp import names
+from pyro_mcp import config, names
 from pyro_mcp.errors import InvalidArgument, NotFound, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
 from pyro_mcp.server.registry import Principal, Registry
@@ -161,6 +161,8 @@ class PrincipalCalls:
 
     def _filtered(self, method: str, result: Any) -> Any:
         result = _scrub_seed(result, str(self.spool.parent))
+        if method == "doctor" and isinstance(result, dict):
+            result["server"] = self._isolation()
         if self.principal.admin:
             return result
         if method == "list_workspaces":
@@ -170,6 +172,18 @@ class PrincipalCalls:
             mine = self.registry.owned("vm", self.principal.name)
             return [v for v in result if v["vm_id"] in mine]
         return result
+
+    def _isolation(self) -> dict[str, Any]:
+        """What this server shares between principals (``doctor`` through it)."""
+        merge = config.memory_merge_enabled()
+        return {
+            "principal": self.principal.name,
+            "admin": self.principal.admin,
+            "warm_snapshots": f"per principal: {self.engine.paths.warm_root}",
+            "guest_memory_merge": "on (--memory-merge)" if merge else "off",
+            "note": "no two principals' guests map one snapshot file"
+            + ("" if not merge else "; identical pages of different guests may be merged"),
+        }
 
     # ---------------------------------------------------------------- limits
 
