@@ -284,3 +284,103 @@ def test_doctor_through_the_server_says_what_principals_share(server: RemoteServ
     assert report["server"]["principal"] == "bob"
     assert report["server"]["guest_memory_merge"] == "off"
     assert "warm-principals/bob" in report["server"]["warm_snapshots"]
+
+
+def test_the_mcp_inspector_reaches_mcp_with_a_bearer_token(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    from tests.mcp.test_inspector import INSPECTOR
+
+    assert INSPECTOR.exists(), "run `make test` (it runs npm ci in tools/mcp-inspector)"
+
+    def inspect(token: str, *method: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(INSPECTOR),
+                "--cli",
+                server.url + "/mcp",
+                "--transport",
+                "http",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--method",
+                *method,
+            ],
+            env={**server.env, "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
+    listed = inspect(server.tokens["bob"], "tools/list")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "workspace_create" in {tool["name"] for tool in json.loads(listed.stdout)["tools"]}
+    called = inspect(server.tokens["bob"], "tools/call", "--tool-name", "workspace_list")
+    assert called.returncode == 0, called.stderr[-2000:]
+    assert json.loads(called.stdout)["structuredContent"]["workspaces"] == []
+    refused = inspect("pyro_wrong", "tools/list")
+    # A 401 makes the Inspector want OAuth, which it cannot do here: it stops.
+    assert refused.returncode != 0 and "auth_required" in refused.stderr
+
+
+def test_a_client_that_stops_sending_mid_upload_is_dropped_and_leaves_nothing(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    env = {**server.env, "PYRO_SERVER_UPLOAD_IDLE_SECONDS": "1"}
+    process, url = start(env, tmp_path / "slow.log")
+    try:
+        parts = urlsplit(url)
+        uploads = server.state_dir / "server-spool" / "uploads"
+        with socket.create_connection((parts.hostname, parts.port)) as raw:
+            raw.sendall(
+                b"POST " + wire.API.encode() + b"/uploads HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + server.tokens["bob"].encode() + b"\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"\0" * 10
+            )
+            raw.settimeout(30)
+            answer = raw.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert list(uploads.glob("*")) == []
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_an_export_download_cut_off_midway_leaves_nothing_on_the_server(
+    server: RemoteServer,
+) -> None:
+    alice = server.sdk("alice")
+    ws = alice.create_workspace()["workspace_id"]
+    headers = {
+        "Authorization": f"Bearer {server.tokens['alice']}",
+        wire.VERSION_HEADER: __version__,
+    }
+    try:
+        alice.exec_workspace(ws, "head -c 30000000 /dev/urandom > big.bin")
+        arguments = {"workspace": ws, "path": "big.bin", "output_path": {"download": True}}
+        called = httpx2.post(
+            server.url + wire.API + "/call/export_workspace",
+            json={"arguments": arguments},
+            headers=headers,
+            timeout=120,
+            trust_env=False,
+        )
+        ticket = json.loads(called.text.strip().splitlines()[-1])["result"]["download"]
+        downloads = server.state_dir / "server-spool" / "downloads"
+        assert list(downloads.iterdir())
+        with httpx2.stream(
+            "GET",
+            server.url + wire.API + f"/downloads/{ticket}",
+            headers=headers,
+            trust_env=False,
+        ) as response:
+            next(response.iter_bytes(65536))  # then the client goes away
+        deadline = time.monotonic() + 30
+        while list(downloads.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(downloads.iterdir()) == []
+    finally:
+        alice.delete_workspace(ws)

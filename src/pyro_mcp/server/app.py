@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import threading
@@ -55,7 +56,8 @@ from pyro_mcp.version import __version__
 log = logging.getLogger("pyro.server")
 
 MAX_CALL_BYTES = 64 * 1024 * 1024
-# A client that sends nothing for this long mid-upload is dropped (slow loris).
+# A client that sends nothing for this long mid-upload is dropped (slow loris);
+# PYRO_SERVER_UPLOAD_IDLE_SECONDS changes it (a slow link may need more).
 UPLOAD_IDLE_SECONDS = 30.0
 # Uploads and downloads nobody collected are removed after this.
 SPOOL_SECONDS = 3600.0
@@ -339,15 +341,19 @@ class PyroServer:
         if path is None or not path.is_file():
             return _error(404, InvalidArgument("ticket", "no such download (each is taken once)"))
 
-        def chunks() -> Iterator[bytes]:
-            try:
-                with path.open("rb") as stream:
-                    while chunk := stream.read(wire.CHUNK_BYTES):
-                        yield chunk
-            finally:
-                _remove_spooled(path)
+        stream = path.open("rb")
+        size = os.fstat(stream.fileno()).st_size
+        # Gone from the disk's names at once: the open file is read to the end,
+        # and its space is freed when the response ends, however it ends (a
+        # client that goes away midway included).
+        _remove_spooled(path)
 
-        headers = {"Content-Length": str(path.stat().st_size)}
+        def chunks() -> Iterator[bytes]:
+            with stream:
+                while chunk := stream.read(wire.CHUNK_BYTES):
+                    yield chunk
+
+        headers = {"Content-Length": str(size)}
         return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
 
 
@@ -427,13 +433,20 @@ async def _receive_to(request: Request, path: Path, length: int) -> int:
     with path.open("wb") as out:
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(stream), UPLOAD_IDLE_SECONDS)
+                chunk = await asyncio.wait_for(anext(stream), _upload_idle_seconds())
             except StopAsyncIteration:
                 return received
             received += len(chunk)
             if received > length:
                 return received
             out.write(chunk)
+
+
+def _upload_idle_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("PYRO_SERVER_UPLOAD_IDLE_SECONDS", "")))
+    except ValueError:
+        return UPLOAD_IDLE_SECONDS
 
 
 class _TooLarge(InvalidArgument):
