@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 
 from pyro_mcp import InvalidArgument, NotFound, QuotaExceeded
 from tests.server.conftest import RemoteServer, pyro_command
+
+WINDOWS_LIKE = Path(__file__).with_name("windows_like.py")
 
 pytestmark = pytest.mark.vm
 
@@ -102,7 +105,7 @@ def test_a_token_may_keep_only_its_limit_of_workspaces_running(server: RemoteSer
         bob.delete_workspace(first["workspace_id"])
 
 
-def test_the_remote_cli_runs_without_qemu_on_path(
+def test_the_remote_cli_runs_without_qemu_or_posix_only_imports(
     server: RemoteServer, git_project: Path, tmp_path: Path
 ) -> None:
     bin_dir = tmp_path / "bin"  # only git: no QEMU, no pyro state on this side
@@ -120,8 +123,13 @@ def test_the_remote_cli_runs_without_qemu_on_path(
     }
 
     def pyro(*args: str) -> dict:
+        # As a Windows laptop imports it: pyro's own POSIX-only imports fail.
         done = subprocess.run(
-            pyro_command(*args), env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, str(WINDOWS_LIKE), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if "--json" in args else {}
@@ -295,3 +303,25 @@ def test_port_forward_carries_a_published_port_to_the_clients_loopback(
                 if stream is not None:
                     stream.close()
         alice.delete_workspace(ws)
+
+
+def test_a_remote_build_sends_its_context_and_the_environment_runs_there(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "note.txt").write_text("from the laptop\n")
+    (context / "Dockerfile").write_text(
+        "FROM debian:12\nCOPY note.txt /note.txt\nRUN cat /note.txt > /copied\n"
+    )
+    alice = server.sdk("alice")
+    outside = tmp_path / "Dockerfile.elsewhere"
+    outside.write_text("FROM debian:12\n")
+    with pytest.raises(InvalidArgument, match="outside the context"):
+        alice.build_environment("remote-built:1", file=outside, context=context)
+    built = alice.build_environment("remote-built:1", context=context)
+    assert built["name"] == "remote-built:1"
+    ran = alice.run_in_vm("remote-built:1", "cat /copied")
+    assert ran["stdout"] == "from the laptop\n", ran
+    spool = server.state_dir / "server-spool"
+    assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +37,11 @@ from pyro_mcp.environments import builder
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec, slug
 from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError
 from pyro_mcp.names import shown
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 log = logging.getLogger("pyro.environments")
 

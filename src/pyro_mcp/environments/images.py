@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gzip
 import hashlib
 import json
@@ -46,6 +45,11 @@ from typing import Any
 from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 Progress = Callable[[str], None]
 

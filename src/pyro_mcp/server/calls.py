@@ -30,15 +30,20 @@ from pyro_mcp.errors import InvalidArgument, NotFound, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import wire
+from pyro_mcp.workspaces.seed import stage_seed
 
 ADMIN_ONLY = frozenset(
     {"prune_environments", "push_environment", "reap_expired", "suspend_idle_workspaces"}
 )
-# These read the caller's own files; the remote client refuses them before
-# sending, and a caller of /mcp never had them (no host paths there).
-REFUSED = frozenset({"build_environment", "prepare_project"})
 # Arguments that name a host path; they must have crossed as an upload or download.
-_UPLOADED = {"create_workspace": "seed_path", "push_workspace_sync": "source"}
+_UPLOADED = {
+    "create_workspace": "seed_path",
+    "push_workspace_sync": "source",
+    "build_environment": "context",
+    "prepare_project": "project_path",
+}
+# Of those, the ones the engine reads as a folder: the upload is unpacked first.
+_UNPACKED = frozenset({"build_environment", "prepare_project"})
 _DOWNLOADED = {"export_workspace": "output_path", "export_workspace_disk": "output_path"}
 _STARTS = frozenset({"create_workspace", "start_workspace", "fork_workspace"})
 _LIVE = ("running", "suspended")
@@ -70,12 +75,6 @@ class PrincipalCalls:
     def call(self, method: str, arguments: dict[str, Any], progress: Callable[[str], None]) -> Any:
         if method not in self._methods:
             raise InvalidArgument("method", f"{names.shown(method)} is not a pyro SDK method")
-        if method in REFUSED:
-            raise InvalidArgument(
-                method,
-                "reads files of the caller's machine, which pyro server never does; "
-                "run it on the server itself",
-            )
         if method in ADMIN_ONLY and not self.principal.admin:
             raise InvalidArgument(
                 method, "acts on the whole server; only an admin token may (token create --admin)"
@@ -220,7 +219,7 @@ class PrincipalCalls:
         self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
     ) -> None:
         for field in ("project_path", "secret_files"):
-            if arguments.get(field):
+            if arguments.get(field) and not (field == "project_path" and method in _UNPACKED):
                 raise InvalidArgument(
                     field,
                     "names a file of the caller's machine; pyro server never reads its "
@@ -253,6 +252,33 @@ class PrincipalCalls:
             )
         cleanup.callback(_remove, path)
         arguments[field] = path
+        if method in _UNPACKED:
+            arguments[field] = self._unpack(method, path, value, arguments, cleanup)
+
+    def _unpack(
+        self,
+        method: str,
+        archive: Path,
+        value: dict[str, Any],
+        arguments: dict[str, Any],
+        cleanup: contextlib.ExitStack,
+    ) -> Path:
+        """An uploaded build context or project, unpacked with the seed checks into a
+        folder of its own (named as on the client: a project's environment is)."""
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        holder = Path(tempfile.mkdtemp(prefix="unpacked-", dir=self.spool))
+        cleanup.callback(shutil.rmtree, holder, True)
+        name = value.get("name", "context")
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise InvalidArgument("project_path", f"{names.shown(name)} is not a folder name")
+        folder = holder / name
+        stage_seed(archive, folder)
+        if method == "build_environment" and arguments.get("file") is not None:
+            file = (folder / str(arguments["file"])).resolve()
+            if not file.is_relative_to(folder.resolve()):
+                raise InvalidArgument("file", "must name a file inside the context")
+            arguments["file"] = file
+        return folder
 
     def _cross_out(
         self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack

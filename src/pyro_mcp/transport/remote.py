@@ -39,13 +39,6 @@ Progress = Callable[[str], None]
 # themselves may run for minutes (an environment pull) and report progress.
 CONNECT_TIMEOUT = 10.0
 
-# Methods that name a path of the caller's machine, which a server cannot read.
-_LOCAL_ONLY = {
-    "build_environment": "build it on the server (`pyro env build` there), then use it by name",
-    "prepare_project": "prepare it on the server, or create the workspace with "
-    "project_path (the files are uploaded) and an installed environment",
-}
-
 
 class RemoteTransport:
     """Speaks to a ``pyro server`` at ``url`` with a bearer ``token``.
@@ -207,15 +200,19 @@ class RemoteTransport:
     def call(self, method: str, arguments: dict[str, Any], progress: Progress) -> Any:
         """Run the SDK method ``method`` on the server with ``arguments``."""
         self.hello()
-        if method in _LOCAL_ONLY:
-            raise InvalidArgument(
-                method,
-                f"reads files on this machine, which a remote server cannot; {_LOCAL_ONLY[method]}",
-            )
         with contextlib.ExitStack() as cleanup:
             finish: Callable[[Any], Any] = lambda result: result  # noqa: E731
             if method == "create_workspace":
                 arguments = self._create_crossings(arguments, cleanup)
+            elif method == "build_environment":
+                arguments = self._build_crossings(arguments, cleanup)
+            elif method == "prepare_project":
+                project = Path(arguments["project_path"]).expanduser().resolve()
+                if not project.is_dir():
+                    raise InvalidArgument("project_path", f"{project} is not a folder")
+                ref = self._upload(project, None, cleanup, field="project_path")
+                arguments["project_path"] = {**ref, "name": project.name}
+                finish = _in_project(project)
             elif method == "push_workspace_sync":
                 source = Path(arguments["source"]).expanduser().absolute()
                 arguments["source"] = self._upload(source, None, cleanup)
@@ -300,12 +297,38 @@ class RemoteTransport:
             arguments["secrets"] = secrets
         return arguments
 
+    def _build_crossings(
+        self, arguments: dict[str, Any], cleanup: contextlib.ExitStack
+    ) -> dict[str, Any]:
+        """A remote build gets the context as an upload, the Dockerfile named inside it."""
+        context = Path(arguments.get("context", ".")).expanduser().absolute()
+        if not context.is_dir():
+            raise InvalidArgument("context", f"{context} is not a folder")
+        file = arguments.get("file")
+        if file is not None:
+            path = Path(file).expanduser().absolute()
+            try:
+                arguments["file"] = str(path.relative_to(context))
+            except ValueError as exc:
+                raise InvalidArgument(
+                    "file",
+                    f"{path} is outside the context {context}; a remote build sends the "
+                    "context only: put the Dockerfile inside it",
+                ) from exc
+        arguments["context"] = self._upload(context, None, cleanup, field="context")
+        return arguments
+
     def _upload(
-        self, source: Path, only: list[str] | None, cleanup: contextlib.ExitStack
+        self,
+        source: Path,
+        only: list[str] | None,
+        cleanup: contextlib.ExitStack,
+        *,
+        field: str = "seed_path",
     ) -> dict[str, str]:
         """Pack ``source`` (only the paths ``only`` lists, if given) and upload it."""
         if not source.exists():
-            raise InvalidArgument("seed_path", f"{source} does not exist")
+            raise InvalidArgument(field, f"{source} does not exist")
         if source.is_file() and source.name.endswith(ARCHIVE_SUFFIXES):
             archive = source
         elif source.is_dir():
@@ -356,6 +379,22 @@ class RemoteTransport:
                 return {**result, "output": str(output)}
             placed = transfer.extract_export(archive, str(result.get("type")), output, overwrite)
         return {**result, "output": placed["output"]}
+
+
+def _in_project(project: Path) -> Callable[[Any], Any]:
+    """``prepare_project``'s paths, shown in the caller's project instead of the server's copy."""
+
+    def finish(result: Any) -> Any:
+        if not isinstance(result, dict):
+            return result
+        copy = str(result.get("project") or "")
+        declared = str(result.get("devcontainer") or "")
+        local = {"project": str(project)}
+        if copy and declared.startswith(copy + "/"):
+            local["devcontainer"] = str(project / declared[len(copy) + 1 :])
+        return {**result, **local}
+
+    return finish
 
 
 def _with(**fields: Any) -> Callable[[Any], Any]:

@@ -21,7 +21,7 @@ steps before it cached and nothing installed.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import io
 import json
@@ -45,6 +45,11 @@ from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG, get_spec
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument, NotFound
 from pyro_mcp.vm import disks, image_builder
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 STEP_TIMEOUT_SECONDS = 1800
 OUTPUT_TAIL_CHARS = 3000

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import gzip
 import json
 import os
@@ -37,6 +36,11 @@ from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, VMError
 from pyro_mcp.vm import backend, disks
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 BOOT_TIMEOUT_SECONDS = 120
 ENTRIES_PER_CALL = 20_000

@@ -16,7 +16,6 @@ supervisor is gone is shown ``stopped`` with the reason, never ``running``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -61,6 +60,11 @@ from pyro_mcp.vm import (
 from pyro_mcp.vm.commands import exec_args, exec_result
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec, qemu_version
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 MAX_VCPU_COUNT = 8
 # Room kept free beyond a suspended guest's memory (its devices, the filesystem's own).

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import functools
 import json
 import mmap
@@ -45,6 +44,11 @@ from pyro_mcp.environments.builder import sha256_file
 from pyro_mcp.environments.cache import InstalledEnvironment, used_bytes
 from pyro_mcp.environments.catalog import slug
 from pyro_mcp.vm.qemu import qemu_version
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 # Bump when the machine layout of warm VMs changes (devices, their order, RAM
 # backend): a snapshot of another layout cannot be restored.
