@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 USE_CASES = cold-start-validation repro-fix-loop parallel-workspaces untrusted-inspection review-eval
 
-.PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck \
+.PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck dist \
 	bench clean smokes smoke-use-cases smoke-daily-loop smoke-real-repo \
 	$(addprefix smoke-,$(USE_CASES))
 
@@ -44,6 +44,14 @@ test: environment inspector host-clis
 	$(MAKE) --no-print-directory smokes
 
 smokes: smoke-use-cases smoke-daily-loop smoke-real-repo
+
+# The wheel and sdist in dist/, checked (metadata and README render) with twine.
+# Install one with `uv tool install dist/pyro_mcp-*.whl`, or run it without
+# installing: `uvx --from dist/pyro_mcp-*.whl pyro doctor`.
+dist:
+	rm -rf dist
+	$(UV) build
+	$(UV) tool run twine check --strict dist/*
 
 # The toolchain environment the real-repo recipes use.
 build-environment: setup

@@ -102,6 +102,11 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo-ref")
     parser.add_argument("--environment", help="the server's default environment")
     parser.add_argument(
+        "--installed-package",
+        action="store_true",
+        help="register the installed `pyro` (uv tool install) instead of this one",
+    )
+    parser.add_argument(
         "--remote",
         dest="host_remote",
         metavar="URL",
@@ -134,6 +139,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         remote=args.host_remote,
         token_env=args.token_env,
         transport=args.transport,
+        installed_package=args.installed_package,
     )
 
 

@@ -33,6 +33,9 @@ class ServerOptions:
     token_env: str | None = None
     # "stdio": the local bridge; "http": the host's own transport to /mcp.
     transport: str = "stdio"
+    # Register the installed `pyro` (`uv tool install`, on PATH or in
+    # ~/.local/bin) instead of the one running this command (a checkout's venv).
+    installed_package: bool = False
 
     def __post_init__(self) -> None:
         if self.transport not in ("stdio", "http"):
@@ -106,5 +109,24 @@ def pyro_launcher() -> list[str]:
 
 def server_command(options: ServerOptions) -> tuple[str, list[str]]:
     """``(command, args)`` for a host's config."""
-    launcher = pyro_launcher()
+    launcher = [installed_pyro()] if options.installed_package else pyro_launcher()
     return launcher[0], [*launcher[1:], *options.serve_args()]
+
+
+def installed_pyro() -> str:
+    """The absolute path of the installed ``pyro`` command (``--installed-package``).
+
+    Raises:
+        InvalidArgument: none is installed.
+    """
+    import shutil
+
+    found = shutil.which("pyro") or shutil.which("pyro", path=str(Path.home() / ".local" / "bin"))
+    if found is None:
+        raise InvalidArgument(
+            "--installed-package",
+            "no installed `pyro` on PATH or in ~/.local/bin: install it with "
+            "`uv tool install PATH-TO-WHEEL-OR-CHECKOUT`, or leave the flag out to "
+            "register this pyro",
+        )
+    return str(Path(found).absolute())
