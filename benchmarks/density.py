@@ -108,7 +108,7 @@ def suspended_round(count: int) -> tuple[int, float, float]:
                 ids.append(ws)
             left = len(qemu_usage(tmp))
             started = time.monotonic()
-            listed = pyro.list_workspaces()
+            listed = pyro.list_workspaces()["workspaces"]
             list_ms = (time.monotonic() - started) * 1000
             assert sum(w["state"] == "suspended" for w in listed) == count
             resumes = []

@@ -92,7 +92,7 @@ def main() -> int:
             if process.stdout is not None:
                 process.stdout.close()
             for pyro in (local, Pyro(state_dir=root / "server", cache_dir=cache)):
-                for workspace in pyro.list_workspaces():
+                for workspace in pyro.list_workspaces()["workspaces"]:
                     pyro.delete_workspace(workspace["workspace_id"])
     return 0
 

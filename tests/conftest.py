@@ -85,7 +85,7 @@ def pyro(state_dir: Path, cache_dir: Path, warm_environment: dict[str, Any]) -> 
     """An SDK object with its own state; fails the test if a VM process outlives it."""
     client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
     yield client
-    for workspace in client.list_workspaces():
+    for workspace in client.list_workspaces()["workspaces"]:
         client.delete_workspace(workspace["workspace_id"])
     for record in client.list_vms():
         client.delete_vm(record["vm_id"])
@@ -102,7 +102,7 @@ def cli_env(
     # Remove what a failed test left, then prove no VM process outlives it.
     if state_dir.exists():
         leftovers = Pyro(state_dir=state_dir, cache_dir=cache_dir)
-        for workspace in leftovers.list_workspaces():
+        for workspace in leftovers.list_workspaces()["workspaces"]:
             leftovers.delete_workspace(workspace["workspace_id"])
         for record in leftovers.list_vms():
             leftovers.delete_vm(record["vm_id"])

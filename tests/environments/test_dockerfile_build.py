@@ -74,7 +74,7 @@ def pyro(tmp_path: Path, cache_dir: Path, lines: list[str]) -> Iterator[Pyro]:
     state = tmp_path / "state"
     client = Pyro(state_dir=state, cache_dir=cache, progress=lines.append)
     yield client
-    for workspace in client.list_workspaces():
+    for workspace in client.list_workspaces()["workspaces"]:
         client.delete_workspace(workspace["workspace_id"])
     assert leaked_processes(state) == []
 

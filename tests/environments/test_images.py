@@ -52,7 +52,7 @@ def sdk(tmp_path: Path, image_cache: Path, lines: list[str]) -> Iterator[Pyro]:
     state = tmp_path / "state"
     client = Pyro(state_dir=state, cache_dir=image_cache, progress=lines.append)
     yield client
-    for workspace in client.list_workspaces():
+    for workspace in client.list_workspaces()["workspaces"]:
         client.delete_workspace(workspace["workspace_id"])
     for record in client.list_vms():
         client.delete_vm(record["vm_id"])
@@ -325,7 +325,7 @@ def test_a_curated_environment_pushed_and_pulled_back_keeps_its_digest(
         assert done["exit_code"] == 0 and done["stdout"].splitlines()[1:] == ["0", "1"], done
         assert sdk_boot_kind(elsewhere, ws) == "warm"
     finally:
-        for workspace in elsewhere.list_workspaces():
+        for workspace in elsewhere.list_workspaces()["workspaces"]:
             elsewhere.delete_workspace(workspace["workspace_id"])
     assert leaked_processes(elsewhere_state) == []
     assert leaked_processes(tmp_path / "state") == []
@@ -538,7 +538,7 @@ def test_a_node_toolchain_image_runs_a_real_npm_project_as_its_user(
         assert "Passed:    2" in again["stdout"]
         pyro.delete_workspace(ws)
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
     assert leaked_processes(state) == []
 

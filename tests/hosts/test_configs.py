@@ -171,3 +171,22 @@ def test_connect_without_the_host_cli_says_how_to_install_it_and_what_to_paste(
         "codex": "host not installed",
         "opencode": "host not installed",
     }
+
+
+def test_installed_package_registers_the_installed_pyro(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyro_mcp.hosts.server_command import ServerOptions
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(InvalidArgument, match="uv tool install"):
+        hosts.host_config("generic", ServerOptions(installed_package=True))
+    installed = bin_dir / "pyro"
+    installed.write_text("#!/bin/sh\n")
+    installed.chmod(0o755)
+    snippet = hosts.host_config("generic", ServerOptions(installed_package=True))
+    assert snippet["command"] == str(installed)
+    assert snippet["args"] == ["mcp", "serve"]

@@ -45,7 +45,9 @@ def test_past_the_hosts_cap_create_names_what_runs_instead(
     with pytest.raises(Exception, match=r"cap of 1 .*busy-one") as failure:
         pyro.create_workspace(name="one-too-many")
     assert "pyro workspace delete" in str(failure.value)
-    assert [w["name"] for w in pyro.list_workspaces()] == ["busy-one"]  # nothing half-made
+    assert [w["name"] for w in pyro.list_workspaces()["workspaces"]] == [
+        "busy-one"
+    ]  # nothing half-made
 
     async def scenario() -> None:
         async with mcp_client(env, "--no-project-source") as client:

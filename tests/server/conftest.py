@@ -75,7 +75,7 @@ class RemoteServer:
     def cleanup(self) -> None:
         """Delete every guest this server's engine made; none may outlive it."""
         local = Pyro(state_dir=self.state_dir, cache_dir=self.cache_dir)
-        for workspace in local.list_workspaces():
+        for workspace in local.list_workspaces()["workspaces"]:
             local.delete_workspace(workspace["workspace_id"])
         for record in local.list_vms():
             local.delete_vm(record["vm_id"])

@@ -54,7 +54,7 @@ def test_the_workspace_loop_runs_through_the_remote_sdk(
         assert alice.stop_workspace("loop")["state"] == "suspended"
         assert alice.start_workspace("loop")["state"] == "running"
         assert alice.exec_workspace("loop", "cat app.py")["stdout"] == "print('hello')\n"
-        assert {w["name"] for w in alice.list_workspaces()} == {"loop", "loop-fork"}
+        assert {w["name"] for w in alice.list_workspaces()["workspaces"]} == {"loop", "loop-fork"}
         alice.delete_workspace("loop-fork")
     finally:
         alice.delete_workspace(created["workspace_id"])
@@ -68,7 +68,7 @@ def test_another_principal_finds_nothing_of_a_workspace_it_does_not_own(
     ref = owned["workspace_id"]
     try:
         alice.create_snapshot(ref, "snap")
-        assert bob.list_workspaces() == []
+        assert bob.list_workspaces()["workspaces"] == []
         calls = {
             "status": lambda w: bob.status_workspace(w),
             "exec": lambda w: bob.exec_workspace(w, "true"),
@@ -100,7 +100,7 @@ def test_a_token_may_keep_only_its_limit_of_workspaces_running(server: RemoteSer
     try:
         with pytest.raises(QuotaExceeded, match=r"--max-running 1\).*one"):
             bob.create_workspace(name="two")
-        assert [w["name"] for w in bob.list_workspaces()] == ["one"]
+        assert [w["name"] for w in bob.list_workspaces()["workspaces"]] == ["one"]
     finally:
         bob.delete_workspace(first["workspace_id"])
 
@@ -165,7 +165,7 @@ def test_a_seed_archive_that_climbs_out_is_refused_and_nothing_is_created(
     bob = server.sdk("bob")
     with pytest.raises(InvalidArgument, match="outside the workspace"):
         bob.create_workspace(seed_path=evil)
-    assert bob.list_workspaces() == []
+    assert bob.list_workspaces()["workspaces"] == []
     assert list((server.state_dir / "server-spool" / "uploads").iterdir()) == []
 
 

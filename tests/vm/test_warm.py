@@ -36,7 +36,7 @@ IDENTITY = (
 def private_pyro(private_cache: Path, state_dir: Path) -> Any:
     client = Pyro(state_dir=state_dir, cache_dir=private_cache)
     yield client
-    for workspace in client.list_workspaces():
+    for workspace in client.list_workspaces()["workspaces"]:
         client.delete_workspace(workspace["workspace_id"])
     for record in client.list_vms():
         client.delete_vm(record["vm_id"])
@@ -175,7 +175,7 @@ def test_the_guest_clock_is_the_hosts_after_restoring_a_days_old_snapshot(
         guest = float(client.exec_workspace(workspace["workspace_id"], "date +%s.%N")["stdout"])
         assert before - 1.0 <= guest <= time.time() + 1.0
     finally:
-        for leftover in client.list_workspaces():
+        for leftover in client.list_workspaces()["workspaces"]:
             client.delete_workspace(leftover["workspace_id"])
     assert leaked_processes(state_dir) == []
 
@@ -312,6 +312,6 @@ def test_a_full_disk_while_preparing_keeps_the_previous_snapshot(
         assert loop["status"] == "warm" and loop["path"] == str(good)
         assert private_pyro.create_workspace(TEST_ENVIRONMENT)["boot_kind"] == "warm"
     finally:
-        for workspace in private_pyro.list_workspaces():
+        for workspace in private_pyro.list_workspaces()["workspaces"]:
             private_pyro.delete_workspace(workspace["workspace_id"])
         subprocess.run(["umount", "-l", str(warm_root)], check=False)

@@ -226,7 +226,7 @@ def test_bad_rules_are_refused_at_create(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message.replace("*", r"\*").replace("[", r"\[")):
         pyro.create_workspace(network_policy="egress", **kwargs)
-    assert pyro.list_workspaces() == []
+    assert pyro.list_workspaces()["workspaces"] == []
 
 
 def test_rules_need_a_network(pyro: Pyro) -> None:

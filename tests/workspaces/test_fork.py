@@ -69,7 +69,7 @@ def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> 
         assert pyro.exec_workspace(source, "echo ok")["stdout"] == "ok\n"  # source runs on
         assert "fork" in [e["kind"] for e in pyro.logs_workspace(source)["entries"]]
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
 
 
@@ -91,13 +91,13 @@ def test_bad_forks_are_refused_and_leave_nothing(
         pyro.stop_workspace(source, discard_memory=True)
         with pytest.raises(StateError, match="stopped"):
             pyro.fork_workspace(source)
-        assert sorted(w["name"] for w in pyro.list_workspaces()) == ["src", "taken"]
+        assert sorted(w["name"] for w in pyro.list_workspaces()["workspaces"]) == ["src", "taken"]
         pyro.start_workspace(source)
         # Forks start side by side: the host's cap is checked for all of them first.
         monkeypatch.setenv("PYRO_MAX_RUNNING", "3")
         with pytest.raises(StateError, match="room for 2 more under its cap of 3"):
             pyro.fork_workspace(source, count=2)
-        assert sorted(w["name"] for w in pyro.list_workspaces()) == ["src", "taken"]
+        assert sorted(w["name"] for w in pyro.list_workspaces()["workspaces"]) == ["src", "taken"]
         leftovers = [p.name for p in pyro._workspaces.root.iterdir() if p.name.startswith(".fork")]
         assert leftovers == []
     finally:
@@ -128,7 +128,7 @@ def test_a_fork_that_fails_midway_leaves_the_source_running_on_its_own_disks(
         with pytest.raises(VMError, match=r"forking failed.*the workspace keeps running"):
             pyro.fork_workspace(source, name="never")
         monkeypatch.undo()
-        assert [w["name"] for w in pyro.list_workspaces()] == ["src"]
+        assert [w["name"] for w in pyro.list_workspaces()["workspaces"]] == ["src"]
         left = [p.name for d in (folder, vm_dir) for p in d.glob("*.qcow2") if "-" in p.name]
         assert left == []
         assert pyro.exec_workspace(source, "cat kept; echo more > more")["exit_code"] == 0
@@ -136,7 +136,7 @@ def test_a_fork_that_fails_midway_leaves_the_source_running_on_its_own_disks(
         child = pyro.fork_workspace(source, name="child")["forks"][0]["workspace_id"]
         assert pyro.exec_workspace(child, "cat kept more")["stdout"] == "kept\nmore\n"
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
 
 
@@ -165,7 +165,7 @@ def test_a_source_killed_during_its_fork_loses_nothing(pyro: Pyro) -> None:
             forks = []
         finally:
             killer.join()
-        assert sorted(w["name"] for w in pyro.list_workspaces()) == sorted(
+        assert sorted(w["name"] for w in pyro.list_workspaces()["workspaces"]) == sorted(
             ["src"] + [f["name"] for f in forks]
         )
         leftovers = [p.name for p in pyro._workspaces.root.iterdir() if p.name.startswith(".fork")]
@@ -178,7 +178,7 @@ def test_a_source_killed_during_its_fork_loses_nothing(pyro: Pyro) -> None:
             check = pyro.exec_workspace(fork["workspace_id"], "md5sum -c big.md5")
             assert check["exit_code"] == 0, check
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
 
 
@@ -244,7 +244,7 @@ def test_forks_share_their_parents_disk_state_and_outlive_it(pyro: Pyro) -> None
         pyro.reset_workspace(grandchild)  # the baseline: the seed, nothing forked
         assert pyro.exec_workspace(grandchild, "test -e data || echo gone")["stdout"] == "gone\n"
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
 
 
@@ -288,7 +288,7 @@ def test_a_fork_taken_while_the_source_writes_has_whole_disks(pyro: Pyro, tmp_pa
             pyro.stop_workspace(ws, discard_memory=True)  # its /workspace frozen clean
             assert fsck_clean(root / ws / "workspace.qcow2", tmp_path)
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
 
 

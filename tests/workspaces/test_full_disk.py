@@ -33,7 +33,7 @@ def small_home(
     try:
         yield home, pyro
     finally:
-        for workspace in pyro.list_workspaces():
+        for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
         leaked = leaked_processes(home)
         subprocess.run(["umount", "-l", str(home)], check=False)
@@ -99,7 +99,7 @@ def test_deleting_a_workspace_on_a_full_disk_frees_it_first(
     )
     assert free_mib(home) < 5
     pyro.delete_workspace(ws)  # files first, then the records
-    assert pyro.list_workspaces() == []
+    assert pyro.list_workspaces()["workspaces"] == []
     assert free_mib(home) > 150
 
 

@@ -33,7 +33,7 @@ def test_invalid_secret_names_and_values_are_refused(pyro: Pyro, state_dir: Path
     ):
         with pytest.raises(InvalidArgument, match=message):
             pyro.create_workspace(secrets=secrets)
-    assert pyro.list_workspaces() == []
+    assert pyro.list_workspaces()["workspaces"] == []
     assert not (state_dir / "workspaces").exists() or not list((state_dir / "workspaces").iterdir())
 
 

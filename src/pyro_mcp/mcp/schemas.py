@@ -83,6 +83,7 @@ class Workspace(_Open):
 
 
 class WorkspaceList(_Open):
+    count: int
     workspaces: list[Workspace]
 
 

@@ -228,12 +228,14 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         )
 
     def workspace_list() -> Annotated[CallToolResult, schemas.WorkspaceList]:
-        workspaces = pyro.list_workspaces()
+        listed = pyro.list_workspaces()
         text = (
-            "\n".join(f"{w['workspace_id']} {w['name'] or '-'} {w['state']}" for w in workspaces)
+            "\n".join(
+                f"{w['workspace_id']} {w['name'] or '-'} {w['state']}" for w in listed["workspaces"]
+            )
             or "no workspaces"
         )
-        return reply(text, {"workspaces": workspaces})
+        return reply(text, listed)
 
     def workspace_update(
         workspace_id: WorkspaceId,

@@ -166,7 +166,8 @@ class PrincipalCalls:
             return result
         if method == "list_workspaces":
             mine = self.registry.owned("workspace", self.principal.name)
-            return [w for w in result if w["workspace_id"] in mine]
+            workspaces = [w for w in result["workspaces"] if w["workspace_id"] in mine]
+            return {"count": len(workspaces), "workspaces": workspaces}
         if method == "list_vms":
             mine = self.registry.owned("vm", self.principal.name)
             return [v for v in result if v["vm_id"] in mine]
@@ -208,7 +209,8 @@ class PrincipalCalls:
 
     def _own_workspaces(self) -> list[dict[str, Any]]:
         mine = self.registry.owned("workspace", self.principal.name)
-        return [w for w in self.engine.list_workspaces() if w["workspace_id"] in mine]
+        listed = self.engine.list_workspaces()["workspaces"]
+        return [w for w in listed if w["workspace_id"] in mine]
 
     def _folder(self, workspace_id: str) -> Path:
         return self.engine.paths.state_dir / "workspaces" / workspace_id
