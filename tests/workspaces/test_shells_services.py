@@ -99,7 +99,7 @@ def test_a_published_service_answers_on_the_host_until_stopped(pyro: Pyro) -> No
     assert body == b"hello from the guest\n"
     assert pyro.status_workspace(ws)["services"] == {"running": 1, "total": 1}
     assert pyro.list_services(ws)["services"][0]["published_ports"] == [port]
-    assert "GET /index.html" in pyro.logs_service(ws, "web", tail_lines=5)["log"]
+    assert "GET /index.html" in pyro.logs_service(ws, "web", tail_lines=5)["stdout"]
     assert pyro.diff_workspace(ws)["changes"] == [
         {"path": "app", "status": "added", "type": "directory", "binary": False},
         {"path": "app/index.html", "status": "added", "type": "file", "binary": False},
@@ -131,7 +131,7 @@ def test_services_that_never_get_ready_or_exit_at_once_are_reported(pyro: Pyro) 
     assert pyro.exec_workspace(ws, "pgrep -x sleep || echo none")["stdout"] == "none\n"
     quick = pyro.start_service(ws, "quick", "echo bye; exit 3", ready_file="never")
     assert (quick["state"], quick["exit_code"]) == ("exited", 3)
-    assert pyro.logs_service(ws, "quick", all=True)["log"] == "bye\n"
+    assert pyro.logs_service(ws, "quick", all=True)["stdout"] == "bye\n"
     pyro.delete_workspace(ws)
 
 

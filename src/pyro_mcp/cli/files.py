@@ -114,7 +114,9 @@ def handle_file_write(args: argparse.Namespace) -> int:
     else:
         content = args.text
     result = client.pyro().write_workspace_file(args.workspace, args.path, content)
-    print_json(result) if args.json else print(f"wrote {result['bytes']} bytes to {result['path']}")
+    print_json(result) if args.json else print(
+        f"wrote {result['bytes_written']} bytes to {result['path']}"
+    )
     return 0
 
 

@@ -359,7 +359,7 @@ def handle_service_simple(args: argparse.Namespace) -> int:
         result = pyro.logs_service(
             args.workspace, args.name, tail_lines=args.tail_lines, all=args.all
         )
-        print_json(result) if args.json else sys.stdout.write(result["log"])
+        print_json(result) if args.json else sys.stdout.write(result["stdout"])
         return 0
     method = pyro.status_service if args.action == "status" else pyro.stop_service
     status = method(args.workspace, args.name)

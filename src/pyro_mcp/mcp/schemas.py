@@ -129,12 +129,12 @@ class FileContent(_Open):
 class FileWritten(_Open):
     workspace_id: str
     path: str
-    bytes: int
+    bytes_written: int
 
 
 class PatchResult(_Open):
     workspace_id: str
-    applied: bool
+    changed: bool
     files: list[dict[str, Any]]
 
 
@@ -219,7 +219,7 @@ class ServiceList(_Open):
 class ServiceLogs(_Open):
     workspace_id: str
     name: str
-    log: str
+    stdout: str
     truncated: bool
 
 

@@ -64,7 +64,7 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         text: Annotated[str, Field(description="The complete new text of the file.")],
     ) -> Annotated[CallToolResult, schemas.FileWritten]:
         result = pyro.write_workspace_file(workspace_id, path, text)
-        return reply(f"wrote {result['bytes']} bytes to {result['path']}", result)
+        return reply(f"wrote {result['bytes_written']} bytes to {result['path']}", result)
 
     def workspace_patch_apply(
         workspace_id: WorkspaceId,

@@ -60,7 +60,7 @@ class FileOps:
             )
         relative = workspace_relative(guest_path)
         self.ctx.journal(workspace, "write", {"path": relative, "bytes": len(data)})
-        return self.ctx.done(workspace, {"path": relative, "bytes": len(data)})
+        return self.ctx.done(workspace, {"path": relative, "bytes_written": len(data)})
 
     def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
         """Apply a unified diff: every hunk is checked first, then all files change at once."""
@@ -89,7 +89,7 @@ class FileOps:
                 lambda check: guest.files_apply(client, writes, deletes, check_workspace=check),
             )
         self.ctx.journal(workspace, "patch", {"files": summary})
-        return self.ctx.done(workspace, {"applied": True, "files": summary})
+        return self.ctx.done(workspace, {"changed": True, "files": summary})
 
     def diff(
         self, ref: str, *, include_ignored: bool = False, format: str = "changes"

@@ -226,7 +226,7 @@ class ServiceOps:
             workspace,
             {
                 "name": name,
-                "log": log.decode("utf-8", errors="replace"),
+                "stdout": log.decode("utf-8", errors="replace"),
                 "truncated": bool(reply.get("truncated")),
             },
         )
