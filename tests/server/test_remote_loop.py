@@ -39,7 +39,9 @@ def test_the_workspace_loop_runs_through_the_remote_sdk(
         assert exported["output"] == str(tmp_path / "out")
         assert (tmp_path / "out" / "app.py").read_text() == "print('hello')\n"
         single = alice.export_workspace("loop", "app.py", tmp_path / "app.py")
-        assert single["type"] == "file" and (tmp_path / "app.py").read_text().endswith("'hello')\n")
+        assert single["artifact_type"] == "file" and (tmp_path / "app.py").read_text().endswith(
+            "'hello')\n"
+        )
         with pytest.raises(InvalidArgument, match="exists"):
             alice.export_workspace("loop", "app.py", tmp_path / "app.py")
         alice.write_workspace_file("loop", "blob.bin", b"\x00\xff")

@@ -95,7 +95,8 @@ def test_disk_tools_read_a_stopped_workspace_offline(pyro: Pyro, tmp_path: Path)
 
     image = tmp_path / "ws.ext4"
     exported = pyro.export_workspace_disk(ws, image)
-    assert Path(exported["output"]) == image
+    assert Path(exported["output_path"]) == image
+    assert exported["disk_format"] == "raw ext4" and exported["bytes_written"] > 0
     assert (
         subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, check=False).returncode
         == 0

@@ -151,7 +151,7 @@ def handle_export(args: argparse.Namespace) -> int:
     else:
         left_out = result["ignored_count"]
         print(
-            f"exported {result['type']} {result['path']} to {result['output']} "
+            f"exported {result['artifact_type']} {result['path']} to {result['output']} "
             f"({result['files']} file(s)"
             + (
                 f"; {left_out} ignored path(s) left out, --include-ignored keeps them)"

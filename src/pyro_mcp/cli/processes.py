@@ -202,7 +202,9 @@ def handle_disk(args: argparse.Namespace) -> int:
     pyro = client.pyro()
     if args.action == "export":
         result = pyro.export_workspace_disk(args.workspace, args.output, overwrite=args.overwrite)
-        print_json(result) if args.json else print(f"wrote {result['output']} ({result['format']})")
+        print_json(result) if args.json else print(
+            f"wrote {result['output_path']} ({result['disk_format']})"
+        )
     elif args.action == "list":
         result = pyro.list_workspace_disk(args.workspace, args.path, recursive=args.recursive)
         if args.json:

@@ -153,7 +153,7 @@ class Exported(_Open):
     workspace_id: str
     path: str
     output: str
-    type: str
+    artifact_type: str
     files: int
     bytes: int
     ignored_count: int
@@ -235,8 +235,9 @@ class SnapshotList(_Open):
 
 class DiskImage(_Open):
     workspace_id: str
-    output: str
-    bytes: int
+    output_path: str
+    bytes_written: int
+    disk_format: str
 
 
 class DiskFile(_Open):

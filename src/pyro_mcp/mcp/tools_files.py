@@ -121,7 +121,7 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
     ) -> Annotated[CallToolResult, schemas.DiskImage]:
         target = policy.writable(output_path, "output_path")
         result = pyro.export_workspace_disk(workspace_id, target)
-        return reply(f"wrote {result['output']}", result)
+        return reply(f"wrote {result['output_path']}", result)
 
     def workspace_disk_list(
         workspace_id: WorkspaceId,

