@@ -216,7 +216,7 @@ def handle_disk(args: argparse.Namespace) -> int:
         if args.json:
             print_json(result)
         elif result["binary"]:
-            print(f"{result['path']}: binary file, {result['size']} bytes")
+            print(f"{result['path']}: binary file, {result['size_bytes']} bytes")
         else:
             sys.stdout.write(result["content"])
     return 0

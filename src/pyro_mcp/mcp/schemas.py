@@ -89,6 +89,7 @@ class WorkspaceList(_Open):
 
 class Journal(_Open):
     workspace_id: str
+    count: int
     entries: list[dict[str, Any]]
 
 
@@ -213,6 +214,8 @@ class Service(_Open):
 
 class ServiceList(_Open):
     workspace_id: str
+    count: int
+    running_count: int
     services: list[dict[str, Any]]
 
 
@@ -243,7 +246,8 @@ class DiskImage(_Open):
 class DiskFile(_Open):
     workspace_id: str
     path: str
-    size: int
+    size_bytes: int
+    max_bytes: int
     binary: bool
     truncated: bool
     content: str | None

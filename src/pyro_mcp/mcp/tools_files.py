@@ -138,7 +138,9 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
     ) -> Annotated[CallToolResult, schemas.DiskFile]:
         content = pyro.read_workspace_disk(workspace_id, path, max_bytes=max_bytes)
         text = (
-            content["content"] if not content["binary"] else f"binary file, {content['size']} bytes"
+            content["content"]
+            if not content["binary"]
+            else f"binary file, {content['size_bytes']} bytes"
         )
         return reply(text, content)
 

@@ -90,7 +90,8 @@ class DiskOps:
             workspace,
             {
                 "path": target.lstrip("/"),
-                "size": size,
+                "size_bytes": size,
+                "max_bytes": max_bytes,
                 "binary": binary,
                 "truncated": size > len(data),
                 "content": None if binary else data.decode("utf-8", errors="replace"),

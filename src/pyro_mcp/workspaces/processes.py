@@ -193,9 +193,10 @@ class ServiceOps:
         services = reply.get("services")
         if not isinstance(services, list) or len(services) > 64:
             raise AgentProtocolError("the guest sent a malformed service list")
+        listed = [self._with_ports(workspace, _check_service(s)) for s in services]
+        running = sum(s["state"] in ("starting", "ready") for s in listed)
         return self.ctx.done(
-            workspace,
-            {"services": [self._with_ports(workspace, _check_service(s)) for s in services]},
+            workspace, {"count": len(listed), "running_count": running, "services": listed}
         )
 
     def status(self, ref: str, name: str) -> dict[str, Any]:

@@ -270,10 +270,9 @@ class WorkspaceService:
 
     def logs(self, ref: str) -> dict[str, Any]:
         workspace = self.ctx.find(ref)
-        return {
-            "workspace_id": workspace["workspace_id"],
-            "entries": self.store.journal(workspace["workspace_id"]),
-        }
+        entries = self.store.journal(workspace["workspace_id"])
+        workspace_id = workspace["workspace_id"]
+        return {"workspace_id": workspace_id, "count": len(entries), "entries": entries}
 
     # ------------------------------------------------------------ changes
 
