@@ -122,3 +122,35 @@ def test_a_program_in_the_4_5_shapes_runs_against_a_real_guest(
     with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=30) as answer:
         assert answer.status == 200
     pyro.delete_workspace(ws)
+
+
+def test_results_carry_the_4_5_field_names(pyro: Pyro, tmp_path: Path) -> None:
+    """../shared/seed-parity.md, "Result fields": the 4.5 names, with real guests."""
+    ws = pyro.create_workspace(name="fields")["workspace_id"]
+    written = pyro.write_workspace_file(ws, "app.py", "print('hi')\n")
+    assert written["bytes_written"] == 12 and "bytes" not in written
+    listed = pyro.list_workspaces()
+    assert listed["count"] == 1 and listed["workspaces"][0]["workspace_id"] == ws
+    ran = pyro.exec_workspace(ws, "true")
+    assert ran["execution_mode"] == "guest_virtio_serial"
+    patch = "--- a/app.py\n+++ b/app.py\n@@ -1 +1 @@\n-print('hi')\n+print('hello')\n"
+    assert pyro.apply_workspace_patch(ws, patch)["changed"] is True
+    summary = pyro.diff_workspace(ws)["summary"]
+    assert summary["total"] == 1 and summary["added"] == 1  # added since the (empty) seed
+    exported = pyro.export_workspace(ws, "app.py", tmp_path / "app.py")
+    assert exported["artifact_type"] == "file" and "type" not in exported
+    logs = pyro.logs_workspace(ws)
+    assert logs["count"] == len(logs["entries"]) > 0
+    pyro.start_service(ws, "sleeper", "sleep 300")
+    services = pyro.list_services(ws)
+    assert services["count"] == 1 and services["running_count"] == 1
+    assert pyro.logs_service(ws, "sleeper")["stdout"] == ""
+    pyro.create_snapshot(ws, "mark")
+    reset = pyro.reset_workspace(ws, snapshot="mark")
+    assert reset["reset_count"] == 1 and reset["workspace_reset"] == {"snapshot_name": "mark"}
+    assert pyro.reset_workspace(ws)["workspace_reset"]["snapshot_name"] == "baseline"
+    pyro.write_workspace_file(ws, "app.py", "print('hi')\n")  # the baseline is empty
+    pyro.stop_workspace(ws, discard_memory=True)
+    read = pyro.read_workspace_disk(ws, "app.py", max_bytes=5)
+    assert read["size_bytes"] == 12 and read["max_bytes"] == 5 and read["truncated"]
+    pyro.delete_workspace(ws)
