@@ -105,6 +105,14 @@ def test_a_token_may_keep_only_its_limit_of_workspaces_running(server: RemoteSer
         assert [w["name"] for w in bob.list_workspaces()["workspaces"]] == ["one"]
     finally:
         bob.delete_workspace(first["workspace_id"])
+    server.token("dora", "--max-disk-gib", "0.001")  # 1 MiB: one workspace's disks pass it
+    dora = server.sdk("dora")
+    made = dora.create_workspace(name="first")
+    try:
+        with pytest.raises(QuotaExceeded, match=r"--max-disk-gib 0.001"):
+            dora.create_workspace(name="second")
+    finally:
+        dora.delete_workspace(made["workspace_id"])
 
 
 def test_the_remote_cli_runs_without_qemu_or_posix_only_imports(
