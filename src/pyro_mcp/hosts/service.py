@@ -36,12 +36,12 @@ def print_config(
     """The exact config snippet for ``host`` (and where it goes)."""
     config = get_host(host)
     project = (project or Path.cwd()).resolve()
+    where = None
+    if host != "generic":
+        config.check_scope(scope)
+        where = str(config.config_path(scope, project))
     if options.transport == "http":
         url, var = remote_http.endpoint(options)
-        where = None
-        if host != "generic":
-            config.check_scope(scope)
-            where = str(config.config_path(scope, project))
         return {
             "host": host,
             "transport": "http",
@@ -51,10 +51,6 @@ def print_config(
             "snippet": remote_http.snippet(host, url, var),
         }
     command, args = server_command(options)
-    where = None
-    if host != "generic":
-        config.check_scope(scope)
-        where = str(config.config_path(scope, project))
     return {
         "host": host,
         "command": command,
