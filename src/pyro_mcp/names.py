@@ -13,6 +13,7 @@ from typing import Any
 
 from pyro_mcp.errors import InvalidArgument, NotFound
 
+MAX_NAME = 64
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_FORM = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 VM_ID = re.compile(r"^vm-[0-9a-f]{12}$")

@@ -24,6 +24,8 @@ def test_a_token_is_shown_once_and_found_by_its_hash_until_revoked(tmp_path: Pat
         registry.create_token("alice")
     with pytest.raises(InvalidArgument, match="not a valid name"):
         registry.create_token("../x")
+    with pytest.raises(InvalidArgument, match=r"no '\.'"):
+        registry.create_token("a.b")  # workspaces are stored as "PRINCIPAL.NAME"
     registry.revoke("alice")
     assert registry.principal_for(token) is None
     with pytest.raises(NotFound, match="no token called 'alice'"):

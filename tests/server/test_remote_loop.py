@@ -92,6 +92,18 @@ def test_another_principal_finds_nothing_of_a_workspace_it_does_not_own(
                 )
         assert not (tmp_path / "stolen").exists()
         assert alice.status_workspace(ref)["state"] == "running"
+        # Names are each principal's own: bob's "private" is another workspace,
+        # and nothing in the answer tells him alice has one.
+        mine = bob.create_workspace(name="private")
+        try:
+            assert mine["name"] == "private" and mine["workspace_id"] != ref
+            assert [w["name"] for w in bob.list_workspaces()["workspaces"]] == ["private"]
+            assert bob.status_workspace("private")["workspace_id"] == mine["workspace_id"]
+            assert alice.status_workspace("private")["workspace_id"] == ref
+            with pytest.raises(InvalidArgument, match="a workspace called 'private' exists"):
+                bob.create_workspace(name="private")
+        finally:
+            bob.delete_workspace(mine["workspace_id"])
     finally:
         alice.delete_workspace(ref)
 

@@ -21,12 +21,12 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, names
-from pyro_mcp.errors import InvalidArgument, NotFound, QuotaExceeded
+from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import wire
@@ -46,6 +46,8 @@ _UPLOADED = {
 _UNPACKED = frozenset({"build_environment", "prepare_project"})
 _DOWNLOADED = {"export_workspace": "output_path", "export_workspace_disk": "output_path"}
 _STARTS = frozenset({"create_workspace", "start_workspace", "fork_workspace"})
+# Calls whose `name` argument names a workspace (per principal, see _name_in).
+_NAMES_WORKSPACES = frozenset({"create_workspace", "fork_workspace", "update_workspace"})
 _LIVE = ("running", "suspended")
 
 # The engine reports progress through one callback per Pyro; each server
@@ -82,7 +84,8 @@ class PrincipalCalls:
         arguments = dict(arguments)
         _current.progress = progress
         try:
-            with contextlib.ExitStack() as cleanup:
+            with contextlib.ExitStack() as cleanup, self._names_unprefixed():
+                self._name_in(method, arguments)
                 self._check_refs(method, arguments)
                 self._cross_in(method, arguments, cleanup)
                 download = self._cross_out(method, arguments, cleanup)
@@ -98,6 +101,47 @@ class PrincipalCalls:
                 return self._filtered(method, result)
         finally:
             _current.progress = None
+
+    # ----------------------------------------------------------------- names
+    #
+    # Workspace names are the principal's own: stored as "PRINCIPAL.NAME"
+    # (token names hold no dot), shown without the prefix. Another principal
+    # can use the same name, and nothing tells either that the other exists.
+
+    @property
+    def _prefix(self) -> str:
+        return self.principal.name + "."
+
+    def _name_in(self, method: str, arguments: dict[str, Any]) -> None:
+        name = arguments.get("name")
+        if method not in _NAMES_WORKSPACES or not isinstance(name, str):
+            return
+        room = names.MAX_NAME - len(self._prefix)
+        if method == "fork_workspace":
+            room -= 4  # "-K" suffixes of several forks
+        if len(name) > room:
+            raise InvalidArgument("name", f"is at most {room} characters on this server")
+        arguments["name"] = self._prefix + names.check_name("name", name)
+
+    @contextlib.contextmanager
+    def _names_unprefixed(self) -> Iterator[None]:
+        """Errors that quote one of the principal's names quote it as the principal wrote it."""
+        try:
+            yield
+        except PyroError as exc:
+            exc.args = (str(exc).replace(f"'{self._prefix}", "'"),)
+            raise
+
+    def _name_out(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._name_out(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        value = {key: self._name_out(item) for key, item in value.items()}
+        name = value.get("name")
+        if "workspace_id" in value and isinstance(name, str) and name.startswith(self._prefix):
+            value["name"] = name[len(self._prefix) :]
+        return value
 
     def published_host_port(self, workspace: str, guest_port: int) -> int:
         """The server-side port a service of the principal's ``workspace`` publishes
@@ -133,7 +177,10 @@ class PrincipalCalls:
         was theirs, for the engine's own "no longer exists" answer)."""
         ref = names.check_workspace_ref(ref)
         store = self.engine._vms.store
-        found = store.find_workspace(ref)
+        found = None
+        if not names.WORKSPACE_ID.match(ref) and len(self._prefix + ref) <= names.MAX_NAME:
+            found = store.find_workspace(self._prefix + ref)
+        found = found or store.find_workspace(ref)
         if found is None:
             tombstone = store.find_tombstone(ref)
             if tombstone is not None and self._mine("workspace", tombstone["workspace_id"]):
@@ -159,7 +206,7 @@ class PrincipalCalls:
                 self.registry.own("workspace", fork["workspace_id"], self.principal.name)
 
     def _filtered(self, method: str, result: Any) -> Any:
-        result = _scrub_seed(result, str(self.spool.parent))
+        result = self._name_out(_scrub_seed(result, str(self.spool.parent)))
         if method == "doctor" and isinstance(result, dict):
             result["server"] = self._isolation()
         if self.principal.admin:

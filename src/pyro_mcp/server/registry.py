@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import secrets
 import sqlite3
 import threading
@@ -115,6 +116,11 @@ class Registry:
             InvalidArgument: a bad name or limit, or a token of that name exists.
         """
         names.check_name("name", name)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
+            # A principal's workspaces are stored as "NAME.WORKSPACE": no dot here.
+            raise InvalidArgument(
+                "name", f"{name!r}: 1-32 letters, digits, '_' or '-' (no '.') for a token"
+            )
         if max_running is not None and max_running < 0:
             raise InvalidArgument("max_running", "must be 0 or more")
         if max_disk_gib is not None and max_disk_gib < 0:
