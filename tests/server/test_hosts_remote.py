@@ -101,6 +101,13 @@ def test_each_host_registers_the_servers_own_http_endpoint_with_the_token_by_nam
     got = json.loads(host(laptop, tmp_path, "codex", "mcp", "get", "pyro", "--json"))
     assert got["transport"]["url"] == server.url + "/mcp"
     assert got["transport"]["bearer_token_env_var"] == VAR
+    checked = pyro(laptop, tmp_path, "host", "doctor", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for report in json.loads(checked.stdout)["hosts"]:
+        assert report["status"] == "ok" and report["health"]["ok"], report
+        assert report["entry"] == {"url": server.url + "/mcp", "token_env": VAR}
     wrong = {**laptop, VAR: "pyro_wrong"}
+    doctored = json.loads(pyro(wrong, tmp_path, "host", "doctor", "--json").stdout)
+    assert not any(report["health"]["ok"] for report in doctored["hosts"])
     assert "401" in host(wrong, tmp_path, "claude", "mcp", "list")
     assert "needs authentication" in host(wrong, tmp_path, "opencode", "mcp", "list")

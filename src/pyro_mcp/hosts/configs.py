@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class Entry:
     command: str
     args: list[str]
     cwd: str | None = None
+    # The host's own HTTP transport to a `pyro server` (no command): its URL and
+    # the variable the token header is filled from.
+    url: str | None = None
+    token_env: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        if self.url is not None:
+            return {"url": self.url, "token_env": self.token_env}
         return {"command": self.command, "args": self.args, "cwd": self.cwd}
 
 
@@ -223,6 +230,8 @@ class OpenCode(HostConfig):
         self._load(path)  # validates
         data = json5.loads(path.read_text()) if path.exists() else {}
         found = (data.get("mcp") or {}).get(SERVER_NAME) if isinstance(data, dict) else None
+        if isinstance(found, dict) and found.get("type") == "remote" and "url" in found:
+            return _http_entry(found)
         if isinstance(found, dict) and isinstance(found.get("command"), list) and found["command"]:
             command = found["command"]
             return Entry(str(command[0]), [str(a) for a in command[1:]], None)
@@ -314,12 +323,28 @@ def get_host(name: str, home: Path | None = None) -> HostConfig:
 def _entry(found: Any, path: Path) -> Entry | None:
     if not isinstance(found, dict):
         return None
+    if isinstance(found.get("url"), str) and "command" not in found:
+        return _http_entry(found)
     command = found.get("command")
     args = found.get("args") or []
     if not isinstance(command, str) or not isinstance(args, list):
         return Entry(str(command), [str(a) for a in args] if isinstance(args, list) else [], None)
     cwd = found.get("cwd")
     return Entry(command, [str(a) for a in args], str(cwd) if cwd else None)
+
+
+def _http_entry(found: dict[str, Any]) -> Entry:
+    """An HTTP-transport entry: Claude Code's header ``Bearer ${VAR}``, OpenCode's
+    ``Bearer {env:VAR}``, or Codex's ``bearer_token_env_var``."""
+    var = found.get("bearer_token_env_var")
+    headers = found.get("headers")
+    header = headers.get("Authorization") if isinstance(headers, dict) else None
+    if isinstance(header, str):
+        match = re.fullmatch(r"Bearer (?:\$\{(\w+)\}|\{env:(\w+)\})", header.strip())
+        var = (match.group(1) or match.group(2)) if match else None
+    return Entry(
+        "", [], None, url=str(found["url"]), token_env=var if isinstance(var, str) else None
+    )
 
 
 def _load_json(path: Path) -> dict[str, Any]:

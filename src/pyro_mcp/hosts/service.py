@@ -200,6 +200,9 @@ def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any
             report["config_path"] = str(config.config_path(scope, project))
         report["scope"] = scope
         report["entry"] = entry.to_dict() if entry else None
+        if entry is not None and entry.url is not None:
+            reports.append(_doctor_http(report, entry, health))
+            continue
         status, reason = _judge(cli is not None, entry, problem, expected_command, expected_args)
         report["status"], report["reason"] = status, reason
         report["fix"] = None if status == "ok" else _fix(name)
@@ -225,6 +228,25 @@ def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any
                     )
         reports.append(report)
     return {"project": str(project), "expected_command": expected_command, "hosts": reports}
+
+
+def _doctor_http(report: dict[str, Any], entry: Entry, health: bool) -> dict[str, Any]:
+    """A host registered with a `pyro server`'s own /mcp: no local command to judge."""
+    assert entry.url is not None
+    report["status"] = "ok"
+    report["reason"] = f"the host's own HTTP transport to {entry.url}"
+    report["fix"] = None
+    if entry.token_env is None:
+        report["status"], report["reason"] = "drifted", "its Authorization header names no variable"
+        report["fix"] = f"pyro host connect {report['host']} --remote URL --transport http"
+    elif health:
+        report["health"] = remote_http.health_check(entry.url, entry.token_env)
+        if not report["health"]["ok"]:
+            report["fix"] = (
+                f"export {entry.token_env} (a token from `pyro server token create`) where "
+                "the host starts, and check the server is up"
+            )
+    return report
 
 
 def health_check(entry: Entry, cwd: Path) -> dict[str, Any]:
