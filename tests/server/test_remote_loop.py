@@ -101,7 +101,7 @@ def test_another_principal_finds_nothing_of_a_workspace_it_does_not_own(
             assert bob.status_workspace("private")["workspace_id"] == mine["workspace_id"]
             assert alice.status_workspace("private")["workspace_id"] == ref
             with pytest.raises(InvalidArgument, match="a workspace called 'private' exists"):
-                bob.create_workspace(name="private")
+                alice.create_workspace(name="private")
         finally:
             bob.delete_workspace(mine["workspace_id"])
     finally:

@@ -257,7 +257,7 @@ class PrincipalCalls:
     def _own_workspaces(self) -> list[dict[str, Any]]:
         mine = self.registry.owned("workspace", self.principal.name)
         listed = self.engine.list_workspaces()["workspaces"]
-        return [w for w in listed if w["workspace_id"] in mine]
+        return [self._name_out(w) for w in listed if w["workspace_id"] in mine]
 
     def _folder(self, workspace_id: str) -> Path:
         return self.engine.paths.state_dir / "workspaces" / workspace_id
