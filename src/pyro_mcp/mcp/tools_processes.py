@@ -171,7 +171,7 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         all: Annotated[bool, Field(description="The whole kept log instead of the tail.")] = False,
     ) -> Annotated[CallToolResult, schemas.ServiceLogs]:
         result = pyro.logs_service(workspace_id, service_name, tail_lines=tail_lines, all=all)
-        return reply(result["log"] or "(no output)", result)
+        return reply(result["stdout"] or "(no output)", result)
 
     def service_stop(
         workspace_id: WorkspaceId, service_name: ServiceName
