@@ -517,13 +517,26 @@ class Supervisor:
                 except BaseException:
                     with contextlib.suppress(VMError):
                         await self.monitor.call("migrate_cancel")
+                        await self._migration_settled()
                     raise
                 await self.monitor.call("migrate-continue", {"state": "pre-switchover"})
                 continue
             if status in ("failed", "cancelled") or time.monotonic() > deadline:
                 with contextlib.suppress(VMError):
                     await self.monitor.call("migrate_cancel")
+                    await self._migration_settled()
                 raise VMError(f"{what} failed ({status}): {state.get('error-desc', 'timed out')}")
+            await asyncio.sleep(RESTORE_POLL_SECONDS)
+
+    async def _migration_settled(self, timeout: float = 10.0) -> None:
+        """Wait, bounded, until a cancelled migration has ended: until then QEMU
+        refuses ``cont`` ("Migration is not finalized yet") and the guest would
+        stay paused."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = await self.monitor.call("query-migrate")
+            if state.get("status") in (None, "cancelled", "failed", "completed"):
+                return
             await asyncio.sleep(RESTORE_POLL_SECONDS)
 
     def _boot_failure(self, what: str) -> str:
