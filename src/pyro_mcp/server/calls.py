@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config, names
+from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
 from pyro_mcp.server.registry import Principal, Registry
@@ -246,7 +247,7 @@ class PrincipalCalls:
                 )
         gib = self.principal.max_disk_gib
         if gib is not None and method in _STARTS:
-            used = sum(_disk_bytes(self._folder(w["workspace_id"])) for w in self._own_workspaces())
+            used = sum(used_bytes(self._folder(w["workspace_id"])) for w in self._own_workspaces())
             if used >= gib * 2**30:
                 raise QuotaExceeded(
                     f"token {self.principal.name!r} may use {gib:g} GiB of disk "
@@ -398,13 +399,3 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _disk_bytes(folder: Path) -> int:
-    """Bytes the files under ``folder`` occupy (sparse disks count what they hold)."""
-    total = 0
-    for current, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(current, name)).st_blocks * 512
-    return total
