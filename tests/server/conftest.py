@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pyro_mcp import Pyro
+from pyro_mcp import Pyro, host_tools
 from pyro_mcp.transport import RemoteTransport
 from tests.conftest import leaked_processes
 
@@ -37,9 +37,14 @@ class RemoteServer:
     url: str = ""
     process: subprocess.Popen[str] | None = None
 
+    # The server's own environment, taken when it is made: the tests around it
+    # run as clients, with QEMU hidden (see ``client_without_qemu``).
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
     @property
     def env(self) -> dict[str, str]:
-        return dict(os.environ, PYRO_HOME=str(self.state_dir), PYRO_CACHE_DIR=str(self.cache_dir))
+        paths = {"PYRO_HOME": str(self.state_dir), "PYRO_CACHE_DIR": str(self.cache_dir)}
+        return {**self.base_env, **paths}
 
     def start(self) -> None:
         self.process, self.url = start(self.env, self.log, *self.flags)
@@ -109,6 +114,42 @@ def start(env: dict[str, str], log: Path, *flags: str) -> tuple[subprocess.Popen
         process.wait()
         process.stdout.close()
         raise AssertionError(f"pyro server said {line!r}: {log.read_text()[-2000:]}") from None
+
+
+@pytest.fixture(scope="session")
+def path_without_qemu(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """PATH as it is, but every folder holding a QEMU program stands in as a copy
+    of its links without them: what a laptop client has."""
+    shadow_root = tmp_path_factory.mktemp("no-qemu")
+    folders = []
+    for index, folder in enumerate(os.environ.get("PATH", "").split(os.pathsep)):
+        place = Path(folder)
+        if not place.is_dir() or not any(place.glob("qemu-*")):
+            folders.append(folder)
+            continue
+        shadow = shadow_root / str(index)
+        shadow.mkdir()
+        for program in place.iterdir():
+            if not program.name.startswith("qemu"):
+                (shadow / program.name).symlink_to(program)
+        folders.append(str(shadow))
+    return os.pathsep.join(folders)
+
+
+@pytest.fixture(autouse=True)
+def client_without_qemu(path_without_qemu: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here is a client of a server: it runs with QEMU off PATH (and
+    out of the system folders pyro also looks in) and PYRO_HOME/PYRO_CACHE_DIR
+    pointing nowhere, so nothing it does can quietly fall back to a local engine."""
+    monkeypatch.setenv("PATH", path_without_qemu)
+    monkeypatch.setattr(host_tools, "SYSTEM_DIRS", ())
+    # Programs started from here (the stdio bridge, chat hosts) look in the
+    # system folders too: PYRO_QEMU naming nothing makes QEMU missing for them.
+    monkeypatch.setenv("PYRO_QEMU", "/nonexistent/qemu-system-x86_64")
+    for tool in host_tools.RUNTIME_TOOLS:
+        assert host_tools.find(tool) is None
+    monkeypatch.setenv("PYRO_HOME", "/nonexistent/pyro-client-state")
+    monkeypatch.setenv("PYRO_CACHE_DIR", "/nonexistent/pyro-client-cache")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -324,13 +325,35 @@ def test_the_mcp_inspector_reaches_mcp_with_a_bearer_token(
     assert refused.returncode != 0 and "auth_required" in refused.stderr
 
 
-def test_a_client_that_stops_sending_mid_upload_is_dropped_and_leaves_nothing(
-    server: RemoteServer, tmp_path: Path
-) -> None:
-    env = {**server.env, "PYRO_SERVER_UPLOAD_IDLE_SECONDS": "1"}
+def test_slow_clients_are_dropped_and_leave_nothing(server: RemoteServer, tmp_path: Path) -> None:
+    env = {
+        **server.env,
+        "PYRO_SERVER_UPLOAD_IDLE_SECONDS": "1",
+        "PYRO_SERVER_HEADER_SECONDS": "2",
+    }
     process, url = start(env, tmp_path / "slow.log")
     try:
         parts = urlsplit(url)
+        # Slow loris: a request head trickled a byte at a time is cut off at
+        # its deadline, while a prompt client on another connection is served.
+        started = time.monotonic()
+        with socket.create_connection((parts.hostname, parts.port)) as raw:
+            raw.settimeout(30)
+            head = b"GET " + wire.API.encode() + b"/hello HTTP/1.1\r\nHost: x\r\nX-Pad: "
+            closed = False
+            for sent, byte in enumerate(head + b"a" * 1000):
+                try:
+                    raw.sendall(bytes([byte]))
+                except OSError:
+                    closed = True
+                    break
+                readable, _, _ = select.select([raw], [], [], 0.05)
+                if readable and raw.recv(1) == b"":
+                    closed = True
+                    break
+                if sent % 10 == 0:
+                    assert _get(url, server.tokens["bob"]).status_code == 200
+        assert closed and time.monotonic() - started < 15
         uploads = server.state_dir / "server-spool" / "uploads"
         with socket.create_connection((parts.hostname, parts.port)) as raw:
             raw.sendall(

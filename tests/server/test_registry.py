@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pyro_mcp import InvalidArgument, NotFound, PatchConflict, PyroError, Remote
 from pyro_mcp.server.registry import Registry
 from pyro_mcp.server.serve import is_loopback, parse_listen
 from pyro_mcp.transport import wire
+from pyro_mcp.transport.remote import _write_extents
 
 
 def test_a_token_is_shown_once_and_found_by_its_hash_until_revoked(tmp_path: Path) -> None:
@@ -64,3 +66,42 @@ def test_listen_addresses() -> None:
             parse_listen(bad)
     assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+class _Sent:
+    """What an httpx2 response gives ``_write_extents``: headers and the body in pieces."""
+
+    def __init__(self, body: bytes, size: int, piece: int = 7) -> None:
+        self.headers = {wire.DISK_SIZE_HEADER: str(size)}
+        self._pieces = [body[i : i + piece] for i in range(0, len(body), piece)]
+
+    def iter_bytes(self, _chunk: int) -> Iterator[bytes]:
+        yield from self._pieces
+
+
+def test_a_sparse_disk_image_crosses_as_its_data_extents(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    size = 64 * 1024 * 1024
+    with image.open("wb") as out:
+        out.truncate(size)
+        out.seek(4096)
+        out.write(b"head")
+        out.seek(40 * 1024 * 1024)
+        out.write(b"tail" * 1000)
+    with image.open("rb") as source:
+        body = b"".join(wire.extent_frames(source.fileno()))
+        assert len(body) == wire.framed_length(source.fileno()) < 1024 * 1024
+    copy = tmp_path / "copy.raw"
+    with copy.open("wb") as out:
+        _write_extents(_Sent(body, size), out)  # type: ignore[arg-type]
+    assert copy.read_bytes() == image.read_bytes()
+    assert copy.stat().st_blocks * 512 < 1024 * 1024
+
+    # A server that lies is stopped before it writes outside the image.
+    outside = wire.EXTENT.pack(size - 2, 4) + b"abcd"
+    backwards = wire.EXTENT.pack(100, 4) + b"abcd" + wire.EXTENT.pack(0, 4) + b"abcd"
+    for lie, said in ((outside, "outside"), (backwards, "outside"), (body[:-3], "midway")):
+        with copy.open("wb") as out, pytest.raises(RemoteError, match=said):
+            _write_extents(_Sent(lie, size), out)  # type: ignore[arg-type]
+    with copy.open("wb") as out, pytest.raises(RemoteError, match="announced"):
+        _write_extents(_Sent(b"", wire.MAX_DISK_IMAGE_BYTES + 1), out)  # type: ignore[arg-type]

@@ -10,9 +10,11 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+import httpx2
 import pytest
 
-from pyro_mcp import InvalidArgument, NotFound, QuotaExceeded
+from pyro_mcp import InvalidArgument, NotFound, QuotaExceeded, __version__
+from pyro_mcp.transport import wire
 from tests.server.conftest import RemoteServer, pyro_command
 
 WINDOWS_LIKE = Path(__file__).with_name("windows_like.py")
@@ -345,5 +347,75 @@ def test_a_remote_build_sends_its_context_and_the_environment_runs_there(
     assert built["name"] == "remote-built:1"
     ran = alice.run_in_vm("remote-built:1", "cat /copied")
     assert ran["stdout"] == "from the laptop\n", ran
+    spool = server.state_dir / "server-spool"
+    assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))
+
+
+def test_a_remote_disk_export_sends_only_the_disks_data(
+    server: RemoteServer, tmp_path: Path
+) -> None:
+    alice = server.sdk("alice")
+    ws = alice.create_workspace()["workspace_id"]
+    try:
+        alice.write_workspace_file(ws, "src/app.py", "print('hi')\n")
+        alice.stop_workspace(ws)
+        image = tmp_path / "ws.ext4"
+        exported = alice.export_workspace_disk(ws, image)
+        assert Path(exported["output_path"]) == image
+        assert exported["disk_format"] == "raw ext4"
+        size = image.stat().st_size
+        assert exported["bytes_written"] == size
+        assert image.stat().st_blocks * 512 < size / 4  # written sparse
+        checked = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout
+        dumped = subprocess.run(
+            ["debugfs", "-R", "cat /src/app.py", str(image)], capture_output=True, text=True
+        )
+        assert dumped.stdout == "print('hi')\n"
+
+        # What crossed: the data extents, not the image's full length.
+        headers = {
+            "Authorization": f"Bearer {server.tokens['alice']}",
+            wire.VERSION_HEADER: __version__,
+        }
+        called = httpx2.post(
+            server.url + wire.API + "/call/export_workspace_disk",
+            json={"arguments": {"workspace": ws, "output_path": {"download": True}}},
+            headers=headers,
+            timeout=300,
+            trust_env=False,
+        )
+        ticket = json.loads(called.text.strip().splitlines()[-1])["result"]["download"]
+        with httpx2.stream(
+            "GET",
+            server.url + wire.API + f"/downloads/{ticket}?layout=extents",
+            headers=headers,
+            trust_env=False,
+        ) as response:
+            assert int(response.headers[wire.DISK_SIZE_HEADER]) == size
+            assert int(response.headers["Content-Length"]) < size / 4
+    finally:
+        alice.delete_workspace(ws)
+
+
+def test_prepare_project_sends_the_project_and_answers_in_its_paths(
+    server: RemoteServer, git_project: Path
+) -> None:
+    devcontainer = git_project / ".devcontainer"
+    devcontainer.mkdir()
+    (devcontainer / "devcontainer.json").write_text(
+        '{"build": {"dockerfile": "Dockerfile", "context": ".."}}'
+    )
+    (devcontainer / "Dockerfile").write_text(
+        "FROM debian:12\nCOPY app.py /opt/app.py\nRUN touch /opt/prepared\n"
+    )
+    alice = server.sdk("alice")
+    prepared = alice.prepare_project(git_project, network=False)
+    assert prepared["project"] == str(git_project)
+    assert prepared["devcontainer"] == str(devcontainer / "devcontainer.json")
+    name = prepared["environment"]
+    assert name.startswith("project:devcontainer-"), name
+    ran = alice.run_in_vm(name, "cat /opt/app.py; ls /opt/prepared")
+    assert ran["stdout"] == "print('hi')\n/opt/prepared\n", ran
     spool = server.state_dir / "server-spool"
     assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))

@@ -348,12 +348,25 @@ class PyroServer:
         # client that goes away midway included).
         _remove_spooled(path)
 
-        def chunks() -> Iterator[bytes]:
-            with stream:
-                while chunk := stream.read(wire.CHUNK_BYTES):
-                    yield chunk
-
         headers = {"Content-Length": str(size)}
+        if request.query_params.get("layout") == "extents":
+            # A disk image: its holes stay behind (an 8 GiB disk may hold 300 MB).
+            headers = {
+                "Content-Length": str(wire.framed_length(stream.fileno())),
+                wire.DISK_SIZE_HEADER: str(size),
+            }
+
+            def chunks() -> Iterator[bytes]:
+                with stream:
+                    yield from wire.extent_frames(stream.fileno())
+
+        else:
+
+            def chunks() -> Iterator[bytes]:
+                with stream:
+                    while chunk := stream.read(wire.CHUNK_BYTES):
+                        yield chunk
+
         return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
 
 

@@ -3,20 +3,84 @@ keep tokens off the network in clear."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.server.app import PyroServer, sweep_spool
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
+# A client has this long from the first byte of a request's head to its blank
+# line; one that trickles its headers (slow loris) is cut off.
+# PYRO_SERVER_HEADER_SECONDS changes it.
+HEADER_SECONDS = 15.0
+
+
+def _header_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("PYRO_SERVER_HEADER_SECONDS", "")))
+    except ValueError:
+        return HEADER_SECONDS
+
+
+class _HeadDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on each request's head.
+
+    uvicorn bounds the idle time between requests (keep-alive) and the head's
+    size, not how long the head may take to arrive.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_cycle: object = None
+        self._head_seconds = _header_seconds()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first bytes of the next request's head
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self._waiting_cycle:
+            self._disarm()  # the head arrived whole
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._disarm()  # the transport goes to the WebSocket protocol
+        super().handle_websocket_upgrade(event)
+
+    def _arm(self) -> None:
+        self._waiting_cycle = self.cycle
+        self._deadline = self.loop.call_later(self._head_seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.cycle is self._waiting_cycle and not self.transport.is_closing():
+            self.transport.close()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -106,6 +170,7 @@ def run(
         access_log=False,
         server_header=False,
         timeout_keep_alive=5,
+        http=_HeadDeadline,
         # Header bytes a client may send before it must finish its request line
         # and headers: bounded, so a trickling client cannot grow memory.
         h11_max_incomplete_event_size=64 * 1024,

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx2
@@ -363,23 +363,20 @@ class RemoteTransport:
             raise RemoteError("the server kept no export to download")
         with tempfile.TemporaryDirectory(prefix=".pyro-down-", dir=output.parent) as tmp:
             archive = Path(tmp) / "download"
+            query = "?layout=extents" if raw else ""
             with (
-                self._request("GET", f"/downloads/{ticket}") as response,
+                self._request("GET", f"/downloads/{ticket}{query}") as response,
                 archive.open("wb") as out,
             ):
-                received = 0
-                # A disk image is the workspace disk's full size, mostly zeros:
-                # bounded by that, and written sparse (zeros are skipped over).
-                limit = wire.MAX_DISK_IMAGE_BYTES if raw else transfer.MAX_EXPORT_BYTES
-                for chunk in response.iter_bytes(wire.CHUNK_BYTES):
-                    received += len(chunk)
-                    if received > limit:
-                        raise RemoteError("the server sent more than an export may hold")
-                    if raw and chunk.count(0) == len(chunk):
-                        out.seek(len(chunk), os.SEEK_CUR)
-                    else:
+                if raw:
+                    _write_extents(response, out)
+                else:
+                    received = 0
+                    for chunk in response.iter_bytes(wire.CHUNK_BYTES):
+                        received += len(chunk)
+                        if received > transfer.MAX_EXPORT_BYTES:
+                            raise RemoteError("the server sent more than an export may hold")
                         out.write(chunk)
-                out.truncate(received)
             if raw:
                 output = transfer.check_output(output, overwrite)
                 transfer.replace_output(archive, output)
@@ -387,6 +384,46 @@ class RemoteTransport:
             kind = str(result.get("artifact_type"))
             placed = transfer.extract_export(archive, kind, output, overwrite)
         return {**result, "output": placed["output"]}
+
+
+def _write_extents(response: httpx2.Response, out: BinaryIO) -> None:
+    """A disk image sent as its data extents, written sparse into ``out``.
+
+    Raises:
+        RemoteError: the size or an extent is out of bounds, or the stream ends
+            inside an extent.
+    """
+    try:
+        size = int(response.headers.get(wire.DISK_SIZE_HEADER, ""))
+    except ValueError:
+        raise RemoteError("the server sent a disk image without its size") from None
+    if not 0 <= size <= wire.MAX_DISK_IMAGE_BYTES:
+        raise RemoteError(f"the server announced a disk image of {size} bytes")
+    pending = b""
+    left = 0  # bytes of the current extent still to come
+    floor = 0  # extents come in order and never overlap
+    for chunk in response.iter_bytes(wire.CHUNK_BYTES):
+        pending += chunk
+        while pending:
+            if left:
+                piece, pending = pending[:left], pending[left:]
+                out.write(piece)
+                left -= len(piece)
+                continue
+            if len(pending) < wire.EXTENT.size:
+                break
+            start, length = wire.EXTENT.unpack_from(pending)
+            pending = pending[wire.EXTENT.size :]
+            if start < floor or length > size - start:
+                raise RemoteError(
+                    f"the server sent an extent ({start}, {length}) outside the "
+                    f"{size}-byte disk image"
+                )
+            out.seek(start)
+            left, floor = length, start + length
+    if left or pending:
+        raise RemoteError("the disk image ended midway through an extent")
+    out.truncate(size)
 
 
 def _in_project(project: Path) -> Callable[[Any], Any]:

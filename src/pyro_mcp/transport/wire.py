@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import os
+import struct
+from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -22,8 +24,13 @@ VERSION_HEADER = "Pyro-Version"
 # server's disk, never held in memory; this bounds one upload.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
-# A stopped workspace's disk image (export_workspace_disk) travels whole.
+# A stopped workspace's disk image (export_workspace_disk) is mostly holes: it
+# travels as its data extents (``?layout=extents``), each an EXTENT header
+# (offset, length; big-endian) and the bytes; the header DISK_SIZE_HEADER says
+# how long the file is.
 MAX_DISK_IMAGE_BYTES = 64 * 1024 * 1024 * 1024
+EXTENT = struct.Struct(">QQ")
+DISK_SIZE_HEADER = "Pyro-Disk-Size"
 
 # A host-path argument that crossed the network: the archive uploaded first
 # (``{"upload": ID}``), or a request that the server keep the result for the
@@ -90,3 +97,35 @@ def raise_error(payload: Any) -> None:
     if cls is errors.InvalidArgument:
         exc.field = message.partition(":")[0]  # type: ignore[attr-defined]
     raise exc
+
+
+def data_extents(fd: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) of each stretch of ``fd`` that holds data, holes skipped."""
+    size = os.fstat(fd).st_size
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end - start
+        offset = end
+
+
+def extent_frames(fd: int) -> Iterator[bytes]:
+    """``fd``'s data extents as they travel: each header, then its bytes in chunks."""
+    for start, length in data_extents(fd):
+        yield EXTENT.pack(start, length)
+        done = 0
+        while done < length:
+            chunk = os.pread(fd, min(CHUNK_BYTES, length - done), start + done)
+            if not chunk:
+                raise OSError(f"the file shrank while it was read (at {start + done})")
+            yield chunk
+            done += len(chunk)
+
+
+def framed_length(fd: int) -> int:
+    """How many bytes ``extent_frames(fd)`` sends."""
+    return sum(EXTENT.size + length for _, length in data_extents(fd))
