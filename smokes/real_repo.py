@@ -186,7 +186,7 @@ async def from_checkout(
                     f"seeded {seed['file_count']} of {tracked} tracked files: {seed}",
                 )
                 listing = await call(client, "workspace_file_list", workspace_id=wid)
-                names = {e["path"] for e in listing["entries"]}
+                names = {e["path"].removeprefix("/workspace/") for e in listing["entries"]}
                 untracked = names & {"build", "debug.log", "my-notes.txt", "secret.key"}
                 check(not untracked, f"untracked files seeded: {untracked}")
             await install_and_test(client, wid, project, s)
@@ -312,7 +312,7 @@ async def service_loop(client: Client, wid: str, s: Scenario) -> None:
             ready_http="http://127.0.0.1:8000/",
             published_ports=["8000"],
         )
-        check(service["state"] == "ready", str(service))
+        check(service["state"] == "running", str(service))
         port = service["published_ports"][0]["host_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/pyproject.toml", timeout=30) as r:
             check(b"[build-system]" in r.read(), "the served pyproject.toml")

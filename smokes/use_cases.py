@@ -105,7 +105,7 @@ def cold_start_validation(s: Scenario) -> None:
                             command="python3 app/server.py 8080",
                             ready_http="http://127.0.0.1:8080/health",
                         )
-                        check(service["state"] == "ready", f"service not ready: {service}")
+                        check(service["state"] == "running", f"service not ready: {service}")
                     with s.step("probe"):
                         probe = await call(
                             client,

@@ -38,7 +38,13 @@ def render_summary(summary: dict[str, Any]) -> str:
                 lines.append(
                     f"  export /workspace/{crossing.get('path')} -> {crossing.get('output')}"
                 )
-    if summary["changes"] is not None:
+    services = (summary.get("services") or {}).get("events") or []
+    for event in services[-10:]:
+        lines.append(f"service {event.get('name')} {event.get('action')}: {event.get('state')}")
+    snapshots = summary.get("snapshots") or {}
+    for event in (snapshots.get("events") or [])[-10:]:
+        lines.append(f"snapshot {event.get('name')} {event.get('action')}")
+    if summary["changes"].get("available"):
         files = summary["changes"]["files"]
         lines.append(f"files changed: {len(files)}")
         for change in files[:20]:

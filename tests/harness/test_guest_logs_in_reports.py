@@ -29,7 +29,7 @@ INNER_TEST = """
 def test_boots_a_guest_then_fails(guest_pyro):
     vm = guest_pyro.create_vm("debian:12")["vm_id"]
     guest_pyro.start_vm(vm)
-    guest_pyro.exec_vm(vm, "echo pyro-console-probe > /dev/console")
+    guest_pyro.exec_vm(vm, "echo pyro-console-probe > /dev/console", keep_vm=True)
     assert False, "failing on purpose"
 """
 

@@ -134,7 +134,7 @@ def test_a_repro_fix_conversation_from_the_project_checkout(
             assert created["seed"]["skipped_unreadable"] == 1  # gone.txt
 
             listing = await call(client, "workspace_file_list", workspace_id=ws, recursive=True)
-            paths = {e["path"] for e in listing["entries"]}
+            paths = {e["path"].removeprefix("/workspace/") for e in listing["entries"]}
             assert {"src/app.py", "test.sh", ".gitignore"} <= paths
             assert not paths & {"build", "untracked.txt", "gone.txt"}
 
@@ -265,7 +265,7 @@ def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
             listing = await call(
                 client, "workspace_file_list", workspace_id=created["workspace_id"]
             )
-            assert "gone.txt" in {e["path"] for e in listing["entries"]}  # the clone has it
+            assert "/workspace/gone.txt" in {e["path"] for e in listing["entries"]}  # the clone has it
             await call(client, "workspace_delete", workspace_id=created["workspace_id"])
 
     anyio.run(scenario)

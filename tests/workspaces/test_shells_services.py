@@ -90,7 +90,7 @@ def test_a_published_service_answers_on_the_host_until_stopped(pyro: Pyro) -> No
         ready_http="http://127.0.0.1:8000/",
         published_ports=["8000"],
     )
-    assert web["state"] == "ready"
+    assert web["state"] == "running"
     (port,) = web["published_ports"]
     assert port["host"] == "127.0.0.1" and port["guest_port"] == 8000
     body = urllib.request.urlopen(
@@ -115,7 +115,7 @@ def test_a_published_service_answers_on_the_host_until_stopped(pyro: Pyro) -> No
     worker = pyro.start_service(
         ws, "worker", "sleep 1; touch .ready; sleep 300", ready_file=".ready"
     )
-    assert worker["state"] == "ready"
+    assert worker["state"] == "running"
     pyro.reset_workspace(ws)
     with pytest.raises(NotFound, match="no service"):
         pyro.status_service(ws, "worker")

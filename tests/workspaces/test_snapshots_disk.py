@@ -81,9 +81,11 @@ def test_disk_tools_read_a_stopped_workspace_offline(pyro: Pyro, tmp_path: Path)
     pyro.stop_workspace(ws)
 
     listing = pyro.list_workspace_disk(ws, recursive=True)
-    paths = {e["path"]: e for e in listing["entries"]}
+    paths = {e["path"].removeprefix("/workspace/"): e for e in listing["entries"]}
     assert set(paths) == {"src", "src/app.py", "blob.bin"}  # no lost+found, no runtime paths
-    assert paths["src/app.py"]["type"] == "file" and paths["src/app.py"]["size"] == 12
+    app = paths["src/app.py"]
+    assert app["artifact_type"] == "file" and app["size_bytes"] == 12
+    assert app["path"] == "/workspace/src/app.py" and listing["path"] == "/workspace"
     assert pyro.read_workspace_disk(ws, "src/app.py")["content"] == "print('hi')\n"
     assert pyro.read_workspace_disk(ws, "blob.bin")["binary"] is True
     with pytest.raises(InvalidArgument, match="not a regular file"):

@@ -48,7 +48,7 @@ def test_services_shells_and_tmp_survive_a_suspend(pyro: Pyro, state_dir: Path) 
         seen = pyro.exec_workspace(ws, "cat /tmp/note /workspace/f; wc -l < /tmp/ticks")
         assert seen["stdout"].startswith("kept\non-disk\n")
         ticks = int(seen["stdout"].split()[-1])
-        assert pyro.status_service(ws, "ticker")["state"] == "ready"
+        assert pyro.status_service(ws, "ticker")["state"] == "running"
         time.sleep(2.5)
         later = int(pyro.exec_workspace(ws, "wc -l < /tmp/ticks")["stdout"])
         assert later > ticks  # the service kept running after the resume

@@ -59,7 +59,7 @@ def test_the_repro_fix_loop_through_the_cli(
     listing = json.loads(
         pyro_cli(cli_env, "workspace", "file", "list", ws, "src", "--recursive", "--json").stdout
     )
-    assert "src/app.py" in [e["path"] for e in listing["entries"]]
+    assert "/workspace/src/app.py" in [e["path"] for e in listing["entries"]]
     read = pyro_cli(cli_env, "workspace", "file", "read", ws, "src/app.py", "--content-only")
     assert read.stdout == APP
 

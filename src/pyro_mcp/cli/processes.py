@@ -335,7 +335,7 @@ def handle_service_start(args: argparse.Namespace) -> int:
         print_json(status)
     else:
         print(_describe(status))
-    return 0 if status["state"] == "ready" else 1
+    return 0 if status["state"] == "running" else 1
 
 
 def handle_service_simple(args: argparse.Namespace) -> int:

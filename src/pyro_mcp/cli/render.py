@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from pyro_mcp.errors import InvalidArgument
+from pyro_mcp.workspaces.replies import shown
 
 
 def print_json(data: Any) -> None:
@@ -89,6 +90,7 @@ def parse_pairs(pairs: list[str], flag: str, *, secret: bool = False) -> dict[st
 def print_listing(entries: list[dict[str, Any]]) -> None:
     """File entries as ``mode size path`` lines (directories end in /)."""
     for entry in entries:
-        suffix = "/" if entry["type"] == "directory" else ""
-        target = f" -> {entry['link_target']}" if "link_target" in entry else ""
-        print(f"{entry['mode']:04o} {entry['size']:>10}  {entry['path']}{suffix}{target}")
+        suffix = "/" if entry["artifact_type"] == "directory" else ""
+        target = f" -> {entry['link_target']}" if entry.get("link_target") else ""
+        path = shown(entry["path"])
+        print(f"{entry['mode']:04o} {entry['size_bytes']:>10}  {path}{suffix}{target}")

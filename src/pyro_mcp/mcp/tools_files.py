@@ -16,6 +16,7 @@ from pyro_mcp.mcp.tooling import (
     WorkspacePath,
     reply,
 )
+from pyro_mcp.workspaces.replies import shown
 
 
 def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
@@ -43,7 +44,10 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         ] = False,
     ) -> Annotated[CallToolResult, schemas.FileList]:
         listing = pyro.list_workspace_files(workspace_id, path, recursive=recursive)
-        lines = [e["path"] + ("/" if e["type"] == "directory" else "") for e in listing["entries"]]
+        lines = [
+            shown(e["path"]) + ("/" if e["artifact_type"] == "directory" else "")
+            for e in listing["entries"]
+        ]
         return reply("\n".join(lines) or "(empty)", listing)
 
     def workspace_file_read(
@@ -129,7 +133,8 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         recursive: Annotated[bool, Field(description="Include everything below.")] = False,
     ) -> Annotated[CallToolResult, schemas.FileList]:
         listing = pyro.list_workspace_disk(workspace_id, path, recursive=recursive)
-        return reply("\n".join(e["path"] for e in listing["entries"]) or "(empty)", listing)
+        lines = [shown(e["path"]) for e in listing["entries"]]
+        return reply("\n".join(lines) or "(empty)", listing)
 
     def workspace_disk_read(
         workspace_id: WorkspaceId,

@@ -69,8 +69,16 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         ] = default_environment,
         network: bool = False,
         ttl_seconds: Annotated[int | None, Field(ge=1)] = None,
+        vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
+        mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
     ) -> Annotated[CallToolResult, schemas.Vm]:
-        vm = pyro.create_vm(environment, network=network, ttl_seconds=ttl_seconds)
+        vm = pyro.create_vm(
+            environment,
+            network=network,
+            ttl_seconds=ttl_seconds,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+        )
         return reply(f"{vm['vm_id']} {vm['state']}", vm)
 
     def vm_start(vm_id: VmId) -> Annotated[CallToolResult, schemas.Vm]:
@@ -78,9 +86,14 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
         return reply(f"{vm['vm_id']} {vm['state']}", vm)
 
     def vm_exec(
-        vm_id: VmId, command: Command, timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS
+        vm_id: VmId,
+        command: Command,
+        timeout_seconds: Timeout = config.DEFAULT_TIMEOUT_SECONDS,
+        keep_vm: Annotated[
+            bool, Field(description="Keep the VM for more commands (by default it is deleted).")
+        ] = False,
     ) -> Annotated[CallToolResult, schemas.VmExecResult]:
-        result = pyro.exec_vm(vm_id, command, timeout_seconds=timeout_seconds)
+        result = pyro.exec_vm(vm_id, command, timeout_seconds=timeout_seconds, keep_vm=keep_vm)
         return reply(render_command(result), result)
 
     def vm_stop(vm_id: VmId) -> Annotated[CallToolResult, schemas.Vm]:

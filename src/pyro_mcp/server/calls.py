@@ -390,6 +390,9 @@ def _scrub_seed(value: Any, spool: str) -> Any:
             "source": seed.get("origin_ref"),
             "kind": "project" if project else seed.get("kind"),
         }
+    shown = value.get("workspace_seed")
+    if isinstance(shown, dict) and str(shown.get("seed_path") or "").startswith(spool):
+        value["workspace_seed"] = {**shown, "seed_path": shown.get("origin_ref")}
     return value
 
 

@@ -218,8 +218,9 @@ class RemoteTransport:
                 arguments["source"] = self._upload(source, None, cleanup)
                 finish = _with(source=str(source))
             elif method in ("export_workspace", "export_workspace_disk"):
-                output = transfer.check_output(
-                    Path(arguments["output_path"]), bool(arguments.get("overwrite"))
+                overwrite = bool(arguments.get("overwrite"))
+                output = cleanup.enter_context(
+                    transfer.placing(Path(arguments["output_path"]), overwrite)
                 )
                 arguments["output_path"] = {wire.DOWNLOAD: True}
                 finish = lambda result: self._download(  # noqa: E731

@@ -32,10 +32,13 @@ class DiskOps:
     def export(self, ref: str, output: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
         """Write /workspace as a raw ext4 image to ``output``."""
         workspace = self._stopped(ref)
-        target = transfer.check_output(Path(output), overwrite)
-        partial = target.with_name(f".{target.name}.partial")
-        self._convert(workspace, partial)
-        partial.replace(target)
+        with transfer.placing(Path(output), overwrite) as target:
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                self._convert(workspace, partial)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
         return self.ctx.done(
             workspace,
             {
@@ -59,12 +62,13 @@ class DiskOps:
                         truncated = True
                         break
                     entries.append(entry)
-                    if recursive and entry["type"] == "directory":
-                        pending.append("/" + entry["path"])
+                    if recursive and entry["artifact_type"] == "directory":
+                        pending.append("/" + replies.shown(entry["path"]))
                 if truncated or not recursive:
                     break
         return self.ctx.done(
-            workspace, {"path": top.lstrip("/") or ".", "entries": entries, "truncated": truncated}
+            workspace,
+            {"path": replies.absolute(top), "entries": entries, "truncated": truncated},
         )
 
     def read(
@@ -172,14 +176,8 @@ def _ls(image: Path, directory: str) -> list[dict[str, Any]]:
             continue
         path = str(PurePosixPath(directory.lstrip("/")) / name)
         size = int(fields[6]) if fields[6].isdigit() else 0
-        entries.append(
-            {
-                "path": path,
-                "type": _TYPES.get(mode[:2], "other"),
-                "size": size,
-                "mode": int(mode[2:], 8),
-            }
-        )
+        kind = _TYPES.get(mode[:2], "other")
+        entries.append(replies.listing_entry(path, kind, size, int(mode[2:], 8)))
     return entries
 
 

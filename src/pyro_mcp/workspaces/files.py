@@ -158,8 +158,8 @@ class FileOps:
         the project's ignore rules ignore, unless ``include_ignored``.
         """
         workspace, guest_path = self.ctx.find(ref), str(resolve_workspace_path(path))
-        target = transfer.check_output(Path(output), overwrite)  # before any guest work
         with (
+            transfer.placing(Path(output), overwrite) as target,  # before any guest work
             self.ctx.connect(workspace) as client,
             tempfile.TemporaryDirectory(prefix="pyro-export-") as tmp,
         ):

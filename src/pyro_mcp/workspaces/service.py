@@ -46,6 +46,7 @@ from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces import snapshots as snapshot_ops
 from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState, expiry_warning
+from pyro_mcp.workspaces.paths import WORKSPACE_ROOT
 from pyro_mcp.workspaces.seed import SeedInfo, stage_seed, staging_area
 
 WORKSPACE_DISK_MIB = config.WORKSPACE_DISK_MIB
@@ -243,6 +244,7 @@ class WorkspaceService:
             "origin_ref": workspace["seed"].get(
                 "origin_ref", workspace["seed"].get("source") or ""
             ),
+            "workspace_seed": workspace_seed(workspace["seed"]),
             "state": lifecycle.state.value,
             **extra,
             "idle_suspend_seconds": idle_suspend_limit(workspace),
@@ -395,17 +397,27 @@ class WorkspaceService:
         # Network crossings since the last reset, folded per host.
         crossings += workspace_egress.crossings([e for e in since if e["kind"] == "egress"])
         status = self.status(workspace["workspace_id"])
-        changes: dict[str, Any] | None = None
         note = None
         if status["state"] in (WorkspaceState.RUNNING, WorkspaceState.SUSPENDED):  # resumes one
             diff = self.files.diff(workspace["workspace_id"], include_ignored=include_ignored)
-            changes = {
+            changes: dict[str, Any] = {
+                "available": True,
                 "summary": diff["summary"],
                 "files": [{"path": c["path"], "status": c["status"]} for c in diff["changes"]],
                 "ignored_count": diff["ignored_count"],
             }
         else:
             note = f"the workspace is {status['state']}; start it to see file changes"
+            changes = {"available": False, "reason": note}
+
+        def events(kind: str) -> list[dict[str, Any]]:
+            return [
+                {k: v for k, v in e.items() if k not in ("entry_id", "kind")}
+                for e in since
+                if e["kind"] == kind
+            ]
+
+        named = self.store.snapshots(workspace["workspace_id"])
         return {
             "workspace_id": workspace["workspace_id"],
             "name": workspace["name"],
@@ -416,6 +428,10 @@ class WorkspaceService:
             "failed_commands": sum(1 for c in commands if c["exit_code"] != 0),
             "operations": operations,
             "changes": changes,
+            # pyro-mcp 4.5's review sections: what left, the checkpoints, the services.
+            "artifacts": {"exports": operations["export"]},
+            "snapshots": {"named_count": len(named), "events": events("snapshot")},
+            "services": {"events": events("service")},
             "host_crossings": crossings,
             "note": note,
             **expiry_warning(self.store.find_workspace(workspace["workspace_id"]) or workspace),
@@ -622,3 +638,22 @@ def _make_ext4(tree: Path, image: Path) -> None:
     )
     if result.returncode != 0:
         raise VMError(f"could not build the workspace disk: {result.stderr.strip()[-500:]}")
+
+
+# How pyro-mcp 4.5 names a seed's kind (``workspace_seed.mode``).
+_SEED_MODES = {"empty": "empty", "directory": "directory", "project": "directory"}
+
+
+def workspace_seed(seed: dict[str, Any]) -> dict[str, Any]:
+    """What went into /workspace at create time, in pyro-mcp 4.5's fields (``seed``
+    has pyro's own, with the skipped links and unreadable files)."""
+    kind = str(seed.get("kind") or "empty")
+    return {
+        "mode": _SEED_MODES.get(kind, "tar_archive"),
+        "seed_path": seed.get("source"),
+        "destination": str(WORKSPACE_ROOT),
+        "entry_count": int(seed.get("file_count") or 0),
+        "bytes_written": int(seed.get("bytes") or 0),
+        "origin_kind": seed.get("origin_kind", "seed_path"),
+        "origin_ref": seed.get("origin_ref", seed.get("source") or ""),
+    }

