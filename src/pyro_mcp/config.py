@@ -10,6 +10,8 @@ from pathlib import Path
 DEFAULT_VCPU_COUNT = 1
 DEFAULT_MEM_MIB = 1024
 DEFAULT_TIMEOUT_SECONDS = 30
+# How long a one-shot VM (vm_run) may exist at most, whatever happens.
+DEFAULT_VM_TTL_SECONDS = 600
 DEFAULT_ENVIRONMENT = "debian:12"
 
 # How much of each output stream a command may return. The guest enforces it

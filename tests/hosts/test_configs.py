@@ -69,8 +69,10 @@ def test_a_project_path_is_made_absolute_for_hosts_that_start_elsewhere(tmp_path
 
 
 def test_bad_choices_are_refused_with_the_valid_ones() -> None:
-    with pytest.raises(InvalidArgument, match="claude-code, codex, opencode, generic"):
-        get_host("cursor")
+    with pytest.raises(
+        InvalidArgument, match="claude-code, codex, opencode, claude-desktop, cursor, generic"
+    ):
+        get_host("windsurf")
     with pytest.raises(InvalidArgument, match="not both"):
         ServerOptions(mode="inspect", profile="vm-run")
     with pytest.raises(InvalidArgument, match="--repo-url"):
@@ -167,9 +169,9 @@ def test_connect_without_the_host_cli_says_how_to_install_it_and_what_to_paste(
     assert not (tmp_path / ".claude.json").exists()
     report = service.doctor(health=False)
     assert {h["host"]: h["status"] for h in report["hosts"]} == {
-        "claude-code": "host not installed",
-        "codex": "host not installed",
-        "opencode": "host not installed",
+        "claude-code": "unavailable",
+        "codex": "unavailable",
+        "opencode": "unavailable",
     }
 
 
@@ -190,3 +192,71 @@ def test_installed_package_registers_the_installed_pyro(
     snippet = hosts.host_config("generic", ServerOptions(installed_package=True))
     assert snippet["command"] == str(installed)
     assert snippet["args"] == ["mcp", "serve"]
+
+
+def test_claude_desktop_and_cursor_get_a_snippet_to_paste_and_where_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    command = pyro_launcher()[0]
+    for host, where in (
+        ("claude-desktop", tmp_path / ".config" / "Claude" / "claude_desktop_config.json"),
+        ("cursor", tmp_path / ".cursor" / "mcp.json"),
+    ):
+        shown = hosts.host_config(host)
+        assert shown["config_path"] == str(where)
+        assert shown["rendered_config"] == shown["snippet"]
+        assert shown["server_command"] == [command, *shown["args"]]
+        entry = json.loads(shown["snippet"])["mcpServers"]["pyro"]
+        assert entry == {"command": command, "args": ["mcp", "serve"]}
+    project = hosts.host_config("cursor", scope="project")
+    assert project["config_path"] == str(Path.cwd().resolve() / ".cursor" / "mcp.json")
+
+
+def test_doctor_takes_the_server_flags_and_a_config_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    mine = tmp_path / "elsewhere" / "config.toml"
+    mine.parent.mkdir()
+    repaired = hosts.repair_host("codex", ServerOptions(mode="repro-fix"), config_path=mine)
+    assert repaired["config_path"] == str(mine) and repaired["backup_path"] is None
+    assert repaired["server_command"][-4:] == ["mcp", "serve", "--mode", "repro-fix"]
+    assert not (tmp_path / ".codex").exists()  # only the named file was written
+
+    def codex(**asked: object) -> dict:
+        report = hosts.doctor_hosts(health=False, host="codex", config_path=mine, **asked)
+        (only,) = report["hosts"]
+        return only
+
+    same = codex(options=ServerOptions(mode="repro-fix"))
+    assert same["status"] == "ok" and same["configured"] is True
+    assert same["recommended_modes"] == ["repro-fix", "inspect"]
+    other = codex(options=ServerOptions(mode="inspect"))
+    assert other["status"] == "drifted" and "--mode repro-fix" in other["details"]
+    assert other["repair_command"] == "pyro host connect codex --mode inspect"
+    with pytest.raises(InvalidArgument, match="name the host"):
+        hosts.doctor_hosts(health=False, config_path=mine)
+    with pytest.raises(InvalidArgument, match="print-config cursor"):
+        hosts.doctor_hosts(health=False, host="cursor")
+
+
+def test_a_mode_may_recommend_the_default_environment() -> None:
+    from pyro_mcp.mcp import profiles
+
+    assert profiles.recommended_environment("cold-start", "debian:12", "", "debian:12") == (
+        "debian:12-build",
+        "recommended by mode cold-start",
+    )
+    mine = ("proj:devcontainer-1", "the project's environment")
+    assert profiles.recommended_environment("cold-start", *mine, "debian:12") == mine
+    assert profiles.recommended_environment("inspect", "debian:12", "", "debian:12") == (
+        "debian:12",
+        "",
+    )
+    entry = service.Entry("/bin/pyro", ["mcp", "serve", "--mode", "cold-start"])
+    chosen = service.environment_of(entry, {"origin_kind": "none"})
+    assert chosen["name"] == "debian:12-build"
+    named = service.Entry("/bin/pyro", [*entry.args, "--environment", "debian:12"])
+    assert service.environment_of(named, {"origin_kind": "none"})["name"] == "debian:12"

@@ -265,7 +265,8 @@ def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
             listing = await call(
                 client, "workspace_file_list", workspace_id=created["workspace_id"]
             )
-            assert "/workspace/gone.txt" in {e["path"] for e in listing["entries"]}  # the clone has it
+            paths = {e["path"] for e in listing["entries"]}
+            assert "/workspace/gone.txt" in paths  # the clone has it
             await call(client, "workspace_delete", workspace_id=created["workspace_id"])
 
     anyio.run(scenario)
@@ -273,7 +274,7 @@ def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
     for flags in (
         ["--repo-url", f"file://{tmp_path}/no-such-repo"],
         ["--repo-url", f"file://{project}", "--repo-ref", "no-such-branch"],
-        ["--project-path", str(tmp_path)],
+        ["--project-path", str(tmp_path / "no-such-folder")],  # a plain folder is a project
     ):
         started = subprocess.run(
             [sys.executable, "-m", "pyro_mcp.cli.main", "mcp", "serve", *flags],

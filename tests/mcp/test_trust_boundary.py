@@ -40,7 +40,8 @@ def test_host_paths_from_mcp_stay_under_the_project_and_allowed_dirs(
             assert "outside the host paths" in message and "dot-ssh" in message
             ws = (await call(client, "workspace_create"))["workspace_id"]
             listing = await call(client, "workspace_file_list", workspace_id=ws)
-            assert "/workspace/keys" not in {e["path"] for e in listing["entries"]}  # untracked anyway
+            paths = {e["path"] for e in listing["entries"]}
+            assert "/workspace/keys" not in paths  # untracked anyway
             for target in ("/etc/pyro-evil", str(project / "escape-dir" / "new.txt")):
                 message = await call_error(
                     client,

@@ -10,9 +10,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from pyro_mcp import Pyro
+from pyro_mcp import Pyro, create_server
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.workspaces import secrets, transfer
 from pyro_mcp.workspaces.processes import parse_publish, parse_readiness
@@ -114,8 +115,17 @@ def test_allow_host_compat_is_taken_as_false_only(tmp_path: Path) -> None:
 def test_the_4_5_import_paths() -> None:
     from pyro_mcp.api import Pyro as ApiPyro
     from pyro_mcp.daily_loop import DEFAULT_PREPARE_ENVIRONMENT
+    from pyro_mcp.vm_manager import (
+        DEFAULT_ALLOW_HOST_COMPAT,
+        DEFAULT_MEM_MIB,
+        DEFAULT_TIMEOUT_SECONDS,
+        DEFAULT_TTL_SECONDS,
+        DEFAULT_VCPU_COUNT,
+    )
 
     assert ApiPyro is Pyro and DEFAULT_PREPARE_ENVIRONMENT == "debian:12"
+    assert (DEFAULT_VCPU_COUNT, DEFAULT_MEM_MIB, DEFAULT_TIMEOUT_SECONDS) == (1, 1024, 30)
+    assert DEFAULT_TTL_SECONDS > DEFAULT_TIMEOUT_SECONDS and DEFAULT_ALLOW_HOST_COMPAT is False
     done = subprocess.run(
         [sys.executable, "-m", "pyro_mcp.cli", "--version"], capture_output=True, text=True
     )
@@ -225,3 +235,27 @@ def test_results_carry_the_4_5_field_names(pyro: Pyro, tmp_path: Path) -> None:
     read = pyro.read_workspace_disk(ws, "app.py", max_bytes=5)
     assert read["size_bytes"] == 12 and read["max_bytes"] == 5 and read["truncated"]
     pyro.delete_workspace(ws)
+
+
+@pytest.mark.vm
+def test_create_server_seeds_from_a_plain_folder_and_call_tool_unpacks(
+    pyro: Pyro, tmp_path: Path, warm_environment: dict[str, Any]
+) -> None:
+    folder = tmp_path / "plain"  # no Git anywhere around it
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "hello.txt").write_text("hi\n")
+    server = create_server(pyro=pyro, project_path=folder)
+
+    async def chat() -> None:
+        content, created = await server.call_tool("workspace_create", {})
+        assert created["origin_kind"] == "project_path" and created["origin_ref"] == str(folder)
+        assert created["workspace_seed"]["entry_count"] == 1 and content
+        ws = created["workspace_id"]
+        outcome = await server.call_tool(
+            "workspace_exec", {"workspace_id": ws, "command": "cat src/hello.txt"}
+        )
+        _, ran = outcome
+        assert ran["stdout"] == "hi\n" and outcome.structured_content == ran
+        await server.call_tool("workspace_delete", {"workspace_id": ws})
+
+    anyio.run(chat)

@@ -21,8 +21,14 @@ examples:
                                                 a whole opencode.json (stdout is only the config)
   pyro host repair opencode                     fix pyro's entry in place (backup first)
   pyro host doctor                              which hosts have pyro, and does it start?
+  pyro host print-config claude-desktop         the mcpServers snippet for Claude Desktop
+                                                (and Cursor: print-config cursor)
 
 The registered command is this pyro's absolute path: hosts need no PATH for it.
+
+modes that suit each host (--mode):
+  claude-code   cold-start, review-eval   (long sessions: set a project up, review a change)
+  codex         repro-fix, inspect        (task-sized threads: reproduce and fix, look around)
 """
 
 
@@ -43,6 +49,10 @@ def register(commands: Any) -> None:
         description="Register pyro with the host (claude mcp add / codex mcp add; OpenCode's "
         "config file is edited), replacing an older pyro entry. Prints what it wrote and "
         "the next step.",
+        epilog="modes that suit each host (--mode): claude-code: cold-start, review-eval; "
+        "codex: repro-fix, inspect. A mode may bring its own default environment "
+        "(cold-start: debian:12-build) unless --environment is given.\n"
+        "example: pyro host connect claude-code --mode cold-start",
     )
     _host_arguments(connect, handle_connect)
 
@@ -50,8 +60,9 @@ def register(commands: Any) -> None:
         "print-config",
         help="print the exact config snippet for a host",
         description="Print the config snippet for the host: an opencode.json `mcp` entry, "
-        ".mcp.json / ~/.claude.json `mcpServers`, a Codex config.toml table, or the generic "
-        "`mcpServers` form.",
+        ".mcp.json / ~/.claude.json `mcpServers`, a Codex config.toml table, Claude "
+        "Desktop's claude_desktop_config.json or Cursor's mcp.json `mcpServers` (pasted: "
+        "pyro does not edit those two), or the generic `mcpServers` form.",
     )
     show.add_argument("host", choices=list(HOSTS))
     _server_options(show)
@@ -68,15 +79,29 @@ def register(commands: Any) -> None:
         "made first. An invalid file is left alone.",
     )
     _host_arguments(repair, handle_repair)
+    repair.add_argument(
+        "--config-path", type=Path, help="rewrite this file instead of where the host keeps it"
+    )
 
     doctor = sub.add_parser(
         "doctor",
         help="check every host's pyro entry and start it for real",
         description="For Claude Code, Codex and OpenCode: where the config lives, whether a "
-        "pyro entry exists and matches what connect writes (ok, drifted, missing, host not "
-        "installed), and a health check that starts the exact command in the directory the "
-        "host would use, completes an MCP handshake and lists the tools. Exits 1 when a host "
-        "that has a pyro entry cannot start it.",
+        "pyro entry exists and matches what connect writes (ok, drifted, missing, "
+        "unavailable: the host is not installed), and a health check that starts the exact "
+        "command in the directory the host would use, completes an MCP handshake and lists "
+        "the tools. Exits 1 when a host that has a pyro entry cannot start it. With server "
+        "flags (--mode, --project-path, ...), an entry registered otherwise is drifted.",
+        epilog="examples:\n  pyro host doctor\n  pyro host doctor --mode repro-fix\n"
+        "  pyro host doctor codex --config-path ./config.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    doctor.add_argument(
+        "host", nargs="?", choices=["claude-code", "codex", "opencode"], help="only this host"
+    )
+    _server_options(doctor)
+    doctor.add_argument(
+        "--config-path", type=Path, help="with HOST: check this file instead of the host's own"
     )
     doctor.add_argument("--no-health", action="store_true", help="skip starting the servers")
     doctor.add_argument("--json", action="store_true")
@@ -180,7 +205,7 @@ def handle_print_config(args: argparse.Namespace) -> int:
     result = hosts.host_config(args.host, _options(args), scope=args.scope)
     if args.output is not None:
         args.output.write_text(result["snippet"] + "\n")
-        result["output"] = str(args.output)
+        result["output"] = result["output_path"] = str(args.output)
     if args.json:
         print_json(result)
     elif args.output is not None:
@@ -197,7 +222,9 @@ def handle_print_config(args: argparse.Namespace) -> int:
 def handle_repair(args: argparse.Namespace) -> int:
     from pyro_mcp import hosts
 
-    result = hosts.repair_host(args.host, _options(args), scope=args.scope)
+    result = hosts.repair_host(
+        args.host, _options(args), scope=args.scope, config_path=args.config_path
+    )
     code = 0 if result["health"]["ok"] else 1
     if args.json:
         print_json(result)
@@ -216,7 +243,12 @@ def handle_repair(args: argparse.Namespace) -> int:
 def handle_doctor(args: argparse.Namespace) -> int:
     from pyro_mcp import hosts
 
-    report = hosts.doctor_hosts(health=not args.no_health)
+    report = hosts.doctor_hosts(
+        health=not args.no_health,
+        options=_options(args),
+        host=args.host,
+        config_path=args.config_path,
+    )
     failing = [h["host"] for h in report["hosts"] if h.get("health") and not h["health"]["ok"]]
     if args.json:
         print_json(report)
@@ -249,4 +281,6 @@ def handle_doctor(args: argparse.Namespace) -> int:
             print(f"               environment: {chosen['name']} ({chosen['note']})")
         if host.get("fix"):
             print(f"               fix: {host['fix']}")
+        if host.get("recommended_modes"):
+            print(f"               modes that suit it: {', '.join(host['recommended_modes'])}")
     return 1 if failing else 0

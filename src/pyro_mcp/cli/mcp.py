@@ -205,8 +205,10 @@ def handle_serve(args: argparse.Namespace) -> int:
     else:
         from pyro_mcp.environments import devcontainer
 
-        environment, note = devcontainer.choose(
-            source.root, paths.cache_dir, config.DEFAULT_ENVIRONMENT
+        environment, note = profiles.recommended_environment(
+            args.mode,
+            *devcontainer.choose(source.root, paths.cache_dir, config.DEFAULT_ENVIRONMENT),
+            config.DEFAULT_ENVIRONMENT,
         )
     args.environment = environment
     tools = f"mode {args.mode}" if args.mode else f"profile {args.profile or 'workspace-core'}"

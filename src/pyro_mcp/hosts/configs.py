@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,7 @@ class Generic(HostConfig):
     """Any other MCP host: pyro knows no file of its, only the snippet to paste."""
 
     name = "generic"
-    scopes = ("user",)
+    scopes: tuple[str, ...] = ("user",)
 
     def config_path(self, scope: str, project: Path) -> Path:
         raise HostSetupError(_NO_GENERIC_FILE)
@@ -293,12 +294,50 @@ _NO_GENERIC_FILE = (
     "and paste the snippet into its config"
 )
 
+
+class PasteOnly(Generic):
+    """A desktop host whose `mcpServers` file pyro names but does not edit: its
+    snippet is pasted (``pyro host print-config``)."""
+
+    def config_path(self, scope: str, project: Path) -> Path:
+        return self.where(project)
+
+    def where(self, project: Path) -> Path:
+        raise NotImplementedError
+
+
+class ClaudeDesktop(PasteOnly):
+    name = "claude-desktop"
+
+    def where(self, project: Path) -> Path:
+        if sys.platform == "darwin":
+            return self.home / "Library" / "Application Support" / "Claude" / CLAUDE_DESKTOP_FILE
+        if sys.platform == "win32":
+            appdata = Path(os.environ.get("APPDATA") or self.home / "AppData" / "Roaming")
+            return appdata / "Claude" / CLAUDE_DESKTOP_FILE
+        return self.home / ".config" / "Claude" / CLAUDE_DESKTOP_FILE
+
+
+class Cursor(PasteOnly):
+    name = "cursor"
+    scopes = ("user", "project")
+
+    def config_path(self, scope: str, project: Path) -> Path:
+        return (project if scope == "project" else self.home) / ".cursor" / "mcp.json"
+
+
+CLAUDE_DESKTOP_FILE = "claude_desktop_config.json"
+
 HOSTS: dict[str, type[HostConfig]] = {
     "claude-code": ClaudeCode,
     "codex": Codex,
     "opencode": OpenCode,
+    "claude-desktop": ClaudeDesktop,
+    "cursor": Cursor,
     "generic": Generic,
 }
+# Hosts pyro registers itself with and checks (the others are pasted into).
+EDITED_HOSTS = ("claude-code", "codex", "opencode")
 
 
 def _token_env(args: list[str]) -> list[str]:
@@ -310,11 +349,18 @@ def _token_env(args: list[str]) -> list[str]:
     return []
 
 
-def get_host(name: str, home: Path | None = None) -> HostConfig:
-    """The host called ``name``; InvalidArgument listing the valid ones otherwise."""
+def get_host(name: str, home: Path | None = None, config_path: Path | None = None) -> HostConfig:
+    """The host called ``name`` (its file at ``config_path`` instead of where the
+    host keeps it, when given); InvalidArgument listing the valid ones otherwise."""
     if name not in HOSTS:
         raise InvalidArgument("host", f"{name!r} is not a host pyro knows; use {', '.join(HOSTS)}")
-    return HOSTS[name](home or Path.home())
+    config = HOSTS[name](home or Path.home())
+    if config_path is not None:
+        fixed = config_path.expanduser().absolute()
+        if fixed.is_dir():
+            raise InvalidArgument("--config-path", f"{fixed} is a folder; name the file")
+        config.config_path = lambda scope, project: fixed  # type: ignore[method-assign]
+    return config
 
 
 # ---------------------------------------------------------------------- helpers

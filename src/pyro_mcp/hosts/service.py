@@ -25,15 +25,23 @@ from pyro_mcp.errors import HostSetupError, InvalidArgument, PyroError
 from pyro_mcp.hosts import remote_http
 from pyro_mcp.hosts.configs import HOSTS, Entry, HostConfig, backup, get_host
 from pyro_mcp.hosts.server_command import SERVER_NAME, ServerOptions, server_command
+from pyro_mcp.mcp import profiles
 
 HEALTH_TIMEOUT_SECONDS = 30.0
 CHECKED_HOSTS = ("claude-code", "codex", "opencode")
+# The host's own command that shows pyro connected (`pyro host doctor` starts it for real).
+VERIFY = {
+    "claude-code": "claude mcp list",
+    "codex": "codex mcp get pyro",
+    "opencode": "opencode mcp list",
+}
 
 
 def print_config(
     host: str, options: ServerOptions, *, scope: str = "user", project: Path | None = None
 ) -> dict[str, Any]:
-    """The exact config snippet for ``host`` (and where it goes)."""
+    """The exact config snippet for ``host`` (and where it goes); ``rendered_config``
+    and ``server_command`` are pyro-mcp 4.5's names for the snippet and the command."""
     config = get_host(host)
     project = (project or Path.cwd()).resolve()
     where = None
@@ -42,21 +50,26 @@ def print_config(
         where = str(config.config_path(scope, project))
     if options.transport == "http":
         url, var = remote_http.endpoint(options)
+        snippet = remote_http.snippet(host, url, var)
         return {
             "host": host,
             "transport": "http",
             "url": url,
             "token_env": var,
             "config_path": where,
-            "snippet": remote_http.snippet(host, url, var),
+            "snippet": snippet,
+            "rendered_config": snippet,
         }
     command, args = server_command(options)
+    snippet = config.snippet(command, args)
     return {
         "host": host,
         "command": command,
         "args": args,
+        "server_command": [command, *args],
         "config_path": where,
-        "snippet": config.snippet(command, args),
+        "snippet": snippet,
+        "rendered_config": snippet,
     }
 
 
@@ -82,7 +95,11 @@ def connect(
     if host not in ("claude-code", "codex"):
         # OpenCode has no `mcp add`: its file is edited (a generic host refuses there).
         result = repair(host, options, scope=scope, project=project)
-        return {**result, "how": "edited the config file (opencode has no `mcp add`)"}
+        return {
+            **result,
+            "how": "edited the config file (opencode has no `mcp add`)",
+            "verification_command": VERIFY[host],
+        }
     cli = _find_cli(config)
     if cli is None:
         snippet = config.snippet(command, args)
@@ -109,6 +126,8 @@ def connect(
         "scope": scope,
         "command": command,
         "args": args,
+        "server_command": [command, *args],
+        "verification_command": VERIFY[host],
         "config_path": str(path),
         "how": " ".join(add[:6] if host == "claude-code" else add[:4]) + " -- ...",
         "host_said": said.strip()[-500:],
@@ -150,9 +169,11 @@ def repair(
     *,
     scope: str = "user",
     project: Path | None = None,
+    config_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Rewrite pyro's entry in the host's config file in place, after a backup."""
-    config = get_host(host)
+    """Rewrite pyro's entry in the host's config file (``config_path``, or where
+    the host keeps it for ``scope``) in place, after a backup."""
+    config = get_host(host, config_path=config_path)
     config.check_scope(scope)
     project = (project or Path.cwd()).resolve()
     if options.transport == "http":
@@ -174,26 +195,55 @@ def repair(
         "scope": scope,
         "command": command,
         "args": args,
+        "server_command": [command, *args],
         "config_path": str(written),
         "backup": str(saved) if saved else None,
+        "backup_path": str(saved) if saved else None,
         "health": health_check(Entry(command, args), config.server_cwd(None, project)),
         "next_step": _next_step(host, scope),
     }
 
 
-def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any]:
-    """For each host: its config, pyro's entry, whether it matches, and a real health check."""
+def doctor(
+    *,
+    project: Path | None = None,
+    health: bool = True,
+    options: ServerOptions | None = None,
+    host: str | None = None,
+    config_path: Path | None = None,
+) -> dict[str, Any]:
+    """For each host (or only ``host``, whose file may be ``config_path``): its
+    config, pyro's entry, whether it matches what ``connect`` with ``options``
+    writes, and a real health check.
+
+    Each report has pyro-mcp 4.5's ``configured``, ``status`` (``ok``,
+    ``drifted``, ``missing``, ``unavailable``), ``details`` and
+    ``repair_command`` beside pyro's own fields.
+    """
     project = (project or Path.cwd()).resolve()
-    expected_command, expected_args = server_command(ServerOptions())
+    options = options or ServerOptions()
+    if config_path is not None and host is None:
+        raise InvalidArgument(
+            "--config-path",
+            "name the host whose file it is, e.g. `pyro host doctor codex --config-path FILE`",
+        )
+    if host is not None and host not in CHECKED_HOSTS:
+        raise InvalidArgument(
+            "host",
+            f"pyro checks {', '.join(CHECKED_HOSTS)}; {host}'s config is pasted "
+            f"(`pyro host print-config {host}`)",
+        )
+    expected_command, expected_args = server_command(options)
     reports = []
-    for name in CHECKED_HOSTS:
-        config = get_host(name)
+    for name in [host] if host else CHECKED_HOSTS:
+        config = get_host(name, config_path=config_path)
         cli = _find_cli(config)
         report: dict[str, Any] = {
             "host": name,
             "installed": cli is not None,
             "cli": str(cli) if cli else None,
             "config_path": str(config.config_path("user", project)),
+            "recommended_modes": list(profiles.HOST_MODES.get(name, ())),
         }
         entry, scope, problem = _find_entry(config, project)
         if scope is not None:
@@ -204,8 +254,12 @@ def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any
             reports.append(_doctor_http(report, entry, health))
             continue
         status, reason = _judge(cli is not None, entry, problem, expected_command, expected_args)
+        asked = options != ServerOptions()  # flags given here: the entry must have them
+        if status == "ok" and asked and entry is not None and entry.args != expected_args:
+            status = "drifted"
+            reason = f"it runs `{' '.join(entry.args)}`, not `{' '.join(expected_args)}`"
         report["status"], report["reason"] = status, reason
-        report["fix"] = None if status == "ok" else _fix(name)
+        report["fix"] = None if status == "ok" else _fix(name, options)
         if entry is not None:
             cwd = config.server_cwd(entry, project)
             report["server_cwd"] = str(cwd)
@@ -227,6 +281,10 @@ def doctor(*, project: Path | None = None, health: bool = True) -> dict[str, Any
                         "`pyro host repair opencode` with the corrected options"
                     )
         reports.append(report)
+    for report in reports:  # pyro-mcp 4.5's names for the same facts
+        report["configured"] = report.get("entry") is not None
+        report["details"] = report["reason"]
+        report["repair_command"] = report["fix"]
     return {"project": str(project), "expected_command": expected_command, "hosts": reports}
 
 
@@ -328,8 +386,11 @@ def environment_of(entry: Entry, source: dict[str, Any]) -> dict[str, Any]:
     if flags.environment:
         return {"name": flags.environment, "note": "named with --environment"}
     root = Path(source["origin_ref"]) if source.get("origin_kind") == "project_path" else None
-    name, note = devcontainer.choose(
-        root, pyro_config.default_paths().cache_dir, pyro_config.DEFAULT_ENVIRONMENT
+    default = pyro_config.DEFAULT_ENVIRONMENT
+    name, note = profiles.recommended_environment(
+        flags.mode,
+        *devcontainer.choose(root, pyro_config.default_paths().cache_dir, default),
+        default,
     )
     return {"name": name, "note": note or "pyro's default"}
 
@@ -382,7 +443,7 @@ def _judge(
         return "drifted", problem
     if entry is None:
         if not installed:
-            return "host not installed", "its CLI is not on PATH and it has no pyro entry"
+            return "unavailable", "its CLI is not on PATH and it has no pyro entry"
         return "missing", "no pyro entry"
     if not Path(entry.command).is_absolute():
         return "drifted", (
@@ -437,8 +498,12 @@ def _next_step(host: str, scope: str) -> str:
     return "run `opencode mcp list`: pyro should say ✓ connected"
 
 
-def _fix(host: str) -> str:
-    return f"pyro host connect {host}" if host != "opencode" else "pyro host repair opencode"
+def _fix(host: str, options: ServerOptions | None = None) -> str:
+    command = f"pyro host connect {host}" if host != "opencode" else "pyro host repair opencode"
+    flags = options.serve_args()[2:] if options is not None else []
+    if options is not None and options.installed_package:
+        flags.append("--installed-package")
+    return " ".join([command, *flags])
 
 
 __all__ = ["HOSTS", "connect", "doctor", "health_check", "print_config", "repair"]

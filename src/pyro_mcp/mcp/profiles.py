@@ -111,6 +111,31 @@ MODE_PURPOSE: dict[str, str] = {
 }
 
 
+# A mode's recommended default environment, used when neither --environment nor
+# a prepared project environment names one: setting a project up from nothing
+# wants compilers and headers.
+MODE_ENVIRONMENT: dict[str, str] = {"cold-start": "debian:12-build"}
+
+# Which modes suit which chat host (shown by `host connect --help`, `host doctor`
+# and the docs): Claude Code's long sessions set up and review; Codex's
+# task-sized threads reproduce and fix, or look around.
+HOST_MODES: dict[str, tuple[str, ...]] = {
+    "claude-code": ("cold-start", "review-eval"),
+    "codex": ("repro-fix", "inspect"),
+}
+
+
+def recommended_environment(
+    mode: str | None, environment: str, note: str, default: str
+) -> tuple[str, str]:
+    """``(environment, note)`` with the mode's recommendation in place of pyro's
+    ``default`` (a project's own environment stays)."""
+    wanted = MODE_ENVIRONMENT.get(mode or "")
+    if wanted is None or environment != default:
+        return environment, note
+    return wanted, f"recommended by mode {mode}" + (f"; {note}" if note else "")
+
+
 def tool_names(profile: str | None, mode: str | None) -> tuple[str, ...]:
     """The tools a server with this profile or mode exposes.
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult
 from pydantic import ValidationError
 
 from pyro_mcp import config
@@ -42,8 +43,34 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 IDLE_CHECK_SECONDS = 30.0
 
 
+class ToolOutcome(tuple[Any, Any]):
+    """A tool's result as a program calling ``server.call_tool`` gets it:
+    ``(content, structured)``, as pyro-mcp 4.5's scripts unpack it, and the
+    MCP ``CallToolResult``'s ``content``, ``structured_content``, ``is_error``."""
+
+    result: CallToolResult
+
+    def __new__(cls, result: CallToolResult) -> "ToolOutcome":
+        outcome = super().__new__(cls, (result.content, result.structured_content))
+        outcome.result = result
+        return outcome
+
+    @property
+    def content(self) -> Any:
+        return self.result.content
+
+    @property
+    def structured_content(self) -> Any:
+        return self.result.structured_content
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.result.is_error)
+
+
 class PyroMCPServer(MCPServer):
-    """MCPServer that refuses arguments a tool does not have, instead of ignoring them."""
+    """MCPServer that refuses arguments a tool does not have, instead of ignoring
+    them; called directly (no request context), a tool's result is a ``ToolOutcome``."""
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         tool = self._tool_manager.get_tool(name)
@@ -61,7 +88,10 @@ class PyroMCPServer(MCPServer):
                 tool.fn_metadata.validate_arguments(arguments)
             except ValidationError as exc:
                 raise ToolError(model_errors.validation_message(name, exc.errors())) from exc
-        return await super().call_tool(name, arguments, context)
+        result = await super().call_tool(name, arguments, context)
+        if context is None and isinstance(result, CallToolResult):
+            return ToolOutcome(result)  # a program's own call, not a client's request
+        return result
 
 
 def create_server(

@@ -20,7 +20,7 @@ from pyro_mcp.mcp.tooling import (
 
 # The one-shot VM of vm_run is deleted after this long whatever happens (unless
 # the call gives its own ttl_seconds): a chat must not leave VMs behind.
-VM_RUN_TTL_SECONDS = 600
+VM_RUN_TTL_SECONDS = config.DEFAULT_VM_TTL_SECONDS
 
 
 def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:

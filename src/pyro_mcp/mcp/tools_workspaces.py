@@ -192,9 +192,11 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
             seed = policy.readable(seed_path, "seed_path")
             workspace = pyro.create_workspace(environment, seed_path=seed, **common)
         elif source.root is not None:
+            # A checkout gives its tracked files; a plain folder, all of it.
             workspace = pyro.create_workspace(
                 environment,
-                project_path=source.root,
+                project_path=source.root if source.tracked else None,
+                seed_path=None if source.tracked else source.root,
                 origin=(source.origin_kind, source.origin_ref),
                 **common,
             )

