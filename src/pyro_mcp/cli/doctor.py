@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config
@@ -34,12 +35,15 @@ def register(commands: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     report = client.pyro().doctor(environment=args.environment, platform_only=args.platform)
+    if not args.platform:
+        report["project_source"] = project_source()
     if args.json:
         print_json(report)
         return 0 if report["ok"] else 1
     platform = report["platform"]
     accel = report["accel"]
     qemu = report["qemu"]
+    _print_summary(report)
     print(f"pyro doctor: {'OK' if report['ok'] else 'CANNOT RUN GUESTS'}")
     if server := report.get("server"):  # through `pyro --remote URL`
         remote = client.remote()
@@ -96,6 +100,45 @@ def handle(args: argparse.Namespace) -> int:
     for warning in report["warnings"]:
         print(f"  note: {warning}")
     return 0 if report["ok"] else 1
+
+
+def project_source() -> dict[str, Any]:
+    """What ``pyro mcp serve`` started here (no flags) would seed workspaces from,
+    and each place it looked, in order."""
+    from pyro_mcp.workspaces import project_source as sources
+
+    cwd = Path.cwd()
+    root = sources.git_toplevel(cwd)
+    tried = [
+        "--project-path: not given",
+        "--repo-url: not given",
+        f"the Git checkout around {cwd}: " + (str(root) if root else "none"),
+    ]
+    if root is None:
+        return {"origin_kind": "none", "origin_ref": "", "tried": tried}
+    return {"origin_kind": "project_path", "origin_ref": str(root), "tried": tried}
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    """pyro-mcp 4.5's summary lines, ahead of the details."""
+    yes = {True: "yes", False: "no"}
+    kvm = report["kvm"]
+    print(f"Runtime: {'PASS' if report['runtime_ok'] else 'FAIL'}")
+    print(
+        f"KVM: exists={yes[kvm['exists']]} readable={yes[kvm['readable']]} "
+        f"writable={yes[kvm['writable']]}"
+    )
+    nat = "available" if report["networking"]["user_mode_nat"] else "unavailable"
+    print(f"Networking: user-mode networking {nat} (egress through pyro's proxy)")
+    loop = report.get("daily_loop")
+    if loop is not None:
+        print(f"Daily loop: {loop['status'].upper()} ({loop['environment']})")
+        if loop.get("fix"):
+            print(f"Run: {loop['fix']}")
+    source = report.get("project_source")
+    if source is not None:
+        seeds = f"{source['origin_kind']} {source['origin_ref']}".strip()
+        print(f"Project source: {seeds} (tried: {'; '.join(source['tried'])})")
 
 
 def _print_workspaces(report: dict[str, Any]) -> None:

@@ -196,6 +196,9 @@ def handle_list(args: argparse.Namespace) -> int:
         ]
         for env in environments
     ]
+    from pyro_mcp.environments.catalog import CATALOG_VERSION
+
+    print(f"Catalog version: {CATALOG_VERSION}")
     print(table(rows, ["NAME", "STATE", "SIZE", "SHARED", "DESCRIPTION"]))
     return 0
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pyro_mcp.cli import client, doctor, env, host, mcp, prepare, run, server, vm, workspace
 from pyro_mcp.errors import InvalidArgument, PyroError
+from pyro_mcp.hosts.server_command import pyro_launcher
 from pyro_mcp.version import __version__
 
 EPILOG = """\
@@ -30,6 +31,16 @@ examples:
 
 Every command takes --json. State lives under PYRO_HOME (default
 ~/.local/share/pyro), environments under PYRO_CACHE_DIR (default ~/.cache/pyro).
+
+zero to hero:
+  1. pyro doctor
+  2. pyro env list
+  3. pyro env pull debian:12
+  4. pyro run debian:12 -- git --version
+  5. pyro mcp serve                            (what a chat host starts)
+  6. claude mcp add pyro -- {command}
+     codex mcp add pyro -- {command}
+     (or `pyro host connect claude-code|codex`, which writes these and checks them)
 """
 
 
@@ -37,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro",
         description="Disposable microVM sandboxes for coding agents.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(command=" ".join([*pyro_launcher(), "mcp", "serve"])),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyro {__version__}")

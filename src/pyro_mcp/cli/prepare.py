@@ -88,6 +88,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    yes = {True: "yes", False: "no"}
+    print(f"Prepare: {result['environment']}")
+    print("Daily loop: WARM")
+    print(
+        f"Result: {'reused' if result['reused'] else 'prepared'} "
+        f"network_prepared={yes[result['network_prepared']]}"
+    )
     state = "already warm" if result["already_warm"] else "warm"
     print(f"{result['environment']} is {state} (accel={result['accel']}, {result['seconds']} s)")
     for snapshot in result["snapshots"]:

@@ -29,6 +29,10 @@ class EnvironmentSpec:
         return self.name.replace(":", "-")
 
 
+# The curated catalog's version (`pyro env list` shows it): it changes when a
+# curated environment's contents do.
+CATALOG_VERSION = "1.0"
+
 CATALOG: dict[str, EnvironmentSpec] = {
     spec.name: spec
     for spec in (
