@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 USE_CASES = cold-start-validation repro-fix-loop parallel-workspaces untrusted-inspection review-eval
 
 .PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck dist \
+	examples \
 	bench clean smokes smoke-use-cases smoke-daily-loop smoke-real-repo \
 	$(addprefix smoke-,$(USE_CASES))
 
@@ -53,6 +54,11 @@ dist:
 	$(UV) build
 	$(UV) tool run twine check --strict dist/*
 
+# examples/'s host config files, as `pyro host print-config` prints them
+# (tests/docs/test_examples.py fails when they drift).
+examples: setup
+	$(UV) run python -m tests.docs.test_examples --write
+
 # The toolchain environment the real-repo recipes use.
 build-environment: setup
 	$(UV) run pyro env pull debian:12-build
@@ -70,8 +76,8 @@ smoke-real-repo: build-environment
 	$(UV) run python -m smokes.real_repo
 
 check: setup
-	$(UV) run ruff check src tests benchmarks smokes
-	$(UV) run ruff format --check src tests benchmarks smokes
+	$(UV) run ruff check src tests benchmarks smokes examples
+	$(UV) run ruff format --check src tests benchmarks smokes examples
 	$(UV) run mypy
 
 lint: check
