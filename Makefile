@@ -6,6 +6,9 @@ UV ?= uv
 PYTEST_ARGS ?=
 
 USE_CASES = cold-start-validation repro-fix-loop parallel-workspaces untrusted-inspection review-eval
+# The environment the use-case smokes' servers use (`make smoke-use-cases USE_CASE_ENVIRONMENT=...`).
+USE_CASE_ENVIRONMENT ?= debian:12
+export USE_CASE_ENVIRONMENT
 
 .PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck dist \
 	examples \

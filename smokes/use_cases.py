@@ -7,10 +7,15 @@ host, deletes what it created and proves no guest is left running.
 
     uv run python -m smokes.use_cases                  # all five
     uv run python -m smokes.use_cases repro-fix-loop   # one
+    USE_CASE_ENVIRONMENT=debian:12-build uv run python -m smokes.use_cases
+
+USE_CASE_ENVIRONMENT names the environment every scenario's server uses
+(default debian:12; `make smoke-use-cases USE_CASE_ENVIRONMENT=...`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +33,14 @@ from smokes.common import (
     private_home,
     run_all,
 )
+
+ENVIRONMENT = os.environ.get("USE_CASE_ENVIRONMENT") or "debian:12"
+
+
+def serve(mode: str) -> tuple[str, ...]:
+    """`pyro mcp serve`'s flags for a scenario: its mode, on the chosen environment."""
+    return ("--mode", mode, "--environment", ENVIRONMENT)
+
 
 # A tiny web app with a health endpoint, a set-up step and its own tests.
 WEB_APP = {
@@ -79,7 +92,7 @@ def cold_start_validation(s: Scenario) -> None:
         project = make_repo(Path(tmp) / "webapp", WEB_APP)
 
         async def chat() -> None:
-            async with mcp_session(env, project, "--mode", "cold-start") as client:
+            async with mcp_session(env, project, *serve("cold-start")) as client:
                 with s.step("workspace_create"):
                     ws = (await call(client, "workspace_create", name="webapp"))["workspace_id"]
                 try:
@@ -155,7 +168,7 @@ def repro_fix_loop(s: Scenario) -> None:
         project = make_repo(Path(tmp) / "calc", BUGGY)
 
         async def chat() -> None:
-            async with mcp_session(env, project, "--mode", "repro-fix") as client:
+            async with mcp_session(env, project, *serve("repro-fix")) as client:
                 ws = (await call(client, "workspace_create"))["workspace_id"]
                 try:
                     with s.step("reproduce"):
@@ -209,7 +222,7 @@ def parallel_workspaces(s: Scenario) -> None:
         project = make_repo(Path(tmp) / "calc", BUGGY)
 
         async def chat() -> None:
-            async with mcp_session(env, project, "--mode", "repro-fix") as client:
+            async with mcp_session(env, project, *serve("repro-fix")) as client:
                 created: list[str] = []
                 try:
                     with s.step("create two"):
@@ -310,7 +323,7 @@ def untrusted_inspection(s: Scenario) -> None:
         project = make_repo(Path(tmp) / "suspicious", SUSPICIOUS)
 
         async def chat() -> None:
-            async with mcp_session(env, project, "--mode", "inspect") as client:
+            async with mcp_session(env, project, *serve("inspect")) as client:
                 ws = (await call(client, "workspace_create"))["workspace_id"]
                 try:
                     with s.step("look"):
@@ -366,16 +379,22 @@ def untrusted_inspection(s: Scenario) -> None:
 
 
 def review_eval(s: Scenario) -> None:
-    """A PTY checklist, an evaluation, a checkpoint, reset to it, export the verdict."""
+    """A checkpoint before the review, a PTY checklist, an evaluation, reset to the
+    checkpoint, export the verdict, and the workspace summary at the end."""
     with tempfile.TemporaryDirectory() as tmp, private_home() as env:
         project = make_repo(
             Path(tmp) / "calc", {**BUGGY, "calc.py": "def add(a, b):\n    return a + b\n"}
         )
 
         async def chat() -> None:
-            async with mcp_session(env, project, "--mode", "review-eval") as client:
+            async with mcp_session(env, project, *serve("review-eval")) as client:
                 ws = (await call(client, "workspace_create"))["workspace_id"]
                 try:
+                    with s.step("checkpoint before the review"):
+                        made = await call(
+                            client, "snapshot_create", workspace_id=ws, snapshot_name="reviewed"
+                        )
+                        check(made["snapshot"]["snapshot_name"] == "reviewed", made["_text"])
                     with s.step("PTY checklist"):
                         shell = await call(client, "shell_open", workspace_id=ws)
                         sid = shell["shell_id"]
@@ -403,10 +422,6 @@ def review_eval(s: Scenario) -> None:
                                 break
                         check("OK" in output, f"the checklist run shows: {output[-300:]!r}")
                         await call(client, "shell_close", workspace_id=ws, shell_id=sid)
-                    with s.step("checkpoint"):
-                        await call(
-                            client, "snapshot_create", workspace_id=ws, snapshot_name="reviewed"
-                        )
                     with s.step("evaluate"):
                         await call(
                             client,
@@ -441,7 +456,15 @@ def review_eval(s: Scenario) -> None:
                             output_path=str(target),
                         )
                         check(target.read_text().strip() == "OK", target.read_text())
-                        s.result = "verdict.txt: OK after reset to snapshot 'reviewed'"
+                    with s.step("workspace_summary"):
+                        summary = await call(client, "workspace_summary", workspace_id=ws)
+                        exports = summary["artifacts"]["exports"]
+                        check([e["path"] for e in exports] == ["verdict.txt"], str(exports))
+                        check(summary["snapshots"]["named_count"] == 1, str(summary["snapshots"]))
+                        s.result = (
+                            "verdict.txt: OK after reset to snapshot 'reviewed' (taken before the "
+                            "review); the summary lists the export and the checkpoint"
+                        )
                 finally:
                     await call(client, "workspace_delete", workspace_id=ws)
 

