@@ -11,7 +11,7 @@ USE_CASE_ENVIRONMENT ?= debian:12
 export USE_CASE_ENVIRONMENT
 
 .PHONY: setup environment build-environment inspector host-clis demo test check lint typecheck dist \
-	examples \
+	examples svg-term walkthrough \
 	bench clean smokes smoke-use-cases smoke-daily-loop smoke-real-repo \
 	$(addprefix smoke-,$(USE_CASES))
 
@@ -43,7 +43,7 @@ host-clis:
 # session, the daily loop through the command Claude Code registers, and the
 # real-repo qualification (two projects from the package index, installed and
 # tested in the guest; it says SKIPPED loudly when the index is unreachable).
-test: environment inspector host-clis
+test: environment inspector host-clis svg-term
 	$(UV) run pytest -n 2 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smokes
 
@@ -56,6 +56,15 @@ dist:
 	rm -rf dist
 	$(UV) build
 	$(UV) tool run twine check --strict dist/*
+
+# svg-term-cli, pinned: renders the recorded walkthroughs as animated SVGs.
+svg-term:
+	cd tools/svg-term && npm ci --no-audit --no-fund --loglevel=error
+
+# The README's terminal walkthroughs (first run, the workspace loop), recorded
+# from a real run into docs/assets/walkthrough-*.cast and rendered as SVG.
+walkthrough: environment svg-term
+	$(UV) run python scripts/record_walkthrough.py
 
 # examples/'s host config files, as `pyro host print-config` prints them
 # (tests/docs/test_examples.py fails when they drift).
@@ -79,8 +88,8 @@ smoke-real-repo: build-environment
 	$(UV) run python -m smokes.real_repo
 
 check: setup
-	$(UV) run ruff check src tests benchmarks smokes examples
-	$(UV) run ruff format --check src tests benchmarks smokes examples
+	$(UV) run ruff check src tests benchmarks smokes examples scripts
+	$(UV) run ruff format --check src tests benchmarks smokes examples scripts
 	$(UV) run mypy
 
 lint: check

@@ -343,10 +343,13 @@ def test_a_remote_build_sends_its_context_and_the_environment_runs_there(
     outside.write_text("FROM debian:12\n")
     with pytest.raises(InvalidArgument, match="outside the context"):
         alice.build_environment("remote-built:1", file=outside, context=context)
-    built = alice.build_environment("remote-built:1", context=context)
-    assert built["name"] == "remote-built:1"
-    ran = alice.run_in_vm("remote-built:1", "cat /copied")
-    assert ran["stdout"] == "from the laptop\n", ran
+    try:
+        built = alice.build_environment("remote-built:1", context=context)
+        assert built["name"] == "remote-built:1"
+        ran = alice.run_in_vm("remote-built:1", "cat /copied")
+        assert ran["stdout"] == "from the laptop\n", ran
+    finally:  # the shared cache keeps only what every test uses
+        shutil.rmtree(server.cache_dir / "environments" / "remote-built-1", ignore_errors=True)
     spool = server.state_dir / "server-spool"
     assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))
 
@@ -410,12 +413,16 @@ def test_prepare_project_sends_the_project_and_answers_in_its_paths(
         "FROM debian:12\nCOPY app.py /opt/app.py\nRUN touch /opt/prepared\n"
     )
     alice = server.sdk("alice")
-    prepared = alice.prepare_project(git_project, network=False)
-    assert prepared["project"] == str(git_project)
-    assert prepared["devcontainer"] == str(devcontainer / "devcontainer.json")
-    name = prepared["environment"]
-    assert name.startswith("project:devcontainer-"), name
-    ran = alice.run_in_vm(name, "cat /opt/app.py; ls /opt/prepared")
-    assert ran["stdout"] == "print('hi')\n/opt/prepared\n", ran
+    try:
+        prepared = alice.prepare_project(git_project, network=False)
+        assert prepared["project"] == str(git_project)
+        assert prepared["devcontainer"] == str(devcontainer / "devcontainer.json")
+        name = prepared["environment"]
+        assert name.startswith("project:devcontainer-"), name
+        ran = alice.run_in_vm(name, "cat /opt/app.py; ls /opt/prepared")
+        assert ran["stdout"] == "print('hi')\n/opt/prepared\n", ran
+    finally:  # the shared cache keeps only what every test uses
+        for made in (server.cache_dir / "environments").glob("project-devcontainer-*"):
+            shutil.rmtree(made, ignore_errors=True)
     spool = server.state_dir / "server-spool"
     assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))
