@@ -381,3 +381,34 @@ def test_the_server_logs_what_it_serves_in_one_line_and_little_else(
     assert "serving mode repro-fix, environment debian:12" in lines[0]
     assert f"seeded from: project_path {project}" in lines[0]
     assert not [line for line in lines if " INFO " in line and "pyro.mcp.start" not in line]
+
+
+def test_services_through_mcp_carry_the_4_5_fields(mcp_env: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with mcp_client(
+            mcp_env, "--mode", "cold-start", "--no-project-source", "--environment", "debian:12"
+        ) as client:
+            ws = (await call(client, "workspace_create"))["workspace_id"]
+            started = await call(
+                client,
+                "service_start",
+                workspace_id=ws,
+                service_name="talker",
+                command="echo hello from the service; touch /tmp/up; sleep 300",
+                ready_file="/tmp/up",
+            )
+            assert started["state"] == "running", started
+            listed = await call(client, "service_list", workspace_id=ws)
+            assert listed["count"] == 1 and listed["running_count"] == 1
+            logs = await call(client, "service_logs", workspace_id=ws, service_name="talker")
+            assert logs["stdout"] == "hello from the service\n"
+            shown = await client.call_tool(
+                "service_logs", {"workspace_id": ws, "service_name": "talker"}
+            )
+            assert shown.content[0].type == "text"
+            assert shown.content[0].text == "hello from the service\n"
+            stopped = await call(client, "service_stop", workspace_id=ws, service_name="talker")
+            assert stopped["state"] == "stopped"
+            await call(client, "workspace_delete", workspace_id=ws)
+
+    anyio.run(scenario)

@@ -93,6 +93,15 @@ def test_readiness_takes_the_4_5_mapping_and_nothing_else() -> None:
             parse_readiness(bad)
 
 
+def test_labels_take_a_mapping_and_nothing_else() -> None:
+    from pyro_mcp.workspaces.service import check_labels
+
+    assert check_labels({"issue": "123"}) == {"issue": "123"}
+    for bad in (["issue=123"], "issue=123", {"bad key": "x"}, {"k": 1}):
+        with pytest.raises(InvalidArgument, match="labels"):
+            check_labels(bad)  # type: ignore[arg-type]
+
+
 def test_an_export_makes_missing_parents_and_unmakes_them_when_it_fails(tmp_path: Path) -> None:
     with transfer.placing(tmp_path / "a" / "b" / "out.txt", False) as output:
         output.write_text("x")

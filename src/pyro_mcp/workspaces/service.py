@@ -583,6 +583,10 @@ def _check_idle_suspend(value: int | None) -> None:
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if not isinstance(labels, Mapping):
+        raise InvalidArgument(
+            "labels", f'{labels!r:.100} is not a mapping; give {{"key": "value", ...}}'
+        )
     for key, value in labels.items():
         if (
             not isinstance(key, str)
