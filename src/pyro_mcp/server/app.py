@@ -443,10 +443,11 @@ async def _receive_to(request: Request, path: Path, length: int) -> int:
     """Stream the body to ``path``, at most ``length`` + 1 bytes; the count received."""
     received = 0
     stream = request.stream().__aiter__()
+    idle = seconds_from_env("PYRO_SERVER_UPLOAD_IDLE_SECONDS", UPLOAD_IDLE_SECONDS)
     with path.open("wb") as out:
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(stream), _upload_idle_seconds())
+                chunk = await asyncio.wait_for(anext(stream), idle)
             except StopAsyncIteration:
                 return received
             received += len(chunk)
@@ -455,11 +456,12 @@ async def _receive_to(request: Request, path: Path, length: int) -> int:
             out.write(chunk)
 
 
-def _upload_idle_seconds() -> float:
+def seconds_from_env(variable: str, default: float) -> float:
+    """A duration an operator may set in ``variable`` (at least 0.1 s), else ``default``."""
     try:
-        return max(0.1, float(os.environ.get("PYRO_SERVER_UPLOAD_IDLE_SECONDS", "")))
+        return max(0.1, float(os.environ.get(variable, "")))
     except ValueError:
-        return UPLOAD_IDLE_SECONDS
+        return default
 
 
 class _TooLarge(InvalidArgument):

@@ -17,20 +17,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument
-from pyro_mcp.server.app import PyroServer, sweep_spool
+from pyro_mcp.server.app import PyroServer, seconds_from_env, sweep_spool
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 # A client has this long from the first byte of a request's head to its blank
 # line; one that trickles its headers (slow loris) is cut off.
 # PYRO_SERVER_HEADER_SECONDS changes it.
 HEADER_SECONDS = 15.0
-
-
-def _header_seconds() -> float:
-    try:
-        return max(0.1, float(os.environ.get("PYRO_SERVER_HEADER_SECONDS", "")))
-    except ValueError:
-        return HEADER_SECONDS
 
 
 class _HeadDeadline(H11Protocol):
@@ -44,7 +37,7 @@ class _HeadDeadline(H11Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_cycle: object = None
-        self._head_seconds = _header_seconds()
+        self._head_seconds = seconds_from_env("PYRO_SERVER_HEADER_SECONDS", HEADER_SECONDS)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
