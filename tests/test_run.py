@@ -191,7 +191,7 @@ def test_demo_proves_the_lifecycle_end_to_end(cli_env: dict[str, str]) -> None:
         "start",
         "exec",
         "exec",
-        "exec",
-        "delete",
+        "exec",  # the last exec deletes the VM (exec_vm's contract)
     ]
+    assert report["cleanup"]["deleted"] is True
     assert report["outputs"]["git --version"].startswith("git version")
