@@ -94,3 +94,20 @@ def test_a_vm_whose_directory_is_removed_stops_by_itself(pyro: Pyro, state_dir: 
     shutil.rmtree(state_dir / "vms" / vm_id)
     assert wait_for_exit(supervisor, 30)
     assert pyro.status_vm(vm_id)["state"] == "stopped"
+
+
+def test_a_start_that_fails_leaves_no_process_behind(
+    pyro: Pyro, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyro_mcp import config
+    from tests.conftest import leaked_processes
+
+    vm_id = pyro.create_vm()["vm_id"]
+    monkeypatch.setenv("PYRO_WARM", "0")  # a cold boot, which waits for the agent
+    monkeypatch.setattr(config, "BOOT_TIMEOUT_SECONDS", 0.5)  # no guest is ready that soon
+    with pytest.raises(VMError, match="not ready within"):
+        pyro.start_vm(vm_id)
+    assert leaked_processes(state_dir) == []  # the supervisor took QEMU down before the error
+    monkeypatch.undo()
+    pyro.start_vm(vm_id)
+    assert pyro.exec_vm(vm_id, "echo up")["stdout"] == "up\n"

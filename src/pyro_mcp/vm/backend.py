@@ -91,19 +91,36 @@ def launch(
         line = process.stdout.readline() if ready else b""
     finally:
         process.stdout.close()
-    if not line:
-        log_tail = _tail(files.supervisor_log)
-        raise VMError(
-            "the VM supervisor did not report in time or died before reporting.\n"
-            f"supervisor log: {log_tail or '(empty)'}\nRun `pyro doctor` to check this host."
-        )
     try:
-        report = json.loads(line)
-    except ValueError as exc:
-        raise VMError(f"the VM supervisor reported garbage: {line[:200]!r}") from exc
-    if not report.get("ok"):
-        raise VMError(str(report.get("error", "the VM failed to start")))
+        if not line:
+            log_tail = _tail(files.supervisor_log)
+            raise VMError(
+                "the VM supervisor did not report in time or died before reporting.\n"
+                f"supervisor log: {log_tail or '(empty)'}\nRun `pyro doctor` to check this host."
+            )
+        try:
+            report = json.loads(line)
+        except ValueError as exc:
+            raise VMError(f"the VM supervisor reported garbage: {line[:200]!r}") from exc
+        if not report.get("ok"):
+            raise VMError(str(report.get("error", "the VM failed to start")))
+    except VMError:
+        # A supervisor that failed is still taking QEMU down (or hung): nothing
+        # of a failed start may outlive the call.
+        _end_supervisors(files)
+        raise
     return dict(report)
+
+
+def _end_supervisors(files: VmFiles) -> None:
+    """Wait for this VM's supervisors to exit (a bounded while), then kill them."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and supervisor_alive(int(entry.name), files):
+            pid = int(entry.name)
+            if not wait_for_exit(pid, STOP_WAIT_SECONDS):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # QEMU dies with it (PDEATHSIG)
+                wait_for_exit(pid, STOP_WAIT_SECONDS)
 
 
 def stop(files: VmFiles, supervisor_pid: int | None) -> None:
