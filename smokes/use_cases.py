@@ -329,7 +329,8 @@ def untrusted_inspection(s: Scenario) -> None:
                     with s.step("look"):
                         listing = await call(client, "workspace_file_list", workspace_id=ws)
                         check(
-                            {e["path"] for e in listing["entries"]} == {"install.py", "README"},
+                            {e["path"] for e in listing["entries"]}
+                            == {"/workspace/install.py", "/workspace/README"},
                             str(listing),
                         )
                         source = await call(
