@@ -275,13 +275,19 @@ class Generic(HostConfig):
     scopes: tuple[str, ...] = ("user",)
 
     def config_path(self, scope: str, project: Path) -> Path:
-        raise HostSetupError(_NO_GENERIC_FILE)
+        raise HostSetupError(self._pasted())
 
     def read(self, scope: str, project: Path) -> Entry | None:
-        raise HostSetupError(_NO_GENERIC_FILE)
+        raise HostSetupError(self._pasted())
 
     def write(self, scope: str, project: Path, command: str, args: list[str]) -> Path:
-        raise HostSetupError(_NO_GENERIC_FILE)
+        raise HostSetupError(self._pasted())
+
+    def _pasted(self) -> str:
+        return (
+            f"pyro does not edit {self.name}'s config; use `pyro host print-config "
+            f"{self.name}` and paste the snippet into it"
+        )
 
     def snippet(self, command: str, args: list[str]) -> str:
         return json.dumps(
@@ -289,27 +295,12 @@ class Generic(HostConfig):
         )
 
 
-_NO_GENERIC_FILE = (
-    "a generic host has no config file pyro knows; use `pyro host print-config generic` "
-    "and paste the snippet into its config"
-)
+class ClaudeDesktop(Generic):
+    """Claude Desktop: the `mcpServers` form in a file pyro names but does not edit."""
 
-
-class PasteOnly(Generic):
-    """A desktop host whose `mcpServers` file pyro names but does not edit: its
-    snippet is pasted (``pyro host print-config``)."""
-
-    def config_path(self, scope: str, project: Path) -> Path:
-        return self.where(project)
-
-    def where(self, project: Path) -> Path:
-        raise NotImplementedError
-
-
-class ClaudeDesktop(PasteOnly):
     name = "claude-desktop"
 
-    def where(self, project: Path) -> Path:
+    def config_path(self, scope: str, project: Path) -> Path:
         if sys.platform == "darwin":
             return self.home / "Library" / "Application Support" / "Claude" / CLAUDE_DESKTOP_FILE
         if sys.platform == "win32":
@@ -318,7 +309,9 @@ class ClaudeDesktop(PasteOnly):
         return self.home / ".config" / "Claude" / CLAUDE_DESKTOP_FILE
 
 
-class Cursor(PasteOnly):
+class Cursor(Generic):
+    """Cursor: the `mcpServers` form in a file pyro names but does not edit."""
+
     name = "cursor"
     scopes = ("user", "project")
 
@@ -336,8 +329,6 @@ HOSTS: dict[str, type[HostConfig]] = {
     "cursor": Cursor,
     "generic": Generic,
 }
-# Hosts pyro registers itself with and checks (the others are pasted into).
-EDITED_HOSTS = ("claude-code", "codex", "opencode")
 
 
 def _token_env(args: list[str]) -> list[str]:
