@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -239,6 +240,44 @@ def test_kill_9_during_a_suspend_loses_nothing(pyro: Pyro, victim: str) -> None:
         assert pyro.status_workspace(ws)["state"] in ("running", "suspended", "stopped")
         if pyro.status_workspace(ws)["state"] != "running":
             pyro.start_workspace(ws)
+        assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
+    finally:
+        pyro.delete_workspace(ws)
+
+
+def test_a_start_waits_for_a_dying_qemu_to_let_go_of_the_disks(pyro: Pyro) -> None:
+    # A QEMU killed with its supervisor takes a while to exit and holds its
+    # disks' locks until then (seen in CI right after a kill -9 mid-suspend).
+    ws = pyro.create_workspace()["workspace_id"]
+    try:
+        pyro.exec_workspace(ws, "echo kept > /workspace/y; sync")
+        root = vm_dir(pyro, ws) / "root.qcow2"
+        pyro.stop_workspace(ws)
+        holder = subprocess.Popen(
+            [
+                "qemu-system-x86_64",
+                "-M",
+                "microvm",
+                "-nodefaults",
+                "-nographic",
+                "-S",
+                "-drive",
+                f"id=r,file={root},format=qcow2,if=none",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while str(root.stat().st_ino) not in Path("/proc/locks").read_text():
+                assert time.monotonic() < deadline, "the stand-in QEMU never locked the disk"
+                time.sleep(0.05)
+            threading.Timer(2.0, holder.kill).start()
+            pyro.start_workspace(ws)
+        finally:
+            holder.kill()
+            holder.wait()
         assert pyro.exec_workspace(ws, "cat /workspace/y")["stdout"] == "kept\n"
     finally:
         pyro.delete_workspace(ws)

@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,10 @@ def launch(
     """
     if not machine.memory_shared:
         merge.ensure()  # so that the memory this guest frees goes back to the host
+    # A QEMU whose supervisor was killed dies with it (PDEATHSIG), but freeing
+    # a big guest's memory takes a while, and it holds its disks' locks until
+    # it is gone: a start right after would fail on them.
+    _await_disks_released(machine.writable_disks, STOP_WAIT_SECONDS)
     spec = {
         "argv": machine.argv(),
         "boot_timeout": boot_timeout,
@@ -110,6 +115,29 @@ def launch(
         _end_supervisors(files)
         raise
     return dict(report)
+
+
+def _await_disks_released(disks: tuple[Path, ...], timeout: float) -> None:
+    """Wait (bounded) until no process holds a lock on any of ``disks``.
+
+    QEMU locks every image it has open (OFD locks); ``/proc/locks`` names the
+    locked files by device and inode. A QEMU still exiting has already lost
+    its command line, so the lock is the one trace of it left.
+    """
+    keys = set()
+    for disk in disks:
+        with contextlib.suppress(OSError):
+            info = disk.stat()
+            keys.add(f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}")
+    deadline = time.monotonic() + timeout
+    while keys and time.monotonic() < deadline:
+        try:
+            held = set(Path("/proc/locks").read_text().split())
+        except OSError:
+            return
+        if not keys & held:
+            return
+        time.sleep(0.05)
 
 
 def _end_supervisors(files: VmFiles) -> None:

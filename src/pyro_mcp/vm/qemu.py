@@ -61,6 +61,11 @@ class MachineSpec:
     # The guest reaches nothing else (restrict=on).
     egress_command: str = ""
 
+    @property
+    def writable_disks(self) -> tuple[Path, ...]:
+        """The images this guest opens for writing (QEMU locks them)."""
+        return (self.root_disk,) + ((self.workspace_disk,) if self.workspace_disk else ())
+
     def argv(self) -> list[str]:
         append = f"console=ttyS0 quiet panic=-1 reboot=t rw pyro.hostname={self.hostname}"
         if self.accel == "tcg":
