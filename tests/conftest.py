@@ -64,6 +64,21 @@ def private_cache(tmp_path: Path, cache_dir: Path, warm_environment: dict[str, A
 
 
 @pytest.fixture
+def private_pyro(private_cache: Path, state_dir: Path) -> Iterator[Pyro]:
+    """An SDK object over ``private_cache``: its warm snapshots are its own.
+
+    For tests whose guests must map no file another test's guests map.
+    """
+    client = Pyro(state_dir=state_dir, cache_dir=private_cache)
+    yield client
+    for workspace in client.list_workspaces()["workspaces"]:
+        client.delete_workspace(workspace["workspace_id"])
+    for record in client.list_vms():
+        client.delete_vm(record["vm_id"])
+    assert leaked_processes(state_dir) == []
+
+
+@pytest.fixture
 def test_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
     """A CA for local TLS test servers, trusted by this process and the VMs it starts.
 

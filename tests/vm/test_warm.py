@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,17 +29,6 @@ IDENTITY = (
     "python3 -c 'import os; print(os.getrandom(16).hex())'; "
     "hostname; cat /etc/machine-id; date +%s.%N"
 )
-
-
-@pytest.fixture
-def private_pyro(private_cache: Path, state_dir: Path) -> Any:
-    client = Pyro(state_dir=state_dir, cache_dir=private_cache)
-    yield client
-    for workspace in client.list_workspaces()["workspaces"]:
-        client.delete_workspace(workspace["workspace_id"])
-    for record in client.list_vms():
-        client.delete_vm(record["vm_id"])
-    assert leaked_processes(state_dir) == []
 
 
 def _snapshot_dir(cache: Path, network: bool = False) -> Path:
