@@ -63,6 +63,14 @@ def private_cache(tmp_path: Path, cache_dir: Path, warm_environment: dict[str, A
     return private
 
 
+def delete_everything(client: Pyro) -> None:
+    """Delete every workspace and VM a test left in ``client``'s state."""
+    for workspace in client.list_workspaces()["workspaces"]:
+        client.delete_workspace(workspace["workspace_id"])
+    for record in client.list_vms():
+        client.delete_vm(record["vm_id"])
+
+
 @pytest.fixture
 def private_pyro(private_cache: Path, state_dir: Path) -> Iterator[Pyro]:
     """An SDK object over ``private_cache``: its warm snapshots are its own.
@@ -71,10 +79,7 @@ def private_pyro(private_cache: Path, state_dir: Path) -> Iterator[Pyro]:
     """
     client = Pyro(state_dir=state_dir, cache_dir=private_cache)
     yield client
-    for workspace in client.list_workspaces()["workspaces"]:
-        client.delete_workspace(workspace["workspace_id"])
-    for record in client.list_vms():
-        client.delete_vm(record["vm_id"])
+    delete_everything(client)
     assert leaked_processes(state_dir) == []
 
 
@@ -100,10 +105,7 @@ def pyro(state_dir: Path, cache_dir: Path, warm_environment: dict[str, Any]) -> 
     """An SDK object with its own state; fails the test if a VM process outlives it."""
     client = Pyro(state_dir=state_dir, cache_dir=cache_dir)
     yield client
-    for workspace in client.list_workspaces()["workspaces"]:
-        client.delete_workspace(workspace["workspace_id"])
-    for record in client.list_vms():
-        client.delete_vm(record["vm_id"])
+    delete_everything(client)
     assert leaked_processes(state_dir) == []
 
 
@@ -116,11 +118,7 @@ def cli_env(
     yield env
     # Remove what a failed test left, then prove no VM process outlives it.
     if state_dir.exists():
-        leftovers = Pyro(state_dir=state_dir, cache_dir=cache_dir)
-        for workspace in leftovers.list_workspaces()["workspaces"]:
-            leftovers.delete_workspace(workspace["workspace_id"])
-        for record in leftovers.list_vms():
-            leftovers.delete_vm(record["vm_id"])
+        delete_everything(Pyro(state_dir=state_dir, cache_dir=cache_dir))
     assert leaked_processes(state_dir) == []
 
 
