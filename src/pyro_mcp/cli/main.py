@@ -44,8 +44,37 @@ zero to hero:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose leaf commands take positionals anywhere.
+
+    Plain ``parse_args`` binds an optional positional the moment it meets the
+    first positional run, so ``pyro env build app:1 --file F ./service`` left
+    ``./service`` over. A command without subcommands parses intermixed
+    (positionals after options too); one with subcommands cannot, and parses
+    as usual. ``_intermixing`` guards against the intermixed parse calling
+    back into this method (it does, on Python 3.11 and 3.12).
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        nested = any(
+            action.nargs in (argparse.PARSER, argparse.REMAINDER)
+            for action in self._get_positional_actions()
+        )
+        if nested or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pyro",
         description="Disposable microVM sandboxes for coding agents.",
         epilog=EPILOG.format(command=" ".join([*pyro_launcher(), "mcp", "serve"])),
@@ -71,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    words = list(sys.argv[1:] if argv is None else argv)
-    # Everything after the first `--` is the guest command, verbatim: options
-    # such as --json must still be ours when they come before it.
+def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
+    """``words`` (a command line without ``pyro``) as the command's arguments.
+
+    Everything after the first ``--`` is the guest command, verbatim: options
+    such as --json must still be ours when they come before it.
+    """
+    words = list(words)
     command: list[str] = []
     if "--" in words:
         split = words.index("--")
@@ -87,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "`--` and a command only go with run, vm exec, workspace exec and service start"
         )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse(parser, sys.argv[1:] if argv is None else argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
