@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from pyro_mcp import create_server
+from pyro_mcp import Pyro
 
 MODEL = os.environ.get("OPENAI_MODEL", "gpt-4.1-mini")
 PROFILE = "workspace-core"
@@ -28,7 +28,8 @@ class Workspace:
     """pyro's MCP server in this process, as a dispatcher of tool calls."""
 
     def __init__(self) -> None:
-        self.server = create_server(profile=PROFILE, no_project_source=True)
+        # pyro-mcp 4.5's form; `pyro_mcp.create_server(profile=...)` is the same server.
+        self.server = Pyro().create_server(profile=PROFILE, no_project_source=True)
 
     def tools(self) -> list[dict[str, Any]]:
         """The Responses API function tools, one per MCP tool of the profile."""

@@ -78,14 +78,23 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                     anchor = anchor.rpartition(".")[0]
                 base = f"{anchor}.{base}" if base else anchor
             # `from pkg import module` imports the module; `from pkg import name`
-            # imports pkg (its __init__).
+            # imports pkg (its __init__). Either reads pkg's namespace, so a
+            # package below the root counts as imported too: its __init__ runs
+            # first and may import this very module (the root's __init__ only
+            # re-exports errors and version, and loads the rest lazily).
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 if submodule in modules:
                     targets.add(submodule)
-                elif base in modules:
+                if base in modules and (submodule not in modules or _is_package(base, modules)):
                     targets.add(base)
     return targets - {name}
+
+
+def _is_package(name: str, modules: dict[str, Path]) -> bool:
+    """A package whose __init__ runs code of ours (an empty one imports nothing)."""
+    path = modules[name]
+    return name != "pyro_mcp" and path.name == "__init__.py" and "import" in path.read_text()
 
 
 def _layer(module: str) -> tuple[str, int]:
@@ -149,13 +158,24 @@ def _cycles() -> list[list[str]]:
     return sorted(found)
 
 
-# Known circles, each a debt; the list may only shrink.
-ALLOWED_CYCLES: list[list[str]] = [
-    # `host doctor` checks a registered command by parsing its `mcp serve` flags
-    # with the CLI's own parser, and the CLI's `host` commands call the helpers.
-    ["pyro_mcp.cli.host", "pyro_mcp.cli.main", "pyro_mcp.hosts", "pyro_mcp.hosts.service"],
-]
-
-
 def test_no_import_cycles() -> None:
-    assert _cycles() == ALLOWED_CYCLES
+    assert _cycles() == []
+
+
+def test_a_module_reading_its_own_package_closes_a_circle(tmp_path: Path) -> None:
+    """``from pyro_mcp.transport import wire`` inside a package whose __init__
+    imports that module: the package's __init__ runs first, so it counts."""
+    package = tmp_path / "transport"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pyro_mcp.transport.remote import RemoteTransport\n")
+    (package / "remote.py").write_text("from pyro_mcp.transport import wire\n")
+    (package / "wire.py").write_text("X = 1\n")
+    modules = {
+        "pyro_mcp.transport": package / "__init__.py",
+        "pyro_mcp.transport.remote": package / "remote.py",
+        "pyro_mcp.transport.wire": package / "wire.py",
+    }
+    remote = _imports("pyro_mcp.transport.remote", modules["pyro_mcp.transport.remote"], modules)
+    assert remote == {"pyro_mcp.transport", "pyro_mcp.transport.wire"}
+    init = _imports("pyro_mcp.transport", modules["pyro_mcp.transport"], modules)
+    assert "pyro_mcp.transport.remote" in init

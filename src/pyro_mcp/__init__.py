@@ -27,8 +27,8 @@ from pyro_mcp.errors import (
 )
 
 if TYPE_CHECKING:
+    from pyro_mcp.api import Pyro
     from pyro_mcp.mcp.factory import create_server
-    from pyro_mcp.sdk import Pyro
 
 from pyro_mcp.version import __version__
 
@@ -55,9 +55,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Pyro":
-        from pyro_mcp import sdk
+        from pyro_mcp import api
 
-        return sdk.Pyro
+        return api.Pyro
     if name == "create_server":
         from pyro_mcp.mcp import factory
 

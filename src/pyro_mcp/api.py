@@ -1,5 +1,55 @@
-"""pyro-mcp 4.5's import path for the SDK: ``from pyro_mcp.api import Pyro``."""
+"""The SDK's face: ``Pyro`` (also pyro-mcp 4.5's ``from pyro_mcp.api import Pyro``).
 
-from pyro_mcp.sdk import Pyro
+``Pyro`` here is the engine-side ``pyro_mcp.sdk.Pyro`` plus what only a
+surface can give: ``create_server``, the MCP server over this ``Pyro``. The
+MCP factory sits above the SDK (it builds tools out of ``Pyro`` methods), so
+the method lives at this level, where importing both points downward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import config, sdk
+
+
+class Pyro(sdk.Pyro):
+    __doc__ = sdk.Pyro.__doc__
+
+    def create_server(
+        self,
+        profile: str | None = None,
+        mode: str | None = None,
+        *,
+        project_path: str | Path | None = None,
+        repo_url: str | None = None,
+        repo_ref: str | None = None,
+        no_project_source: bool = False,
+        environment: str = config.DEFAULT_ENVIRONMENT,
+        allow_host_paths: Sequence[str | Path] = (),
+        default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
+    ) -> Any:
+        """The MCP server ``pyro mcp serve`` runs, over this ``Pyro`` (local or
+        remote): ``pyro_mcp.create_server(profile, mode, pyro=self, ...)``, with
+        the same arguments. Run it with ``server.run()`` (stdio), or call its
+        tools from a program: ``content, structured = await server.call_tool(name, args)``.
+        """
+        from pyro_mcp.mcp import factory
+
+        return factory.create_server(
+            profile,
+            mode,
+            pyro=self,
+            project_path=project_path,
+            repo_url=repo_url,
+            repo_ref=repo_ref,
+            no_project_source=no_project_source,
+            environment=environment,
+            allow_host_paths=allow_host_paths,
+            default_ttl_seconds=default_ttl_seconds,
+        )
+
 
 __all__ = ["Pyro"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.hosts.server_command import add_serve_flags
 from pyro_mcp.mcp import profiles
 
 
@@ -81,80 +82,7 @@ def register(commands: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--profile", choices=list(profiles.PROFILES), default=None)
-    serve.add_argument("--mode", choices=list(profiles.MODES), default=None)
-    source = serve.add_mutually_exclusive_group()
-    source.add_argument("--project-path", help="a Git checkout whose tracked files seed workspaces")
-    source.add_argument("--repo-url", help="a repository to clone on the host as the seed")
-    source.add_argument("--no-project-source", action="store_true", help="start workspaces empty")
-    serve.add_argument("--repo-ref", help="branch, tag or commit of --repo-url")
-    serve.add_argument(
-        "--environment",
-        default=None,
-        help=(
-            "the default environment of workspace_create and vm_run (default: the "
-            "project's .devcontainer environment once `pyro prepare --project-path` "
-            f"made it, else {config.DEFAULT_ENVIRONMENT})"
-        ),
-    )
-    serve.add_argument(
-        "--allow-host-path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a host directory MCP tools may read seeds from and export to (repeatable); "
-        "the project root is always allowed",
-    )
-    serve.add_argument(
-        "--default-ttl-seconds",
-        type=int,
-        default=config.MCP_DEFAULT_TTL_SECONDS,
-        metavar="S",
-        help="reap a workspace the chat created after this long without activity, unless it "
-        "set its own ttl_seconds (default: %(default)s, 24 h; 0: never)",
-    )
-    serve.add_argument(
-        "--idle-suspend-seconds",
-        type=int,
-        default=config.DEFAULT_IDLE_SUSPEND_SECONDS,
-        metavar="S",
-        help="suspend a workspace after this long without a call, unless it set its own "
-        "idle_suspend_seconds: its memory is saved and the next call resumes it "
-        "(default: %(default)s; 0: never)",
-    )
-    serve.add_argument(
-        "--allow-private-egress",
-        action="store_true",
-        help="workspaces this server creates may reach loopback, link-local and private "
-        "addresses (the chat cannot ask for this)",
-    )
-    serve.add_argument(
-        "--allow-host-services",
-        action="store_true",
-        help="workspaces this server creates may reach this host's 127.0.0.1:PORT as "
-        "host.pyro.internal:PORT when they allow it (the chat cannot ask for this switch)",
-    )
-    serve.add_argument(
-        "--remote",
-        dest="mcp_remote",
-        metavar="URL",
-        help="a local stdio bridge to the `pyro server` at URL (default: PYRO_REMOTE): the "
-        "chat host keeps a local command, seeds are packed from this checkout, the guests "
-        "run on the server (token in PYRO_TOKEN)",
-    )
-    serve.add_argument(
-        "--token-env",
-        default="PYRO_TOKEN",
-        metavar="VAR",
-        help="with --remote: the environment variable holding the token (default: %(default)s)",
-    )
-    serve.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
-    serve.add_argument(
-        "--verbose",
-        action="store_true",
-        help="log every step (default: warnings, errors and one start-up line; chat hosts "
-        "file every stderr line of a server as an error)",
-    )
+    add_serve_flags(serve)
     serve.set_defaults(handler=handle_serve)
 
 

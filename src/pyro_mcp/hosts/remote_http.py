@@ -76,7 +76,7 @@ def write_opencode(options: ServerOptions, *, scope: str, project: Path) -> dict
     import json5
     from json5.dumper import ModelDumper
 
-    from pyro_mcp.hosts import configs
+    import pyro_mcp.hosts.configs as configs
 
     url, var = endpoint(options)
     config = get_host("opencode")

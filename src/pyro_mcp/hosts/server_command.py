@@ -6,11 +6,15 @@ in ``~/.local/bin``, often not on PATH: the command is always absolute.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_mcp import config
 from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.mcp import profiles
 
@@ -130,3 +134,94 @@ def installed_pyro() -> str:
             "register this pyro",
         )
     return str(Path(found).absolute())
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """``pyro mcp serve``'s flags: the CLI's parser has them, and the host helpers
+    read a registered command with them (``parse_serve_flags``)."""
+    parser.add_argument("--profile", choices=list(profiles.PROFILES), default=None)
+    parser.add_argument("--mode", choices=list(profiles.MODES), default=None)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--project-path", help="a Git checkout whose tracked files seed workspaces")
+    source.add_argument("--repo-url", help="a repository to clone on the host as the seed")
+    source.add_argument("--no-project-source", action="store_true", help="start workspaces empty")
+    parser.add_argument("--repo-ref", help="branch, tag or commit of --repo-url")
+    parser.add_argument(
+        "--environment",
+        default=None,
+        help=(
+            "the default environment of workspace_create and vm_run (default: the "
+            "project's .devcontainer environment once `pyro prepare --project-path` "
+            f"made it, else {config.DEFAULT_ENVIRONMENT})"
+        ),
+    )
+    parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a host directory MCP tools may read seeds from and export to (repeatable); "
+        "the project root is always allowed",
+    )
+    parser.add_argument(
+        "--default-ttl-seconds",
+        type=int,
+        default=config.MCP_DEFAULT_TTL_SECONDS,
+        metavar="S",
+        help="reap a workspace the chat created after this long without activity, unless it "
+        "set its own ttl_seconds (default: %(default)s, 24 h; 0: never)",
+    )
+    parser.add_argument(
+        "--idle-suspend-seconds",
+        type=int,
+        default=config.DEFAULT_IDLE_SUSPEND_SECONDS,
+        metavar="S",
+        help="suspend a workspace after this long without a call, unless it set its own "
+        "idle_suspend_seconds: its memory is saved and the next call resumes it "
+        "(default: %(default)s; 0: never)",
+    )
+    parser.add_argument(
+        "--allow-private-egress",
+        action="store_true",
+        help="workspaces this server creates may reach loopback, link-local and private "
+        "addresses (the chat cannot ask for this)",
+    )
+    parser.add_argument(
+        "--allow-host-services",
+        action="store_true",
+        help="workspaces this server creates may reach this host's 127.0.0.1:PORT as "
+        "host.pyro.internal:PORT when they allow it (the chat cannot ask for this switch)",
+    )
+    parser.add_argument(
+        "--remote",
+        dest="mcp_remote",
+        metavar="URL",
+        help="a local stdio bridge to the `pyro server` at URL (default: PYRO_REMOTE): the "
+        "chat host keeps a local command, seeds are packed from this checkout, the guests "
+        "run on the server (token in PYRO_TOKEN)",
+    )
+    parser.add_argument(
+        "--token-env",
+        default="PYRO_TOKEN",
+        metavar="VAR",
+        help="with --remote: the environment variable holding the token (default: %(default)s)",
+    )
+    parser.add_argument("--log-file", type=Path, help="write logs here instead of stderr")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every step (default: warnings, errors and one start-up line; chat hosts "
+        "file every stderr line of a server as an error)",
+    )
+
+
+def parse_serve_flags(args: list[str]) -> argparse.Namespace | None:
+    """``args`` (what follows ``mcp serve`` in a registered command) as ``pyro mcp
+    serve`` would take them; None if it would refuse them."""
+    parser = argparse.ArgumentParser(prog="pyro mcp serve", add_help=False)
+    add_serve_flags(parser)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            return parser.parse_args(args)
+    except SystemExit:
+        return None

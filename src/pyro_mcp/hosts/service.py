@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -20,11 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyro_mcp.hosts.remote_http as remote_http
 from pyro_mcp import host_tools
 from pyro_mcp.errors import HostSetupError, InvalidArgument, PyroError
-from pyro_mcp.hosts import remote_http
 from pyro_mcp.hosts.configs import HOSTS, Entry, HostConfig, backup, get_host
-from pyro_mcp.hosts.server_command import SERVER_NAME, ServerOptions, server_command
+from pyro_mcp.hosts.server_command import (
+    SERVER_NAME,
+    ServerOptions,
+    parse_serve_flags,
+    server_command,
+)
 from pyro_mcp.mcp import profiles
 
 HEALTH_TIMEOUT_SECONDS = 30.0
@@ -223,10 +229,7 @@ def doctor(
     project = (project or Path.cwd()).resolve()
     options = options or ServerOptions()
     if config_path is not None and host is None:
-        raise InvalidArgument(
-            "--config-path",
-            "name the host whose file it is, e.g. `pyro host doctor codex --config-path FILE`",
-        )
+        host = host_of_file(config_path)
     if host is not None and host not in CHECKED_HOSTS:
         raise InvalidArgument(
             "host",
@@ -259,7 +262,7 @@ def doctor(
             status = "drifted"
             reason = f"it runs `{' '.join(entry.args)}`, not `{' '.join(expected_args)}`"
         report["status"], report["reason"] = status, reason
-        report["fix"] = None if status == "ok" else _fix(name, options)
+        report["fix"] = None if status == "ok" else _fix(name, options, config_path)
         if entry is not None:
             cwd = config.server_cwd(entry, project)
             report["server_cwd"] = str(cwd)
@@ -462,18 +465,12 @@ def _judge(
 
 def _serve_flags(entry: Entry) -> argparse.Namespace | None:
     """The entry's ``mcp serve`` flags, parsed as pyro would (None if they are not that)."""
-    from pyro_mcp.cli.main import build_parser
-
     args = list(entry.args)
     with contextlib.suppress(ValueError):
         args = args[args.index("mcp") :]
     if args[:2] != ["mcp", "serve"]:
         return None
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            return build_parser().parse_args(args)
-    except SystemExit:
-        return None
+    return parse_serve_flags(args[2:])
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -498,12 +495,46 @@ def _next_step(host: str, scope: str) -> str:
     return "run `opencode mcp list`: pyro should say ✓ connected"
 
 
-def _fix(host: str, options: ServerOptions | None = None) -> str:
-    command = f"pyro host connect {host}" if host != "opencode" else "pyro host repair opencode"
+def _fix(host: str, options: ServerOptions | None = None, config_path: Path | None = None) -> str:
+    """The command that makes ``host``'s entry right, repeating every flag given
+    (a file named with --config-path is repaired in place)."""
+    repair = host == "opencode" or config_path is not None
+    command = f"pyro host {'repair' if repair else 'connect'} {host}"
     flags = options.serve_args()[2:] if options is not None else []
     if options is not None and options.installed_package:
         flags.append("--installed-package")
+    if config_path is not None:
+        flags += ["--config-path", shlex.quote(str(config_path.expanduser().absolute()))]
     return " ".join([command, *flags])
+
+
+def host_of_file(path: Path) -> str:
+    """Whose config ``path`` is: a TOML file is Codex's; an ``opencode.json(c)``, or a
+    JSON file with an ``mcp`` table, OpenCode's; one with ``mcpServers``, Claude Code's.
+
+    Raises:
+        InvalidArgument: none of these; the message says how to name the host.
+    """
+    fixed = path.expanduser()
+    name = fixed.name.lower()
+    if name.endswith(".toml"):
+        return "codex"
+    if name.startswith("opencode.json"):
+        return "opencode"
+    try:
+        text = fixed.read_text(errors="replace")[:1_000_000] if fixed.is_file() else ""
+    except OSError:
+        text = ""
+    if '"mcpServers"' in text or name in (".claude.json", ".mcp.json"):
+        return "claude-code"
+    if '"mcp"' in text:
+        return "opencode"
+    raise InvalidArgument(
+        "--config-path",
+        f"cannot tell whose config {fixed} is (a .toml is Codex's, opencode.json OpenCode's, "
+        "a JSON file with mcpServers Claude Code's); name the host: "
+        f"`pyro host doctor codex --config-path {fixed}`",
+    )
 
 
 __all__ = ["HOSTS", "connect", "doctor", "health_check", "print_config", "repair"]

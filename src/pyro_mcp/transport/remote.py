@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+import pyro_mcp.transport.wire as wire
 from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
-from pyro_mcp.transport import wire
 from pyro_mcp.version import __version__
 from pyro_mcp.workspaces import project_source, transfer
 from pyro_mcp.workspaces import secrets as secret_store
