@@ -21,7 +21,8 @@ setup:
 environment: setup
 	$(UV) run pyro env pull debian:12
 
-# The demo's VM restores the warm snapshot `pyro prepare` takes (once).
+# `env pull` took the warm snapshots; `pyro prepare` finds them (4.5's Prepare lines)
+# and the demo's VM restores one.
 demo: environment
 	$(UV) run pyro prepare
 	$(UV) run pyro demo

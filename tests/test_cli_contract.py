@@ -74,10 +74,12 @@ def test_the_4_5_lines_and_json_fields_of_doctor_prepare_env_list_help_and_demo(
     assert any(line.startswith("Project source: ") for line in human)
 
     prepared = json.loads(pyro_cli(cli_env, "prepare", "--json").stdout)
-    assert prepared["reused"] is True and prepared["prepared"] is False
+    # Ready after the call (4.5's `prepared`), and nothing had to be done (`reused`).
+    assert prepared["reused"] is True and prepared["prepared"] is True
     lines = pyro_cli(cli_env, "prepare").stdout.splitlines()
     assert lines[:2] == ["Prepare: debian:12", "Daily loop: WARM"]
-    assert lines[2].startswith("Result: reused network_prepared=")
+    assert lines[2].startswith("Result: prepared network_prepared=")
+    assert lines[2].endswith(" reused=yes")
 
     assert pyro_cli(cli_env, "env", "list").stdout.startswith("Catalog version: ")
     helped = pyro_cli(cli_env, "--help").stdout

@@ -18,7 +18,6 @@ Preparing one shape (environment, vCPUs, memory, NIC or not):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config
-from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import InstalledEnvironment
 from pyro_mcp.errors import HostSetupError, PyroError, VMError
@@ -83,8 +81,9 @@ def prepare(
         "environment": environment,
         "accel": decision.accel,
         "already_warm": all(r["status"] == "already warm" for r in results),
-        # pyro-mcp 4.5's names: whether this call took a snapshot, or found them all.
-        "prepared": not all(r["status"] == "already warm" for r in results),
+        # pyro-mcp 4.5's names: the daily loop is ready after this call (it is,
+        # or the call raised), and whether every snapshot was already there.
+        "prepared": True,
         "reused": all(r["status"] == "already warm" for r in results),
         "network_prepared": any(r["network"] for r in results),
         "snapshots": results,
@@ -186,17 +185,9 @@ def _take(
         raise
     progress(f"phase=save saving the template (booted in {report['boot_ms']} ms)")
     try:
-        with SupervisorClient(files.control_socket) as owner:
-            owner.call("own")
-            owner.call("save_template", {"path": str(partial / warm.DEVICES)}, timeout=90)
-            # The supervisor quits QEMU after saving; wait for it to be gone so
-            # the RAM file is never written again.
-            if not backend.wait_for_exit(int(report["pid"]), backend.STOP_WAIT_SECONDS):
-                raise VMError("the template VM did not stop after saving")
-    except PyroError:
-        with contextlib.suppress(PyroError):
-            backend.stop(files, int(report["pid"]))
-        raise
+        backend.save_and_exit(
+            files, int(report["pid"]), "save_template", partial / warm.DEVICES, 90
+        )
     finally:
         shutil.rmtree(files.dir, ignore_errors=True)
     devices = partial / warm.DEVICES

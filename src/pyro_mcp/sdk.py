@@ -29,6 +29,7 @@ from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.transport import LocalTransport, Transport
 from pyro_mcp.vm import env_build
 from pyro_mcp.vm.service import VmService
+from pyro_mcp.workspaces import boot as workspace_boot
 from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
 from pyro_mcp.workspaces.context import WorkspaceState
@@ -781,6 +782,7 @@ class Pyro:
         force: bool = False,
         insecure_registry: bool = False,
         disk_size_mib: int | None = None,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """Build a curated environment, or install one from an OCI image.
 
@@ -791,6 +793,9 @@ class Pyro:
         from the reference, ``node:22``); its layers are fetched once and
         shared with other environments (docs/environments.md). A plain-HTTP
         registry is used only on a loopback address or with ``insecure_registry``.
+        ``prepare``: then take its warm snapshots (``prepare(name)``: without and
+        with a NIC), so its first workspace starts warm; `pyro env pull` does
+        unless ``--no-prepare``. The result then has ``prepare``.
         """
         started = time.monotonic()
         if reference in CATALOG and name in (None, reference):
@@ -805,8 +810,27 @@ class Pyro:
                 progress=self._progress,
             )
             env_name = installed.name
-        info = self._vms.environments.inspect(env_name)
+        return self._installed(env_name, started, prepare)
+
+    def _installed(self, name: str, started: float, prepare: bool) -> dict[str, Any]:
+        """What pull, build and save answer: the inspection, after the warm
+        snapshots when ``prepare``; the last progress line says which."""
+        warm = None
+        if prepare:
+            self._progress(
+                f"phase=prepare taking {name}'s warm snapshots (--no-prepare skips this)"
+            )
+            warm = prepare_ops.prepare(self._vms, name, network=True, progress=self._progress)
+        info = self._vms.environments.inspect(name)
         info["seconds"] = round(time.monotonic() - started, 1)
+        if warm is not None:
+            info["prepare"] = warm
+            self._progress(f"phase=ready {name} is installed and warm: workspaces restore it")
+        else:
+            self._progress(
+                f"phase=ready {name} is installed (not prepared: its first workspace boots "
+                f"cold; `pyro prepare {name}` makes it warm)"
+            )
         return info
 
     def _pull_curated(self, name: str, force: bool) -> None:
@@ -844,6 +868,7 @@ class Pyro:
         allow_package_index: bool = False,
         no_cache: bool = False,
         step_timeout_seconds: int = env_build.STEP_TIMEOUT_SECONDS,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """Build environment ``name`` from a Dockerfile (``file``, default
         ``CONTEXT/Dockerfile``) inside a guest; ``COPY``/``ADD`` read from
@@ -858,7 +883,8 @@ class Pyro:
         is cached by its parent, instruction and inputs: a rebuild runs from
         the first step that changed (``no_cache``: all). A step running longer
         than ``step_timeout_seconds`` is stopped with its guest. Nothing is
-        installed unless every step succeeds.
+        installed unless every step succeeds. ``prepare``: then take its warm
+        snapshots, as ``pull_environment`` does.
 
         Returns:
             The environment inspection, with ``seconds``.
@@ -898,16 +924,19 @@ class Pyro:
             no_cache=no_cache,
             step_timeout_seconds=step_timeout_seconds,
             progress=self._progress,
+            setup=workspace_boot.build_guest_setup(),
         )
-        info = self._vms.environments.inspect(installed.name)
-        info["seconds"] = round(time.monotonic() - started, 1)
-        return info
+        return self._installed(installed.name, started, prepare)
 
-    def save_environment(self, workspace: str, name: str) -> dict[str, Any]:
+    def save_environment(
+        self, workspace: str, name: str, *, prepare: bool = False
+    ) -> dict[str, Any]:
         """Save the root filesystem of ``workspace`` as it is now (what it installed
         outside /workspace) as environment ``name``; /workspace is not part of it.
         A running workspace pauses only while its root disk moves onto a new top
         (``pause_ms``) and runs on; a stopped or suspended one stays as it is.
+
+        ``prepare``: then take its warm snapshots, as ``pull_environment`` does.
 
         Returns:
             The environment inspection, with ``pause_ms`` and ``save_seconds``.
@@ -930,7 +959,7 @@ class Pyro:
             progress=self._progress,
         )
         ctx.journal(record, "env_save", {"name": installed.name, **saved})
-        return {**self._vms.environments.inspect(installed.name), **saved}
+        return {**self._installed(installed.name, time.monotonic(), prepare), **saved}
 
     def push_environment(
         self, name: str, reference: str, *, insecure_registry: bool = False
@@ -949,6 +978,27 @@ class Pyro:
     def inspect_environment(self, name: str) -> dict[str, Any]:
         """Catalog entry, status and build manifest of ``name``."""
         return self._vms.environments.inspect(name)
+
+    def remove_environment(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove installed environment ``name``: its builds, its warm snapshots and
+        the layer disks no other environment shares. A curated one can be pulled
+        again afterwards.
+
+        Args:
+            force: delete the workspaces and VMs that use it first (each is named
+                in a progress line); without it their existence is an error.
+
+        Returns:
+            ``name``, ``removed``, ``deleted_workspaces``, ``deleted_vms``,
+            ``removed_paths`` and ``freed_bytes``.
+
+        Raises:
+            NotFound: it is not installed (the message lists what is).
+            StateError: workspaces or VMs use it (named) and ``force`` is off.
+        """
+        from pyro_mcp.workspaces.environment_removal import remove_environment
+
+        return remove_environment(self._workspaces, name, force=force, progress=self._progress)
 
     def prune_environments(self, *, all: bool = False) -> dict[str, Any]:
         """Remove interrupted and superseded builds, download caches, and warm

@@ -71,7 +71,9 @@ def test_the_runnable_blocks_run(page: Path, cli_env: dict[str, str], tmp_path: 
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        # The walkthrough pulls debian:12-build (and its warm snapshots) and
+        # installs a project from the package index under TCG.
+        timeout=1500,
         check=False,
     )
     assert done.returncode == 0, f"{page.name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

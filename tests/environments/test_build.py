@@ -39,7 +39,15 @@ def _pull_killed_at(env: dict[str, str], phase: str) -> str:
     Returns what it printed on stderr until then.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyro_mcp.cli.main", "env", "pull", "debian:12-base"],
+        [
+            sys.executable,
+            "-m",
+            "pyro_mcp.cli.main",
+            "env",
+            "pull",
+            "debian:12-base",
+            "--no-prepare",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -90,7 +98,7 @@ def test_a_build_killed_in_its_configure_phase_is_reported_then_redone_cleanly(
     assert "python3-minimal" in inspected["manifest"]["packages"]
     assert inspected["manifest"]["kernel"]["package"].startswith("linux-image-")
 
-    verified = pyro_cli(build_env, "env", "pull", "debian:12-base")
+    verified = pyro_cli(build_env, "env", "pull", "debian:12-base", "--no-prepare")
     assert verified.returncode == 0
     assert "phase=verify" in verified.stderr and "phase=rootfs" not in verified.stderr
 
@@ -109,7 +117,7 @@ def test_a_failed_build_installs_nothing_and_the_next_pull_says_why(
     build_env: dict[str, str],
 ) -> None:
     broken = dict(build_env, PYRO_DEBIAN_MIRROR="file:///nonexistent-pyro-mirror")
-    failed = pyro_cli(broken, "env", "pull", "debian:12-base")
+    failed = pyro_cli(broken, "env", "pull", "debian:12-base", "--no-prepare")
     assert failed.returncode != 0
     assert "Traceback" not in failed.stderr
     assert "debootstrap failed" in failed.stderr
@@ -122,7 +130,7 @@ def test_a_failed_build_installs_nothing_and_the_next_pull_says_why(
     log = cache.environments_dir / "debian-12-base" / "last-build.log"
     assert f"Full log: {log}" in failed.stderr and log.is_file()
     # The next attempt says what happened before it starts over (and fails the same way).
-    again = pyro_cli(broken, "env", "pull", "debian:12-base")
+    again = pyro_cli(broken, "env", "pull", "debian:12-base", "--no-prepare")
     assert "phase=cleanup the last build of debian:12-base did not finish" in again.stderr
     assert "debootstrap failed" in again.stderr
 

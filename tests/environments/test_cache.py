@@ -136,3 +136,30 @@ def test_prune_leaves_an_environment_that_is_being_built(tmp_path: Path) -> None
         assert partial.exists()
     cache.prune()
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "debian:12\x00", "debian:12\n", "../etc", "A:1"])
+def test_an_environment_name_not_of_the_form_is_refused_before_the_filesystem(
+    tmp_path: Path, name: str
+) -> None:
+    from pyro_mcp import InvalidArgument
+
+    cache = EnvironmentCache(tmp_path)
+    with pytest.raises(InvalidArgument, match="is not an environment name"):
+        cache.status(name)
+    with pytest.raises(InvalidArgument, match="is not an environment name"):
+        cache.remove(name)
+
+
+def test_removing_an_environment_that_is_not_installed_names_what_is(tmp_path: Path) -> None:
+    from pyro_mcp import NotFound
+
+    cache = EnvironmentCache(tmp_path)
+    make_build(cache)
+    with pytest.raises(NotFound, match="'debian:12-base' is not installed; installed: debian:12"):
+        cache.remove("debian:12-base")
+    with pytest.raises(NotFound, match="unknown environment 'tool:1'"):
+        cache.remove("tool:1")
+    removed = cache.remove("debian:12")
+    assert removed["freed_bytes"] > 0 and not (cache.environments_dir / "debian-12").exists()
+    assert cache.installed_names() == ()

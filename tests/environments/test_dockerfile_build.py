@@ -61,7 +61,7 @@ class Tool(unittest.TestCase):
 def own_cache(cache: Path, shared: Path) -> Path:
     """A cache of its own that sees the shared debian:12, kernels and runtime drive."""
     (cache / "environments").mkdir(parents=True)
-    for name in ("kernels", "runtime"):
+    for name in ("kernels", "runtime", "warm-builder"):
         (shared / name).mkdir(parents=True, exist_ok=True)
         (cache / name).symlink_to(shared / name)
     (cache / "environments" / "debian-12").symlink_to(shared / "environments" / "debian-12")
@@ -227,7 +227,17 @@ def test_the_cli_builds_with_build_args_and_says_what_is_wrong(
     )
     cache = own_cache(tmp_path / "cache", cache_dir)
     env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(cache))
-    built = pyro_cli(env, "env", "build", "hi:1", str(context), "--build-arg", "WHO=pyro", "--json")
+    built = pyro_cli(
+        env,
+        "env",
+        "build",
+        "hi:1",
+        str(context),
+        "--build-arg",
+        "WHO=pyro",
+        "--no-prepare",
+        "--json",
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     assert json.loads(built.stdout)["name"] == "hi:1"
     assert "[build] step 2/2: RUN" in built.stderr
@@ -280,7 +290,7 @@ def test_a_workspace_saved_as_an_environment_keeps_what_it_installed(
         PYRO_HOME=str(tmp_path / "state"),
         PYRO_CACHE_DIR=str(tmp_path / "cache"),
     )
-    done = pyro_cli(env, "env", "save", ws, "saved:2", "--json")
+    done = pyro_cli(env, "env", "save", ws, "saved:2", "--no-prepare", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["pause_ms"] == 0
     ran = pyro.run_in_vm("saved:2", "cat /root/later", timeout_seconds=120)
@@ -394,7 +404,7 @@ def test_a_killed_build_two_builds_at_once_and_a_full_disk(
     dockerfile_path = context / "Dockerfile"
     state = tmp_path / "state"
     env = dict(os.environ, PYRO_HOME=str(state), PYRO_CACHE_DIR=str(tmp_path / "cache"))
-    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "build"]
+    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "build", "--no-prepare"]
 
     # kill -9 mid-step: its guest goes with it, nothing is installed.
     dockerfile_path.write_text("FROM debian:12\nRUN echo started; sleep 300\n")
@@ -443,3 +453,53 @@ def test_a_killed_build_two_builds_at_once_and_a_full_disk(
     layers = tmp_path / "cache" / "layers"
     assert all(d.with_suffix(".json").exists() for d in layers.glob("*/*.qcow2"))
     assert pyro.run_in_vm("k:1", "cat /once", timeout_seconds=120)["stdout"] == "once\n"
+
+
+def test_the_building_guest_restores_warm_and_a_stale_or_damaged_one_is_not_used(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The first build in a cache saves its building guest; the next restores it.
+    A snapshot taken by another guest program is taken anew, not restored; one
+    whose saved state was damaged fails its checksum, the build boots cold and
+    the snapshot is dropped. Every build succeeds."""
+    cache = tmp_path / "cache"
+    (cache / "environments").mkdir(parents=True)
+    for name in ("kernels", "runtime"):  # a warm-builder of its own, to damage
+        (cache / name).symlink_to(cache_dir / name)
+    (cache / "environments" / "debian-12").symlink_to(cache_dir / "environments" / "debian-12")
+    lines: list[str] = []
+    state = tmp_path / "state"
+    pyro = Pyro(state_dir=state, cache_dir=cache, progress=lines.append)
+    context = tmp_path / "context"
+    context.mkdir()
+
+    def build(number: int) -> list[str]:
+        lines.clear()
+        (context / "Dockerfile").write_text(f"FROM debian:12\nRUN echo {number} > /n\n")
+        pyro.build_environment("w:1", context=context)
+        return [line for line in lines if line.startswith(("phase=warm", "phase=boot"))]
+
+    first = build(1)
+    assert first[0] == "phase=warm saving a building guest to restore from now on (none yet)"
+    assert first[1].startswith("phase=warm building guest restored in "), first
+    assert build(2)[0].startswith("phase=warm building guest restored in ")
+
+    shape = next((cache / "warm-builder" / "builder").iterdir())
+    current = (shape / "current").resolve()
+    manifest = json.loads((current / "manifest.json").read_text())
+    manifest["key"]["guest_files"] = "initrd-an-older-guest-program.img"
+    (current / "manifest.json").write_text(json.dumps(manifest))
+    stale = build(3)
+    assert "pyro's guest init or agent changed" in stale[0], stale
+    assert stale[1].startswith("phase=warm building guest restored in ")
+
+    saved = (shape / "current").resolve() / "devices.snap"
+    with saved.open("r+b") as handle:  # same size, other bytes
+        handle.seek(saved.stat().st_size // 2)
+        handle.write(b"\xff" * 4096)
+    damaged = build(4)
+    assert "did not restore" in damaged[0] and "corrupt" in damaged[0], damaged
+    assert damaged[1].startswith("phase=boot building guest booted in ")
+    assert not (shape / "current").exists()  # the next build takes a new one
+    assert pyro.run_in_vm("w:1", "cat /n", timeout_seconds=120)["stdout"] == "4\n"
+    assert leaked_processes(state) == []

@@ -36,7 +36,7 @@ def image_cache(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pa
     """A cache of its own for pulled images (so `env list` elsewhere stays the
     catalog), sharing the kernel downloads and the runtime drive."""
     private = tmp_path_factory.mktemp("image-cache")
-    for shared in ("kernels", "runtime"):
+    for shared in ("kernels", "runtime", "warm-builder"):
         (cache_dir / shared).mkdir(parents=True, exist_ok=True)
         (private / shared).symlink_to(cache_dir / shared)
     return private
@@ -64,8 +64,13 @@ def test_a_busybox_only_image_runs_as_its_user_with_its_env(
 ) -> None:
     reference = images_helper.busybox_image(tmp_path / "layout")
     env = dict(os.environ, PYRO_HOME=str(tmp_path / "state"), PYRO_CACHE_DIR=str(image_cache))
-    pulled = json.loads(pyro_cli(env, "env", "pull", reference, "--name", "bb:1", "--json").stdout)
+    done = pyro_cli(env, "env", "pull", reference, "--name", "bb:1", "--json")
+    pulled = json.loads(done.stdout)
     assert pulled["name"] == "bb:1" and pulled["kind"] == "image" and pulled["installed"]
+    # Prepared on the way: warm snapshots without and with a NIC, said last.
+    assert [s["network"] for s in pulled["prepare"]["snapshots"]] == [False, True]
+    assert done.stderr.startswith("[pull] phase=install environment=bb:1")
+    assert "[pull] phase=ready bb:1 is installed and warm" in done.stderr.splitlines()[-1]
     assert pulled["source"] == reference and pulled["digest"].startswith("sha256:")
     settings = pulled["image"]["settings"]
     assert settings["user"] == "app" and settings["cmd"] == ["/bin/sh"]
@@ -80,11 +85,10 @@ def test_a_busybox_only_image_runs_as_its_user_with_its_env(
     shown = pyro_cli(env, "env", "inspect", "bb:1").stdout
     assert "entrypoint" in shown and "(not run)" in shown and "GREETING=" in shown
 
-    # A workspace from it: warm, /workspace belongs to the image's user.
-    sdk.prepare("bb:1", network=False)
-    started = time.monotonic()
-    ws = sdk.create_workspace(environment="bb:1")["workspace_id"]
-    assert time.monotonic() - started < 30
+    # A workspace from it: warm from the first one, /workspace belongs to the image's user.
+    made = sdk.create_workspace(environment="bb:1")
+    assert made["boot_kind"] == "warm", made
+    ws = made["workspace_id"]
     done = sdk.exec_workspace(ws, "id -u; pwd; echo made > made.txt; stat -c %u made.txt")
     assert done["stdout"].splitlines() == ["1000", "/workspace", "1000"], done
     assert [c["path"] for c in sdk.diff_workspace(ws)["changes"]] == ["made.txt"]
@@ -124,6 +128,26 @@ def test_a_busybox_only_image_runs_as_its_user_with_its_env(
             await call(client, "workspace_delete", workspace_id=made["workspace_id"])
 
     anyio.run(chat)
+
+    # `env rm`: refused, naming the workspace, while one uses it (which runs on);
+    # with --force the workspace goes first, then the builds, snapshots and layers.
+    ws = sdk.create_workspace(environment="bb:1")["workspace_id"]
+    refused = pyro_cli(env, "env", "rm", "bb:1")
+    assert refused.returncode == 1 and ws in refused.stderr and "--force" in refused.stderr
+    assert sdk.exec_workspace(ws, "echo still")["stdout"] == "still\n"
+    chain = [Path(layer["disk"]) for layer in sdk.inspect_environment("bb:1")["layer_disks"]]
+    removed = pyro_cli(env, "env", "rm", "bb:1", "--force", "--json")
+    assert removed.returncode == 0, removed.stderr
+    result = json.loads(removed.stdout)["environments"][0]
+    assert result["deleted_workspaces"] == [ws] and result["freed_bytes"] > 0
+    assert f"deleting workspace {ws}" in removed.stderr
+    assert sdk.list_workspaces()["count"] == 0
+    assert not (image_cache / "warm" / "bb-1").exists()
+    assert not (image_cache / "environments" / "bb-1").exists()
+    assert not any(disk.exists() for disk in chain)
+    again = pyro_cli(env, "env", "rm", "bb:1")
+    assert again.returncode == 1 and "unknown environment 'bb:1'" in again.stderr
+    assert leaked_processes(tmp_path / "state") == []
 
 
 def test_layers_delete_replace_and_keep_owners_links_setuid_and_capabilities(
@@ -278,7 +302,7 @@ def _cache_with(tmp: Path, shared: Path, *environments: str) -> Path:
     and the runtime drive of the shared one."""
     private = tmp
     (private / "environments").mkdir(parents=True)
-    for name in ("kernels", "runtime"):
+    for name in ("kernels", "runtime", "warm-builder"):
         (shared / name).mkdir(parents=True, exist_ok=True)
         (private / name).symlink_to(shared / name)
     for slug in environments:
@@ -362,6 +386,8 @@ def test_pull_and_run_work_as_a_user_without_root(
             "PYTHONPATH": str(code),
             "PYRO_HOME": str(world / "state"),
             "PYRO_CACHE_DIR": str(cache),
+            # Its building guest boots: a warm one would be a copy of root's.
+            "PYRO_WARM": "0",
         }
 
         def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
@@ -375,7 +401,7 @@ def test_pull_and_run_work_as_a_user_without_root(
                 check=False,
             )
 
-        pulled = as_nobody("env", "pull", reference, "--name", "bb:1", "--json")
+        pulled = as_nobody("env", "pull", reference, "--name", "bb:1", "--no-prepare", "--json")
         assert pulled.returncode == 0, pulled.stderr[-3000:]
         assert json.loads(pulled.stdout)["installed"] is True
         ran = as_nobody("run", "bb:1", "--", "id", "-u")
@@ -537,6 +563,33 @@ def test_a_node_toolchain_image_runs_a_real_npm_project_as_its_user(
         assert again["exit_code"] == 0 and again["stdout"].startswith("node\n"), again
         assert "Passed:    2" in again["stdout"]
         pyro.delete_workspace(ws)
+
+        # A build trusts what a workspace trusts: a RUN step of the image's user
+        # installs from the same registry, through the same TLS (these hosts'
+        # connections are intercepted by a CA only the host knows).
+        context = tmp_path / "app"
+        context.mkdir()
+        for path, text in NODE_PROJECT.items():
+            (context / path).parent.mkdir(parents=True, exist_ok=True)
+            (context / path).write_text(text)
+        (context / "Dockerfile").write_text(
+            "FROM node:18\nWORKDIR /home/node/app\nCOPY --chown=node . .\n"
+            'RUN npm install --no-audit --no-fund && echo "$NODE_EXTRA_CA_CERTS" > ca-used\n'
+        )
+        built = pyro.build_environment(
+            "node-app:1", context=context, allow_package_index=True, step_timeout_seconds=900
+        )
+        assert built["installed"], built
+        ran = pyro.run_in_vm(
+            "node-app:1",
+            "cd /home/node/app && node_modules/.bin/uvu test && cat ca-used && "
+            "ls -a /dev/.pyro-build-ca.pem /usr/local/share/ca-certificates 2>&1",
+            timeout_seconds=300,
+        )
+        assert "Passed:    2" in ran["stdout"], ran
+        # The host's CAs reached the step, not the image.
+        assert "/dev/.pyro-build-ca.pem\n" in ran["stdout"] and "pyro-host" not in ran["stdout"]
+        assert "cannot access '/dev/.pyro-build-ca.pem'" in ran["stdout"]
     finally:
         for workspace in pyro.list_workspaces()["workspaces"]:
             pyro.delete_workspace(workspace["workspace_id"])
@@ -552,7 +605,8 @@ def test_a_killed_pull_and_two_pulls_at_once_leave_one_whole_environment(
     images_helper.add_layer(layout, "slow", [(images_helper.entry("opt/zeros"), zeros)])
     state = tmp_path / "state"
     env = dict(os.environ, PYRO_HOME=str(state), PYRO_CACHE_DIR=str(image_cache))
-    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "pull", reference, "--name"]
+    command = [sys.executable, "-m", "pyro_mcp.cli.main", "env", "pull", "--no-prepare", reference]
+    command.append("--name")
 
     # kill -9 while the guest applies the layers: its guest goes with it, nothing is installed.
     with subprocess.Popen(
@@ -615,7 +669,7 @@ def test_a_full_disk_is_named_and_the_next_pull_with_room_finishes(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", cache], check=True)
     state = tmp_path / "state"
     try:
-        for shared in ("kernels", "runtime"):
+        for shared in ("kernels", "runtime", "warm-builder"):
             (cache_dir / shared).mkdir(parents=True, exist_ok=True)
             (cache / shared).symlink_to(cache_dir / shared)
         pyro = Pyro(state_dir=state, cache_dir=cache, progress=lambda _: None)

@@ -235,11 +235,55 @@ def test_doctor_takes_the_server_flags_and_a_config_path(
     assert same["recommended_modes"] == ["repro-fix", "inspect"]
     other = codex(options=ServerOptions(mode="inspect"))
     assert other["status"] == "drifted" and "--mode repro-fix" in other["details"]
-    assert other["repair_command"] == "pyro host connect codex --mode inspect"
+    # The fix repeats every flag given, --config-path too (that file is repaired).
+    assert other["repair_command"] == (
+        f"pyro host repair codex --mode inspect --config-path {mine}"
+    )
+    # Without a host, the file says whose it is.
+    (told,) = hosts.doctor_hosts(
+        health=False, config_path=mine, options=ServerOptions(mode="repro-fix")
+    )["hosts"]
+    assert (told["host"], told["status"]) == ("codex", "ok")
+    opencode = tmp_path / "opencode.json"
+    opencode.write_text(OPENCODE_JSONC)
+    assert hosts.doctor_hosts(health=False, config_path=opencode)["hosts"][0]["host"] == "opencode"
+    claude = tmp_path / "servers.json"
+    claude.write_text('{"mcpServers": {}}')
+    assert hosts.doctor_hosts(health=False, config_path=claude)["hosts"][0]["host"] == "claude-code"
+    unknown = tmp_path / "settings.json"
+    unknown.write_text("{}")
     with pytest.raises(InvalidArgument, match="name the host"):
-        hosts.doctor_hosts(health=False, config_path=mine)
+        hosts.doctor_hosts(health=False, config_path=unknown)
     with pytest.raises(InvalidArgument, match="print-config cursor"):
         hosts.doctor_hosts(health=False, host="cursor")
+
+
+def test_print_config_output_makes_its_folders_and_refuses_what_is_not_a_file(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    def print_config(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pyro_mcp.cli.main", "host", "print-config", "codex", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    made = print_config("--output", "new/deeper/config.toml", "--json")
+    assert made.returncode == 0, made.stderr
+    written = tmp_path / "new" / "deeper" / "config.toml"
+    assert json.loads(made.stdout)["output_path"] == "new/deeper/config.toml"
+    assert "[mcp_servers.pyro]" in written.read_text()
+    folder = print_config("--output", "new")
+    assert folder.returncode == 2 and "new is a folder" in folder.stderr
+    (tmp_path / "plain").write_text("a file")
+    below = print_config("--output", "plain/config.toml")
+    assert below.returncode == 2 and "plain is not a folder" in below.stderr
+    assert "Traceback" not in folder.stderr + below.stderr
 
 
 def test_a_mode_may_recommend_the_default_environment() -> None:

@@ -198,8 +198,31 @@ def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp_env: dict[st
                 client, "workspace_patch_apply", workspace_id=ws, patch="not a diff"
             )
             assert "unified diff" in message
+            # An environment name of thousands of characters, or with a NUL or a
+            # newline, names the accepted form (it never reaches the filesystem).
+            for bad in ("x" * 5000, "debian:12\x00", "debian:12\n"):
+                for tool in ("workspace_create", "vm_create", "vm_run"):
+                    extra = {"command": "true"} if tool == "vm_run" else {}
+                    message = await call_error(client, tool, environment=bad, **extra)
+                    assert "not an environment name" in message, message
+                    assert "File name too long" not in message and "OSError" not in message
             assert (await call(client, "workspace_list"))["workspaces"][0]["workspace_id"] == ws
             await call(client, "workspace_delete", workspace_id=ws)
+
+    anyio.run(scenario)
+
+
+def test_vm_create_gives_a_forgotten_vm_4_5s_ten_minutes(mcp_env: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with mcp_client(mcp_env, "--profile", "workspace-full") as client:
+            listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+            ttl = listed["vm_create"].input_schema["properties"]["ttl_seconds"]
+            assert ttl["default"] == 600
+            vm = await call(client, "vm_create")
+            try:
+                assert 590 <= vm["expires_at"] - vm["created_at"] <= 600, vm
+            finally:
+                await call(client, "vm_delete", vm_id=vm["vm_id"])
 
     anyio.run(scenario)
 
@@ -287,6 +310,7 @@ def test_repo_url_clones_on_the_host_and_bad_sources_name_the_fallbacks(
         )
         assert started.returncode == 2, started.stderr
         assert "--no-project-source" in started.stderr and "Traceback" not in started.stderr
+        assert "seed_path" in started.stderr  # the explicit per-workspace fallback
         assert started.stdout == ""
 
 
@@ -297,6 +321,19 @@ def test_create_server_from_python_lists_the_same_tools(state_dir: Path, cache_d
     names = {tool.name for tool in anyio.run(server.list_tools)}
     assert names == EXPECTED[("--mode", "inspect")]
     assert callable(create_server)
+
+
+def test_pyro_create_server_is_4_5s_way_to_the_same_server(
+    state_dir: Path, cache_dir: Path
+) -> None:
+    """pyro-mcp 4.5's ``Pyro().create_server(...)``, beside ``pyro_mcp.create_server``."""
+    from pyro_mcp.api import Pyro as ApiPyro
+
+    pyro = ApiPyro(state_dir=state_dir, cache_dir=cache_dir)
+    server = pyro.create_server(profile="workspace-core", no_project_source=True)
+    names = {tool.name for tool in anyio.run(server.list_tools)}
+    assert names == EXPECTED[("--profile", "workspace-core")]
+    assert Pyro is ApiPyro  # tests import it from pyro_mcp
 
 
 def test_help_explains_profiles_modes_and_project_flags() -> None:

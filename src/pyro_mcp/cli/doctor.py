@@ -9,6 +9,7 @@ from typing import Any
 from pyro_mcp import config
 from pyro_mcp.cli import client
 from pyro_mcp.cli.render import print_json
+from pyro_mcp.environments.catalog import CATALOG_VERSION
 
 
 def register(commands: Any) -> None:
@@ -139,6 +140,15 @@ def _print_summary(report: dict[str, Any]) -> None:
     if source is not None:
         seeds = f"{source['origin_kind']} {source['origin_ref']}".strip()
         print(f"Project source: {seeds} (tried: {'; '.join(source['tried'])})")
+    platform = report["platform"]
+    print(f"Platform: {platform['system'].lower()}-{platform['machine']}")
+    print(f"Environment cache: {report['cache_dir']}")
+    print(f"Catalog version: {CATALOG_VERSION}")
+    runs = report["runtime_ok"]
+    print(
+        f"Capabilities: vm_boot={yes[runs]} guest_exec={yes[runs]} "
+        f"guest_network={yes[runs and report['networking']['user_mode_nat']]}"
+    )
 
 
 def _print_workspaces(report: dict[str, Any]) -> None:

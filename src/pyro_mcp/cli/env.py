@@ -1,4 +1,4 @@
-"""``pyro env list|pull|build|save|push|inspect|prune``."""
+"""``pyro env list|pull|build|save|push|inspect|rm|prune``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pyro_mcp.cli.render import human_bytes, print_json, progress_printer, table
 EPILOG = """\
 examples:
   pyro env list
-  pyro env pull debian:12          build it (about a minute), or verify and repair it
+  pyro env pull debian:12          build it (about a minute) and take its warm snapshots
+  pyro env pull debian:12 --no-prepare   ... without the warm snapshots
   pyro env pull debian:12 --force  rebuild from scratch
   pyro env pull registry.example.org/team/node:22   any OCI image, no root needed
   pyro env build app:1 --file Dockerfile . --allow-package-index
   pyro env push node:22 oci-archive:./node-22.tar
   pyro env inspect debian:12 --json
+  pyro env rm node:22              remove one environment (and layers only it used)
   pyro env prune                   drop interrupted/superseded builds and download caches
 """
 
@@ -25,7 +27,7 @@ examples:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "env",
-        help="list, build or pull, push, inspect and prune environments",
+        help="list, build or pull, push, inspect, remove and prune environments",
         description=(
             "Environments are what guests boot: curated ones built locally from Debian "
             "packages, or any OCI image pulled from a registry or an archive."
@@ -70,6 +72,11 @@ def register(commands: Any) -> None:
         type=int,
         default=None,
         help="root disk size for an image environment (sparse; default 8192)",
+    )
+    pull.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip taking its warm snapshots (its first workspace then boots cold)",
     )
     pull.add_argument("--json", action="store_true")
     pull.set_defaults(handler=handle_pull)
@@ -120,6 +127,11 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="stop a step (and its guest) after this long (default 1800)",
     )
+    build.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip taking its warm snapshots (its first workspace then boots cold)",
+    )
     build.add_argument("--json", action="store_true")
     build.set_defaults(handler=handle_build)
 
@@ -141,6 +153,11 @@ def register(commands: Any) -> None:
     )
     save.add_argument("workspace", metavar="WORKSPACE")
     save.add_argument("name", metavar="NAME")
+    save.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip taking its warm snapshots (its first workspace then boots cold)",
+    )
     save.add_argument("--json", action="store_true")
     save.set_defaults(handler=handle_save)
 
@@ -172,6 +189,31 @@ def register(commands: Any) -> None:
     inspect.add_argument("name")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=handle_inspect)
+
+    remove = sub.add_parser(
+        "rm",
+        help="remove installed environments",
+        description=(
+            "Remove each NAME: its builds, its warm snapshots and the layer disks no other "
+            "environment shares. Refused, naming them, while workspaces or VMs use it; "
+            "--force deletes those first. A curated environment can be pulled again."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pyro env rm node:22\n"
+            "  pyro env rm app:1 app:2 --json\n"
+            "  pyro env rm debian:12-build --force     also deletes the workspaces using it"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    remove.add_argument("names", nargs="+", metavar="NAME")
+    remove.add_argument(
+        "--force",
+        action="store_true",
+        help="delete the workspaces and VMs that use it first (they are named as they go)",
+    )
+    remove.add_argument("--json", action="store_true")
+    remove.set_defaults(handler=handle_remove)
 
     prune = sub.add_parser("prune", help="remove leftovers and caches (builds in use are kept)")
     prune.add_argument("--all", action="store_true", help="also remove installed environments")
@@ -211,20 +253,26 @@ def _shared(env: dict[str, Any]) -> str:
 
 
 def handle_pull(args: argparse.Namespace) -> int:
-    info = client.pyro(progress=progress_printer("env")).pull_environment(
+    progress = progress_printer("pull")
+    progress(f"phase=install environment={args.name or args.reference}")
+    info = client.pyro(progress=progress).pull_environment(
         args.reference,
         name=args.name,
         force=args.force,
         insecure_registry=args.insecure_registry,
         disk_size_mib=args.disk_size_mib,
+        prepare=not args.no_prepare,
     )
     if args.json:
         print_json(info)
     else:
+        # pyro-mcp 4.5's lines first, then pyro's.
+        print(f"Pulled: {info['name']}")
         origin = f", from {info['source']}" if info.get("source") else ""
+        warm = "warm" if info.get("prepare") else "not prepared"
         print(
             f"{info['name']}: installed ({human_bytes(info['size_bytes'])}, "
-            f"kernel {info['kernel']}{origin}) at {info['path']}"
+            f"kernel {info['kernel']}{origin}, {warm}) at {info['path']}"
         )
     return 0
 
@@ -248,6 +296,7 @@ def handle_build(args: argparse.Namespace) -> int:
         allow_package_index=args.allow_package_index,
         no_cache=args.no_cache,
         step_timeout_seconds=args.step_timeout or STEP_TIMEOUT_SECONDS,
+        prepare=not args.no_prepare,
     )
     if args.json:
         print_json(info)
@@ -258,7 +307,9 @@ def handle_build(args: argparse.Namespace) -> int:
 
 
 def handle_save(args: argparse.Namespace) -> int:
-    info = client.pyro(progress=progress_printer("env")).save_environment(args.workspace, args.name)
+    info = client.pyro(progress=progress_printer("env")).save_environment(
+        args.workspace, args.name, prepare=not args.no_prepare
+    )
     if args.json:
         print_json(info)
     else:
@@ -325,6 +376,21 @@ def handle_inspect(args: argparse.Namespace) -> int:
             f"{human_bytes(info['size_bytes'])} on disk"
         )
         print(f"  path        {info['path']}")
+    return 0
+
+
+def handle_remove(args: argparse.Namespace) -> int:
+    pyro = client.pyro(progress=progress_printer("env"))
+    results = []
+    for name in args.names:
+        result = pyro.remove_environment(name, force=args.force)
+        results.append(result)
+        if not args.json:
+            deleted = [*result["deleted_workspaces"], *result["deleted_vms"]]
+            also = f"; deleted {', '.join(deleted)}" if deleted else ""
+            print(f"{name}: removed, freed {human_bytes(result['freed_bytes'])}{also}")
+    if args.json:
+        print_json({"count": len(results), "environments": results})
     return 0
 
 

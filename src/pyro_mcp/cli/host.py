@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.cli.render import print_json
+from pyro_mcp.errors import InvalidArgument
 from pyro_mcp.hosts.configs import HOSTS, SCOPES
 from pyro_mcp.hosts.server_command import ServerOptions
 from pyro_mcp.mcp import profiles
@@ -16,7 +17,7 @@ EPILOG = """\
 examples:
   pyro host connect claude-code                 register pyro with Claude Code (user scope)
   pyro host connect codex --mode repro-fix      ... with Codex, the repro-fix tool set
-  pyro host connect claude-code --scope project write .mcp.json for the team
+  pyro host connect claude-code --scope project   write .mcp.json for the team
   pyro host print-config opencode > ~/.config/opencode/opencode.json
                                                 a whole opencode.json (stdout is only the config)
   pyro host repair opencode                     fix pyro's entry in place (backup first)
@@ -93,7 +94,8 @@ def register(commands: Any) -> None:
         "the tools. Exits 1 when a host that has a pyro entry cannot start it. With server "
         "flags (--mode, --project-path, ...), an entry registered otherwise is drifted.",
         epilog="examples:\n  pyro host doctor\n  pyro host doctor --mode repro-fix\n"
-        "  pyro host doctor codex --config-path ./config.toml",
+        "  pyro host doctor codex --config-path ./config.toml\n"
+        "  pyro host doctor --config-path ~/.codex/config.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     doctor.add_argument(
@@ -101,7 +103,10 @@ def register(commands: Any) -> None:
     )
     _server_options(doctor)
     doctor.add_argument(
-        "--config-path", type=Path, help="with HOST: check this file instead of the host's own"
+        "--config-path",
+        type=Path,
+        help="check this file instead of the host's own (without HOST, the host is told by "
+        "the file: .toml Codex, opencode.json OpenCode, mcpServers Claude Code)",
     )
     doctor.add_argument("--no-health", action="store_true", help="skip starting the servers")
     doctor.add_argument("--json", action="store_true")
@@ -204,8 +209,8 @@ def handle_print_config(args: argparse.Namespace) -> int:
 
     result = hosts.host_config(args.host, _options(args), scope=args.scope)
     if args.output is not None:
-        args.output.write_text(result["snippet"] + "\n")
-        result["output"] = result["output_path"] = str(args.output)
+        written = _write_output(args.output, result["snippet"] + "\n")
+        result["output"] = result["output_path"] = str(written)
     if args.json:
         print_json(result)
     elif args.output is not None:
@@ -217,6 +222,24 @@ def handle_print_config(args: argparse.Namespace) -> int:
             print(f"pyro: this goes in {result['config_path']}", file=sys.stderr)
         print(result["snippet"])
     return 0
+
+
+def _write_output(path: Path, text: str) -> Path:
+    """``text`` into ``path``, making missing parent folders; a folder, or a path
+    that cannot be made, is refused with its name."""
+    target = path.expanduser()
+    if target.is_dir():
+        raise InvalidArgument("--output", f"{target} is a folder; name the file to write")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InvalidArgument("--output", f"cannot write {target}: {parent} is not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InvalidArgument("--output", f"cannot write {target}: {reason}") from exc
+    return target
 
 
 def handle_repair(args: argparse.Namespace) -> int:

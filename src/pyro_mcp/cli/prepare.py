@@ -92,8 +92,8 @@ def handle(args: argparse.Namespace) -> int:
     print(f"Prepare: {result['environment']}")
     print("Daily loop: WARM")
     print(
-        f"Result: {'reused' if result['reused'] else 'prepared'} "
-        f"network_prepared={yes[result['network_prepared']]}"
+        f"Result: {'prepared' if result['prepared'] else 'not prepared'} "
+        f"network_prepared={yes[result['network_prepared']]} reused={yes[result['reused']]}"
     )
     state = "already warm" if result["already_warm"] else "warm"
     print(f"{result['environment']} is {state} (accel={result['accel']}, {result['seconds']} s)")

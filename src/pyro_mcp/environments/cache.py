@@ -35,8 +35,8 @@ from typing import Any
 from pyro_mcp import host_tools
 from pyro_mcp.environments import builder
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec, slug
-from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError
-from pyro_mcp.names import shown
+from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError, StateError
+from pyro_mcp.names import check_environment, shown
 
 # POSIX file locks: the engine's. A remote client on Windows imports this module
 # (through the SDK) but never takes one.
@@ -116,6 +116,7 @@ class EnvironmentCache:
     # --------------------------------------------------------------- queries
 
     def status(self, name: str) -> EnvironmentStatus:
+        check_environment("environment", name)
         if name not in CATALOG:
             return self._image_status(name)
         spec = get_spec(name)
@@ -196,6 +197,7 @@ class EnvironmentCache:
 
     def _image_status(self, name: str) -> EnvironmentStatus:
         """An environment pulled from an image; NotFound when none has this name."""
+        check_environment("environment", name)
         build_dir = self._current_slug(slug(name))
         manifest, problem = _read_manifest(build_dir) if build_dir else (None, None)
         if build_dir is None or manifest is None or manifest.get("kind") != "image":
@@ -469,6 +471,49 @@ class EnvironmentCache:
                 removed.append(str(path))
         more, freed_images = _prune_images(self.cache_dir)
         return {"removed": removed + more, "freed_bytes": freed + freed_images}
+
+    def remove(self, name: str) -> dict[str, Any]:
+        """Remove environment ``name``: every build of it, then the layer disks and
+        image blobs no other environment names. Callers make sure nothing uses it.
+
+        Raises:
+            NotFound: ``name`` is not installed (the message lists what is).
+            StateError: another environment is built on one of its files.
+        """
+        status = self.status(name)
+        if status.build_dir is None:
+            raise NotFound(
+                f"environment {shown(name)} is not installed; installed: "
+                f"{', '.join(self.installed_names()) or 'none'}"
+            )
+        env_dir = self.environments_dir / slug(name)
+        inside = env_dir.resolve()
+        for other in self.list():
+            chain = (other.manifest or {}).get("chain") or []
+            if other.name != name and any(Path(p).resolve().is_relative_to(inside) for p in chain):
+                raise StateError(
+                    f"environment {name}",
+                    f"what {other.name} is built on",
+                    "unused",
+                    f"Remove {other.name} first: pyro env rm {other.name}",
+                )
+        removed: list[str] = []
+        freed = 0
+        with self._lock_dir(env_dir):
+            for build in sorted((env_dir / "builds").glob("*")):
+                if (freed_here := _remove_build(build)) is None:
+                    raise StateError(str(build), "still mounted", "unmounted", "Run `pyro doctor`.")
+                freed += freed_here
+                removed.append(str(build))
+            (env_dir / "current").unlink(missing_ok=True)
+            (env_dir / FAILURE_FILE).unlink(missing_ok=True)
+            (env_dir / BUILD_LOG).unlink(missing_ok=True)
+        shutil.rmtree(env_dir, ignore_errors=True)
+        more, freed_images = _prune_images(self.cache_dir)
+        return {"removed": removed + more, "freed_bytes": freed + freed_images}
+
+    def installed_names(self) -> tuple[str, ...]:
+        return tuple(status.name for status in self.list() if status.build_dir is not None)
 
     # --------------------------------------------------------------- helpers
 

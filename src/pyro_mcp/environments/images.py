@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pyro_mcp import host_tools
+from pyro_mcp import host_tools, names
 from pyro_mcp.environments import builder
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
 
@@ -59,7 +59,6 @@ DEFAULT_DISK_MIB = 8192
 CHUNK_BYTES = 4 * 1024 * 1024
 PULL_TIMEOUT_SECONDS = 3600
 LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[a-z0-9][a-z0-9._-]{0,62})?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar": "none",
@@ -127,13 +126,7 @@ def parse_reference(text: str) -> Reference:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidArgument(
-            "name",
-            "an environment name is lower-case letters, digits, '.', '_' and '-', "
-            "with an optional ':tag' (for example node:22)",
-        )
-    return name
+    return names.check_environment("name", name)
 
 
 def _clean_name(stem: str, tag: str) -> str:
@@ -583,9 +576,12 @@ def low_on_space(path: Path) -> bool:
         return False
 
 
+EMPTY_BASE = "empty.ext4"
+
+
 def empty_base(layers_dir: Path, size_mib: int) -> Path:
     """A sparse empty ext4 of ``size_mib``: the bottom of every chain of that size."""
-    base = layers_dir / f"{size_mib}M" / "empty.ext4"
+    base = layers_dir / f"{size_mib}M" / EMPTY_BASE
     if base.is_file():
         return base
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -604,19 +600,46 @@ def chain_disk(layers_dir: Path, size_mib: int, chain_id: str) -> Path:
     return layers_dir / f"{size_mib}M" / f"{chain_id.removeprefix('sha256:')}.qcow2"
 
 
-def blobs_image(unpacked: Path, layers: list[Layer], work: Path) -> Path:
-    """An ext4 image of the layers (plain tars named by digest, in ``unpacked``),
-    for the building guest to read."""
-    total = sum(layer.unpacked_bytes for layer in layers)
-    folder = unpacked
-    image = work / "blobs.ext4"
-    size_mib = total * 11 // 10 // 2**20 + 16
-    builder._run(
-        host_tools.MKFS_EXT4,
-        ["-q", "-F", "-d", folder, image, f"{size_mib}M"],
-        what="mkfs.ext4 (layer blobs)",
-    )
-    return image
+# Each layer of a raw blobs drive starts on this boundary, after at least
+# RAW_GAP zero bytes (a hole): a tar reading past its own end meets zero
+# blocks, tar's end-of-archive mark, never the next layer.
+RAW_ALIGN = 4096
+RAW_GAP = 64 * 1024
+
+
+def blobs_raw(unpacked: Path, layers: list[Layer]) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The layers (plain tars named by digest, in ``unpacked``) as one raw drive for
+    the building guest, which reads each at its offset; and each layer's
+    ``(offset, size)``. The first layer's file becomes the drive (no copy); the
+    others are appended in the kernel (``copy_file_range``), never through an
+    ext4 image (``mkfs.ext4 -d`` of a 233 MiB layer took 8 s here)."""
+    first = unpacked / layers[0].hex
+    drive = unpacked / "blobs.raw"
+    os.replace(first, drive)
+    places: dict[str, tuple[int, int]] = {}
+    with drive.open("r+b") as sink:
+        end = 0
+        for number, layer in enumerate(layers):
+            if layer.hex in places:  # the same layer twice: one copy serves both
+                continue
+            source = drive if number == 0 else unpacked / layer.hex
+            size = source.stat().st_size if number else os.fstat(sink.fileno()).st_size
+            offset = 0 if number == 0 else -(-(end + RAW_GAP) // RAW_ALIGN) * RAW_ALIGN
+            if number:
+                with source.open("rb") as reader:
+                    copied = 0
+                    while copied < size:
+                        done = os.copy_file_range(
+                            reader.fileno(), sink.fileno(), size - copied, copied, offset + copied
+                        )
+                        if done == 0:
+                            raise ImageError(f"layer {layer.digest[:19]} ended early")
+                        copied += done
+                source.unlink()
+            places[layer.hex] = (offset, size)
+            end = offset + size
+        sink.truncate(-(-(end + RAW_GAP) // RAW_ALIGN) * RAW_ALIGN)
+    return drive, places
 
 
 # ------------------------------------------------------------------ pushing

@@ -19,17 +19,21 @@ import ctypes
 import os
 import re
 import signal
+import stat
 import subprocess
 import threading
 import time
 from typing import Any
 
 try:
-    from pyro_mcp.guest import fileops, layers, processes
+    from pyro_mcp.agent import protocol
+    from pyro_mcp.guest import fileops, layers, network, processes
 except ImportError:  # inside the guest, beside this file
     import fileops  # type: ignore[import-not-found,no-redef]
     import layers  # type: ignore[import-not-found,no-redef]
+    import network  # type: ignore[import-not-found,no-redef]
     import processes  # type: ignore[import-not-found,no-redef]
+    import protocol  # type: ignore[import-not-found,no-redef]
 
 RequestError = fileops.RequestError
 
@@ -39,6 +43,11 @@ PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PRO
 OUTPUT_LIMIT = 4 * 2**20  # kept per step; older output is dropped (the host streamed it)
 POLL_CHUNK = 256 * 1024
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The CAs a step trusts when the host sent its own (``trust_ca``): the image's
+# bundle and the host's. It lives on this guest's /dev, which is bind-mounted
+# into the root being built, so steps read it and the image never holds it.
+BUILD_CA = "/dev/.pyro-build-ca.pem"
+IMAGE_CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 
 _lock = threading.Lock()
 _steps: dict[str, _Step] = {}
@@ -114,10 +123,14 @@ def op_build_run(args: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("bad_args", "workdir must be an absolute path")
     uid, gid, home = _user(args.get("user"))
     full_env = {"PATH": DEFAULT_PATH, "HOME": home}
+    carried = (*PROXY_NAMES, *protocol.PACKAGE_VARIABLES)
     full_env.update(
-        {name: processes.BASE_ENV[name] for name in PROXY_NAMES if name in processes.BASE_ENV}
+        {name: processes.BASE_ENV[name] for name in carried if name in processes.BASE_ENV}
     )
-    full_env.update(env)
+    if os.path.exists(network.HOST_CA_COPY):
+        _write_build_ca()
+        full_env.update({name: BUILD_CA for name in network.CA_ENV})
+    full_env.update(env)  # the Dockerfile's own ENV and ARG win
     with _lock:
         if any(step.exit_code is None for step in _steps.values()):
             raise RequestError("busy", "a step is still running")
@@ -156,6 +169,22 @@ def op_build_run(args: dict[str, Any]) -> dict[str, Any]:
         _steps[step_id] = step
     threading.Thread(target=_collect, args=(step,), daemon=True).start()
     return {"step": step_id}
+
+
+def _write_build_ca() -> None:
+    """The image's CA bundle (a regular file only: the image is not trusted to
+    point this guest at its own files) followed by the host's."""
+    parts = []
+    image_bundle = os.path.join(ROOT, IMAGE_CA_BUNDLE)
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(image_bundle).st_mode):
+            with open(image_bundle, "rb") as handle:
+                parts.append(handle.read(8 * 2**20).rstrip(b"\n"))
+    with open(network.HOST_CA_COPY, "rb") as handle:
+        parts.append(handle.read().rstrip(b"\n"))
+    with open(BUILD_CA, "wb") as handle:
+        handle.write(b"\n".join(parts) + b"\n")
+    os.chmod(BUILD_CA, 0o644)
 
 
 def _collect(step: _Step) -> None:

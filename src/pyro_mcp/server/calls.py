@@ -34,7 +34,13 @@ from pyro_mcp.transport import wire
 from pyro_mcp.workspaces.seed import stage_seed
 
 ADMIN_ONLY = frozenset(
-    {"prune_environments", "push_environment", "reap_expired", "suspend_idle_workspaces"}
+    {
+        "prune_environments",
+        "push_environment",
+        "reap_expired",
+        "remove_environment",
+        "suspend_idle_workspaces",
+    }
 )
 # Arguments that name a host path; they must have crossed as an upload or download.
 _UPLOADED = {

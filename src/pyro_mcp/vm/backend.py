@@ -15,7 +15,7 @@ from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.agent.client import SupervisorClient
-from pyro_mcp.errors import AgentError, VMError
+from pyro_mcp.errors import AgentError, PyroError, VMError
 from pyro_mcp.vm import merge
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
@@ -195,3 +195,24 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return path.read_text(errors="replace")[-limit:].strip()
     except OSError:
         return ""
+
+
+def save_and_exit(files: VmFiles, pid: int, op: str, path: Path, timeout: float) -> None:
+    """Have the supervisor ``pid`` save its guest to ``path`` with ``op``
+    (``save_template``: device state only; ``suspend``: the whole guest) and wait
+    until it is gone: QEMU quits after saving, and a template's RAM file must
+    never be written again. If anything fails the VM is stopped.
+
+    Raises:
+        VMError: the save failed, or the supervisor did not exit after it.
+    """
+    try:
+        with SupervisorClient(files.control_socket) as owner:
+            owner.call("own")
+            owner.call(op, {"path": str(path)}, timeout=timeout)
+            if not wait_for_exit(pid, STOP_WAIT_SECONDS):
+                raise VMError("the template VM did not stop after saving")
+    except PyroError:
+        with contextlib.suppress(PyroError):
+            stop(files, pid)
+        raise

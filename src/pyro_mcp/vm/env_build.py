@@ -102,6 +102,7 @@ def build_environment(
     step_timeout_seconds: int,
     pull: Pull,
     progress: images.Progress,
+    setup: image_builder.GuestSetup | None = None,
 ) -> InstalledEnvironment:
     """Build ``file`` in ``context`` as environment ``name``; installed only if
     every step succeeds (a previous ``name`` stays until then). ``RUN`` steps
@@ -154,7 +155,9 @@ def build_environment(
                     folder=folder,
                     work=work,
                     egress=egress,
+                    setup=setup,
                     boot=(vms_dir, accel_name, kernel.vmlinuz, initrd, runtime_image),
+                    warm_from=(cache.cache_dir, kernel.version),
                     timeout=step_timeout_seconds,
                     progress=progress,
                 )
@@ -493,9 +496,11 @@ def _run_steps(
     folder: Path,
     work: Path,
     egress: EgressConfig | None,
+    setup: image_builder.GuestSetup | None,
     boot: tuple[Path, str, Path, Path, Path],
     timeout: int,
     progress: images.Progress,
+    warm_from: tuple[Path, str] | None = None,
 ) -> None:
     """Run the disk steps in ``todo`` (and the settings steps between them) in one guest."""
     vms_dir, accel_name, kernel, initrd, runtime_image = boot
@@ -520,9 +525,19 @@ def _run_steps(
     try:
         disks.create_overlay(below, targets[0])
         made.append(targets[0])
-        progress(f"phase=build booting a guest for steps {first} to {todo[-1].number}")
+        progress(f"phase=build starting a guest for steps {first} to {todo[-1].number}")
         with image_builder.builder_guest(
-            vms_dir, accel_name, kernel, initrd, runtime_image, targets[0], blobs, egress
+            vms_dir,
+            accel_name,
+            kernel,
+            initrd,
+            runtime_image,
+            targets[0],
+            blobs,
+            egress,
+            setup,
+            warm_from=warm_from,
+            progress=progress,
         ) as client:
             for item in plan:
                 if item.number < first or item.number > todo[-1].number:

@@ -892,6 +892,7 @@ class VmService:
         no_cache: bool,
         step_timeout_seconds: int,
         progress: Progress = _quiet,
+        setup: image_builder.GuestSetup | None = None,
     ) -> InstalledEnvironment:
         """Build an environment from a Dockerfile in a guest (``vm/env_build.py``);
         a ``FROM`` that is not installed is pulled first."""
@@ -908,6 +909,7 @@ class VmService:
             step_timeout_seconds=step_timeout_seconds,
             pull=lambda reference: self.pull_image(reference, progress=progress),
             progress=progress,
+            setup=setup,
         )
 
     def push_environment(

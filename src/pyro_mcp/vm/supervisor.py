@@ -342,12 +342,16 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise VMError(f"the snapshot did not load within {self.boot_timeout:.0f} s")
                 await asyncio.sleep(RESTORE_POLL_SECONDS)
-        except (VMError, TimeoutError) as exc:
+        except (VMError, TimeoutError, OSError) as exc:
+            # OSError: QEMU quit on a bad stream in the middle of a monitor call.
             self._kill_qemu()
+            reason = str(exc) or type(exc).__name__
             if checking is not None:  # a damaged stream often fails the load itself
-                with contextlib.suppress(VMError):
+                try:
                     await self._check_restore(checking)
-            raise VMError(self._boot_failure(f"warm restore failed: {exc}")) from exc
+                except VMError as corrupt:
+                    reason = str(corrupt)  # the cause, not its symptom
+            raise VMError(self._boot_failure(f"warm restore failed: {reason}")) from exc
 
     async def _check_restore(self, checking: asyncio.Future[tuple[int, int]]) -> None:
         assert self.restore_check is not None

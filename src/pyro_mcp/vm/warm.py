@@ -239,10 +239,12 @@ class WarmStore:
 
     # -------------------------------------------------------------- writing
 
-    @contextlib.contextmanager
-    def lock(self, key: WarmKey) -> Iterator[None]:
+    def lock(self, key: WarmKey) -> contextlib.AbstractContextManager[None]:
         """One writer per shape; a second waits, then finds the first's snapshot."""
-        shape = self.shape_dir(key)
+        return self.lock_dir(self.shape_dir(key))
+
+    @contextlib.contextmanager
+    def lock_dir(self, shape: Path) -> Iterator[None]:
         shape.mkdir(parents=True, exist_ok=True, mode=0o700)
         with (shape / ".lock").open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -329,6 +331,21 @@ class WarmStore:
                         (shape / "current").unlink(missing_ok=True)
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
+        return {"removed": removed, "freed_bytes": freed}
+
+    def remove_environment(self, environment: str) -> dict[str, Any]:
+        """Remove every warm snapshot of ``environment`` (each shape under its
+        lock, so a prepare writing one finishes first)."""
+        env_dir = self.root / slug(environment)
+        removed: list[str] = []
+        freed = 0
+        for shape in sorted(p for p in env_dir.glob("*") if p.is_dir()):
+            with self.lock_dir(shape):
+                freed += used_bytes(shape / "snapshots")
+                removed += [str(snapshot) for snapshot in sorted(shape.glob("snapshots/*"))]
+                shutil.rmtree(shape / "snapshots", ignore_errors=True)
+                (shape / "current").unlink(missing_ok=True)
+        shutil.rmtree(env_dir, ignore_errors=True)
         return {"removed": removed, "freed_bytes": freed}
 
     def current_snapshots(self) -> list[tuple[Path, dict[str, Any] | None]]:

@@ -9,10 +9,12 @@ import base64
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent import operations as guest
+from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import PyroError
 from pyro_mcp.workspaces import ca_trust, package_index, processes
 from pyro_mcp.workspaces import egress as workspace_egress
@@ -124,3 +126,35 @@ def after_boot(ctx: WorkspaceContext, workspace: dict[str, Any]) -> None:
         return
     with ctx.vms.connect(workspace["vm_id"], "Start it first.") as client:
         guest.trust_ca(client, base64.b64encode(bundle).decode("ascii"))
+
+
+def build_guest_setup(host_ca: bool = True) -> Callable[[SupervisorClient], None]:
+    """What a Dockerfile build's guest gets before its first ``RUN`` step: the
+    host's package index settings and CA bundle, as a workspace with egress gets
+    them after boot (``after_boot``). Its steps run chrooted into the image, so
+    the index settings travel as variables (pip's configuration too) and the
+    guest hands the steps a bundle of the image's CAs and the host's."""
+
+    def setup(client: SupervisorClient) -> None:
+        index = package_index.host_settings()
+        env = dict(index.env)
+        for key, variable in PIP_VARIABLES.items():
+            if index.pip.get(key) and variable not in env:
+                env[variable] = index.pip[key]
+        if index.npm_registry and "NPM_CONFIG_REGISTRY" not in env:
+            env["NPM_CONFIG_REGISTRY"] = index.npm_registry
+        if env:
+            guest.package_index(client, {"env": env})
+        bundle = ca_trust.host_ca_bundle() if host_ca else None
+        if bundle is not None:
+            guest.trust_ca(client, base64.b64encode(bundle).decode("ascii"))
+
+    return setup
+
+
+# pip.conf keys as pip's own variables.
+PIP_VARIABLES = {
+    "index-url": "PIP_INDEX_URL",
+    "extra-index-url": "PIP_EXTRA_INDEX_URL",
+    "trusted-host": "PIP_TRUSTED_HOST",
+}

@@ -18,7 +18,11 @@ from pathlib import Path
 from pyro_mcp import host_tools
 from pyro_mcp.errors import InvalidArgument
 
-FALLBACK_FLAGS = "--project-path PATH, --repo-url URL [--repo-ref REF] or --no-project-source"
+FALLBACK_FLAGS = (
+    "--project-path PATH, --repo-url URL [--repo-ref REF] or --no-project-source; or give "
+    "each workspace an explicit seed_path (workspace_create seed_path=DIR, or "
+    "`pyro workspace create --seed-path DIR`)"
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ def tracked_files(root: Path) -> list[str]:
     result = _git(["-C", str(root), "ls-files", "-z", "--cached"])
     if result.returncode != 0:
         raise InvalidArgument(
-            "project", f"cannot list the tracked files of {root}: {result.stderr.strip()}"
+            "project",
+            f"cannot list the tracked files of {root}: {result.stderr.strip()}; "
+            f"use {FALLBACK_FLAGS}",
         )
     return [name for name in result.stdout.split("\0") if name]
 
@@ -128,5 +134,5 @@ def _git(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[st
         return host_tools.run(host_tools.GIT, argv, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise InvalidArgument(
-            "project", f"git {argv[0]} did not finish in {timeout:.0f} s"
+            "project", f"git {argv[0]} did not finish in {timeout:.0f} s; use {FALLBACK_FLAGS}"
         ) from exc
