@@ -116,7 +116,8 @@ def daily_loop(s: Scenario) -> None:
                         )
                         check(after["exit_code"] != 0, after["_text"])
                     s.result = (
-                        f"prepare {'reused' if first['reused'] else 'took snapshots'}, then reused; "
+                        f"prepare {'reused' if first['reused'] else 'took snapshots'}, "
+                        "then reused; "
                         f"create {ws['boot_ms']} ms warm, fail -> patch -> pass -> export, "
                         f"reset {reset['boot_ms']} ms warm, fails again "
                         f"(through the command Claude Code registered)"
