@@ -602,9 +602,13 @@ def chain_disk(layers_dir: Path, size_mib: int, chain_id: str) -> Path:
 
 # Each layer of a raw blobs drive starts on this boundary, after at least
 # RAW_GAP zero bytes (a hole): a tar reading past its own end meets zero
-# blocks, tar's end-of-archive mark, never the next layer.
+# blocks, tar's end-of-archive mark, never the next layer. The guest takes the
+# drive for larger than it is (the warm building guest's stand-in), and a read
+# past the file's real end is an I/O error: tar reads whole 128 KiB records and
+# the kernel reads ahead, so the drive ends RAW_TAIL after the last layer.
 RAW_ALIGN = 4096
-RAW_GAP = 64 * 1024
+RAW_GAP = 1024 * 1024
+RAW_TAIL = 8 * 1024 * 1024
 
 
 def blobs_raw(unpacked: Path, layers: list[Layer]) -> tuple[Path, dict[str, tuple[int, int]]]:
@@ -638,7 +642,7 @@ def blobs_raw(unpacked: Path, layers: list[Layer]) -> tuple[Path, dict[str, tupl
                 source.unlink()
             places[layer.hex] = (offset, size)
             end = offset + size
-        sink.truncate(-(-(end + RAW_GAP) // RAW_ALIGN) * RAW_ALIGN)
+        sink.truncate(-(-(end + RAW_TAIL) // RAW_ALIGN) * RAW_ALIGN)
     return drive, places
 
 
