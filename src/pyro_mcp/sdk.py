@@ -27,7 +27,7 @@ from pyro_mcp.environments import builder, images
 from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import InvalidArgument, PyroError
 from pyro_mcp.transport import LocalTransport, Transport
-from pyro_mcp.vm import env_build
+from pyro_mcp.vm import env_build, warm_builder
 from pyro_mcp.vm.service import VmService
 from pyro_mcp.workspaces import boot as workspace_boot
 from pyro_mcp.workspaces import egress as workspace_egress
@@ -1002,7 +1002,8 @@ class Pyro:
 
     def prune_environments(self, *, all: bool = False) -> dict[str, Any]:
         """Remove interrupted and superseded builds, download caches, and warm
-        snapshots nothing can use (stale, superseded or half-written).
+        snapshots nothing can use (stale, superseded or half-written), the
+        building guest's included.
 
         Builds that existing VMs were created from are kept, and so are the
         current, valid warm snapshots.
@@ -1012,11 +1013,12 @@ class Pyro:
         """
         usable = set() if all else prepare_ops.usable_snapshots(self._vms)
         warm = self._vms.warm.prune(usable)
+        builders = warm_builder.prune(self.paths.cache_dir, everything=all)
         in_use = {Path(record.build_dir) for record in self._vms.store.list_vms()}
         result = self._vms.environments.prune(remove_installed=all, keep_builds=in_use)
         return {
-            "removed": result["removed"] + warm["removed"],
-            "freed_bytes": result["freed_bytes"] + warm["freed_bytes"],
+            "removed": result["removed"] + warm["removed"] + builders["removed"],
+            "freed_bytes": result["freed_bytes"] + warm["freed_bytes"] + builders["freed_bytes"],
         }
 
     def prepare(

@@ -37,3 +37,56 @@ def test_layers_sit_at_aligned_offsets_with_zeros_between_and_after(tmp_path: Pa
         with tarfile.open(fileobj=io.BytesIO(data[offset : offset + size])) as tar:
             assert tar.getnames() == [member]
     assert not (tmp_path / ("b" * 64)).exists()  # appended, then gone
+
+
+def test_prune_keeps_the_building_guest_a_build_can_restore_and_drops_the_rest(
+    tmp_path: Path,
+) -> None:
+    import json
+    import os
+
+    from pyro_mcp.environments import builder
+    from pyro_mcp.version import __version__
+    from pyro_mcp.vm import warm_builder
+
+    def shape(name: str, **key: object) -> Path:
+        folder = tmp_path / "warm-builder" / "builder" / name
+        snapshot = folder / "snapshots" / "s1"
+        snapshot.mkdir(parents=True)
+        (snapshot / "devices.snap").write_bytes(b"x" * 5000)
+        (snapshot / "manifest.json").write_text(json.dumps({"key": key}))
+        (folder / "current").symlink_to("snapshots/s1")
+        (folder / "snapshots" / "s0-older").mkdir()
+        return folder
+
+    good = {
+        "guest_files": f"initrd-{builder.guest_files_hash()}.img",
+        "build_id": f"abc/6.1/layout-{warm_builder.LAYOUT}",
+        "vcpu_count": min(2, os.cpu_count() or 1),
+        "pyro_version": __version__,
+    }
+    usable = shape("usable", **good)
+    stale = shape("stale", **{**good, "guest_files": "initrd-old.img"})
+    removed = warm_builder.prune(tmp_path)["removed"]
+    assert sorted(removed) == sorted(
+        [
+            str(usable / "snapshots" / "s0-older"),
+            str(stale / "snapshots" / "s0-older"),
+            str(stale / "snapshots" / "s1"),
+        ]
+    )
+    assert (usable / "current").resolve().is_dir() and not (stale / "current").exists()
+    warm_builder.prune(tmp_path, everything=True)
+    assert not list((tmp_path / "warm-builder").rglob("manifest.json"))
+
+
+def test_prune_leaves_a_building_guest_store_linked_from_another_cache(tmp_path: Path) -> None:
+    from pyro_mcp.vm import warm_builder
+
+    shared = tmp_path / "shared" / "warm-builder" / "builder" / "2cpu-1024m" / "snapshots" / "s1"
+    shared.mkdir(parents=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "warm-builder").symlink_to(tmp_path / "shared" / "warm-builder")
+    assert warm_builder.prune(mine, everything=True)["removed"] == []
+    assert shared.is_dir()

@@ -43,7 +43,7 @@ with contextlib.suppress(ImportError):
     import fcntl
 
 BOOT_TIMEOUT_SECONDS = 120
-RESTORE_TIMEOUT_SECONDS = 30
+RESTORE_TIMEOUT_SECONDS = 60  # ~130 MB of state to load, on a host that may be busy
 # What a building guest with egress gets before its first step (the caller's:
 # the host's CA bundle and package index settings).
 GuestSetup = Callable[[SupervisorClient], None]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -40,10 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import config
+from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.errors import PyroError, VMError
 from pyro_mcp.vm import backend, disks, suspend, warm
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
+
+# POSIX file locks: the engine's. A remote client on Windows imports this module
+# (through the SDK) but never takes one.
+with contextlib.suppress(ImportError):
+    import fcntl
 
 BUILDER = "builder"
 WARM_DIR = "warm-builder"
@@ -147,6 +154,54 @@ def launch(
         restore_check={"bytes": int(state.get("bytes", -1)), "crc32": int(state.get("crc32", -1))},
         hello=hello,
     )
+
+
+def prune(cache_dir: Path, *, everything: bool = False) -> dict[str, Any]:
+    """Remove building-guest snapshots no build can restore: those of another
+    guest program, layout, vCPU count or pyro version, and the ones a newer
+    snapshot replaced (``everything``: all of them). A shape a build is taking
+    or restoring right now (its lock is held) is left alone, and so is a store
+    this cache links to from another."""
+    from pyro_mcp.environments import builder
+    from pyro_mcp.version import __version__
+
+    removed: list[str] = []
+    freed = 0
+    if (cache_dir / WARM_DIR).is_symlink():  # another cache's, shared with this one
+        return {"removed": removed, "freed_bytes": freed}
+    root = store(cache_dir).root / BUILDER
+    for shape in sorted(p for p in root.glob("*") if p.is_dir()):
+        with contextlib.suppress(OSError), (shape / ".lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            current = (shape / "current").resolve() if (shape / "current").exists() else None
+            key = _recorded_key(current) if current is not None else {}
+            usable = (
+                not everything
+                and key.get("guest_files") == f"initrd-{builder.guest_files_hash()}.img"
+                and str(key.get("build_id", "")).endswith(f"/layout-{LAYOUT}")
+                and key.get("vcpu_count") == min(2, os.cpu_count() or 1)
+                and key.get("pyro_version") == __version__
+            )
+            for snapshot in sorted((shape / "snapshots").glob("*")):
+                if usable and current is not None and snapshot.resolve() == current:
+                    continue
+                freed += used_bytes(snapshot)
+                shutil.rmtree(snapshot, ignore_errors=True)
+                removed.append(str(snapshot))
+            if not usable:
+                (shape / "current").unlink(missing_ok=True)
+    return {"removed": removed, "freed_bytes": freed}
+
+
+def _recorded_key(snapshot: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((snapshot / "manifest.json").read_text())
+        if isinstance(manifest, dict) and isinstance(manifest.get("key"), dict):
+            return dict(manifest["key"])
+    return {}
 
 
 def forget(snapshots: warm.WarmStore, key: warm.WarmKey) -> None:
