@@ -8,48 +8,28 @@ the method lives at this level, where importing both points downward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from pyro_mcp import config, sdk
+from pyro_mcp import sdk
 
 
 class Pyro(sdk.Pyro):
     __doc__ = sdk.Pyro.__doc__
 
     def create_server(
-        self,
-        profile: str | None = None,
-        mode: str | None = None,
-        *,
-        project_path: str | Path | None = None,
-        repo_url: str | None = None,
-        repo_ref: str | None = None,
-        no_project_source: bool = False,
-        environment: str = config.DEFAULT_ENVIRONMENT,
-        allow_host_paths: Sequence[str | Path] = (),
-        default_ttl_seconds: int = config.MCP_DEFAULT_TTL_SECONDS,
+        self, profile: str | None = None, mode: str | None = None, **options: Any
     ) -> Any:
         """The MCP server ``pyro mcp serve`` runs, over this ``Pyro`` (local or
-        remote): ``pyro_mcp.create_server(profile, mode, pyro=self, ...)``, with
-        the same arguments. Run it with ``server.run()`` (stdio), or call its
-        tools from a program: ``content, structured = await server.call_tool(name, args)``.
+        remote): ``pyro_mcp.create_server(profile, mode, pyro=self, **options)``,
+        whose keyword arguments it takes (``project_path``, ``repo_url``,
+        ``repo_ref``, ``no_project_source``, ``environment``,
+        ``allow_host_paths``, ``default_ttl_seconds``). Run it with
+        ``server.run()`` (stdio), or call its tools from a program:
+        ``content, structured = await server.call_tool(name, args)``.
         """
         from pyro_mcp.mcp import factory
 
-        return factory.create_server(
-            profile,
-            mode,
-            pyro=self,
-            project_path=project_path,
-            repo_url=repo_url,
-            repo_ref=repo_ref,
-            no_project_source=no_project_source,
-            environment=environment,
-            allow_host_paths=allow_host_paths,
-            default_ttl_seconds=default_ttl_seconds,
-        )
+        return factory.create_server(profile, mode, pyro=self, **options)
 
 
 __all__ = ["Pyro"]
