@@ -17,11 +17,25 @@ import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pyro_mcp import config, doctor
+from pyro_mcp import config, crossings, doctor
 from pyro_mcp import prepare as prepare_ops
+from pyro_mcp.crossings import (
+    Crossing,
+    DiskImagePath,
+    FolderPath,
+    HostServices,
+    ImageReference,
+    InsecureRegistry,
+    InsidePath,
+    PrivateEgress,
+    ProjectPath,
+    PushReference,
+    ReadPath,
+    WritePath,
+)
 from pyro_mcp.egress import config as egress_config
 from pyro_mcp.environments import builder, images
 from pyro_mcp.environments.catalog import CATALOG
@@ -320,8 +334,8 @@ class Pyro:
         self,
         environment: str = config.DEFAULT_ENVIRONMENT,
         *,
-        seed_path: str | Path | None = None,
-        project_path: str | Path | None = None,
+        seed_path: ReadPath | None = None,
+        project_path: ProjectPath | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
         ttl_seconds: int | None = None,
@@ -333,13 +347,15 @@ class Pyro:
         network: bool = False,
         network_policy: str | None = None,
         host_ca: bool = True,
-        secrets: Mapping[str, SecretSpec] | Sequence[Mapping[str, Any]] | None = None,
-        secret_files: Mapping[str, SecretSpec] | None = None,
+        secrets: Annotated[
+            Mapping[str, SecretSpec] | Sequence[Mapping[str, Any]] | None, Crossing.SECRETS
+        ] = None,
+        secret_files: Annotated[Mapping[str, SecretSpec] | None, Crossing.SECRET_FILES] = None,
         allow_hosts: Sequence[str] | None = None,
         allow_package_index: bool = False,
         deny_hosts: Sequence[str] = (),
-        allow_private_egress: bool = False,
-        allow_host_services: bool = False,
+        allow_private_egress: PrivateEgress = False,
+        allow_host_services: HostServices = False,
         origin: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create and boot a workspace; ``seed_path`` (a directory or .tar/.tgz) fills /workspace.
@@ -482,7 +498,7 @@ class Pyro:
 
     @_redacting
     def push_workspace_sync(
-        self, workspace: str, source: str | Path, *, dest: str = "."
+        self, workspace: str, source: ReadPath, *, dest: str = "."
     ) -> dict[str, Any]:
         """Copy a host directory or .tar/.tgz into /workspace/<dest>; escaping links are skipped."""
         return self._workspaces.files.push(workspace, source, dest=dest)
@@ -535,7 +551,7 @@ class Pyro:
         self,
         workspace: str,
         path: str,
-        output_path: str | Path,
+        output_path: WritePath,
         *,
         overwrite: bool = False,
         include_ignored: bool = False,
@@ -565,7 +581,7 @@ class Pyro:
 
     @_redacting
     def export_workspace_disk(
-        self, workspace: str, output_path: str | Path, *, overwrite: bool = False
+        self, workspace: str, output_path: DiskImagePath, *, overwrite: bool = False
     ) -> dict[str, Any]:
         """Write a stopped workspace's /workspace as a raw ext4 image (no boot)."""
         return self._workspaces.disk.export(workspace, output_path, overwrite=overwrite)
@@ -776,11 +792,11 @@ class Pyro:
 
     def pull_environment(
         self,
-        reference: str,
+        reference: ImageReference,
         *,
         name: str | None = None,
         force: bool = False,
-        insecure_registry: bool = False,
+        insecure_registry: InsecureRegistry = False,
         disk_size_mib: int | None = None,
         prepare: bool = False,
     ) -> dict[str, Any]:
@@ -861,8 +877,8 @@ class Pyro:
         self,
         name: str,
         *,
-        file: str | Path | None = None,
-        context: str | Path = ".",
+        file: InsidePath | None = None,
+        context: FolderPath = ".",
         build_args: Mapping[str, str] | None = None,
         allow_hosts: Sequence[str] = (),
         allow_package_index: bool = False,
@@ -962,7 +978,7 @@ class Pyro:
         return {**self._installed(installed.name, time.monotonic(), prepare), **saved}
 
     def push_environment(
-        self, name: str, reference: str, *, insecure_registry: bool = False
+        self, name: str, reference: PushReference, *, insecure_registry: InsecureRegistry = False
     ) -> dict[str, Any]:
         """Write installed environment ``name`` (curated or pulled) to ``reference``:
         a registry (``HOST/PATH:TAG``, ``docker://...``), ``oci:PATH[:TAG]`` or
@@ -1052,7 +1068,7 @@ class Pyro:
 
     def prepare_project(
         self,
-        project_path: str | Path,
+        project_path: FolderPath,
         *,
         allow_hosts: Sequence[str] = (),
         allow_package_index: bool = False,
@@ -1149,10 +1165,12 @@ def _routed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def routed_methods() -> list[str]:
-    """The SDK methods a remote transport carries (``pyro server`` serves these)."""
+def routed_methods(cls: type | None = None) -> list[str]:
+    """The SDK methods a remote transport carries (``pyro server`` serves these), of
+    ``Pyro`` or a subclass of it."""
+    cls = cls or Pyro
     return sorted(
-        name for name, member in vars(Pyro).items() if getattr(member, "__pyro_routed__", False)
+        name for name in dir(cls) if getattr(getattr(cls, name, None), "__pyro_routed__", False)
     )
 
 
@@ -1162,6 +1180,7 @@ for _name, _member in list(vars(Pyro).items()):
     _wrapped = _routed(_name, _member)
     _wrapped.__pyro_routed__ = True  # type: ignore[attr-defined]
     setattr(Pyro, _name, _wrapped)
+    crossings.register(_name, _member)
 
 
 def _no_host_mode(allow_host_compat: Any) -> None:

@@ -10,10 +10,12 @@ from typing import Any
 
 from pyro_mcp import config
 from pyro_mcp.cli.render import print_json, table
+from pyro_mcp.crossings import CAPABILITY_HELP, Capability
 
 EPILOG = """\
 examples:
   pyro server token create alice --max-running 3   a token for alice (shown once)
+  pyro server token create ci --allow private-registry   may pull from the LAN's registry
   pyro server serve                                127.0.0.1:8787, for this machine
   pyro server serve --listen 0.0.0.0:8787 --tls-cert cert.pem --tls-key key.pem
   pyro server token list
@@ -73,6 +75,15 @@ def register(commands: Any) -> None:
     create.add_argument("--max-disk-gib", type=float, metavar="G", help="disk its workspaces use")
     create.add_argument("--profile", help="the MCP profile its /mcp sessions get")
     create.add_argument("--admin", action="store_true", help="sees and manages every workspace")
+    create.add_argument(
+        "--allow",
+        nargs="+",
+        default=[],
+        metavar="CAPABILITY",
+        choices=[c.value for c in Capability],
+        help="operator switches this (non-admin) token may use: "
+        + "; ".join(f"{c.value}: {CAPABILITY_HELP[c]}" for c in Capability),
+    )
     create.add_argument("--json", action="store_true", help='print {"name", "token"}')
     create.set_defaults(handler=handle_create)
     listing = tokens.add_parser("list", help="tokens by name (never the tokens themselves)")
@@ -134,6 +145,7 @@ def handle_create(args: argparse.Namespace) -> int:
         max_running=args.max_running,
         max_disk_gib=args.max_disk_gib,
         profile=args.profile,
+        capabilities=args.allow,
     )
     if args.json:
         print_json({"name": args.name, "token": token})
@@ -162,11 +174,25 @@ def handle_list(args: argparse.Namespace) -> int:
             "" if t["max_running"] is None else str(t["max_running"]),
             "" if t["max_disk_gib"] is None else f"{t['max_disk_gib']:g}",
             t["profile"] or "",
+            ",".join(t["capabilities"]) or ("all" if t["admin"] else ""),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["created_at"])),
         ]
         for t in tokens
     ]
-    print(table(rows, ["NAME", "ADMIN", "MAX RUNNING", "MAX DISK GIB", "PROFILE", "CREATED"]))
+    print(
+        table(
+            rows,
+            [
+                "NAME",
+                "ADMIN",
+                "MAX RUNNING",
+                "MAX DISK GIB",
+                "PROFILE",
+                "CAPABILITIES",
+                "CREATED",
+            ],
+        )
+    )
     return 0
 
 

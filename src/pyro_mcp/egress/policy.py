@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyro_mcp.egress import host_addresses
 from pyro_mcp.errors import InvalidArgument
 
 HOST_SERVICES = "host.pyro.internal"
@@ -214,7 +215,10 @@ class EgressPolicy:
             if is_public(address):
                 return address, ""
         shown = ", ".join(addresses[:3]) or "no address"
-        return None, f"{host} resolves to a private or local address ({shown}); {FIX_PRIVATE}"
+        return None, (
+            f"{host} resolves to a private or local address, or one of this host's own "
+            f"({shown}); {FIX_PRIVATE}"
+        )
 
     def secrets_for(self, host: str, port: int) -> dict[str, SecretBinding]:
         host = normalise_host(host)
@@ -348,11 +352,15 @@ BLOCKED_NETWORKS = tuple(
 
 
 def is_public(address: str) -> bool:
-    """Whether the guest may reach ``address`` without the operator's private-egress switch."""
+    """Whether the guest may reach ``address`` without the operator's private-egress
+    switch: not in a blocked network, and not an address of this machine (whatever
+    its class: a public address the host listens on is the host all the same)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return not any(ip.version == net.version and ip in net for net in BLOCKED_NETWORKS)
+    if any(ip.version == net.version and ip in net for net in BLOCKED_NETWORKS):
+        return False
+    return ip not in host_addresses.own()

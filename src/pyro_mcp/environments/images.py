@@ -25,6 +25,7 @@ makes before it extracts the layer.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import gzip
 import hashlib
@@ -71,6 +72,48 @@ AUTH_FILES = "$XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"
 
 class ImageError(EnvironmentBuildError):
     """An image that cannot be fetched or made into an environment."""
+
+
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+# A check on every registry host[:port] this thread's calls contact (a pull, a
+# build's FROM); pyro server puts one there for a principal (calls.py).
+_registry_check: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "registry_check", default=None
+)
+
+
+@contextlib.contextmanager
+def registry_check(check: Callable[[str], None]) -> Iterator[None]:
+    """Run ``check(registry)`` before this thread contacts a registry; it raises to refuse."""
+    token = _registry_check.set(check)
+    try:
+        yield
+    finally:
+        _registry_check.reset(token)
+
+
+def not_an_image(path: Path, form: str) -> str | None:
+    """Why ``path`` is not an image of ``form`` (``oci`` layout folder, ``oci-archive``
+    or ``docker-archive`` tar), or None when its top has what that form needs."""
+    needed = {"oci": ("oci-layout", "index.json"), "oci-archive": ("oci-layout", "index.json")}
+    wanted = needed.get(form, ("manifest.json",))
+    if form == "oci":
+        if not path.is_dir():
+            return "not a folder"
+        present = {name for name in wanted if (path / name).is_file()}
+    else:
+        try:
+            with tarfile.open(path, "r:") as tar:
+                present = {
+                    member.name.removeprefix("./")
+                    for member in tar
+                    if member.isfile() and member.name.removeprefix("./") in wanted
+                }
+        except (OSError, tarfile.TarError) as exc:
+            return f"not a tar archive ({exc})"
+    missing = [name for name in wanted if name not in present]
+    return f"no {' or '.join(missing)} at its top" if missing else None
 
 
 @dataclass(frozen=True)
@@ -188,6 +231,9 @@ class ImageStore:
 
     def fetch(self, reference: Reference, progress: Progress, *, insecure: bool = False) -> Image:
         """Copy the image into the layout (blobs already there are not fetched again)."""
+        check = _registry_check.get()
+        if check is not None and reference.registry is not None:
+            check(reference.registry)
         tag = f"pyro-{uuid.uuid4().hex[:12]}"
         command = ["copy", "--override-os", "linux", "--override-arch", "amd64"]
         if reference.registry is not None:

@@ -7,9 +7,14 @@ Every call passes here before the engine sees it:
   gets the ``NotFound`` an id that never existed gets (an admin sees all).
   Lists hold only the principal's own.
 - Creating, starting and forking count against the token's limits.
-- Host paths never come from a client: seeds and sync sources arrive as
-  uploads (``{"upload": TICKET}``), exports leave as downloads. A path string
-  is refused, so no caller makes the server read or write its own files.
+- What crosses from the client is what the SDK method's signature declares
+  (``pyro_mcp.crossings``): seeds, sync sources, build contexts and local
+  images arrive as uploads (``{"upload": TICKET}``), exports leave as
+  downloads, secret files as values. A path string is refused, and so is any
+  argument whose type could name a path but that declares no crossing, so no
+  caller makes the server read or write its own files.
+- Operator switches (``allow_private_egress``...) and registries on private
+  addresses need an admin token or one granted the capability.
 - Operations on the whole machine (pruning the cache, reaping) are the admin's.
 """
 
@@ -18,14 +23,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pyro_mcp import config, names
+from pyro_mcp import config, crossings, names
+from pyro_mcp.crossings import Capability, Crossing
+from pyro_mcp.egress.policy import is_public
+from pyro_mcp.environments import images
 from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
@@ -42,16 +52,6 @@ ADMIN_ONLY = frozenset(
         "suspend_idle_workspaces",
     }
 )
-# Arguments that name a host path; they must have crossed as an upload or download.
-_UPLOADED = {
-    "create_workspace": "seed_path",
-    "push_workspace_sync": "source",
-    "build_environment": "context",
-    "prepare_project": "project_path",
-}
-# Of those, the ones the engine reads as a folder: the upload is unpacked first.
-_UNPACKED = frozenset({"build_environment", "prepare_project"})
-_DOWNLOADED = {"export_workspace": "output_path", "export_workspace_disk": "output_path"}
 _STARTS = frozenset({"create_workspace", "start_workspace", "fork_workspace"})
 # Calls whose `name` argument names a workspace (per principal, see _name_in).
 _NAMES_WORKSPACES = frozenset({"create_workspace", "fork_workspace", "update_workspace"})
@@ -76,7 +76,7 @@ class PrincipalCalls:
         self.registry = registry
         self.principal = principal
         self.spool = spool
-        self._methods = set(routed_methods())
+        self._methods = set(routed_methods(type(engine)))
         # Quota checks and the creation they guard happen one at a time per
         # principal, so two creates at once cannot both pass a limit of one.
         self._admission = threading.Lock()
@@ -89,13 +89,16 @@ class PrincipalCalls:
                 method, "acts on the whole server; only an admin token may (token create --admin)"
             )
         arguments = dict(arguments)
+        declared = crossings.declared(getattr(type(self.engine), method))
         _current.progress = progress
         try:
             with contextlib.ExitStack() as cleanup, self._names_unprefixed():
+                self._check_capabilities(declared, arguments)
                 self._name_in(method, arguments)
                 self._check_refs(method, arguments)
-                self._cross_in(method, arguments, cleanup)
-                download = self._cross_out(method, arguments, cleanup)
+                shown = self._cross_in(method, declared, arguments, cleanup)
+                download = self._cross_out(method, declared, arguments, cleanup)
+                cleanup.enter_context(self._registries_checked())
                 if method in _STARTS or method in ("create_vm", "run_in_vm"):
                     with self._admission:
                         self._check_limits(method)
@@ -105,7 +108,7 @@ class PrincipalCalls:
                     result = getattr(self.engine, method)(**arguments)
                 if download is not None:
                     result = {**result, wire.DOWNLOAD: download(result)}
-                return self._filtered(method, result)
+                return self._filtered(method, _shown_as(result, shown))
         finally:
             _current.progress = None
 
@@ -269,79 +272,204 @@ class PrincipalCalls:
     def _folder(self, workspace_id: str) -> Path:
         return self.engine.paths.state_dir / "workspaces" / workspace_id
 
+    # ----------------------------------------------------- operator switches
+
+    def _check_capabilities(self, declared: crossings.Declared, arguments: dict[str, Any]) -> None:
+        for name, needed in declared.capabilities.items():
+            if arguments.get(name) and not self._may(needed):
+                raise InvalidArgument(name, _needs(self.principal.name, needed))
+
+    def _may(self, needed: Capability) -> bool:
+        return self.principal.admin or needed.value in self.principal.capabilities
+
+    @contextlib.contextmanager
+    def _registries_checked(self) -> Iterator[None]:
+        """Registries this call contacts (a pull, a build's FROM) must not resolve to
+        private or local addresses, the server's own included, unless allowed."""
+        if self._may(Capability.PRIVATE_REGISTRY):
+            yield
+            return
+
+        operators = urlsplit("//" + (config.environment_registry() or "")).netloc
+
+        def check(registry: str) -> None:
+            if operators and registry == operators.split("/", 1)[0]:
+                return  # PYRO_ENVIRONMENT_REGISTRY: the operator's own choice
+            addresses = _resolve(registry)
+            private = [a for a in addresses if not is_public(a)]
+            if private or not addresses:
+                shown = ", ".join(private[:3]) or "no address"
+                raise InvalidArgument(
+                    "reference",
+                    f"the registry {registry} resolves to a private or local address, or "
+                    f"this server's own ({shown}); "
+                    + _needs(self.principal.name, Capability.PRIVATE_REGISTRY),
+                )
+
+        with images.registry_check(check):
+            yield
+
     # ------------------------------------------------------------ host paths
 
     def _cross_in(
-        self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
-    ) -> None:
-        for field in ("project_path", "secret_files"):
-            if arguments.get(field) and not (field == "project_path" and method in _UNPACKED):
+        self,
+        method: str,
+        declared: crossings.Declared,
+        arguments: dict[str, Any],
+        cleanup: contextlib.ExitStack,
+    ) -> dict[str, str]:
+        """Each declared crossing in its carried form, made into what the engine
+        takes; arguments that could name a server path and declare no crossing
+        are refused. Returns server paths to show as the client's."""
+        for name in declared.undeclared_paths:
+            if arguments.get(name) is not None:
                 raise InvalidArgument(
-                    field,
-                    "names a file of the caller's machine; pyro server never reads its "
-                    "own files for a client (the remote SDK uploads the files, or reads the "
-                    "secret and sends its value)",
+                    name,
+                    f"{method} declares no way for {name} to cross from a client, so pyro "
+                    "server refuses it: it would name a path of the server",
                 )
-        listed = arguments.get("secrets")
-        if isinstance(listed, list) and any(
-            isinstance(item, dict) and "file_path" in item for item in listed
-        ):
-            raise InvalidArgument(
-                "secrets", "give values; a file_path names a file of the caller's machine"
-            )
         if "origin" in arguments and arguments["origin"] is not None:
             arguments["origin"] = tuple(arguments["origin"])
-        uploaded = _UPLOADED.get(method)
-        if uploaded is None or arguments.get(uploaded) is None:
-            return
-        field = uploaded
-        value = arguments[field]
+        shown: dict[str, str] = {}
+        kinds = {kind: name for name, kind in declared.crossings.items()}
+        for name, kind in declared.crossings.items():
+            value = arguments.get(name)
+            if kind is Crossing.SECRETS:
+                if isinstance(value, list) and any(
+                    isinstance(item, dict) and "file_path" in item for item in value
+                ):
+                    raise InvalidArgument(
+                        name, "give values; a file_path names a file of the caller's machine"
+                    )
+                continue
+            if value is None or kind is Crossing.INSIDE:
+                continue
+            if kind is Crossing.SECRET_FILES:
+                if value:
+                    raise InvalidArgument(
+                        name,
+                        "names files of the caller's machine; pyro server never reads its "
+                        "own files for a client (the remote SDK reads each secret and sends "
+                        "its value)",
+                    )
+            elif kind in (Crossing.WRITE, Crossing.WRITE_DISK):
+                continue  # _cross_out
+            elif kind is Crossing.PUSH_REFERENCE:
+                if crossings.local_image(value):
+                    raise InvalidArgument(
+                        name,
+                        f"{value} names a path of the server; through pyro server an "
+                        "environment is pushed to a registry",
+                    )
+            elif kind is Crossing.REFERENCE:
+                arguments[name] = self._image_upload(name, value, cleanup)
+            else:
+                path = self._taken(name, value, cleanup)
+                if kind is Crossing.PROJECT:
+                    # The project's tracked files came packed: the engine takes them as
+                    # the method's seed.
+                    seed = kinds.get(Crossing.READ)
+                    if seed is None:
+                        raise InvalidArgument(name, f"{method} takes no uploaded project")
+                    arguments[seed], arguments[name] = path, None
+                elif kind is Crossing.FOLDER:
+                    folder = self._unpack(name, path, value, cleanup)
+                    arguments[name] = folder
+                    origin = value.get("origin")
+                    if isinstance(origin, str):
+                        shown[str(folder)] = origin
+                    inside = kinds.get(Crossing.INSIDE)
+                    if inside is not None and arguments.get(inside) is not None:
+                        arguments[inside] = _inside(inside, folder, arguments[inside])
+                else:
+                    arguments[name] = path
+        inside = kinds.get(Crossing.INSIDE)
+        folder_name = kinds.get(Crossing.FOLDER)
+        if (
+            inside
+            and arguments.get(inside) is not None
+            and arguments.get(folder_name or "") is None
+        ):
+            raise InvalidArgument(inside, "is read inside an uploaded folder, and none came")
+        return shown
+
+    def _taken(self, name: str, value: Any, cleanup: contextlib.ExitStack) -> Path:
+        """The spooled upload ``value`` names (removed after the call)."""
         ticket = value.get(wire.UPLOAD) if isinstance(value, dict) else None
         path = None
         if isinstance(ticket, str):
             path = self.registry.take("upload", ticket, self.principal.name)
         if path is None:
             raise InvalidArgument(
-                field,
+                name,
                 "must be an upload made with this token (the remote SDK and CLI upload "
                 "a local path for you); pyro server never reads its own files for a client",
             )
         cleanup.callback(_remove, path)
-        arguments[field] = path
-        if method in _UNPACKED:
-            arguments[field] = self._unpack(method, path, value, arguments, cleanup)
+        return path
 
     def _unpack(
-        self,
-        method: str,
-        archive: Path,
-        value: dict[str, Any],
-        arguments: dict[str, Any],
-        cleanup: contextlib.ExitStack,
+        self, field: str, archive: Path, value: dict[str, Any], cleanup: contextlib.ExitStack
     ) -> Path:
-        """An uploaded build context or project, unpacked with the seed checks into a
-        folder of its own (named as on the client: a project's environment is)."""
+        """An uploaded folder, unpacked with the seed checks into a folder of its own
+        (named as on the client: a project's environment is)."""
+        folder = self._holder(cleanup) / _plain_name(field, value.get("name", "context"))
+        stage_seed(archive, folder)
+        return folder
+
+    def _holder(self, cleanup: contextlib.ExitStack) -> Path:
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         holder = Path(tempfile.mkdtemp(prefix="unpacked-", dir=self.spool))
         cleanup.callback(shutil.rmtree, holder, True)
-        name = value.get("name", "context")
-        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-            raise InvalidArgument("project_path", f"{names.shown(name)} is not a folder name")
-        folder = holder / name
-        stage_seed(archive, folder)
-        if method == "build_environment" and arguments.get("file") is not None:
-            file = (folder / str(arguments["file"])).resolve()
-            if not file.is_relative_to(folder.resolve()):
-                raise InvalidArgument("file", "must name a file inside the context")
-            arguments["file"] = file
-        return folder
+        return holder
+
+    def _image_upload(self, field: str, value: Any, cleanup: contextlib.ExitStack) -> Any:
+        """An image reference: a registry's as it is; a local form only as an upload
+        (the client's archive or packed layout), checked to be what it says."""
+        if isinstance(value, str):
+            form = crossings.local_image(value)
+            if form is not None:
+                raise InvalidArgument(
+                    field,
+                    f"{value} names a path of the server; pyro server never reads its own "
+                    f"files for a client. Give the {form} path of your machine to `pyro "
+                    "--remote URL env pull` (or the remote SDK): it uploads it",
+                )
+            return value
+        form = value.get("form") if isinstance(value, dict) else None
+        if form not in ("oci", "oci-archive", "docker-archive"):
+            raise InvalidArgument(
+                field, "an uploaded image names its form: oci, oci-archive or docker-archive"
+            )
+        archive = self._taken(field, value, cleanup)
+        tag = value.get("tag") or ""
+        if not isinstance(tag, str) or not images.TAG.fullmatch(tag or "latest"):
+            raise InvalidArgument(field, f"{names.shown(tag)} is not an image tag")
+        place = self._holder(cleanup) / _plain_name(field, value.get("name", "image"))
+        if form == "oci":
+            stage_seed(archive, place)
+        else:
+            shutil.move(archive, place)
+        why = images.not_an_image(place, form)
+        if why is not None:
+            raise InvalidArgument(
+                field,
+                f"the uploaded {names.shown(value.get('name'))} is not an {form} image: {why}",
+            )
+        return f"{form}:{place}" + (f":{tag}" if tag else "")
 
     def _cross_out(
-        self, method: str, arguments: dict[str, Any], cleanup: contextlib.ExitStack
+        self,
+        method: str,
+        declared: crossings.Declared,
+        arguments: dict[str, Any],
+        cleanup: contextlib.ExitStack,
     ) -> Callable[[dict[str, Any]], str] | None:
-        field = _DOWNLOADED.get(method)
+        writes = (Crossing.WRITE, Crossing.WRITE_DISK)
+        field = next((n for n, k in declared.crossings.items() if k in writes), None)
         if field is None:
             return None
+        disk = declared.crossings[field] is Crossing.WRITE_DISK
         if arguments.get(field) != {wire.DOWNLOAD: True}:
             raise InvalidArgument(
                 field,
@@ -357,7 +485,7 @@ class PrincipalCalls:
 
         def finish(result: dict[str, Any]) -> str:
             nonlocal kept
-            if method == "export_workspace_disk":
+            if disk:
                 archive = produced
             else:
                 archive = folder / "export.tar"
@@ -378,6 +506,57 @@ class PrincipalCalls:
 
         cleanup.callback(drop_unless_kept)
         return finish
+
+
+def _needs(principal: str, needed: Capability) -> str:
+    return (
+        f"an operator switch ({crossings.CAPABILITY_HELP[needed]}): token {principal!r} "
+        f"lacks the capability {needed.value!r}. An admin of this server grants it with "
+        f"`pyro server token create NAME --allow {needed.value}`"
+    )
+
+
+def _resolve(registry: str) -> list[str]:
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    if registry.startswith("[") and "]" in registry:
+        host = registry[1 : registry.index("]")]
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({str(item[4][0]) for item in found})
+
+
+def _plain_name(field: str, name: Any) -> str:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(field, f"{names.shown(name)} is not a file or folder name")
+    if len(name.encode()) > 200:
+        raise InvalidArgument(field, "a file or folder name of at most 200 bytes")
+    return name
+
+
+def _inside(field: str, folder: Path, relative: Any) -> Path:
+    if not isinstance(relative, str):
+        raise InvalidArgument(field, "must be a path inside the uploaded folder")
+    file = (folder / relative).resolve()
+    if not file.is_relative_to(folder.resolve()):
+        raise InvalidArgument(field, "must name a file inside the uploaded folder")
+    return file
+
+
+def _shown_as(value: Any, shown: dict[str, str]) -> Any:
+    """Server paths of unpacked uploads, shown as the client's paths they came from."""
+    if not shown:
+        return value
+    if isinstance(value, list):
+        return [_shown_as(item, shown) for item in value]
+    if isinstance(value, dict):
+        return {key: _shown_as(item, shown) for key, item in value.items()}
+    if isinstance(value, str):
+        for server, client in shown.items():
+            if value == server or value.startswith(server + "/"):
+                return client + value[len(server) :]
+    return value
 
 
 def _scrub_seed(value: Any, spool: str) -> Any:

@@ -16,12 +16,12 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp import names
+from pyro_mcp import crossings, names
 from pyro_mcp.errors import InvalidArgument, NotFound, StoreError
 
 TOKEN_PREFIX = "pyro_"
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     max_running INTEGER,
     max_disk_gib REAL,
     profile TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    capabilities TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS owners (
     kind TEXT NOT NULL,
@@ -61,6 +62,7 @@ class Principal:
     max_running: int | None = None
     max_disk_gib: float | None = None
     profile: str | None = None
+    capabilities: tuple[str, ...] = ()  # operator switches granted (crossings.Capability)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +78,12 @@ class Registry:
         try:
             with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
                 db.executescript(_SCHEMA)  # commits on its own
+                columns = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+                if "capabilities" not in columns:  # a registry from before capabilities
+                    db.execute(
+                        "ALTER TABLE tokens ADD COLUMN capabilities TEXT NOT NULL DEFAULT ''"
+                    )
+                    db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"the server registry {path} failed: {exc}") from exc
         path.chmod(0o600)
@@ -109,12 +117,16 @@ class Registry:
         max_running: int | None = None,
         max_disk_gib: float | None = None,
         profile: str | None = None,
+        capabilities: Sequence[str] = (),
     ) -> str:
         """A new token for ``name``, returned once; only its hash is kept.
+        ``capabilities`` are the operator switches it may use (``crossings.Capability``
+        values; an admin token has them all).
 
         Raises:
-            InvalidArgument: a bad name or limit, or a token of that name exists.
+            InvalidArgument: a bad name, limit or capability, or a token of that name exists.
         """
+        granted = sorted({crossings.capability(c).value for c in capabilities})
         names.check_name("name", name)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
             # A principal's workspaces are stored as "NAME.WORKSPACE": no dot here.
@@ -132,8 +144,18 @@ class Registry:
                     "name", f"a token called {name!r} exists; revoke it first to replace it"
                 )
             db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, _hash(token), int(admin), max_running, max_disk_gib, profile, time.time()),
+                "INSERT INTO tokens (name, hash, admin, max_running, max_disk_gib, profile, "
+                "created_at, capabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    _hash(token),
+                    int(admin),
+                    max_running,
+                    max_disk_gib,
+                    profile,
+                    time.time(),
+                    ",".join(granted),
+                ),
             )
         return token
 
@@ -226,4 +248,5 @@ def _principal(row: sqlite3.Row) -> Principal:
         max_running=row["max_running"],
         max_disk_gib=row["max_disk_gib"],
         profile=row["profile"],
+        capabilities=tuple(c for c in str(row["capabilities"] or "").split(",") if c),
     )

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import httpx2
 
 import pyro_mcp.transport.wire as wire
+from pyro_mcp import crossings
+from pyro_mcp.crossings import Crossing
 from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
 from pyro_mcp.version import __version__
 from pyro_mcp.workspaces import project_source, transfer
@@ -198,34 +200,16 @@ class RemoteTransport:
     # ----------------------------------------------------------------- calls
 
     def call(self, method: str, arguments: dict[str, Any], progress: Progress) -> Any:
-        """Run the SDK method ``method`` on the server with ``arguments``."""
+        """Run the SDK method ``method`` on the server with ``arguments``.
+
+        What each argument carries across is what the method's signature
+        declares (``pyro_mcp.crossings``): paths to read are uploaded, paths
+        to write are downloaded into, secret files are read here.
+        """
         self.hello()
+        declared = crossings.of(method)
         with contextlib.ExitStack() as cleanup:
-            finish: Callable[[Any], Any] = lambda result: result  # noqa: E731
-            if method == "create_workspace":
-                arguments = self._create_crossings(arguments, cleanup)
-            elif method == "build_environment":
-                arguments = self._build_crossings(arguments, cleanup)
-            elif method == "prepare_project":
-                project = Path(arguments["project_path"]).expanduser().resolve()
-                if not project.is_dir():
-                    raise InvalidArgument("project_path", f"{project} is not a folder")
-                ref = self._upload(project, None, cleanup, field="project_path")
-                arguments["project_path"] = {**ref, "name": project.name}
-                finish = _in_project(project)
-            elif method == "push_workspace_sync":
-                source = Path(arguments["source"]).expanduser().absolute()
-                arguments["source"] = self._upload(source, None, cleanup)
-                finish = _with(source=str(source))
-            elif method in ("export_workspace", "export_workspace_disk"):
-                overwrite = bool(arguments.get("overwrite"))
-                output = cleanup.enter_context(
-                    transfer.placing(Path(arguments["output_path"]), overwrite)
-                )
-                arguments["output_path"] = {wire.DOWNLOAD: True}
-                finish = lambda result: self._download(  # noqa: E731
-                    result, output, bool(arguments.get("overwrite")), raw=method.endswith("disk")
-                )
+            arguments, finish = self._carry_out(method, declared, arguments, cleanup)
             return finish(self._call(method, arguments, progress))
         raise AssertionError("unreachable")  # pragma: no cover (ExitStack swallows nothing)
 
@@ -272,52 +256,117 @@ class RemoteTransport:
 
     # -------------------------------------------------------- host crossings
 
-    def _create_crossings(
-        self, arguments: dict[str, Any], cleanup: contextlib.ExitStack
-    ) -> dict[str, Any]:
-        if arguments.get("seed_path") is not None and arguments.get("project_path") is not None:
-            raise InvalidArgument("seed_path", "give seed_path or project_path, not both")
-        if arguments.get("project_path") is not None:
-            given = Path(arguments.pop("project_path")).expanduser()
-            root = project_source.git_toplevel(given)
+    def _carry_out(
+        self,
+        method: str,
+        declared: crossings.Declared,
+        arguments: dict[str, Any],
+        cleanup: contextlib.ExitStack,
+    ) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+        """``arguments`` as they travel (see ``crossings.Crossing``), and what turns
+        the server's answer into the local one."""
+        arguments = dict(arguments)
+        for name, kind in declared.crossings.items():
+            default = declared.parameters.get(name)
+            if kind is Crossing.FOLDER and arguments.get(name) is None and isinstance(default, str):
+                arguments[name] = default  # a build's context "." is this machine's
+        given = {
+            kind: name
+            for name, kind in declared.crossings.items()
+            if arguments.get(name) is not None
+        }
+        finish: Callable[[Any], Any] = lambda result: result  # noqa: E731
+        read, project = given.get(Crossing.READ), given.get(Crossing.PROJECT)
+        if read and project:
+            raise InvalidArgument(read, f"give {read} or {project}, not both")
+        if project:
+            given_path = Path(arguments[project]).expanduser()
+            root = project_source.git_toplevel(given_path)
             if root is None:
-                raise InvalidArgument("project_path", f"{given} is not inside a Git checkout")
+                raise InvalidArgument(project, f"{given_path} is not inside a Git checkout")
             tracked = project_source.tracked_files(root)
-            arguments["seed_path"] = self._upload(root, tracked, cleanup)
-            arguments.setdefault("origin", ("project_path", str(root)))
-        elif arguments.get("seed_path") is not None:
-            seed = Path(arguments["seed_path"]).expanduser().absolute()
-            arguments["seed_path"] = self._upload(seed, None, cleanup)
-            arguments.setdefault("origin", ("seed_path", str(seed)))
-        secrets, files = arguments.get("secrets"), arguments.pop("secret_files", None)
-        if secrets is not None and not isinstance(secrets, Mapping):
-            secrets, files = _secrets_from_list(secrets, files)
-        if files:
-            secrets = {**(secrets or {}), **{k: _read_secret(k, v) for k, v in files.items()}}
-        if secrets is not None:
-            arguments["secrets"] = secrets
-        return arguments
+            arguments[project] = self._upload(root, tracked, cleanup, field=project)
+            if "origin" in declared.parameters:
+                arguments.setdefault("origin", (project, str(root)))
+        if read:
+            local = Path(arguments[read]).expanduser().absolute()
+            arguments[read] = self._upload(local, None, cleanup, field=read)
+            if "origin" in declared.parameters:
+                arguments.setdefault("origin", (read, str(local)))
+            finish = _with_local(read, str(local))
+        if folder := given.get(Crossing.FOLDER):
+            local = Path(arguments[folder]).expanduser().absolute()
+            if not local.is_dir():
+                raise InvalidArgument(folder, f"{local} is not a folder")
+            if inside := given.get(Crossing.INSIDE):
+                path = Path(arguments[inside]).expanduser().absolute()
+                try:
+                    arguments[inside] = str(path.relative_to(local))
+                except ValueError as exc:
+                    raise InvalidArgument(
+                        inside,
+                        f"{path} is outside the {folder} {local}; only that folder is sent "
+                        "to the server: put it inside",
+                    ) from exc
+            ticket = self._upload(local, None, cleanup, field=folder)
+            arguments[folder] = {**ticket, "name": local.name, "origin": str(local)}
+        write = given.get(Crossing.WRITE) or given.get(Crossing.WRITE_DISK)
+        if write:
+            overwrite = bool(arguments.get("overwrite"))
+            output = cleanup.enter_context(transfer.placing(Path(arguments[write]), overwrite))
+            arguments[write] = {wire.DOWNLOAD: True}
+            raw = declared.crossings[write] is Crossing.WRITE_DISK
+            finish = lambda result: self._download(  # noqa: E731
+                result, output, overwrite, raw=raw, field=write
+            )
+        secrets_field = next(
+            (n for n, k in declared.crossings.items() if k is Crossing.SECRETS), None
+        )
+        files_field = next(
+            (n for n, k in declared.crossings.items() if k is Crossing.SECRET_FILES), None
+        )
+        if secrets_field and files_field:
+            _read_secrets(arguments, secrets_field, files_field)
+        if reference := given.get(Crossing.REFERENCE):
+            arguments[reference] = self._upload_image(arguments[reference], cleanup, reference)
+        if (push := given.get(Crossing.PUSH_REFERENCE)) and crossings.local_image(arguments[push]):
+            raise InvalidArgument(
+                push,
+                f"{arguments[push]} names a path; through pyro server an environment is "
+                "pushed to a registry (HOST/PATH:TAG). To get an archive here, push to a "
+                "registry and `skopeo copy` from it, or run pyro on this machine",
+            )
+        return arguments, finish
 
-    def _build_crossings(
-        self, arguments: dict[str, Any], cleanup: contextlib.ExitStack
-    ) -> dict[str, Any]:
-        """A remote build gets the context as an upload, the Dockerfile named inside it."""
-        context = Path(arguments.get("context", ".")).expanduser().absolute()
-        if not context.is_dir():
-            raise InvalidArgument("context", f"{context} is not a folder")
-        file = arguments.get("file")
-        if file is not None:
-            path = Path(file).expanduser().absolute()
-            try:
-                arguments["file"] = str(path.relative_to(context))
-            except ValueError as exc:
-                raise InvalidArgument(
-                    "file",
-                    f"{path} is outside the context {context}; a remote build sends the "
-                    "context only: put the Dockerfile inside it",
-                ) from exc
-        arguments["context"] = self._upload(context, None, cleanup, field="context")
-        return arguments
+    def _upload_image(
+        self, reference: str, cleanup: contextlib.ExitStack, field: str
+    ) -> str | dict[str, str]:
+        """A local image reference as an upload: an archive as it is, an OCI layout
+        folder packed into a tar. Registry references travel as they are."""
+        form = crossings.local_image(reference)
+        if form is None:
+            return reference
+        rest = reference[len(form) + 1 :]
+        path, tag = rest, ""
+        if form == "oci" and ":" in rest:
+            head, _, last = rest.rpartition(":")
+            if last and "/" not in last:
+                path, tag = head, last
+        local = Path(path).expanduser().absolute()
+        if form == "oci":
+            if not local.is_dir():
+                raise InvalidArgument(field, f"{local} is not an OCI layout folder")
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pyro-up-")))
+            archive = folder / "layout.tar"
+            with tarfile.open(archive, "w") as tar:
+                for entry in sorted(os.listdir(local)):
+                    tar.add(local / entry, arcname=entry, filter=_plain_layout_member)
+        elif local.is_file():
+            archive = local
+        else:
+            raise InvalidArgument(field, f"{local} is not a file")
+        ticket = self._send(archive, ".tar", field=field, source=local)
+        return {**ticket, "form": form, "name": local.name, "tag": tag}
 
     def _upload(
         self,
@@ -338,15 +387,19 @@ class RemoteTransport:
             _pack(source, archive, only)
         else:
             raise InvalidArgument(
-                "seed_path", f"{source} is neither a directory nor a .tar/.tar.gz/.tgz archive"
+                field, f"{source} is neither a directory nor a .tar/.tar.gz/.tgz archive"
             )
+        suffix = next(s for s in (".tar.gz", ".tgz", ".tar") if archive.name.endswith(s))
+        return self._send(archive, suffix, field=field, source=source)
+
+    def _send(self, archive: Path, suffix: str, *, field: str, source: Path) -> dict[str, str]:
+        """Upload ``archive``; the ticket the server knows it by."""
         size = archive.stat().st_size
         if size > wire.MAX_UPLOAD_BYTES:
             raise InvalidArgument(
-                "seed_path",
+                field,
                 f"{source} packs to {size} bytes; a server takes at most {wire.MAX_UPLOAD_BYTES}",
             )
-        suffix = next(s for s in (".tar.gz", ".tgz", ".tar") if archive.name.endswith(s))
 
         def chunks() -> Iterator[bytes]:
             with archive.open("rb") as stream:
@@ -357,7 +410,9 @@ class RemoteTransport:
         with self._request("POST", "/uploads", content=chunks(), headers=headers) as response:
             return {wire.UPLOAD: str(json.loads(response.read())["upload"])}
 
-    def _download(self, result: dict[str, Any], output: Path, overwrite: bool, *, raw: bool) -> Any:
+    def _download(
+        self, result: dict[str, Any], output: Path, overwrite: bool, *, raw: bool, field: str
+    ) -> Any:
         """Fetch the archive the server kept for ``result`` and place it at ``output``."""
         ticket = result.pop(wire.DOWNLOAD, None)
         if not isinstance(ticket, str):
@@ -381,7 +436,7 @@ class RemoteTransport:
             if raw:
                 output = transfer.check_output(output, overwrite)
                 transfer.replace_output(archive, output)
-                return {**result, "output_path": str(output)}
+                return {**result, field: str(output)}
             kind = str(result.get("artifact_type"))
             placed = transfer.extract_export(archive, kind, output, overwrite)
         return {**result, "output": placed["output"]}
@@ -427,27 +482,24 @@ def _write_extents(response: httpx2.Response, out: BinaryIO) -> None:
     out.truncate(size)
 
 
-def _in_project(project: Path) -> Callable[[Any], Any]:
-    """``prepare_project``'s paths, shown in the caller's project instead of the server's copy."""
+def _with_local(field: str, local: str) -> Callable[[Any], Any]:
+    """An answer that repeats the uploaded argument shows the caller's path."""
 
     def finish(result: Any) -> Any:
-        if not isinstance(result, dict):
-            return result
-        copy = str(result.get("project") or "")
-        declared = str(result.get("devcontainer") or "")
-        local = {"project": str(project)}
-        if copy and declared.startswith(copy + "/"):
-            local["devcontainer"] = str(project / declared[len(copy) + 1 :])
-        return {**result, **local}
+        if isinstance(result, dict) and field in result:
+            return {**result, field: local}
+        return result
 
     return finish
 
 
-def _with(**fields: Any) -> Callable[[Any], Any]:
-    def finish(result: Any) -> Any:
-        return {**result, **fields} if isinstance(result, dict) else result
-
-    return finish
+def _plain_layout_member(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """An OCI layout holds folders and files only; links and the rest stay behind."""
+    if not (member.isfile() or member.isdir()):
+        return None
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member
 
 
 def _raise_status(url: str, response: httpx2.Response) -> None:
@@ -492,6 +544,18 @@ def _pack(root: Path, archive: Path, only: list[str] | None) -> None:
                 continue  # tracked but gone from the working tree: skipped, as locally
             with contextlib.suppress(PermissionError):
                 tar.add(path, arcname=name, recursive=only is None, filter=keep)
+
+
+def _read_secrets(arguments: dict[str, Any], secrets_field: str, files_field: str) -> None:
+    """Secret files (and 4.5's list form's ``file_path`` items) read here: only values
+    travel."""
+    secrets, files = arguments.get(secrets_field), arguments.pop(files_field, None)
+    if secrets is not None and not isinstance(secrets, Mapping):
+        secrets, files = _secrets_from_list(secrets, files)
+    if files:
+        secrets = {**(secrets or {}), **{k: _read_secret(k, v) for k, v in files.items()}}
+    if secrets is not None:
+        arguments[secrets_field] = secrets
 
 
 def _secrets_from_list(

@@ -1,0 +1,228 @@
+"""A team server shares nothing it should not: what a hostile second principal
+tries through the HTTP API, with an ordinary token, and what it gets.
+
+Each refusal is a clean InvalidArgument and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyro_mcp import InvalidArgument, Pyro
+from pyro_mcp.errors import NotFound
+from pyro_mcp.server.calls import PrincipalCalls
+from pyro_mcp.server.registry import Principal, Registry
+from pyro_mcp.transport import RemoteTransport
+from tests.environments.images_helper import busybox_image, outward_address
+from tests.server.conftest import RemoteServer, pyro_command
+
+pytestmark = pytest.mark.vm
+
+PROBE = Path(__file__).parent.parent / "egress" / "guest_probe.py"
+
+
+@pytest.fixture(scope="module")
+def team(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, warm_environment: dict[str, Any]
+) -> Iterator[RemoteServer]:
+    """mallory (ordinary), carol (granted private egress and host services), ops (admin)."""
+    folder = tmp_path_factory.mktemp("team")
+    remote = RemoteServer(folder / "state", cache_dir, folder / "server.log")
+    remote.token("mallory")
+    remote.token("carol", "--allow", "private-egress", "host-services")
+    remote.token("ops", "--admin")
+    remote.start()
+    try:
+        yield remote
+    finally:
+        remote.stop()
+        remote.cleanup()
+
+
+def raw_call(server: RemoteServer, who: str, method: str, **arguments: Any) -> Any:
+    """The call as a hostile client sends it: no client-side crossing at all."""
+    transport = RemoteTransport(server.url, server.tokens[who])
+    try:
+        return transport._call(method, arguments, lambda _: None)
+    finally:
+        transport.close()
+
+
+def spool_is_empty(server: RemoteServer) -> bool:
+    spool = server.state_dir / "server-spool"
+    return all(
+        not (spool / kind).exists() or not any((spool / kind).iterdir())
+        for kind in ("uploads", "downloads")
+    )
+
+
+@pytest.mark.parametrize("form", ["oci-archive", "oci", "docker-archive"])
+def test_a_reference_naming_a_server_path_is_refused_with_the_upload_route(
+    team: RemoteServer, tmp_path: Path, form: str
+) -> None:
+    layout = tmp_path / "layout"
+    busybox_image(layout)
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout, arcname=".")
+    path = f"{layout}:bb" if form == "oci" else str(archive)
+    with pytest.raises(InvalidArgument, match="upload") as refused:
+        raw_call(team, "mallory", "pull_environment", reference=f"{form}:{path}", name="stolen:1")
+    assert "path of the server" in str(refused.value)
+    listed = {e["name"] for e in team.sdk("ops").list_environments()}
+    assert "stolen:1" not in listed
+
+
+def test_local_references_travel_and_a_lying_upload_is_refused(
+    team: RemoteServer, tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    busybox_image(layout)
+    ops = team.sdk("ops")
+    # oci:./layout:tag from the client: packed, uploaded, installed there.
+    pulled = ops.pull_environment(f"oci:{layout}:bb", name="travelled:1")
+    assert pulled["name"] == "travelled:1"
+    ran = ops.run_in_vm("travelled:1", "cat /etc/passwd")
+    assert "app:x:1000" in ran["stdout"]
+    # An oci-archive of the same layout: the file goes as it is.
+    archive = tmp_path / "bb.tar"
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{layout}:bb", f"oci-archive:{archive}"],
+        check=True,
+        capture_output=True,
+    )
+    assert ops.pull_environment(f"oci-archive:{archive}", name="archived:1")["name"] == (
+        "archived:1"
+    )
+    # A tar that is not what it says: refused after the upload, the spool emptied.
+    liar = tmp_path / "liar.tar"
+    note = tmp_path / "note.txt"
+    note.write_text("not an image\n")
+    with tarfile.open(liar, "w") as tar:
+        tar.add(note, arcname="note.txt")
+    for form in ("oci-archive", "docker-archive"):
+        with pytest.raises(InvalidArgument, match=f"not an {form} image"):
+            ops.pull_environment(f"{form}:{liar}", name="liar:1")
+    assert spool_is_empty(team)
+    for name in ("travelled:1", "archived:1"):
+        ops.remove_environment(name)
+
+
+def test_operator_switches_need_the_capability(team: RemoteServer) -> None:
+    for switch, capability in (
+        ("allow_private_egress", "private-egress"),
+        ("allow_host_services", "host-services"),
+    ):
+        with pytest.raises(InvalidArgument, match=f"--allow {capability}"):
+            team.sdk("mallory").create_workspace(network_policy="egress", **{switch: True})
+    with pytest.raises(InvalidArgument, match="--allow insecure-registry"):
+        team.sdk("mallory").pull_environment("registry.example.org/a/b:1", insecure_registry=True)
+    assert team.sdk("mallory").list_workspaces()["workspaces"] == []
+    # A registry on the server's loopback (or any address of it) is the operator's too.
+    with pytest.raises(InvalidArgument, match="--allow private-registry"):
+        team.sdk("mallory").pull_environment("127.0.0.1:5999/team/app:1")
+    with pytest.raises(InvalidArgument, match="--allow private-registry"):
+        team.sdk("mallory").pull_environment(f"{outward_address()}:5999/team/app:1")
+    # Granted, the same call goes through.
+    carol = team.sdk("carol")
+    created = carol.create_workspace(network_policy="egress", allow_private_egress=True)
+    try:
+        assert created["egress"]["allow_private_egress"] is True
+    finally:
+        carol.delete_workspace(created["workspace_id"])
+
+
+def test_token_create_refuses_an_unknown_capability(team: RemoteServer) -> None:
+    done = subprocess.run(
+        pyro_command("server", "token", "create", "eve", "--allow", "root"),
+        env=team.env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "private-egress" in done.stderr
+    registry = Registry(team.state_dir / "server.db")
+    with pytest.raises(InvalidArgument, match="not a capability"):
+        registry.create_token("eve", capabilities=["root"])
+    listed = subprocess.run(
+        pyro_command("server", "token", "list", "--json"),
+        env=team.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tokens = {t["name"]: t for t in json.loads(listed.stdout)["tokens"]}
+    assert "eve" not in tokens
+    assert tokens["carol"]["capabilities"] == ["host-services", "private-egress"]
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"the host itself\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_a_guest_never_reaches_an_address_of_the_host(team: RemoteServer) -> None:
+    """A service bound to every interface, reached by the host's outward address
+    with ordinary open egress: refused by the proxy (it used to answer)."""
+    service = ThreadingHTTPServer(("0.0.0.0", 0), _Hello)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    port = service.server_address[1]
+    address = outward_address()
+    with socket.create_connection((address, port), timeout=5):
+        pass  # it does answer on that address, from the host
+    mallory = team.sdk("mallory")
+    created = mallory.create_workspace(network_policy="egress")
+    try:
+        ws = created["workspace_id"]
+        mallory.write_workspace_file(ws, "/workspace/.probe.py", PROBE.read_text())
+        ran = mallory.exec_workspace(
+            ws, f"python3 /workspace/.probe.py get http://{address}:{port}/", timeout_seconds=90
+        )
+        answer = json.loads(ran["stdout"].strip().splitlines()[-1])
+        assert answer.get("status") == 403, answer
+        assert "the host itself" not in json.dumps(answer)
+        logged = [e for e in mallory.logs_workspace(ws)["entries"] if e["kind"] == "egress"]
+        assert any("this host's own" in json.dumps(e) for e in logged), logged
+    finally:
+        mallory.delete_workspace(created["workspace_id"])
+        service.shutdown()
+        service.server_close()
+
+
+def test_an_argument_that_declares_no_crossing_is_refused(tmp_path: Path) -> None:
+    """A new SDK method whose path argument says nothing of how it crosses is
+    closed on the server until it does."""
+
+    class Extended(Pyro):
+        def frobnicate(self, target: str | Path | None = None) -> dict[str, Any]:
+            return {"read": Path(target).read_text() if target else None}
+
+    Extended.frobnicate.__pyro_routed__ = True  # type: ignore[attr-defined]
+    engine = Extended(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    registry = Registry(tmp_path / "server.db")
+    calls = PrincipalCalls(engine, registry, Principal("mallory"), tmp_path / "spool")
+    secret = tmp_path / "server-secret"
+    secret.write_text("the server's own file")
+    with pytest.raises(InvalidArgument, match="declares no way for target to cross"):
+        calls.call("frobnicate", {"target": str(secret)}, lambda _: None)
+    assert calls.call("frobnicate", {}, lambda _: None) == {"read": None}
+    with pytest.raises(InvalidArgument, match="not a pyro SDK method"):
+        calls.call("__init__", {}, lambda _: None)
+    with pytest.raises(NotFound):
+        calls.call("status_workspace", {"workspace": "nobody"}, lambda _: None)
