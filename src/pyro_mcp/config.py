@@ -244,6 +244,17 @@ def environment_registry() -> str | None:
     return value.rstrip("/") or None
 
 
+def audit_max_bytes() -> int:
+    """``PYRO_AUDIT_MAX_MIB``: the size at which ``pyro server`` rotates its audit
+    trail (default 16 MiB; four old files are kept)."""
+    value = os.environ.get("PYRO_AUDIT_MAX_MIB", "").strip()
+    try:
+        mib = float(value) if value else 16.0
+    except ValueError:
+        mib = 16.0
+    return max(4096, int(mib * 1024 * 1024))
+
+
 def qemu_override() -> str | None:
     """``PYRO_QEMU``: the QEMU binary to use instead of the one on PATH."""
     value = os.environ.get("PYRO_QEMU", "").strip()

@@ -34,6 +34,7 @@ class RemoteServer:
     log: Path
     flags: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
+    transports: list[RemoteTransport] = field(default_factory=list)
     url: str = ""
     process: subprocess.Popen[str] | None = None
 
@@ -50,6 +51,9 @@ class RemoteServer:
         self.process, self.url = start(self.env, self.log, *self.flags)
 
     def stop(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
         if self.process is not None:
             self.process.terminate()
             try:
@@ -75,7 +79,9 @@ class RemoteServer:
         return str(created["token"])
 
     def sdk(self, name: str, **options: Any) -> Pyro:
-        return Pyro(transport=RemoteTransport(self.url, self.tokens[name], **options))
+        transport = RemoteTransport(self.url, self.tokens[name], **options)
+        self.transports.append(transport)
+        return Pyro(transport=transport)
 
     def cleanup(self) -> None:
         """Delete every guest this server's engine made; none may outlive it."""

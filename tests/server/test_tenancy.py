@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from pyro_mcp import InvalidArgument, Pyro
-from pyro_mcp.errors import NotFound
+from pyro_mcp.errors import NotFound, PyroError
+from pyro_mcp.server import audit
+from pyro_mcp.server.audit import AuditLog
 from pyro_mcp.server.calls import PrincipalCalls
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import RemoteTransport
@@ -226,3 +228,81 @@ def test_an_argument_that_declares_no_crossing_is_refused(tmp_path: Path) -> Non
         calls.call("__init__", {}, lambda _: None)
     with pytest.raises(NotFound):
         calls.call("status_workspace", {"workspace": "nobody"}, lambda _: None)
+
+
+def audit_entries(server: RemoteServer, *flags: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        pyro_command("server", "audit", "--json", *flags),
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entries: list[dict[str, Any]] = json.loads(done.stdout)["entries"]
+    return entries
+
+
+def test_every_call_is_audited_without_its_values_and_an_unwritable_trail_refuses(
+    team: RemoteServer,
+) -> None:
+    mallory = team.sdk("mallory")
+    with pytest.raises(InvalidArgument):
+        mallory.create_workspace(network_policy="egress", allow_host_services=True)
+    created = mallory.create_workspace(name="audited", secrets={"T": "sup3rsecret-value"})
+    mallory.exec_workspace("audited", "true", secret_env={"T": "T"})
+    mallory.delete_workspace(created["workspace_id"])
+    entries = audit_entries(team, "--principal", "mallory", "--since", "10m")
+    refused = [e for e in entries if e["result"] == "refused"]
+    assert any(
+        e["method"] == "create_workspace" and "host-services" in e["reason"] for e in refused
+    )
+    assert not any(e["allowed"] for e in refused)
+    done = [e for e in entries if e["result"] == "ok"]
+    assert {"create_workspace", "exec_workspace", "delete_workspace"} <= {e["method"] for e in done}
+    assert any(e.get("workspace") == "audited" for e in done)
+    assert all(e["principal"] == "mallory" and e["duration_ms"] >= 0 for e in entries)
+    trail = (team.state_dir / "audit.jsonl").read_text()
+    assert "sup3rsecret" not in trail and "python3" not in trail
+    assert audit_entries(team, "--principal", "nobody") == []
+    human = subprocess.run(
+        pyro_command("server", "audit", "--principal", "mallory"),
+        env=team.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "PRINCIPAL" in human.stdout and "refused" in human.stdout
+    bad = subprocess.run(
+        pyro_command("server", "audit", "--since", "yesterday-ish"),
+        env=team.env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "ISO time" in bad.stderr
+    # A trail the server cannot write: every call is refused, saying why.
+    trail_path = team.state_dir / "audit.jsonl"
+    kept = trail_path.with_name("audit.kept")
+    trail_path.rename(kept)
+    trail_path.mkdir()
+    try:
+        with pytest.raises(PyroError, match="refuses calls rather than run unaudited"):
+            mallory.list_workspaces()
+    finally:
+        trail_path.rmdir()
+        kept.rename(trail_path)
+    assert mallory.list_workspaces()["count"] == 0
+
+
+def test_the_audit_trail_rotates_by_size(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=600, keep=2)
+    for index in range(30):
+        log.record(principal="p", method=f"m{index}", arguments={}, error=None, seconds=0.01)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert all(p.stat().st_size <= 600 for p in tmp_path.iterdir())
+    methods = [e["method"] for e in audit.read(tmp_path / "audit.jsonl")]
+    assert methods == sorted(methods, key=lambda m: int(m[1:]))  # oldest first
+    assert methods[-1] == "m29"
+    with pytest.raises(InvalidArgument, match="ISO time"):
+        audit.parse_since("soon")
+    assert audit.parse_since("2h") < audit.parse_since("1h")

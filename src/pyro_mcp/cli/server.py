@@ -20,6 +20,7 @@ examples:
   pyro server serve --listen 0.0.0.0:8787 --tls-cert cert.pem --tls-key key.pem
   pyro server token list
   pyro server token revoke alice                   ends alice's MCP sessions too
+  pyro server audit --principal alice --since 2h   what alice's calls did
 
 On a laptop: PYRO_REMOTE=https://kvm-box:8787 PYRO_TOKEN=... pyro workspace list,
 or `pyro host connect claude-code --remote URL --token-env PYRO_TOKEN`.
@@ -61,6 +62,25 @@ def register(commands: Any) -> None:
     serve.add_argument("--environment", help="default environment of the MCP tools")
     serve.add_argument("--json", action="store_true", help="print {url} as JSON once listening")
     serve.set_defaults(handler=handle_serve)
+
+    audit = sub.add_parser(
+        "audit",
+        help="the server's audit trail: one line per call (run on the server)",
+        description="Read PYRO_HOME/audit.jsonl and its rotated files: for each call, when, "
+        "which principal, the method, what it named, whether it was allowed (ok, refused "
+        "by the server's checks, or failed in the engine), why, and how long it took. "
+        "Argument values are never recorded.",
+        epilog="examples:\n"
+        "  pyro server audit --since 2h\n"
+        "  pyro server audit --principal alice --since 2026-12-07T09:00 --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("--principal", metavar="NAME", help="only this token's calls")
+    audit.add_argument(
+        "--since", metavar="T", help="an ISO time (UTC unless it says) or an age: 30m, 2h, 7d"
+    )
+    audit.add_argument("--json", action="store_true", help="print {count, entries: [...]}")
+    audit.set_defaults(handler=handle_audit)
 
     token = sub.add_parser("token", help="create, list and revoke tokens")
     tokens = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -202,4 +222,35 @@ def handle_revoke(args: argparse.Namespace) -> int:
         print_json({"name": args.name, "revoked": True})
     else:
         print(f"revoked {args.name}'s token; its open MCP sessions end within seconds")
+    return 0
+
+
+def handle_audit(args: argparse.Namespace) -> int:
+    from pyro_mcp.server import audit
+
+    since = audit.parse_since(args.since) if args.since else None
+    path = config.default_paths().state_dir / audit.FILE_NAME
+    entries = list(audit.read(path, principal=args.principal, since=since))
+    if args.json:
+        print_json({"count": len(entries), "entries": entries})
+        return 0
+    if not entries:
+        print(
+            f"no calls recorded in {path}"
+            + (" for that selection" if args.principal or since else "")
+        )
+        return 0
+    rows = [
+        [
+            str(e.get("time", ""))[:23],
+            str(e.get("principal", "")),
+            str(e.get("method", "")),
+            next((str(e[k]) for k in audit.TARGETS if k in e), ""),
+            str(e.get("result", "")),
+            str(e.get("duration_ms", "")),
+            str(e.get("reason", ""))[:80],
+        ]
+        for e in entries
+    ]
+    print(table(rows, ["TIME", "PRINCIPAL", "METHOD", "TARGET", "RESULT", "MS", "REASON"]))
     return 0

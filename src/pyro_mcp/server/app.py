@@ -48,6 +48,8 @@ from pyro_mcp.mcp import profiles
 from pyro_mcp.mcp.server import IdleSuspender, create_server
 from pyro_mcp.mcp.warmup import BackgroundWarmUp
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.server import audit
+from pyro_mcp.server.audit import AuditLog
 from pyro_mcp.server.calls import PrincipalCalls, report_progress
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import wire
@@ -82,6 +84,7 @@ class PyroServer:
         self.environment = environment or config.DEFAULT_ENVIRONMENT
         self.registry = Registry(paths.state_dir / "server.db")
         self.spool = paths.state_dir / "server-spool"
+        self.audit = AuditLog(paths.state_dir / audit.FILE_NAME, max_bytes=config.audit_max_bytes())
         self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="pyro-call")
         self._calls: dict[str, PrincipalCalls] = {}
         self._calls_lock = threading.Lock()
@@ -107,7 +110,9 @@ class PyroServer:
                     self.paths, warm_dir=self.paths.cache_dir / "warm-principals" / principal.name
                 )
                 engine = Pyro._over(paths, report_progress)
-                calls = PrincipalCalls(engine, self.registry, principal, self.spool / "downloads")
+                calls = PrincipalCalls(
+                    engine, self.registry, principal, self.spool / "downloads", self.audit
+                )
                 self._calls[principal.name] = calls
                 BackgroundWarmUp(engine, self.environment, network=False).start()
             return calls

@@ -27,6 +27,7 @@ import socket
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from pyro_mcp.environments import images
 from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
+from pyro_mcp.server.audit import AuditLog
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import wire
 from pyro_mcp.workspaces.seed import stage_seed
@@ -71,17 +73,47 @@ def report_progress(line: str) -> None:
 class PrincipalCalls:
     """The transport of one principal: ``call(method, arguments, progress)``."""
 
-    def __init__(self, engine: Pyro, registry: Registry, principal: Principal, spool: Path):
+    def __init__(
+        self,
+        engine: Pyro,
+        registry: Registry,
+        principal: Principal,
+        spool: Path,
+        audit: AuditLog | None = None,
+    ):
         self.engine = engine
         self.registry = registry
         self.principal = principal
         self.spool = spool
+        self.audit = audit
         self._methods = set(routed_methods(type(engine)))
         # Quota checks and the creation they guard happen one at a time per
         # principal, so two creates at once cannot both pass a limit of one.
         self._admission = threading.Lock()
 
     def call(self, method: str, arguments: dict[str, Any], progress: Callable[[str], None]) -> Any:
+        """Run ``method`` for this principal; one audit line records it (a server
+        that cannot write that line refuses the call)."""
+        if self.audit is None:
+            return self._call(method, arguments, progress)
+        self.audit.check()
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            return self._call(method, arguments, progress)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.audit.record(
+                principal=self.principal.name,
+                method=method,
+                arguments=arguments,
+                error=error,
+                seconds=time.monotonic() - started,
+            )
+
+    def _call(self, method: str, arguments: dict[str, Any], progress: Callable[[str], None]) -> Any:
         if method not in self._methods:
             raise InvalidArgument("method", f"{names.shown(method)} is not a pyro SDK method")
         if method in ADMIN_ONLY and not self.principal.admin:
