@@ -9,8 +9,8 @@ The layers, top to bottom (docs/architecture.md):
     sdk        sdk, prepare, doctor, transport (local, or remote to a pyro server)
     workspaces workspaces/
     vm         vm/ (VmService in vm/service.py)
-    base       agent/, store/, environments/, egress/, models, names, errors,
-               config, host_tools, version
+    base       agent/, store/, environments/, egress/, models, names, crossings,
+               errors, config, host_tools, version
     guest      guest/ (standard library and agent/protocol.py only)
 """
 
@@ -31,6 +31,7 @@ LAYERS = {
     "egress": 1,
     "models": 1,
     "names": 1,
+    "crossings": 1,  # what SDK arguments reach beyond the engine, declared on them
     "errors": 1,
     "config": 1,
     "host_tools": 1,

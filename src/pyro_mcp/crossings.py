@@ -28,7 +28,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,6 +90,13 @@ def capability(name: str) -> Capability:
     raise InvalidArgument("allow", f"{name!r} is not a capability; there are: {listed}")
 
 
+class Names(enum.Enum):
+    """What an argument names in a namespace a server keeps per principal."""
+
+    ENVIRONMENT = "environment"  # an environment the call uses (own first, then shared)
+    NEW_ENVIRONMENT = "new-environment"  # an environment the call installs or replaces
+
+
 # The annotations SDK signatures use.
 ReadPath = Annotated[str | Path, Crossing.READ]
 FolderPath = Annotated[str | Path, Crossing.FOLDER]
@@ -99,6 +106,8 @@ WritePath = Annotated[str | Path, Crossing.WRITE]
 DiskImagePath = Annotated[str | Path, Crossing.WRITE_DISK]
 ImageReference = Annotated[str, Crossing.REFERENCE]
 PushReference = Annotated[str, Crossing.PUSH_REFERENCE]
+EnvironmentName = Annotated[str, Names.ENVIRONMENT]
+NewEnvironmentName = Annotated[str, Names.NEW_ENVIRONMENT]
 PrivateEgress = Annotated[bool, Capability.PRIVATE_EGRESS]
 HostServices = Annotated[bool, Capability.HOST_SERVICES]
 InsecureRegistry = Annotated[bool, Capability.INSECURE_REGISTRY]
@@ -112,7 +121,10 @@ class Declared:
     crossings: Mapping[str, Crossing]
     capabilities: Mapping[str, Capability]
     undeclared_paths: Sequence[str]
-    parameters: Mapping[str, Any]  # every argument, with its default (None when it has none)
+    parameters: Mapping[str, Any]
+    names: Mapping[str, Names] = field(
+        default_factory=dict
+    )  # every argument, with its default (None when it has none)
 
 
 _METHODS: dict[str, Callable[..., Any]] = {}
@@ -143,6 +155,7 @@ def _declared(function: Callable[..., Any]) -> Declared:
     capabilities: dict[str, Capability] = {}
     undeclared: list[str] = []
     parameters: dict[str, Any] = {}
+    named: dict[str, Names] = {}
     for name, parameter in inspect.signature(function).parameters.items():
         if name == "self":
             continue
@@ -156,9 +169,11 @@ def _declared(function: Callable[..., Any]) -> Declared:
                 crossings[name] = mark
             elif isinstance(mark, Capability):
                 capabilities[name] = mark
+            elif isinstance(mark, Names):
+                named[name] = mark
         if name not in crossings and _mentions_path(hints[name]):
             undeclared.append(name)
-    return Declared(crossings, capabilities, tuple(undeclared), parameters)
+    return Declared(crossings, capabilities, tuple(undeclared), parameters, named)
 
 
 def _marks(hint: Any) -> Any:

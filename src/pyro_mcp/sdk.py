@@ -25,11 +25,13 @@ from pyro_mcp import prepare as prepare_ops
 from pyro_mcp.crossings import (
     Crossing,
     DiskImagePath,
+    EnvironmentName,
     FolderPath,
     HostServices,
     ImageReference,
     InsecureRegistry,
     InsidePath,
+    NewEnvironmentName,
     PrivateEgress,
     ProjectPath,
     PushReference,
@@ -151,6 +153,9 @@ class Pyro:
         self.paths = paths
         self._progress = progress or _quiet
         self._remote: Transport | None = remote
+        # Prefixed to the environments the engine names on its own (a project's):
+        # pyro server gives each non-admin principal's engine its namespace.
+        self._environment_namespace = ""
         if remote is not None:
             return  # the engine is the server's
         self._vms = VmService(self.paths)
@@ -164,7 +169,7 @@ class Pyro:
 
     def run_in_vm(
         self,
-        environment: str = config.DEFAULT_ENVIRONMENT,
+        environment: EnvironmentName = config.DEFAULT_ENVIRONMENT,
         command: str | Sequence[str] = "",
         *,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
@@ -219,7 +224,7 @@ class Pyro:
 
     def create_vm(
         self,
-        environment: str = config.DEFAULT_ENVIRONMENT,
+        environment: EnvironmentName = config.DEFAULT_ENVIRONMENT,
         *,
         vcpu_count: int = config.DEFAULT_VCPU_COUNT,
         mem_mib: int = config.DEFAULT_MEM_MIB,
@@ -332,7 +337,7 @@ class Pyro:
 
     def create_workspace(
         self,
-        environment: str = config.DEFAULT_ENVIRONMENT,
+        environment: EnvironmentName = config.DEFAULT_ENVIRONMENT,
         *,
         seed_path: ReadPath | None = None,
         project_path: ProjectPath | None = None,
@@ -794,7 +799,7 @@ class Pyro:
         self,
         reference: ImageReference,
         *,
-        name: str | None = None,
+        name: NewEnvironmentName | None = None,
         force: bool = False,
         insecure_registry: InsecureRegistry = False,
         disk_size_mib: int | None = None,
@@ -875,7 +880,7 @@ class Pyro:
 
     def build_environment(
         self,
-        name: str,
+        name: NewEnvironmentName,
         *,
         file: InsidePath | None = None,
         context: FolderPath = ".",
@@ -945,7 +950,7 @@ class Pyro:
         return self._installed(installed.name, started, prepare)
 
     def save_environment(
-        self, workspace: str, name: str, *, prepare: bool = False
+        self, workspace: str, name: NewEnvironmentName, *, prepare: bool = False
     ) -> dict[str, Any]:
         """Save the root filesystem of ``workspace`` as it is now (what it installed
         outside /workspace) as environment ``name``; /workspace is not part of it.
@@ -978,7 +983,11 @@ class Pyro:
         return {**self._installed(installed.name, time.monotonic(), prepare), **saved}
 
     def push_environment(
-        self, name: str, reference: PushReference, *, insecure_registry: InsecureRegistry = False
+        self,
+        name: EnvironmentName,
+        reference: PushReference,
+        *,
+        insecure_registry: InsecureRegistry = False,
     ) -> dict[str, Any]:
         """Write installed environment ``name`` (curated or pulled) to ``reference``:
         a registry (``HOST/PATH:TAG``, ``docker://...``), ``oci:PATH[:TAG]`` or
@@ -991,11 +1000,11 @@ class Pyro:
         )
         return {**result, "seconds": round(time.monotonic() - started, 1)}
 
-    def inspect_environment(self, name: str) -> dict[str, Any]:
+    def inspect_environment(self, name: EnvironmentName) -> dict[str, Any]:
         """Catalog entry, status and build manifest of ``name``."""
         return self._vms.environments.inspect(name)
 
-    def remove_environment(self, name: str, *, force: bool = False) -> dict[str, Any]:
+    def remove_environment(self, name: EnvironmentName, *, force: bool = False) -> dict[str, Any]:
         """Remove installed environment ``name``: its builds, its warm snapshots and
         the layer disks no other environment shares. A curated one can be pulled
         again afterwards.
@@ -1039,7 +1048,7 @@ class Pyro:
 
     def prepare(
         self,
-        environment: str = config.DEFAULT_ENVIRONMENT,
+        environment: EnvironmentName = config.DEFAULT_ENVIRONMENT,
         *,
         network: bool = True,
         force: bool = False,
@@ -1100,7 +1109,7 @@ class Pyro:
                 f"{project} has no {' or '.join(devcontainer.LOCATIONS)}; "
                 "prepare an environment by name instead (pyro prepare NAME)",
             )
-        name = declared.environment_name
+        name = self._environment_namespace + declared.environment_name
         self._progress(f"phase=project {declared.describe()} -> environment {name}")
         if declared.image:
             self.pull_environment(declared.image, name=name, force=force)
@@ -1126,7 +1135,10 @@ class Pyro:
     # ---------------------------------------------------------------- host
 
     def doctor(
-        self, environment: str = config.DEFAULT_ENVIRONMENT, *, platform_only: bool = False
+        self,
+        environment: EnvironmentName = config.DEFAULT_ENVIRONMENT,
+        *,
+        platform_only: bool = False,
     ) -> dict[str, Any]:
         """Whether this host can run guests, and what to do if not.
 

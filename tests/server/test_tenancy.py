@@ -6,6 +6,7 @@ Each refusal is a clean InvalidArgument and leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -19,13 +20,13 @@ from typing import Any
 import pytest
 
 from pyro_mcp import InvalidArgument, Pyro
-from pyro_mcp.errors import NotFound, PyroError
+from pyro_mcp.errors import NotFound, PyroError, QuotaExceeded
 from pyro_mcp.server import audit
 from pyro_mcp.server.audit import AuditLog
 from pyro_mcp.server.calls import PrincipalCalls
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import RemoteTransport
-from tests.environments.images_helper import busybox_image, outward_address
+from tests.environments.images_helper import add_layer, busybox_image, entry, outward_address
 from tests.server.conftest import RemoteServer, pyro_command
 
 pytestmark = pytest.mark.vm
@@ -306,3 +307,66 @@ def test_the_audit_trail_rotates_by_size(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="ISO time"):
         audit.parse_since("soon")
     assert audit.parse_since("2h") < audit.parse_since("1h")
+
+
+def test_environments_belong_to_principals(team: RemoteServer, tmp_path: Path) -> None:
+    """The third probe: one principal replacing what another's agents boot."""
+    layout = tmp_path / "layout"
+    reference = busybox_image(layout)
+    add_layer(layout, "bb", [(entry("home/app/whose.txt", uid=1000), b"carol's\n")])
+    mallory, carol, ops = team.sdk("mallory"), team.sdk("carol"), team.sdk("ops")
+    mine = tmp_path / "mine"
+    plain = busybox_image(mine)
+    assert mallory.pull_environment(plain, name="team-app:1")["name"] == "team-app:1"
+    # carol's team-app:1 is carol's: even with force it leaves mallory's alone.
+    assert carol.pull_environment(reference, name="team-app:1", force=True)["name"] == "team-app:1"
+    whose = "cat /home/app/whose.txt 2>/dev/null || echo nobody"
+    assert mallory.run_in_vm("team-app:1", whose)["stdout"] == "nobody\n"
+    assert carol.run_in_vm("team-app:1", whose)["stdout"] == "carol's\n"
+    assert "team-app:1" in {e["name"] for e in mallory.list_environments()}
+    assert mallory.inspect_environment("team-app:1")["name"] == "team-app:1"
+    # An admin's environment is shared, and read-only to the rest.
+    ops.pull_environment(plain, name="shared-app:1")
+    assert "shared-app:1" in {e["name"] for e in carol.list_environments()}
+    assert carol.run_in_vm("shared-app:1", "echo $GREETING")["stdout"] == "hello from the image\n"
+    with pytest.raises(InvalidArgument, match="shared by everybody"):
+        carol.pull_environment(reference, name="shared-app:1", force=True)
+    with pytest.raises(InvalidArgument, match="only an admin rebuilds"):
+        carol.pull_environment("debian:12", force=True)
+    with pytest.raises(InvalidArgument, match="only an admin removes"):
+        carol.remove_environment("shared-app:1")
+    with pytest.raises(InvalidArgument, match="shared by everybody"):
+        carol.build_environment("debian:12", context=tmp_path, file=_dockerfile(tmp_path))
+    with pytest.raises(InvalidArgument, match="this server's own"):
+        carol.inspect_environment(_stored_name(team, "mallory", "team-app:1"))
+    # Nobody else's name shows, in lists or in errors.
+    for principal in (mallory, carol):
+        listed = json.dumps(principal.list_environments())
+        assert "u-" not in listed.replace("ubuntu-", "")
+    with pytest.raises(NotFound) as missing:
+        mallory.remove_environment("nothing:1")
+    assert _stored_name(team, "carol", "team-app:1") not in str(missing.value)
+    # rm acts on the caller's own.
+    mallory.remove_environment("team-app:1")
+    assert carol.run_in_vm("team-app:1", whose)["stdout"] == "carol's\n"
+    assert "team-app:1" not in {e["name"] for e in mallory.list_environments()}
+    carol.prune_environments(all=True)
+    assert "team-app:1" not in {e["name"] for e in carol.list_environments()}
+    ops.remove_environment("shared-app:1")
+
+
+def test_a_token_keeps_to_its_environment_quota(team: RemoteServer, tmp_path: Path) -> None:
+    team.token("tight", "--max-env-gib", "0")
+    with pytest.raises(QuotaExceeded, match="--max-env-gib 0"):
+        team.sdk("tight").pull_environment(busybox_image(tmp_path / "layout"), name="any:1")
+    assert "any:1" not in {e["name"] for e in team.sdk("ops").list_environments()}
+
+
+def _dockerfile(folder: Path) -> Path:
+    file = folder / "Dockerfile"
+    file.write_text("FROM debian:12\n")
+    return file
+
+
+def _stored_name(server: RemoteServer, principal: str, name: str) -> str:
+    return f"u-{hashlib.sha256(principal.encode()).hexdigest()[:8]}.{name}"

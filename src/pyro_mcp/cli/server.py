@@ -93,6 +93,12 @@ def register(commands: Any) -> None:
     create.add_argument("name")
     create.add_argument("--max-running", type=int, metavar="N", help="live workspaces at once")
     create.add_argument("--max-disk-gib", type=float, metavar="G", help="disk its workspaces use")
+    create.add_argument(
+        "--max-env-gib",
+        type=float,
+        metavar="G",
+        help="what its own environments (pulled, built, saved) may take",
+    )
     create.add_argument("--profile", help="the MCP profile its /mcp sessions get")
     create.add_argument("--admin", action="store_true", help="sees and manages every workspace")
     create.add_argument(
@@ -166,6 +172,7 @@ def handle_create(args: argparse.Namespace) -> int:
         max_disk_gib=args.max_disk_gib,
         profile=args.profile,
         capabilities=args.allow,
+        max_env_gib=args.max_env_gib,
     )
     if args.json:
         print_json({"name": args.name, "token": token})

@@ -21,7 +21,9 @@ Every call passes here before the engine sees it:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -34,10 +36,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyro_mcp import config, crossings, names
-from pyro_mcp.crossings import Capability, Crossing
+from pyro_mcp.crossings import Capability, Crossing, Names
 from pyro_mcp.egress.policy import is_public
 from pyro_mcp.environments import images
 from pyro_mcp.environments.cache import used_bytes
+from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, QuotaExceeded
 from pyro_mcp.sdk import Pyro, routed_methods
 from pyro_mcp.server.audit import AuditLog
@@ -45,15 +48,10 @@ from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import wire
 from pyro_mcp.workspaces.seed import stage_seed
 
-ADMIN_ONLY = frozenset(
-    {
-        "prune_environments",
-        "push_environment",
-        "reap_expired",
-        "remove_environment",
-        "suspend_idle_workspaces",
-    }
-)
+ADMIN_ONLY = frozenset({"push_environment", "reap_expired", "suspend_idle_workspaces"})
+# A non-admin principal's environments are stored as "u-HASH.NAME" (HASH: the
+# first 8 hex of its name's SHA-256); names of that form are the server's.
+OWNED_ENVIRONMENT = re.compile(r"u-[0-9a-f]{8}\.")
 _STARTS = frozenset({"create_workspace", "start_workspace", "fork_workspace"})
 # Calls whose `name` argument names a workspace (per principal, see _name_in).
 _NAMES_WORKSPACES = frozenset({"create_workspace", "fork_workspace", "update_workspace"})
@@ -86,6 +84,10 @@ class PrincipalCalls:
         self.principal = principal
         self.spool = spool
         self.audit = audit
+        if not principal.admin:
+            # What the engine installs on its own (a project's environment) is the
+            # principal's, like what it names.
+            engine._environment_namespace = self._env_prefix
         self._methods = set(routed_methods(type(engine)))
         # Quota checks and the creation they guard happen one at a time per
         # principal, so two creates at once cannot both pass a limit of one.
@@ -131,6 +133,9 @@ class PrincipalCalls:
                 shown = self._cross_in(method, declared, arguments, cleanup)
                 download = self._cross_out(method, declared, arguments, cleanup)
                 cleanup.enter_context(self._registries_checked())
+                self._environments_in(method, declared, arguments)
+                if method == "prune_environments" and not self.principal.admin:
+                    return self._prune_own(bool(arguments.get("all")))
                 if method in _STARTS or method in ("create_vm", "run_in_vm"):
                     with self._admission:
                         self._check_limits(method)
@@ -167,12 +172,132 @@ class PrincipalCalls:
 
     @contextlib.contextmanager
     def _names_unprefixed(self) -> Iterator[None]:
-        """Errors that quote one of the principal's names quote it as the principal wrote it."""
+        """Errors that quote one of the principal's names quote it as the principal wrote it
+        (and never name another principal's environment)."""
         try:
             yield
         except PyroError as exc:
-            exc.args = (str(exc).replace(f"'{self._prefix}", "'"),)
+            text = str(exc).replace(f"'{self._prefix}", "'")
+            if not self.principal.admin:
+                text = _OTHERS_ENVIRONMENT.sub(
+                    lambda m: m.group(0) if m.group(1) == self._env_prefix else "(not yours)",
+                    text,
+                ).replace(self._env_prefix, "")
+            exc.args = (text,)
             raise
+
+    # ---------------------------------------------------------- environments
+    #
+    # A non-admin principal's environments live in its own namespace: stored as
+    # "u-HASH.NAME", shown as NAME, invisible to other principals. Curated
+    # environments and the ones an admin installs are shared, read-only to the
+    # rest. A name the call uses is the principal's own if it has one, else the
+    # shared one; a name it installs is always its own and may not shadow a
+    # shared one.
+
+    @property
+    def _env_prefix(self) -> str:
+        digest = hashlib.sha256(self.principal.name.encode()).hexdigest()[:8]
+        return f"u-{digest}."
+
+    def _environments_in(
+        self, method: str, declared: crossings.Declared, arguments: dict[str, Any]
+    ) -> None:
+        for field, kind in declared.names.items():
+            value = arguments.get(field)
+            if kind is Names.NEW_ENVIRONMENT and value is None and method == "pull_environment":
+                value = self._default_pull_name(arguments)
+                if value is None:  # a curated pull: the shared environment
+                    if arguments.get("force") and not self.principal.admin:
+                        raise InvalidArgument("force", _SHARED_FORCE.format(arguments["reference"]))
+                    continue
+            if value is None:
+                continue
+            names.check_environment(field, value)
+            if OWNED_ENVIRONMENT.match(value):
+                if self.principal.admin:
+                    continue  # an admin may name a principal's environment as stored
+                raise InvalidArgument(
+                    field, f"names of the form u-HASH.NAME are this server's own; {_PICK}"
+                )
+            if self.principal.admin:
+                continue
+            own = self._env_prefix + value
+            if kind is Names.ENVIRONMENT:
+                if self._installed(own):
+                    arguments[field] = own
+                continue
+            if value in CATALOG or self._installed(value):
+                if method == "pull_environment" and arguments.get("reference") == value:
+                    if arguments.get("force"):
+                        raise InvalidArgument("force", _SHARED_FORCE.format(value))
+                    arguments[field] = value  # installs or verifies the shared one
+                    continue
+                raise InvalidArgument(
+                    field,
+                    f"{value} is an environment shared by everybody on this server; you "
+                    f"cannot replace or shadow it. {_PICK}",
+                )
+            room = 63 - len(self._env_prefix)
+            if len(value.split(":", 1)[0]) > room:
+                raise InvalidArgument(field, f"at most {room} characters before the ':' here")
+            self._check_env_quota(own)
+            arguments[field] = own
+        if method == "remove_environment" and not self.principal.admin:
+            name = arguments.get("name")
+            shared = isinstance(name, str) and not name.startswith(self._env_prefix)
+            if shared and self._installed(str(name)):
+                raise InvalidArgument(
+                    "name",
+                    f"{name} is shared by everybody on this server; only an admin removes it "
+                    "(you may remove the environments you pulled, built or saved)",
+                )
+
+    def _default_pull_name(self, arguments: dict[str, Any]) -> str | None:
+        reference = arguments.get("reference")
+        if not isinstance(reference, str) or reference in CATALOG:
+            return None
+        return images.parse_reference(reference).default_name
+
+    def _installed(self, name: str) -> bool:
+        try:
+            return bool(self.engine._vms.environments.status(name).installed)
+        except PyroError:
+            return False
+
+    def _own_environments(self) -> list[dict[str, Any]]:
+        listed = self.engine._vms.environments.describe(self.engine._vms.environments.list())
+        return [e for e in listed if str(e.get("name", "")).startswith(self._env_prefix)]
+
+    def _check_env_quota(self, new: str) -> None:
+        gib = self.principal.max_env_gib
+        if gib is None:
+            return
+        used = sum(
+            int(e.get("size_bytes") or 0)
+            for e in self._own_environments()
+            if e.get("installed") and e["name"] != new
+        )
+        if used >= gib * 2**30:
+            raise QuotaExceeded(
+                f"token {self.principal.name!r} may keep {gib:g} GiB of environments "
+                f"(--max-env-gib {gib:g}); its environments take {used / 2**30:.2f} GiB. "
+                "Remove one first (pyro env rm NAME)"
+            )
+
+    def _prune_own(self, everything: bool) -> dict[str, Any]:
+        """``env prune`` by a non-admin: with ``all``, removes its own environments that
+        nothing uses; the server's leftovers are the admin's to prune."""
+        removed: list[str] = []
+        freed = 0
+        for entry in self._own_environments() if everything else []:
+            try:
+                done = self.engine.remove_environment(entry["name"])
+            except PyroError:
+                continue  # in use: kept
+            removed.append(entry["name"])
+            freed += int(done.get("freed_bytes") or 0)
+        return {"removed": removed, "freed_bytes": freed}
 
     def _name_out(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -253,6 +378,9 @@ class PrincipalCalls:
             result["server"] = self._isolation()
         if self.principal.admin:
             return result
+        result = _environments_shown(result, self._env_prefix)
+        if method == "list_environments" and isinstance(result, list):
+            return [e for e in result if not OWNED_ENVIRONMENT.match(str(e.get("name", "")))]
         if method == "list_workspaces":
             mine = self.registry.owned("workspace", self.principal.name)
             workspaces = [w for w in result["workspaces"] if w["workspace_id"] in mine]
@@ -538,6 +666,30 @@ class PrincipalCalls:
 
         cleanup.callback(drop_unless_kept)
         return finish
+
+
+_SHARED_FORCE = "{} is shared by everybody on this server; only an admin rebuilds it (--force)"
+_PICK = "Pick another name; yours are yours alone (pyro env list shows them)"
+_OTHERS_ENVIRONMENT = re.compile(r"(u-[0-9a-f]{8}\.)[a-z0-9._:-]*")
+
+
+def _environments_shown(value: Any, own: str) -> Any:
+    """``value`` with the principal's own environment names as it wrote them, and
+    other principals' left out (lists) or hidden (text)."""
+    if isinstance(value, list):
+        kept = [_environments_shown(item, own) for item in value]
+        return [
+            item
+            for item in kept
+            if not (isinstance(item, str) and OWNED_ENVIRONMENT.match(item))
+            and not (isinstance(item, dict) and OWNED_ENVIRONMENT.match(str(item.get("name", ""))))
+        ]
+    if isinstance(value, dict):
+        return {key: _environments_shown(item, own) for key, item in value.items()}
+    if isinstance(value, str) and "u-" in value:
+        value = value.replace(own, "")
+        return _OTHERS_ENVIRONMENT.sub("(not yours)", value)
+    return value
 
 
 def _needs(principal: str, needed: Capability) -> str:

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     max_disk_gib REAL,
     profile TEXT,
     created_at REAL NOT NULL,
-    capabilities TEXT NOT NULL DEFAULT ''
+    capabilities TEXT NOT NULL DEFAULT '',
+    max_env_gib REAL
 );
 CREATE TABLE IF NOT EXISTS owners (
     kind TEXT NOT NULL,
@@ -63,6 +64,7 @@ class Principal:
     max_disk_gib: float | None = None
     profile: str | None = None
     capabilities: tuple[str, ...] = ()  # operator switches granted (crossings.Capability)
+    max_env_gib: float | None = None  # what its own environments may take
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +81,11 @@ class Registry:
             with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
                 db.executescript(_SCHEMA)  # commits on its own
                 columns = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
-                if "capabilities" not in columns:  # a registry from before capabilities
-                    db.execute(
-                        "ALTER TABLE tokens ADD COLUMN capabilities TEXT NOT NULL DEFAULT ''"
-                    )
-                    db.commit()
+                added = {"capabilities": "TEXT NOT NULL DEFAULT ''", "max_env_gib": "REAL"}
+                for column, kind in added.items():  # a registry from an older pyro
+                    if column not in columns:
+                        db.execute(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")
+                db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"the server registry {path} failed: {exc}") from exc
         path.chmod(0o600)
@@ -118,6 +120,7 @@ class Registry:
         max_disk_gib: float | None = None,
         profile: str | None = None,
         capabilities: Sequence[str] = (),
+        max_env_gib: float | None = None,
     ) -> str:
         """A new token for ``name``, returned once; only its hash is kept.
         ``capabilities`` are the operator switches it may use (``crossings.Capability``
@@ -137,6 +140,8 @@ class Registry:
             raise InvalidArgument("max_running", "must be 0 or more")
         if max_disk_gib is not None and max_disk_gib < 0:
             raise InvalidArgument("max_disk_gib", "must be 0 or more")
+        if max_env_gib is not None and max_env_gib < 0:
+            raise InvalidArgument("max_env_gib", "must be 0 or more")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._db() as db:
             if db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
@@ -145,7 +150,7 @@ class Registry:
                 )
             db.execute(
                 "INSERT INTO tokens (name, hash, admin, max_running, max_disk_gib, profile, "
-                "created_at, capabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, capabilities, max_env_gib) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     _hash(token),
@@ -155,6 +160,7 @@ class Registry:
                     profile,
                     time.time(),
                     ",".join(granted),
+                    max_env_gib,
                 ),
             )
         return token
@@ -249,4 +255,5 @@ def _principal(row: sqlite3.Row) -> Principal:
         max_disk_gib=row["max_disk_gib"],
         profile=row["profile"],
         capabilities=tuple(c for c in str(row["capabilities"] or "").split(",") if c),
+        max_env_gib=row["max_env_gib"],
     )
