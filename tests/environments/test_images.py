@@ -297,14 +297,22 @@ def test_references_and_names_are_checked() -> None:
         images.check_name("Bad Name")
 
 
-def _cache_with(tmp: Path, shared: Path, *environments: str) -> Path:
+def _cache_with(tmp: Path, shared: Path, *environments: str, share_oci: bool = False) -> Path:
     """A cache of its own that sees these installed environments, the kernels
-    and the runtime drive of the shared one."""
+    and the runtime drive of the shared one; with ``share_oci`` also its blob
+    store (and its lock), so a curated environment is packed as an image once
+    per run, not once per test that pushes it."""
     private = tmp
     (private / "environments").mkdir(parents=True)
     for name in ("kernels", "runtime", "warm-builder"):
         (shared / name).mkdir(parents=True, exist_ok=True)
         (private / name).symlink_to(shared / name)
+    if share_oci:
+        (shared / "oci").mkdir(parents=True, exist_ok=True)
+        (shared / "oci.lock").touch()
+        (shared / "oci.users").touch()
+        for name in ("oci", "oci.lock", "oci.users"):
+            (private / name).symlink_to(shared / name)
     for slug in environments:
         (private / "environments" / slug).symlink_to(shared / "environments" / slug)
     return private
@@ -319,7 +327,7 @@ def test_a_curated_environment_pushed_and_pulled_back_keeps_its_digest(
 ) -> None:
     here = Pyro(
         state_dir=tmp_path / "state",
-        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12"),
+        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12", share_oci=True),
         progress=lines.append,
     )
     elsewhere_state = tmp_path / "elsewhere-state"
@@ -514,7 +522,7 @@ def test_a_node_toolchain_image_runs_a_real_npm_project_as_its_user(
     state = tmp_path / "state"
     pyro = Pyro(
         state_dir=state,
-        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12"),
+        cache_dir=_cache_with(tmp_path / "cache", cache_dir, "debian-12", share_oci=True),
         progress=lines.append,
     )
     layout = tmp_path / "layout"

@@ -107,6 +107,33 @@ def test_local_references_travel_and_a_lying_upload_is_refused(
     assert ops.pull_environment(f"oci-archive:{archive}", name="archived:1")["name"] == (
         "archived:1"
     )
+    # docker-archive:./img.tar through the CLI, as a laptop types it.
+    docker = tmp_path / "img.tar"
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{layout}:bb", f"docker-archive:{docker}:bb:1"],
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        pyro_command(
+            "--remote",
+            team.url,
+            "env",
+            "pull",
+            "docker-archive:./img.tar",
+            "--name",
+            "docked:1",
+            "--no-prepare",
+            "--json",
+        ),
+        env={**team.base_env, "PYRO_TOKEN": team.tokens["ops"], "PYRO_HOME": "/nonexistent"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "docked:1"
+    assert ops.run_in_vm("docked:1", "echo $GREETING")["stdout"] == "hello from the image\n"
     # A tar that is not what it says: refused after the upload, the spool emptied.
     liar = tmp_path / "liar.tar"
     note = tmp_path / "note.txt"
@@ -117,7 +144,7 @@ def test_local_references_travel_and_a_lying_upload_is_refused(
         with pytest.raises(InvalidArgument, match=f"not an {form} image"):
             ops.pull_environment(f"{form}:{liar}", name="liar:1")
     assert spool_is_empty(team)
-    for name in ("travelled:1", "archived:1"):
+    for name in ("travelled:1", "archived:1", "docked:1"):
         ops.remove_environment(name)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import host_tools
-from pyro_mcp.environments import builder
+from pyro_mcp.environments import builder, images
 from pyro_mcp.environments.catalog import CATALOG, EnvironmentSpec, get_spec, slug
 from pyro_mcp.errors import EnvironmentBuildError, NotFound, PyroError, StateError
 from pyro_mcp.names import check_environment, shown
@@ -562,7 +562,8 @@ def _try_lock(env_dir: Path) -> Iterator[bool]:
 
 def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
     """Layer disks and image blobs no build still names (a build that VMs use
-    is still there, so what it names stays)."""
+    is still there, so what it names stays); nothing while a pull or push runs
+    (they hold ``images.USERS_LOCK`` shared from the first fetch to the install)."""
     disks: set[str] = set()
     blobs: set[str] = set()
     for manifest_path in (cache_dir / "environments").glob("*/builds/*/manifest.json"):
@@ -574,6 +575,14 @@ def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
         blobs.update(str(image.get(key)) for key in ("manifest_digest", "config_digest"))
         blobs.update(str(layer.get("digest")) for layer in image.get("layers") or [])
     removed: list[str] = []
+    freed = 0
+    with _try_lock_file(cache_dir / images.USERS_LOCK) as idle:
+        if idle:  # no pull or push is between making a disk or blob and recording it
+            freed += _prune_unnamed(cache_dir, disks, blobs, removed)
+    return removed, freed
+
+
+def _prune_unnamed(cache_dir: Path, disks: set[str], blobs: set[str], removed: list[str]) -> int:
     freed = 0
     layers_dir = cache_dir / "layers"
     for size_dir in sorted(layers_dir.iterdir()) if layers_dir.is_dir() else []:
@@ -601,14 +610,13 @@ def _prune_images(cache_dir: Path) -> tuple[list[str], int]:
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed.append(str(leftover))
     blob_dir = cache_dir / "oci" / "blobs" / "sha256"
-    lock = cache_dir / "oci.lock"
-    with _try_lock_file(lock) as free:
+    with _try_lock_file(cache_dir / "oci.lock") as free:
         for blob in sorted(blob_dir.iterdir()) if free and blob_dir.is_dir() else []:
             if f"sha256:{blob.name}" not in blobs:
                 freed += used_bytes_file(blob)
                 blob.unlink(missing_ok=True)
                 removed.append(str(blob))
-    return removed, freed
+    return freed
 
 
 @contextmanager

@@ -193,6 +193,9 @@ class Layer:
     remove: list[str] = field(default_factory=list)
     opaque: list[str] = field(default_factory=list)
     entries: list[tuple[str, bool]] = field(default_factory=list)
+    # The entries whose path lies below with the other type (the guest removes
+    # those first), when everything below is known; None: the guest checks all.
+    conflicts: list[tuple[str, bool]] | None = None
 
     @property
     def hex(self) -> str:
@@ -207,6 +210,9 @@ class Image:
     layers: list[Layer]
 
 
+USERS_LOCK = "oci.users"
+
+
 class ImageStore:
     """The shared OCI layout (``oci/``) and the layer disks (``layers/``)."""
 
@@ -218,6 +224,18 @@ class ImageStore:
         if not _DIGEST.match(digest):
             raise ImageError(f"the image names a blob by an unusable digest {digest[:80]!r}")
         return self.layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) by a pull or push from its first fetch to its last read of a
+        blob: pruning removes no blob while anyone holds it (``cache._prune_images``)."""
+        self.layout.parent.mkdir(parents=True, exist_ok=True)
+        with (self.layout.parent / USERS_LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -511,6 +529,40 @@ class ImageStore:
         if member.islnk() and _inside_root(member.linkname) is None:
             raise ImageError(f"hard link {member.name!r} points outside the image root")
         layer.entries.append((name, member.isdir()))
+
+
+def settle_conflicts(layers: list[Layer]) -> None:
+    """Set each layer's ``conflicts`` for ``layers`` applied in order on an empty disk.
+
+    The host has every entry of every layer (``examine``), so it can tell which
+    entries replace something of the other type below (a file where a directory
+    was, or the reverse) instead of the guest looking at each path under
+    emulation: a layer of 20,000 files then costs the guest no checks at all.
+    The walk honours each layer's whiteouts and opaque directories first, as
+    the guest does.
+    """
+    tree: dict[str, bool] = {}
+
+    def drop(path: str, *, itself: bool) -> None:
+        if itself:
+            tree.pop(path, None)
+        prefix = path + "/"
+        for key in [key for key in tree if key.startswith(prefix)]:
+            del tree[key]
+
+    for layer in layers:
+        for path in layer.remove:
+            drop(path, itself=True)
+        for path in layer.opaque:
+            drop(path, itself=False)
+        conflicts: list[tuple[str, bool]] = []
+        for path, is_dir in layer.entries:
+            below = tree.get(path)
+            if below is not None and below != is_dir:
+                conflicts.append((path, is_dir))
+                drop(path, itself=True)
+            tree[path] = is_dir
+        layer.conflicts = conflicts
 
 
 # ------------------------------------------------------------------ helpers

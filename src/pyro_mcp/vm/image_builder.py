@@ -221,7 +221,8 @@ def _apply(
 ) -> None:
     """``layer``, at ``place`` (offset, size) on the raw blobs drive, onto /workspace;
     ``checks``: remove what it deletes or replaces below it first."""
-    entries = [[path, is_dir] for path, is_dir in layer.entries] if checks else []
+    known = layer.conflicts if layer.conflicts is not None else layer.entries
+    entries = [[path, is_dir] for path, is_dir in known] if checks else []
     where = {"blob": layer.hex, "offset": place[0], "size": place[1]}
     # The type checks of a large layer go first, in parts (each request is one frame).
     while len(entries) > ENTRIES_PER_CALL:
@@ -258,18 +259,19 @@ def pull_image(
         raise InvalidArgument("disk_size_mib", "must be from 256 to 262144 MiB")
     store = images.ImageStore(cache.cache_dir)
     try:
-        return _pull(
-            cache,
-            store,
-            ref,
-            env_name,
-            vms_dir,
-            accel_name,
-            insecure_registry,
-            disk_size_mib,
-            progress,
-            curated,
-        )
+        with store.in_use():
+            return _pull(
+                cache,
+                store,
+                ref,
+                env_name,
+                vms_dir,
+                accel_name,
+                insecure_registry,
+                disk_size_mib,
+                progress,
+                curated,
+            )
     except (PyroError, OSError) as exc:
         # Whatever failed first (skopeo, gunzip, the guest's writes, the install),
         # a full disk is the cause to name.
@@ -397,6 +399,8 @@ def _build_chain(
                 progress(f"phase=check layer {number}/{len(layers)} {layer.digest[:19]}")
                 store.examine(layer, Path(tmp) / layer.hex)
                 check_room(below_bytes + sum(item.unpacked_bytes for item in todo))
+            if not done:  # every layer below each one is known here
+                images.settle_conflicts(todo)
             build(below, targets, todo, Path(tmp))
         parent, total = (below if done else None), below_bytes
         for layer, disk in zip(todo, targets, strict=True):
@@ -476,9 +480,10 @@ def push_environment(
     store = images.ImageStore(cache.cache_dir)
     image = status.manifest.get("image") or {}
     digest = str(image.get("manifest_digest") or "")
-    if not digest or not store.blob(digest).is_file():
-        digest = _curated_image(cache, status.build_dir, name, vms_dir, accel_name, progress)
-    images.push(store, digest, target, progress, insecure=insecure_registry)
+    with store.in_use():
+        if not digest or not store.blob(digest).is_file():
+            digest = _curated_image(cache, status.build_dir, name, vms_dir, accel_name, progress)
+        images.push(store, digest, target, progress, insecure=insecure_registry)
     progress(f"phase=done {name} pushed to {target} as {digest}")
     return {"name": name, "reference": target, "manifest_digest": digest}
 
