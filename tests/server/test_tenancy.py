@@ -397,3 +397,19 @@ def _dockerfile(folder: Path) -> Path:
 
 def _stored_name(server: RemoteServer, principal: str, name: str) -> str:
     return f"u-{hashlib.sha256(principal.encode()).hexdigest()[:8]}.{name}"
+
+
+def test_env_save_under_a_shared_name_is_refused_and_saves_nothing(team: RemoteServer) -> None:
+    mallory = team.sdk("mallory")
+    created = mallory.create_workspace(name="saver")
+    try:
+        before = {e["name"]: e.get("path") for e in team.sdk("ops").list_environments()}
+        for shared in ("debian:12", "debian:12-build"):
+            with pytest.raises(InvalidArgument, match="shared by everybody"):
+                mallory.save_environment("saver", shared)
+        after = {e["name"]: e.get("path") for e in team.sdk("ops").list_environments()}
+        assert after == before
+        entries = audit_entries(team, "--principal", "mallory", "--since", "5m")
+        assert any(e["method"] == "save_environment" and e["result"] == "refused" for e in entries)
+    finally:
+        mallory.delete_workspace(created["workspace_id"])
