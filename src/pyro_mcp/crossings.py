@@ -194,8 +194,20 @@ LOCAL_IMAGE_FORMS = ("oci:", "oci-archive:", "docker-archive:")
 
 def local_image(reference: Any) -> str | None:
     """The transport of ``reference`` when it names an image on the caller's disk."""
-    if isinstance(reference, str):
-        for form in LOCAL_IMAGE_FORMS:
-            if reference.startswith(form):
-                return form.rstrip(":")
+    split = split_local_image(reference)
+    return split[0] if split else None
+
+
+def split_local_image(reference: Any) -> tuple[str, str, str] | None:
+    """``(form, path, tag)`` of a local image reference (``oci:PATH[:TAG]``,
+    ``oci-archive:FILE``, ``docker-archive:FILE``; tag "" when none), else None."""
+    if not isinstance(reference, str):
+        return None
+    for prefix in LOCAL_IMAGE_FORMS:
+        if reference.startswith(prefix):
+            rest = reference.removeprefix(prefix)
+            path, _, tag = rest.rpartition(":") if prefix == "oci:" else ("", "", "")
+            if not path or not tag or "/" in tag:
+                path, tag = rest, ""
+            return prefix.rstrip(":"), path, tag
     return None

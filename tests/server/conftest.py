@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -65,14 +66,14 @@ class RemoteServer:
             self.process.stdout.close()
             self.process = None
 
-    def token(self, name: str, *flags: str) -> str:
-        done = subprocess.run(
-            pyro_command("server", "token", "create", name, "--json", *flags),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``pyro ARGS`` on the server's machine (its PYRO_HOME and cache)."""
+        return subprocess.run(
+            pyro_command(*args), env=self.env, capture_output=True, text=True, check=check
         )
+
+    def token(self, name: str, *flags: str) -> str:
+        done = self.cli("server", "token", "create", name, "--json", *flags)
         created = json.loads(done.stdout)
         assert created["name"] == name
         self.tokens[name] = created["token"]
@@ -158,21 +159,29 @@ def client_without_qemu(path_without_qemu: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PYRO_CACHE_DIR", "/nonexistent/pyro-client-cache")
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, warm_environment: dict[str, Any]
-) -> Iterator[RemoteServer]:
-    """A server with two principals, alice and bob (bob may run one workspace)."""
-    folder = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def serving(folder: Path, cache_dir: Path, tokens: dict[str, list[str]]) -> Iterator[RemoteServer]:
+    """A running server over ``folder`` with these tokens (name: create flags);
+    stopped, and its guests deleted, afterwards."""
     remote = RemoteServer(folder / "state", cache_dir, folder / "server.log")
-    remote.token("alice")
-    remote.token("bob", "--max-running", "1")
+    for name, flags in tokens.items():
+        remote.token(name, *flags)
     remote.start()
     try:
         yield remote
     finally:
         remote.stop()
         remote.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, warm_environment: dict[str, Any]
+) -> Iterator[RemoteServer]:
+    """A server with two principals, alice and bob (bob may run one workspace)."""
+    tokens = {"alice": [], "bob": ["--max-running", "1"]}
+    with serving(tmp_path_factory.mktemp("server"), cache_dir, tokens) as remote:
+        yield remote
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import tarfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +27,7 @@ from pyro_mcp.server.calls import PrincipalCalls
 from pyro_mcp.server.registry import Principal, Registry
 from pyro_mcp.transport import RemoteTransport
 from tests.environments.images_helper import add_layer, busybox_image, entry, outward_address
-from tests.server.conftest import RemoteServer, pyro_command
+from tests.server.conftest import RemoteServer, pyro_command, serving
 
 pytestmark = pytest.mark.vm
 
@@ -39,17 +39,13 @@ def team(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, warm_environment: dict[str, Any]
 ) -> Iterator[RemoteServer]:
     """mallory (ordinary), carol (granted private egress and host services), ops (admin)."""
-    folder = tmp_path_factory.mktemp("team")
-    remote = RemoteServer(folder / "state", cache_dir, folder / "server.log")
-    remote.token("mallory")
-    remote.token("carol", "--allow", "private-egress", "host-services")
-    remote.token("ops", "--admin")
-    remote.start()
-    try:
+    tokens = {
+        "mallory": [],
+        "carol": ["--allow", "private-egress", "host-services"],
+        "ops": ["--admin"],
+    }
+    with serving(tmp_path_factory.mktemp("team"), cache_dir, tokens) as remote:
         yield remote
-    finally:
-        remote.stop()
-        remote.cleanup()
 
 
 def raw_call(server: RemoteServer, who: str, method: str, **arguments: Any) -> Any:
@@ -173,23 +169,12 @@ def test_operator_switches_need_the_capability(team: RemoteServer) -> None:
 
 
 def test_token_create_refuses_an_unknown_capability(team: RemoteServer) -> None:
-    done = subprocess.run(
-        pyro_command("server", "token", "create", "eve", "--allow", "root"),
-        env=team.env,
-        capture_output=True,
-        text=True,
-    )
+    done = team.cli("server", "token", "create", "eve", "--allow", "root", check=False)
     assert done.returncode == 2 and "private-egress" in done.stderr
     registry = Registry(team.state_dir / "server.db")
     with pytest.raises(InvalidArgument, match="not a capability"):
         registry.create_token("eve", capabilities=["root"])
-    listed = subprocess.run(
-        pyro_command("server", "token", "list", "--json"),
-        env=team.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    listed = team.cli("server", "token", "list", "--json")
     tokens = {t["name"]: t for t in json.loads(listed.stdout)["tokens"]}
     assert "eve" not in tokens
     assert tokens["carol"]["capabilities"] == ["host-services", "private-egress"]
@@ -214,8 +199,9 @@ def test_a_guest_never_reaches_an_address_of_the_host(team: RemoteServer) -> Non
     threading.Thread(target=service.serve_forever, daemon=True).start()
     port = service.server_address[1]
     address = outward_address()
-    with socket.create_connection((address, port), timeout=5):
-        pass  # it does answer on that address, from the host
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://{address}:{port}/", timeout=10) as answer:
+        assert answer.read() == b"the host itself\n"  # from the host itself, it answers
     mallory = team.sdk("mallory")
     created = mallory.create_workspace(network_policy="egress")
     try:
@@ -259,13 +245,7 @@ def test_an_argument_that_declares_no_crossing_is_refused(tmp_path: Path) -> Non
 
 
 def audit_entries(server: RemoteServer, *flags: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        pyro_command("server", "audit", "--json", *flags),
-        env=server.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = server.cli("server", "audit", "--json", *flags)
     entries: list[dict[str, Any]] = json.loads(done.stdout)["entries"]
     return entries
 
@@ -292,20 +272,9 @@ def test_every_call_is_audited_without_its_values_and_an_unwritable_trail_refuse
     trail = (team.state_dir / "audit.jsonl").read_text()
     assert "sup3rsecret" not in trail and "python3" not in trail
     assert audit_entries(team, "--principal", "nobody") == []
-    human = subprocess.run(
-        pyro_command("server", "audit", "--principal", "mallory"),
-        env=team.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    human = team.cli("server", "audit", "--principal", "mallory")
     assert "PRINCIPAL" in human.stdout and "refused" in human.stdout
-    bad = subprocess.run(
-        pyro_command("server", "audit", "--since", "yesterday-ish"),
-        env=team.env,
-        capture_output=True,
-        text=True,
-    )
+    bad = team.cli("server", "audit", "--since", "yesterday-ish", check=False)
     assert bad.returncode != 0 and "ISO time" in bad.stderr
     # A trail the server cannot write: every call is refused, saying why.
     trail_path = team.state_dir / "audit.jsonl"

@@ -12,6 +12,7 @@ an address a DHCP lease adds is covered within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 import time
@@ -42,34 +43,29 @@ def own() -> frozenset[Address]:
 def _ipv4() -> set[Address]:
     """The ``/32 host LOCAL`` entries of the local routing table."""
     found: set[Address] = set()
-    try:
-        lines = FIB_TRIE.read_text().splitlines()
-    except OSError:
-        return found
     last = ""
-    for line in lines:
+    for line in _lines(FIB_TRIE):
         text = line.strip()
         if text.startswith(("|--", "+--")):
             last = text[3:].strip().split()[0]
         elif text == "/32 host LOCAL" and last:
-            try:
+            with contextlib.suppress(ValueError):
                 found.add(ipaddress.IPv4Address(last))
-            except ValueError:
-                continue
     return found
 
 
 def _ipv6() -> set[Address]:
     found: set[Address] = set()
-    try:
-        lines = IF_INET6.read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
+    for line in _lines(IF_INET6):
         fields = line.split()
         if fields and len(fields[0]) == 32:
-            try:
+            with contextlib.suppress(ValueError):
                 found.add(ipaddress.IPv6Address(int(fields[0], 16)))
-            except ValueError:
-                continue
     return found
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []

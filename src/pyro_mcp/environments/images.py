@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pyro_mcp import host_tools, names
+from pyro_mcp import crossings, host_tools, names
 from pyro_mcp.environments import builder
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
 
@@ -138,18 +138,15 @@ def parse_reference(text: str) -> Reference:
     )
     if not isinstance(text, str) or not text.strip() or any(c.isspace() for c in text):
         raise InvalidArgument("reference", f"name an image: {forms}")
-    for prefix in ("oci:", "oci-archive:", "docker-archive:"):
-        if text.startswith(prefix):
-            rest = text.removeprefix(prefix)
-            path, tag = [*rest.rsplit(":", 1), ""][:2] if prefix == "oci:" else (rest, "")
-            if prefix == "oci:" and (not tag or "/" in tag):
-                path, tag = rest, ""
-            local = Path(path).expanduser().absolute()
-            if not local.exists():
-                raise InvalidArgument("reference", f"{local} does not exist")
-            stem = local.name.split(".")[0] if local.is_file() else local.name
-            source = f"{prefix}{local}" + (f":{tag}" if tag else "")
-            return Reference(text, source, _clean_name(stem, tag or "latest"))
+    split = crossings.split_local_image(text)
+    if split is not None:
+        form, path, tag = split
+        local = Path(path).expanduser().absolute()
+        if not local.exists():
+            raise InvalidArgument("reference", f"{local} does not exist")
+        stem = local.name.split(".")[0] if local.is_file() else local.name
+        source = f"{form}:{local}" + (f":{tag}" if tag else "")
+        return Reference(text, source, _clean_name(stem, tag or "latest"))
     remote = text.removeprefix("docker://")
     first = remote.split("/", 1)[0]
     if remote == text and "/" in remote and not ("." in first or ":" in first):

@@ -130,11 +130,9 @@ def read(
 ) -> Iterator[dict[str, Any]]:
     """The records of ``path`` and its rotated files, oldest first (lines that do
     not parse are skipped: a crash may cut the last one)."""
-    files = sorted(
-        path.parent.glob(f"{path.name}.*"),
-        key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
-    )
-    for file in [*(f for f in files if f.suffix[1:].isdigit()), path]:
+    rotated = [p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()]
+    rotated.sort(key=lambda p: int(p.suffix[1:]), reverse=True)  # .4 is the oldest
+    for file in [*rotated, path]:
         try:
             lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:

@@ -673,22 +673,26 @@ _PICK = "Pick another name; yours are yours alone (pyro env list shows them)"
 _OTHERS_ENVIRONMENT = re.compile(r"(u-[0-9a-f]{8}\.)[a-z0-9._:-]*")
 
 
-def _environments_shown(value: Any, own: str) -> Any:
+# The fields of pyro's answers that may name an environment; guest output
+# (stdout, file contents, patches, logs) is never rewritten.
+_ENVIRONMENT_FIELDS = frozenset(
+    {"environment", "name", "shared_with", "path", "build_dir", "disk", "chain"}
+    | {"problem", "reason", "fix", "warnings"}
+)
+
+
+def _environments_shown(value: Any, own: str, field: str | None = None) -> Any:
     """``value`` with the principal's own environment names as it wrote them, and
-    other principals' left out (lists) or hidden (text)."""
+    other principals' hidden (left out of ``shared_with``)."""
     if isinstance(value, list):
-        kept = [_environments_shown(item, own) for item in value]
-        return [
-            item
-            for item in kept
-            if not (isinstance(item, str) and OWNED_ENVIRONMENT.match(item))
-            and not (isinstance(item, dict) and OWNED_ENVIRONMENT.match(str(item.get("name", ""))))
-        ]
+        items = [_environments_shown(item, own, field) for item in value]
+        if field == "shared_with":
+            items = [i for i in items if not (isinstance(i, str) and OWNED_ENVIRONMENT.match(i))]
+        return items
     if isinstance(value, dict):
-        return {key: _environments_shown(item, own) for key, item in value.items()}
-    if isinstance(value, str) and "u-" in value:
-        value = value.replace(own, "")
-        return _OTHERS_ENVIRONMENT.sub("(not yours)", value)
+        return {key: _environments_shown(item, own, key) for key, item in value.items()}
+    if isinstance(value, str) and field in _ENVIRONMENT_FIELDS and "u-" in value:
+        return _OTHERS_ENVIRONMENT.sub("(not yours)", value.replace(own, ""))
     return value
 
 
@@ -701,12 +705,11 @@ def _needs(principal: str, needed: Capability) -> str:
 
 
 def _resolve(registry: str) -> list[str]:
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    if registry.startswith("[") and "]" in registry:
-        host = registry[1 : registry.index("]")]
+    """The addresses ``registry`` (``host[:port]``, IPv6 in brackets) resolves to."""
     try:
+        host = urlsplit("//" + registry).hostname or ""
         found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         return []
     return sorted({str(item[4][0]) for item in found})
 

@@ -343,15 +343,10 @@ class RemoteTransport:
     ) -> str | dict[str, str]:
         """A local image reference as an upload: an archive as it is, an OCI layout
         folder packed into a tar. Registry references travel as they are."""
-        form = crossings.local_image(reference)
-        if form is None:
+        split = crossings.split_local_image(reference)
+        if split is None:
             return reference
-        rest = reference[len(form) + 1 :]
-        path, tag = rest, ""
-        if form == "oci" and ":" in rest:
-            head, _, last = rest.rpartition(":")
-            if last and "/" not in last:
-                path, tag = head, last
+        form, path, tag = split
         local = Path(path).expanduser().absolute()
         if form == "oci":
             if not local.is_dir():
