@@ -226,6 +226,14 @@ def warm_enabled() -> bool:
     return _switched_on("PYRO_WARM")
 
 
+def layers_on_host() -> bool:
+    """Whether an image's first layer may be unpacked on the host (as root, into a
+    private folder; ``vm/image_builder.py``) instead of in the building guest.
+    ``PYRO_LAYERS_ON_HOST=0`` keeps every layer in the guest (comparison, or a
+    host whose policy forbids it); without root the guest does it anyway."""
+    return _switched_on("PYRO_LAYERS_ON_HOST") and hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def memory_merge_enabled() -> bool:
     """False when ``PYRO_MEMORY_MERGE=off``: pyro leaves the host's same-page merging
     (KSM) as it finds it instead of turning it on (vm/merge.py)."""

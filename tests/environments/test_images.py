@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.environments import images_helper
 from tests.mcp.conftest import call, mcp_client
 
 pytestmark = pytest.mark.vm
+NET_RAW = images_helper.NET_RAW_CAPABILITY
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +215,102 @@ def test_layers_delete_replace_and_keep_owners_links_setuid_and_capabilities(
         ["debugfs", "-R", "ea_list /bin/cap", raw], capture_output=True, text=True, check=True
     )
     assert "security.capability" in found.stdout, found.stdout
+
+
+def _one_layer_image(layout: Path, tag: str, members: list[Any]) -> str:
+    """An image whose only layer is ``members`` (the host unpacks it, as root)."""
+    images_helper.umoci("init", "--layout", layout)
+    images_helper.umoci("new", "--image", f"{layout}:{tag}")
+    images_helper.add_layer(layout, tag, members)
+    images_helper.umoci("config", "--image", f"{layout}:{tag}", "--config.env", "PATH=/bin")
+    return f"oci:{layout}:{tag}"
+
+
+def test_a_first_layer_unpacked_on_the_host_keeps_owners_links_devices_and_capabilities(
+    sdk: Pyro, tmp_path: Path, lines: list[str]
+) -> None:
+    entry, kind = images_helper.entry, tarfile
+    busybox = Path(shutil.which("busybox") or "/bin/busybox").read_bytes()
+    null = entry("opt/null", kind.CHRTYPE, mode=0o666)
+    null.devmajor, null.devminor = 1, 3
+    members = [
+        (entry("bin", kind.DIRTYPE, mode=0o755), b""),
+        (entry("bin/busybox", mode=0o755), busybox),
+        *[
+            (entry(f"bin/{applet}", kind.SYMTYPE, link="busybox"), b"")
+            for applet in images_helper.BUSYBOX_APPLETS
+        ],
+        (entry("etc", kind.DIRTYPE, mode=0o755), b""),
+        (entry("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n"),
+        (entry("opt", kind.DIRTYPE, mode=0o755), b""),
+        (entry("opt/keep.txt"), b"keep\n"),
+        (entry("opt/hard", kind.LNKTYPE, link="opt/keep.txt"), b""),
+        (entry("opt/passwd", kind.SYMTYPE, link="/etc/passwd"), b""),
+        (entry("opt/fifo", kind.FIFOTYPE), b""),
+        (null, b""),
+        (entry("bin/suid", mode=0o4755), b"#!/bin/sh\necho suid\n"),
+        (
+            entry("bin/cap", mode=0o755, xattrs={"security.capability": NET_RAW}),
+            b"#!/bin/sh\necho cap\n",
+        ),
+        (entry("home", kind.DIRTYPE, mode=0o755), b""),
+        (entry("home/app", kind.DIRTYPE, mode=0o750, uid=1000), b""),
+        (entry("home/app/mine.txt", uid=1000), b"mine\n"),
+    ]
+    reference = _one_layer_image(tmp_path / "layout", "one", members)
+    installed = sdk.pull_environment(reference, name="one:1")
+    assert any("phase=layers unpacking 1/1" in line and "on the host" in line for line in lines)
+    assert not any("starting a guest" in line for line in lines), lines  # no guest at all
+    script = (
+        "cat /opt/keep.txt /opt/hard; readlink /opt/passwd; stat -c %h /opt/keep.txt; "
+        "stat -c '%a %u' /bin/suid /home/app /home/app/mine.txt; "
+        "stat -c '%F %t %T' /opt/fifo /opt/null"
+    )
+    ran = sdk.run_in_vm("one:1", script, timeout_seconds=120)
+    assert ran["exit_code"] == 0, ran
+    assert ran["stdout"].splitlines() == [
+        "keep",
+        "keep",
+        "/etc/passwd",
+        "2",
+        "4755 0",
+        "750 1000",
+        "644 1000",
+        "fifo 0 0",
+        "character special file 1 3",
+    ]
+    raw = tmp_path / "one.raw"
+    disk = installed["manifest"]["chain"][0]
+    subprocess.run(["qemu-img", "convert", "-O", "raw", disk, raw], check=True)
+    found = subprocess.run(
+        ["debugfs", "-R", "ea_list /bin/cap", raw], capture_output=True, text=True, check=True
+    )
+    assert "security.capability" in found.stdout, found.stdout
+
+
+def test_a_first_layer_cannot_write_through_its_own_links_onto_the_host(
+    sdk: Pyro, tmp_path: Path, image_cache: Path, lines: list[str]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entry, link = images_helper.entry, tarfile.SYMTYPE
+    members = [
+        (entry("escape", link, link=str(outside)), b""),
+        (entry("escape/pwned"), b"pwned\n"),
+        (entry("up", link, link="../" * 12 + str(outside).lstrip("/")), b""),
+        (entry("up/pwned"), b"pwned\n"),
+    ]
+    reference = _one_layer_image(tmp_path / "layout", "evil", members)
+    with pytest.raises(images.ImageError, match="Not a directory"):
+        sdk.pull_environment(reference, name="evil:1")
+    # The host's tar refused it, then the guest's did too; nothing reached the host.
+    assert any("tar on the host failed" in line for line in lines), lines
+    assert list(outside.iterdir()) == []
+    with pytest.raises(NotFound):
+        sdk.inspect_environment("evil:1")
+    layers = image_cache / "layers"
+    assert not list(layers.glob("*/.unpacked-*"))
+    assert all(d.with_suffix(".json").exists() for d in layers.glob("*/*.qcow2"))
 
 
 def test_a_registry_image_pulls_over_loopback_and_faults_are_clear(
