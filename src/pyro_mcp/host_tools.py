@@ -40,6 +40,7 @@ QEMU_IMG = HostTool("qemu-img", "qemu-utils", "creates per-VM disk overlays")
 DEBOOTSTRAP = HostTool("debootstrap", "debootstrap", "builds environment root filesystems")
 MKFS_EXT4 = HostTool("mkfs.ext4", "e2fsprogs", "turns root filesystems into disk images")
 DEBUGFS = HostTool("debugfs", "e2fsprogs", "reads stopped workspace disks offline")
+E2FSCK = HostTool("e2fsck", "e2fsprogs", "replays the journal of a workspace disk read offline")
 BUSYBOX = HostTool(
     "busybox", "busybox-static", "the guest's early userspace", ("/bin/busybox", "/usr/bin/busybox")
 )

@@ -122,6 +122,16 @@ class DiskOps:
         if result.returncode != 0:
             raw.unlink(missing_ok=True)
             raise VMError(f"qemu-img could not read the workspace disk: {result.stderr.strip()}")
+        # A suspended workspace's filesystem was never frozen: what it last wrote
+        # may sit in its journal alone. Replaying that (in the copy) makes the
+        # copy read as the guest saw it; debugfs itself never replays.
+        replayed = host_tools.run(
+            host_tools.E2FSCK, ["-E", "journal_only", "-y", raw], capture_output=True, timeout=300
+        )
+        if replayed.returncode not in (0, 1):
+            raw.unlink(missing_ok=True)
+            tail = " ".join((replayed.stdout + replayed.stderr).split())[-400:]
+            raise VMError(f"the workspace disk's journal could not be replayed: {tail}")
 
     @contextmanager
     def _image(self, workspace: dict[str, Any]) -> Iterator[Path]:
