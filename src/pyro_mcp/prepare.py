@@ -31,7 +31,7 @@ from pyro_mcp.environments.builder import Progress
 from pyro_mcp.environments.cache import InstalledEnvironment
 from pyro_mcp.errors import HostSetupError, PyroError, VMError
 from pyro_mcp.models import VmRecord, VmState
-from pyro_mcp.vm import backend, disks, warm
+from pyro_mcp.vm import backend, control_ops, disks, warm
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.service import VmService
 
@@ -186,7 +186,7 @@ def _take(
     progress(f"phase=save saving the template (booted in {report['boot_ms']} ms)")
     try:
         backend.save_and_exit(
-            files, int(report["pid"]), "save_template", partial / warm.DEVICES, 90
+            files, int(report["pid"]), control_ops.save_template, partial / warm.DEVICES, 90
         )
     finally:
         shutil.rmtree(files.dir, ignore_errors=True)

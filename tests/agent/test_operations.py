@@ -9,10 +9,8 @@ from pyro_mcp.agent import operations
 from pyro_mcp.guest import agent as guest_agent
 
 SRC = Path(operations.__file__).resolve().parents[1]
-# What the supervisor itself sends the guest: the hello after a boot or
-# restore. ``info`` answers the guest tests. (``sync``, which the supervisor
-# also sends before saving memory, the host sends before an env save.)
-NOT_FROM_THE_HOST_SERVICES = {"hello", "info"}
+# ``info`` answers the guest tests only.
+NOT_FROM_THE_HOST = {"info"}
 
 
 def _named_operations(path: Path) -> set[str]:
@@ -21,7 +19,7 @@ def _named_operations(path: Path) -> set[str]:
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "agent"
+            and node.func.attr in ("agent", "agent_request")
             and node.args
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
@@ -43,4 +41,4 @@ def test_every_operation_has_a_guest_handler_and_every_handler_is_used() -> None
     named = _named_operations(Path(operations.__file__))
     handled = set(guest_agent.OPERATIONS)
     assert named - handled == set()
-    assert handled - named == NOT_FROM_THE_HOST_SERVICES
+    assert handled - named == NOT_FROM_THE_HOST

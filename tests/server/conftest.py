@@ -160,10 +160,19 @@ def client_without_qemu(path_without_qemu: str, monkeypatch: pytest.MonkeyPatch)
 
 
 @contextlib.contextmanager
-def serving(folder: Path, cache_dir: Path, tokens: dict[str, list[str]]) -> Iterator[RemoteServer]:
+def serving(
+    folder: Path,
+    cache_dir: Path,
+    tokens: dict[str, list[str]],
+    base_env: dict[str, str] | None = None,
+) -> Iterator[RemoteServer]:
     """A running server over ``folder`` with these tokens (name: create flags);
-    stopped, and its guests deleted, afterwards."""
+    stopped, and its guests deleted, afterwards. ``base_env``: the server's
+    environment (default: this process's now; inside a test here that has QEMU
+    hidden, so pass another server's)."""
     remote = RemoteServer(folder / "state", cache_dir, folder / "server.log")
+    if base_env is not None:
+        remote.base_env = dict(base_env)
     for name, flags in tokens.items():
         remote.token(name, *flags)
     remote.start()

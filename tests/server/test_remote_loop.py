@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import httpx2
@@ -15,7 +17,8 @@ import pytest
 
 from pyro_mcp import InvalidArgument, NotFound, QuotaExceeded, __version__
 from pyro_mcp.transport import wire
-from tests.server.conftest import RemoteServer, pyro_command
+from tests.conftest import leaked_processes
+from tests.server.conftest import RemoteServer, pyro_command, serving
 
 WINDOWS_LIKE = Path(__file__).with_name("windows_like.py")
 
@@ -426,3 +429,26 @@ def test_prepare_project_sends_the_project_and_answers_in_its_paths(
             shutil.rmtree(made, ignore_errors=True)
     spool = server.state_dir / "server-spool"
     assert not list(spool.glob("unpacked-*")) and not list(spool.glob("uploads/*"))
+
+
+def test_a_stopped_server_leaves_no_warm_up_guest_behind(
+    server: RemoteServer, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A principal's first call starts its warm-up (a template guest booting);
+    the server stopped then takes that guest down within seconds."""
+    name = f"brief-{uuid.uuid4().hex[:8]}"
+    warm_dir = cache_dir / "warm-principals" / name
+    try:
+        with serving(tmp_path, cache_dir, {name: []}, server.base_env) as remote:
+            remote.sdk(name).list_workspaces()
+            deadline = time.monotonic() + 60
+            while not leaked_processes(warm_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert leaked_processes(warm_dir), "the principal's warm-up did not start"
+        deadline = time.monotonic() + 15
+        while leaked_processes(warm_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert leaked_processes(warm_dir) == []
+        assert not list(warm_dir.rglob("template"))
+    finally:
+        shutil.rmtree(warm_dir, ignore_errors=True)

@@ -22,6 +22,30 @@ class Client(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class Supervisor(Protocol):
+    """The VM's supervisor, which talks to the guest itself (``vm/supervisor.py``)."""
+
+    async def agent_request(
+        self, op: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]: ...
+
+
+# ------------------------------------------------------- from the supervisor
+
+
+async def hello(supervisor: Supervisor, args: Mapping[str, Any], timeout: float) -> Reply:
+    """The first request after a boot or restore: the clock, entropy, the mounts
+    and egress settings; the guest answers with what it is."""
+    return await supervisor.agent_request("hello", dict(args), timeout)
+
+
+async def flush(supervisor: Supervisor, timeout: float, freeze: Sequence[str] = ()) -> Reply:
+    """``sync`` sent by the supervisor before it saves or stops the guest; ``freeze``:
+    filesystems to freeze after flushing (a stopping VM's /workspace)."""
+    args: dict[str, Any] = {"freeze": list(freeze)} if freeze else {}
+    return await supervisor.agent_request("sync", args, timeout)
+
+
 # ----------------------------------------------------------- liveness, disks
 
 

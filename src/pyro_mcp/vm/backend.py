@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pyro_mcp import host_tools
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import AgentError, PyroError, VMError
-from pyro_mcp.vm import merge
+from pyro_mcp.vm import control_ops, merge
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
 
@@ -159,7 +160,7 @@ def stop(files: VmFiles, supervisor_pid: int | None) -> None:
     if supervisor_pid is None or not supervisor_alive(supervisor_pid, files):
         return
     with contextlib.suppress(VMError, AgentError), SupervisorClient(files.control_socket) as client:
-        client.call("shutdown", timeout=STOP_WAIT_SECONDS)
+        control_ops.shutdown(client, timeout=STOP_WAIT_SECONDS)
     if not wait_for_exit(supervisor_pid, STOP_WAIT_SECONDS):
         with contextlib.suppress(ProcessLookupError):
             os.kill(supervisor_pid, signal.SIGKILL)  # QEMU dies with it (PDEATHSIG)
@@ -197,9 +198,12 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
-def save_and_exit(files: VmFiles, pid: int, op: str, path: Path, timeout: float) -> None:
-    """Have the supervisor ``pid`` save its guest to ``path`` with ``op``
-    (``save_template``: device state only; ``suspend``: the whole guest) and wait
+def save_and_exit(
+    files: VmFiles, pid: int, save: Callable[..., dict[str, Any]], path: Path, timeout: float
+) -> None:
+    """Have the supervisor ``pid`` save its guest to ``path`` with ``save``
+    (``control_ops.save_template``: device state only; ``control_ops.suspend``:
+    the whole guest) and wait
     until it is gone: QEMU quits after saving, and a template's RAM file must
     never be written again. If anything fails the VM is stopped.
 
@@ -208,8 +212,8 @@ def save_and_exit(files: VmFiles, pid: int, op: str, path: Path, timeout: float)
     """
     try:
         with SupervisorClient(files.control_socket) as owner:
-            owner.call("own")
-            owner.call(op, {"path": str(path)}, timeout=timeout)
+            control_ops.own(owner)
+            save(owner, path, timeout=timeout)
             if not wait_for_exit(pid, STOP_WAIT_SECONDS):
                 raise VMError("the template VM did not stop after saving")
     except PyroError:

@@ -39,7 +39,7 @@ from pyro_mcp.environments import builder, images, runtime
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import HostSetupError, InvalidArgument, NotFound, PyroError, VMError
-from pyro_mcp.vm import backend, disks, warm_builder
+from pyro_mcp.vm import backend, control_ops, disks, warm_builder
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
 
@@ -113,7 +113,7 @@ def build_disk(
                     if made[-1] != target:
                         guest.freeze(client, True)
                         disks.create_overlay(made[-1], target)
-                        client.call("split", {"splits": [[str(made[-1]), str(target)]]})
+                        control_ops.split(client, [[str(made[-1]), str(target)]])
                         made.append(target)
                         guest.freeze(client, False)
                     progress(
@@ -269,7 +269,7 @@ def builder_guest(
         report = _start(files, machine, runtime, warm_from, progress, hello)
         pid = int(report["pid"])
         with SupervisorClient(files.control_socket) as client:
-            client.call("own")
+            control_ops.own(client)
             if setup is not None and egress is not None:
                 setup(client)
             yield client

@@ -49,6 +49,7 @@ from pyro_mcp.store.db import Store
 from pyro_mcp.vm import (
     accel,
     backend,
+    control_ops,
     disks,
     env_build,
     image_builder,
@@ -268,9 +269,9 @@ class VmService:
         suspend.discard(files.dir)
         try:
             with SupervisorClient(files.control_socket) as client:
-                result = client.call(
-                    "suspend",
-                    {"path": str(suspend.partial(files.dir))},
+                result = control_ops.suspend(
+                    client,
+                    suspend.partial(files.dir),
                     timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 10,
                 )
         except (VMError, AgentError) as exc:
@@ -324,12 +325,10 @@ class VmService:
                 for drive in self._drives(record):
                     splits.append(disks.split(drive))
                 with SupervisorClient(files.control_socket) as client:
-                    result = client.call(
-                        "fork_save",
-                        {
-                            "path": str(memory),
-                            "splits": [[str(s.live), str(s.top)] for s in splits],
-                        },
+                    result = control_ops.fork_save(
+                        client,
+                        memory,
+                        [[str(s.live), str(s.top)] for s in splits],
                         timeout=supervisor.SUSPEND_TIMEOUT_SECONDS + 60,
                     )
             except (VMError, AgentError) as exc:
@@ -373,7 +372,7 @@ class VmService:
                     with SupervisorClient(files.control_socket) as client:
                         guest.sync(client)  # the page cache on disk first
                         started = time.monotonic()
-                        client.call("split", {"splits": [[str(prepared.live), str(prepared.top)]]})
+                        control_ops.split(client, [[str(prepared.live), str(prepared.top)]])
                         pause_ms = int((time.monotonic() - started) * 1000)
                 except BaseException:
                     _undo_splits(files, [prepared])
@@ -721,7 +720,7 @@ class VmService:
         record = self.status_vm(vm_id)
         if record.state is VmState.RUNNING:
             with SupervisorClient(files.control_socket) as client:
-                client.call("egress_reload", timeout=30)
+                control_ops.egress_reload(client)
 
     def busy(self, vm_id: str) -> bool:
         """True while the VM's agent has requests in flight (a command, a transfer)."""
@@ -730,7 +729,7 @@ class VmService:
             return False
         try:
             with SupervisorClient(self._files(vm_id).control_socket) as client:
-                return int(client.call("status", timeout=10).get("pending", 0)) > 0
+                return int(control_ops.status(client).get("pending", 0)) > 0
         except PyroError:
             # Alive but not answering (a loaded host): count it busy, so that
             # a command in flight is never cut off for a slow answer.
@@ -839,7 +838,7 @@ class VmService:
         try:
             record = self.start_vm(record.vm_id, progress=progress)
             with SupervisorClient(self._files(record.vm_id).control_socket) as owner:
-                owner.call("own")
+                control_ops.own(owner)
                 progress(f"phase=execute vm={record.vm_id}")
                 result = self.exec_vm(
                     record.vm_id, command, timeout_seconds=timeout_seconds, env=env, client=owner
@@ -893,9 +892,16 @@ class VmService:
         step_timeout_seconds: int,
         progress: Progress = _quiet,
         setup: image_builder.GuestSetup | None = None,
+        namespace: str = "",
     ) -> InstalledEnvironment:
         """Build an environment from a Dockerfile in a guest (``vm/env_build.py``);
-        a ``FROM`` that is not installed is pulled first."""
+        a ``FROM`` that is not installed is pulled first (into ``namespace``,
+        where the caller's own environments live on pyro server)."""
+
+        def pull(reference: str) -> InstalledEnvironment:
+            name = namespace + images.parse_reference(reference).default_name
+            return self.pull_image(reference, name=name, progress=progress)
+
         return env_build.build_environment(
             self.environments,
             vms_dir=self.paths.vms_dir,
@@ -907,9 +913,10 @@ class VmService:
             egress=egress,
             no_cache=no_cache,
             step_timeout_seconds=step_timeout_seconds,
-            pull=lambda reference: self.pull_image(reference, progress=progress),
+            pull=pull,
             progress=progress,
             setup=setup,
+            namespace=namespace,
         )
 
     def push_environment(
@@ -1131,7 +1138,7 @@ def _check_room_for_memory(files: VmFiles, record: VmRecord) -> None:
 
 def _qemu_pid(files: VmFiles) -> int:
     with SupervisorClient(files.control_socket) as client:
-        return int(client.call("status", timeout=10)["qemu_pid"])
+        return int(control_ops.status(client)["qemu_pid"])
 
 
 def _fresh_root(installed: InstalledEnvironment, files: VmFiles) -> None:
@@ -1151,7 +1158,7 @@ def _undo_splits(files: VmFiles, splits: list[disks.Split]) -> None:
     """
     try:
         with SupervisorClient(files.control_socket) as client:
-            active = set(client.call("drives", timeout=10).values())
+            active = set(control_ops.drives(client).values())
     except PyroError as exc:
         log.warning("fork: could not ask which disks the VM writes to (%s)", exc)
         return

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import host_tools
+from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.protocol import FrameDecoder, encode_frame
 from pyro_mcp.errors import PyroError, VMError
 from pyro_mcp.vm import reclaim
@@ -74,10 +75,12 @@ OWNER_CONNECT_TIMEOUT_SECONDS = 60.0
 OWNER_GONE = "the owning process went away"
 NO_OWNER = "no owner connected"
 OWNER_GONE_REASONS = (OWNER_GONE, NO_OWNER)
+STARTER_GONE = "the process that started it"
 # How often the supervisor checks that its VM directory still exists: if it
 # was removed (by hand, or with a whole state directory), nobody can reach or
 # delete this VM any more, so it stops instead of running forever.
 DIRECTORY_CHECK_SECONDS = 5.0
+BOOT_WATCH_SECONDS = 0.5
 
 
 class Supervisor:
@@ -147,7 +150,11 @@ class Supervisor:
                     # Bound now, so no guest connection is lost; served once the
                     # proxy is loaded, while QEMU boots (see _boot).
                     self.egress_listener = _listen(self.files.egress_socket.name)
-                await self._boot(started)
+                watching = asyncio.ensure_future(self._watch_starter_while_booting())
+                try:
+                    await self._boot(started)
+                finally:
+                    watching.cancel()
             except VMError as exc:
                 _report({"ok": False, "error": str(exc)})
                 return 1
@@ -226,8 +233,8 @@ class Supervisor:
             self.egress.serve(self.egress_listener)
             egress = {"egress": self._guest_egress()}
         try:
-            reply = await self.agent_request(
-                "hello",
+            reply = await guest.hello(
+                self,
                 {
                     "time_ns": time.time_ns(),
                     "entropy": base64.b64encode(os.urandom(64)).decode(),
@@ -372,7 +379,7 @@ class Supervisor:
         """
         if self.restore:
             raise ValueError("only a cold-booted template VM can be saved")
-        await self.agent_request("sync", {}, HELLO_TIMEOUT_SECONDS)
+        await guest.flush(self, HELLO_TIMEOUT_SECONDS)
         await self.monitor.call("stop")
         self.saved = True
         await self._save_to(path, shared_ram=True, timeout=60, what="saving the warm snapshot")
@@ -389,7 +396,7 @@ class Supervisor:
         and the error says why.
         """
         started = time.monotonic()
-        await self.agent_request("sync", {}, SYNC_GRACE_SECONDS)
+        await guest.flush(self, SYNC_GRACE_SECONDS)
         await self.monitor.call("stop")
         try:
             await self._save_to(path, what="saving the guest's memory")
@@ -419,7 +426,7 @@ class Supervisor:
         actions = await self._switch_actions(splits)
         # Flushed first, as for a suspend: a fork that cannot resume its memory
         # boots from its disks, and they should hold what the guest wrote.
-        await self.agent_request("sync", {}, SYNC_GRACE_SECONDS)
+        await guest.flush(self, SYNC_GRACE_SECONDS)
 
         async def switch() -> None:
             await self.monitor.call("transaction", {"actions": actions})
@@ -704,9 +711,30 @@ class Supervisor:
         if not self.files.dir.is_dir():
             self.request_stop("the VM directory was removed")
         elif self.watch_pid is not None and not _pid_alive(self.watch_pid):
-            self.request_stop(f"the process that started it (pid {self.watch_pid}) is gone")
+            self.request_stop(f"{STARTER_GONE} (pid {self.watch_pid}) is gone")
         elif not self.stopping.is_set():
             asyncio.get_running_loop().call_later(DIRECTORY_CHECK_SECONDS, self._check_directory)
+
+    @property
+    def abandoned(self) -> bool:
+        """An owner-bound guest (pyro run, a template, a building guest) whose owner
+        went away: nobody uses its disks again, so no flush is waited for and
+        the VM removes them itself."""
+        reason = self.stop_reason or ""
+        return self.owner_bound and (
+            reason in OWNER_GONE_REASONS or reason.startswith(STARTER_GONE)
+        )
+
+    async def _watch_starter_while_booting(self) -> None:
+        """A boot (cold under TCG: 10 s and more) ends as soon as the process that
+        asked for it is gone: QEMU is killed, the boot fails, and an owner-bound
+        VM's files go (``abandoned``)."""
+        if self.watch_pid is None:
+            return
+        while _pid_alive(self.watch_pid):
+            await asyncio.sleep(BOOT_WATCH_SECONDS)
+        self.request_stop(f"{STARTER_GONE} (pid {self.watch_pid}) is gone")
+        self._kill_qemu()
 
     def _check_owner_arrived(self) -> None:
         if not self.owner_seen:
@@ -720,12 +748,17 @@ class Supervisor:
     async def _shutdown(self) -> None:
         qemu = self.qemu
         if qemu is not None and qemu.returncode is None:
-            if self.agent_writer is not None and not self.dead_message and not self.saved:
+            if (
+                self.agent_writer is not None
+                and not self.dead_message
+                and not self.saved
+                and not self.abandoned
+            ):
                 # Flush the guest's page cache so the root overlay is whole, and
                 # freeze /workspace so its disk is clean. Under TCG on a busy
                 # host a guest's first flush can take seconds: be generous.
                 with contextlib.suppress(Exception):
-                    await self.agent_request("sync", {"freeze": ["/workspace"]}, SYNC_GRACE_SECONDS)
+                    await guest.flush(self, SYNC_GRACE_SECONDS, freeze=["/workspace"])
             with contextlib.suppress(ProcessLookupError):
                 qemu.terminate()
             try:
@@ -833,7 +866,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(files.spec.read_text())
     supervisor = Supervisor(files, spec)
     code = asyncio.run(supervisor.run())
-    if supervisor.owner_bound and supervisor.stop_reason in OWNER_GONE_REASONS:
+    if supervisor.abandoned:
         # Nobody is left to delete this VM: remove its disks ourselves.
         shutil.rmtree(files.dir, ignore_errors=True)
     return code

@@ -43,7 +43,7 @@ from typing import Any
 from pyro_mcp import config
 from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.errors import PyroError, VMError
-from pyro_mcp.vm import backend, disks, suspend, warm
+from pyro_mcp.vm import backend, control_ops, disks, suspend, warm
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
 
@@ -240,7 +240,9 @@ def _take(machine: MachineSpec, runtime: Path, partial: Path) -> tuple[int, int]
             hello={"mounts": {}},
             watch_pid=os.getpid(),
         )
-        backend.save_and_exit(files, int(report["pid"]), "suspend", state, SAVE_TIMEOUT_SECONDS)
+        backend.save_and_exit(
+            files, int(report["pid"]), control_ops.suspend, state, SAVE_TIMEOUT_SECONDS
+        )
     finally:
         shutil.rmtree(files.dir, ignore_errors=True)
     if not state.is_file() or state.stat().st_size == 0:

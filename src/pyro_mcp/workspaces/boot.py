@@ -16,6 +16,7 @@ from typing import Any
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.agent.client import SupervisorClient
 from pyro_mcp.errors import PyroError
+from pyro_mcp.vm import control_ops
 from pyro_mcp.workspaces import ca_trust, package_index, processes
 from pyro_mcp.workspaces import egress as workspace_egress
 from pyro_mcp.workspaces import secrets as secret_store
@@ -45,10 +46,7 @@ def publish_like(ctx: WorkspaceContext, parent: dict[str, Any], fork: dict[str, 
         for row in rows:
             port = processes.free_host_port()
             try:
-                client.call(
-                    "hostfwd",
-                    {"action": "add", "host_port": port, "guest_port": row["guest_port"]},
-                )
+                control_ops.add_port(client, port, row["guest_port"])
             except PyroError as exc:
                 warnings.append(f"guest port {row['guest_port']} not published: {exc}")
                 continue
@@ -67,14 +65,7 @@ def republish(ctx: WorkspaceContext, workspace: dict[str, Any]) -> list[str]:
     with ctx.connect(workspace) as client:
         for row in rows:
             try:
-                client.call(
-                    "hostfwd",
-                    {
-                        "action": "add",
-                        "host_port": row["host_port"],
-                        "guest_port": row["guest_port"],
-                    },
-                )
+                control_ops.add_port(client, row["host_port"], row["guest_port"])
             except PyroError as exc:
                 ctx.store.delete_published_ports(workspace["workspace_id"], row["service"])
                 warnings.append(

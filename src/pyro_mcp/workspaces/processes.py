@@ -18,6 +18,7 @@ from typing import Any
 from pyro_mcp import names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.errors import AgentProtocolError, InvalidArgument, PyroError
+from pyro_mcp.vm import control_ops
 from pyro_mcp.workspaces.context import WorkspaceContext
 from pyro_mcp.workspaces.paths import resolve_workspace_path
 from pyro_mcp.workspaces.terminal import render_plain
@@ -196,10 +197,7 @@ class ServiceOps:
                 try:
                     for host_port, guest_port in ports:
                         chosen_port = host_port or free_host_port()
-                        client.call(
-                            "hostfwd",
-                            {"action": "add", "host_port": chosen_port, "guest_port": guest_port},
-                        )
+                        control_ops.add_port(client, chosen_port, guest_port)
                         published.append(
                             {
                                 "host": "127.0.0.1",
@@ -294,7 +292,7 @@ class ServiceOps:
     def _release(self, client: Any, workspace_id: str, name: str) -> None:
         for row in self.ctx.store.published_ports(workspace_id, name):
             with contextlib.suppress(PyroError):
-                client.call("hostfwd", {"action": "remove", "host_port": row["host_port"]})
+                control_ops.remove_port(client, row["host_port"])
         self.ctx.store.delete_published_ports(workspace_id, name)
 
     def _with_ports(self, workspace: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pyro_mcp import names
 from pyro_mcp.agent import operations as guest
 from pyro_mcp.config import disk_full_message
 from pyro_mcp.errors import InvalidArgument, NotFound, PyroError, StoreError
-from pyro_mcp.vm import disks
+from pyro_mcp.vm import control_ops, disks
 from pyro_mcp.workspaces.context import WorkspaceContext, WorkspaceState
 
 BASELINE = "baseline"
@@ -67,11 +67,11 @@ class SnapshotOps:
                 with self.ctx.vms.connect(workspace["vm_id"], "") as client:
                     guest.freeze(client, True)
                     try:
-                        client.call("pause", timeout=30)
+                        control_ops.pause(client)
                         try:
                             shutil.copyfile(source, partial)
                         finally:
-                            client.call("resume", timeout=30)
+                            control_ops.resume(client)
                     finally:
                         guest.freeze(client, False)
             else:
