@@ -946,6 +946,7 @@ class Pyro:
             step_timeout_seconds=step_timeout_seconds,
             progress=self._progress,
             setup=workspace_boot.build_guest_setup(),
+            namespace=self._environment_namespace,
         )
         return self._installed(installed.name, started, prepare)
 

@@ -251,13 +251,19 @@ def audit_entries(server: RemoteServer, *flags: str) -> list[dict[str, Any]]:
 
 
 def test_every_call_is_audited_without_its_values_and_an_unwritable_trail_refuses(
-    team: RemoteServer,
+    team: RemoteServer, tmp_path: Path
 ) -> None:
     mallory = team.sdk("mallory")
     with pytest.raises(InvalidArgument):
         mallory.create_workspace(network_policy="egress", allow_host_services=True)
-    created = mallory.create_workspace(name="audited", secrets={"T": "sup3rsecret-value"})
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "notes.txt").write_text("seeded\n")
+    created = mallory.create_workspace(
+        name="audited", seed_path=seed, secrets={"T": "sup3rsecret-value"}
+    )
     mallory.exec_workspace("audited", "true", secret_env={"T": "T"})
+    mallory.export_workspace("audited", "notes.txt", tmp_path / "back.txt")
     mallory.delete_workspace(created["workspace_id"])
     entries = audit_entries(team, "--principal", "mallory", "--since", "10m")
     refused = [e for e in entries if e["result"] == "refused"]
@@ -268,6 +274,10 @@ def test_every_call_is_audited_without_its_values_and_an_unwritable_trail_refuse
     done = [e for e in entries if e["result"] == "ok"]
     assert {"create_workspace", "exec_workspace", "delete_workspace"} <= {e["method"] for e in done}
     assert any(e.get("workspace") == "audited" for e in done)
+    # The seed's upload and the export's download are lines of their own, with sizes.
+    transfers = {e["method"]: e for e in done if e["method"] in ("upload", "download")}
+    assert set(transfers) == {"upload", "download"}, entries
+    assert transfers["upload"]["bytes"] > 0 and transfers["download"]["bytes"] > 0
     assert all(e["principal"] == "mallory" and e["duration_ms"] >= 0 for e in entries)
     trail = (team.state_dir / "audit.jsonl").read_text()
     assert "sup3rsecret" not in trail and "python3" not in trail
@@ -382,3 +392,53 @@ def test_env_save_under_a_shared_name_is_refused_and_saves_nothing(team: RemoteS
         assert any(e["method"] == "save_environment" and e["result"] == "refused" for e in entries)
     finally:
         mallory.delete_workspace(created["workspace_id"])
+
+
+def test_a_dockerfile_from_names_the_principals_own_and_never_a_server_file(
+    team: RemoteServer, tmp_path: Path
+) -> None:
+    mallory, carol = team.sdk("mallory"), team.sdk("carol")
+    layout = tmp_path / "layout"
+    reference = busybox_image(layout)
+    add_layer(layout, "bb", [(entry("home/app/whose.txt", uid=1000), b"carol's\n")])
+    carol.pull_environment(reference, name="base-app:1")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM base-app:1\nENV BUILT=yes\n")
+    try:
+        assert carol.build_environment("on-top:1", context=context)["name"] == "on-top:1"
+        ran = carol.run_in_vm("on-top:1", "cat /home/app/whose.txt; echo $BUILT")
+        assert ran["stdout"] == "carol's\nyes\n", ran
+        # mallory has no base-app:1, and carol's is not hers to build on.
+        with pytest.raises(InvalidArgument) as refused:
+            mallory.build_environment("theirs:1", context=context)
+        assert _stored_name(team, "carol", "base-app:1") not in str(refused.value)
+        # A FROM (or a project's image) never opens a file of the server, and
+        # whether one exists is not said.
+        for source in ("oci-archive:/etc/hostname", "oci-archive:/no/such.tar", "oci:/var/lib"):
+            (context / "Dockerfile").write_text(f"FROM {source}\n")
+            with pytest.raises(InvalidArgument, match="names a path of the server"):
+                mallory.build_environment("stolen:1", context=context)
+        assert "stolen:1" not in {e["name"] for e in mallory.list_environments()}
+    finally:
+        carol.prune_environments(all=True)
+
+
+def test_env_save_installs_into_the_principals_own_namespace(team: RemoteServer) -> None:
+    mallory, carol, ops = team.sdk("mallory"), team.sdk("carol"), team.sdk("ops")
+    created = mallory.create_workspace(name="keeper")
+    try:
+        mallory.exec_workspace("keeper", "echo kept > /opt/kept.txt")
+        assert mallory.save_environment("keeper", "kept:1")["name"] == "kept:1"
+    finally:
+        mallory.delete_workspace(created["workspace_id"])
+    try:
+        assert "kept:1" in {e["name"] for e in mallory.list_environments()}
+        assert "kept:1" not in {e["name"] for e in carol.list_environments()}
+        stored = _stored_name(team, "mallory", "kept:1")
+        assert stored in {e["name"] for e in ops.list_environments()}
+        assert mallory.run_in_vm("kept:1", "cat /opt/kept.txt")["stdout"] == "kept\n"
+        with pytest.raises(NotFound):
+            carol.run_in_vm("kept:1", "true")
+    finally:
+        mallory.remove_environment("kept:1")

@@ -168,43 +168,32 @@ class EgressProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept(self, listener: socket.socket) -> None:
+    def serve_direct(self, listener: socket.socket) -> None:
+        """Serve connections accepted on ``listener`` itself (a listening TCP socket,
+        non-blocking): a confined host program's (``egress/confined.py``)."""
+        self._spawn(self._accept(listener, direct=True))
+
+    async def _accept(self, listener: socket.socket, *, direct: bool = False) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                handoff, _ = await loop.sock_accept(listener)
+                accepted, _ = await loop.sock_accept(listener)
             except OSError:
                 return
-            self._spawn(self._take(handoff))
+            self._spawn(self._serve_socket(accepted) if direct else self._take(accepted))
 
     async def _take(self, handoff: socket.socket) -> None:
         """Receive the guest connection's descriptor from a relay, then serve it."""
-        loop = asyncio.get_running_loop()
-        received: asyncio.Future[list[int]] = loop.create_future()
-
-        def readable() -> None:
-            try:
-                _, fds, _, _ = socket.recv_fds(handoff, 1, 4)
-            except BlockingIOError:
-                return
-            except OSError:
-                fds = []
-            if not received.done():
-                received.set_result(fds)
-
-        loop.add_reader(handoff.fileno(), readable)
         try:
-            fds = await asyncio.wait_for(received, HANDOFF_TIMEOUT_SECONDS)
+            fd = await receive_fd(handoff, HANDOFF_TIMEOUT_SECONDS)
         except TimeoutError:
             return
         finally:
-            loop.remove_reader(handoff.fileno())
             handoff.close()
-        for extra in fds[1:]:
-            os.close(extra)
-        if not fds:
-            return
-        guest = socket.socket(fileno=fds[0])
+        if fd is not None:
+            await self._serve_socket(socket.socket(fileno=fd))
+
+    async def _serve_socket(self, guest: socket.socket) -> None:
         if self._open >= MAX_CONNECTIONS:
             guest.close()
             self._record(Crossing("?", 0, "?", reason="too many open connections"))
@@ -573,6 +562,35 @@ class EgressProxy:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+async def receive_fd(connection: socket.socket, timeout: float) -> int | None:
+    """The one descriptor sent over ``connection`` (SCM_RIGHTS); any more are closed.
+
+    Raises:
+        TimeoutError: none came within ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[list[int]] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(connection, 1, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            fds = []
+        if not received.done():
+            received.set_result(fds)
+
+    loop.add_reader(connection.fileno(), readable)
+    try:
+        fds = await asyncio.wait_for(received, timeout)
+    finally:
+        loop.remove_reader(connection.fileno())
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else None
 
 
 def _host_port(target: str) -> tuple[str, int]:

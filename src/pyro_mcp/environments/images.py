@@ -44,6 +44,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyro_mcp import crossings, host_tools, names
+from pyro_mcp.egress import fetch_proxy
+from pyro_mcp.egress.policy import EgressPolicy
 from pyro_mcp.environments import builder
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument
 
@@ -76,21 +78,48 @@ class ImageError(EnvironmentBuildError):
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
-# A check on every registry host[:port] this thread's calls contact (a pull, a
-# build's FROM); pyro server puts one there for a principal (calls.py).
-_registry_check: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+# Checks pyro server puts on what this thread's calls fetch (calls.py), wherever
+# the reference came from (an argument, a Dockerfile's FROM, a project's
+# devcontainer.json): each registry host[:port] before it is contacted, and
+# each local image path (oci:, oci-archive:, docker-archive:) before it is read.
+Check = Callable[[str], None]
+_registry_check: contextvars.ContextVar[Check | None] = contextvars.ContextVar(
     "registry_check", default=None
+)
+_local_check: contextvars.ContextVar[Check | None] = contextvars.ContextVar(
+    "local_check", default=None
 )
 
 
-@contextlib.contextmanager
-def registry_check(check: Callable[[str], None]) -> Iterator[None]:
+# Which of this thread's fetches from a registry run confined, and under what
+# egress policy (``egress/fetch_proxy.py``: by default only public addresses,
+# each checked as it is connected to).
+Confine = Callable[[str], EgressPolicy | None]
+_confine: contextvars.ContextVar[Confine | None] = contextvars.ContextVar("confine", default=None)
+
+
+def confined_fetches(policy_for: Confine) -> contextlib.AbstractContextManager[None]:
+    """A fetch from ``registry`` runs confined under ``policy_for(registry)`` (None: not)."""
+    return _checking(_confine, policy_for)
+
+
+def registry_check(check: Check) -> contextlib.AbstractContextManager[None]:
     """Run ``check(registry)`` before this thread contacts a registry; it raises to refuse."""
-    token = _registry_check.set(check)
+    return _checking(_registry_check, check)
+
+
+def local_image_check(check: Check) -> contextlib.AbstractContextManager[None]:
+    """Run ``check(path)`` before this thread reads a local image; it raises to refuse."""
+    return _checking(_local_check, check)
+
+
+@contextlib.contextmanager
+def _checking(variable: contextvars.ContextVar[Any], check: Callable[[str], Any]) -> Iterator[None]:
+    token = variable.set(check)
     try:
         yield
     finally:
-        _registry_check.reset(token)
+        variable.reset(token)
 
 
 def not_an_image(path: Path, form: str) -> str | None:
@@ -141,6 +170,9 @@ def parse_reference(text: str) -> Reference:
     split = crossings.split_local_image(text)
     if split is not None:
         form, path, tag = split
+        check = _local_check.get()
+        if check is not None:
+            check(path)  # before looking: whether a refused path exists is not said
         local = Path(path).expanduser().absolute()
         if not local.exists():
             raise InvalidArgument("reference", f"{local} does not exist")
@@ -215,6 +247,7 @@ class ImageStore:
 
     def __init__(self, cache_dir: Path) -> None:
         self.layout = cache_dir / "oci"
+        self._proxy: fetch_proxy.FetchProxy | None = None
         self.layers_dir = cache_dir / "layers"
 
     def blob(self, digest: str) -> Path:
@@ -249,6 +282,21 @@ class ImageStore:
         check = _registry_check.get()
         if check is not None and reference.registry is not None:
             check(reference.registry)
+        confine = _confine.get()
+        policy = confine(reference.registry) if confine and reference.registry else None
+        if policy is None:
+            return self._fetch(reference, progress, insecure)
+        with fetch_proxy.fetch_proxy(policy) as self._proxy:
+            try:
+                return self._fetch(reference, progress, insecure)
+            except ImageError as exc:
+                if self._proxy.refusals:
+                    raise _refused_fetch(reference, self._proxy.refusals[0]) from exc
+                raise
+            finally:
+                self._proxy = None
+
+    def _fetch(self, reference: Reference, progress: Progress, insecure: bool) -> Image:
         tag = f"pyro-{uuid.uuid4().hex[:12]}"
         command = ["copy", "--override-os", "linux", "--override-arch", "amd64"]
         if reference.registry is not None:
@@ -274,9 +322,8 @@ class ImageStore:
             plain = insecure or bool(LOOPBACK.match(reference.registry))
             flags.append(f"--tls-verify={'false' if plain else 'true'}")
         try:
-            manifest = json.loads(
-                host_tools.run(SKOPEO, [*flags, reference.source], capture_output=True).stdout
-            )
+            inspect = self._skopeo([*flags, reference.source])
+            manifest = json.loads(host_tools.run(*inspect, capture_output=True).stdout)
             if "manifests" in manifest and reference.registry is not None:  # an index
                 chosen = next(
                     m["digest"]
@@ -287,7 +334,7 @@ class ImageStore:
                 repository = re.sub(r"(@.*|:[^:/]*)$", "", reference.source)
                 source = f"{repository}@{chosen}"
                 manifest = json.loads(
-                    host_tools.run(SKOPEO, [*flags, source], capture_output=True).stdout
+                    host_tools.run(*self._skopeo([*flags, source]), capture_output=True).stdout
                 )
             layers = manifest.get("layers")
             if not isinstance(layers, list):
@@ -306,6 +353,13 @@ class ImageStore:
             StopIteration,
         ):
             return None
+
+    def _skopeo(self, args: list[str]) -> tuple[host_tools.Program, list[str]]:
+        """skopeo with ``args``, confined while this store fetches for a principal."""
+        if self._proxy is None:
+            return SKOPEO, args
+        argv = self._proxy.command(host_tools.command(SKOPEO, args))
+        return Path(argv[0]), argv[1:]
 
     def _has(self, layer: dict[str, Any]) -> bool:
         digest = str(layer.get("digest"))
@@ -337,7 +391,7 @@ class ImageStore:
 
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             process = host_tools.popen(
-                SKOPEO, command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True
+                *self._skopeo(command), stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True
             )
             deadline = time.monotonic() + PULL_TIMEOUT_SECONDS
             shown = -1
@@ -397,7 +451,9 @@ class ImageStore:
         if reference.registry is not None:
             plain = insecure or bool(LOOPBACK.match(reference.registry))
             command.append(f"--tls-verify={'false' if plain else 'true'}")
-        done = host_tools.run(SKOPEO, [*command, reference.source], capture_output=True, timeout=60)
+        done = host_tools.run(
+            *self._skopeo([*command, reference.source]), capture_output=True, timeout=60
+        )
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             index = json.loads(done.stdout)
             found = [
@@ -649,6 +705,17 @@ def image_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 
 LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _refused_fetch(reference: Reference, refusal: dict[str, Any]) -> ImageError:
+    where = f"{refusal.get('host')}:{refusal.get('port')}"
+    return ImageError(
+        f"fetching {reference.text} led to {where}, which this server does not let a "
+        f"registry reach ({refusal.get('reason', '')[:200].split(';')[0]}): registries "
+        "may reach only public addresses, checked at each connection, including "
+        "redirects. An admin can grant private registries: pyro server token create "
+        "NAME --allow private-registry"
+    )
 
 
 def disk_full(path: Path) -> ImageError:

@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyro_mcp import config
-from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError
+from pyro_mcp.errors import InvalidArgument, PyroError, RemoteError, StoreError
 from pyro_mcp.mcp import profiles
 from pyro_mcp.mcp.server import IdleSuspender, create_server
 from pyro_mcp.mcp.warmup import BackgroundWarmUp
@@ -289,15 +290,34 @@ class PyroServer:
         principal = self._admit(request)
         if isinstance(principal, Response):
             return principal
+        started = time.monotonic()
+        try:
+            self.audit.check()
+        except StoreError as exc:
+            return _error(503, exc)
+        status, outcome, size = await self._receive_upload(request, principal)
+        error = outcome if isinstance(outcome, PyroError) else None
+        refused = self._transfer_audited(principal, "upload", error, started, size)
+        if refused is not None:
+            return refused
+        if error is not None:
+            return Response(status_code=400) if status == 0 else _error(status, error)
+        return JSONResponse({"upload": outcome})
+
+    async def _receive_upload(
+        self, request: Request, principal: Principal
+    ) -> tuple[int, PyroError | str, int]:
+        """(status, the error or the ticket, bytes received) of one upload; status 0:
+        the client went away (nobody is left to answer)."""
         try:
             length = int(request.headers.get("content-length", ""))
         except ValueError:
-            return _error(411, InvalidArgument("Content-Length", "an upload must give its size"))
+            return 411, InvalidArgument("Content-Length", "an upload must give its size"), 0
         if length > wire.MAX_UPLOAD_BYTES:
-            return _error(413, _too_large(length))
+            return 413, _too_large(length), 0
         suffix = request.headers.get("pyro-archive-suffix", ".tar.gz")
         if suffix not in _SUFFIXES:
-            return _error(400, InvalidArgument("Pyro-Archive-Suffix", f"one of {_SUFFIXES}"))
+            return 400, InvalidArgument("Pyro-Archive-Suffix", f"one of {_SUFFIXES}"), 0
         folder = self.spool / "uploads"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = folder / f"{secrets.token_hex(16)}{suffix}"
@@ -305,21 +325,43 @@ class PyroServer:
             received = await _receive_to(request, path, length)
         except ClientDisconnect:
             path.unlink(missing_ok=True)
-            return Response(status_code=400)
+            return 0, InvalidArgument("upload", "the client went away midway"), 0
         except TimeoutError:
             path.unlink(missing_ok=True)
-            return _error(408, InvalidArgument("upload", "the client stopped sending"))
+            return 408, InvalidArgument("upload", "the client stopped sending"), 0
         except OSError as exc:
             path.unlink(missing_ok=True)
-            return _error(507, RemoteError(f"the server could not store the upload: {exc}"))
+            return 507, RemoteError(f"the server could not store the upload: {exc}"), 0
         if received != length:
             path.unlink(missing_ok=True)
-            return _error(
+            return (
                 413 if received > length else 400,
                 InvalidArgument("upload", f"{received} bytes sent where {length} were announced"),
+                received,
             )
-        ticket = self.registry.spool("upload", principal.name, path)
-        return JSONResponse({"upload": ticket})
+        return 200, self.registry.spool("upload", principal.name, path), received
+
+    def _transfer_audited(
+        self,
+        principal: Principal,
+        method: str,
+        error: PyroError | None,
+        started: float,
+        size: int,
+    ) -> Response | None:
+        """Record an upload or download; the answer to give when that cannot be done."""
+        try:
+            self.audit.record(
+                principal=principal.name,
+                method=method,
+                arguments={},
+                error=error,
+                seconds=time.monotonic() - started,
+                size_bytes=size,
+            )
+        except StoreError as exc:
+            return _error(503, exc)
+        return None
 
     async def _port(self, websocket: WebSocket) -> None:
         """``pyro workspace port-forward``: one TCP connection to a published port."""
@@ -342,12 +384,24 @@ class PyroServer:
         principal = self._admit(request)
         if isinstance(principal, Response):
             return principal
+        started = time.monotonic()
+        try:
+            self.audit.check()
+        except StoreError as exc:
+            return _error(503, exc)
         path = self.registry.take("download", request.path_params["ticket"], principal.name)
         if path is None or not path.is_file():
-            return _error(404, InvalidArgument("ticket", "no such download (each is taken once)"))
+            missing = InvalidArgument("ticket", "no such download (each is taken once)")
+            refused = self._transfer_audited(principal, "download", missing, started, 0)
+            return refused or _error(404, missing)
 
         stream = path.open("rb")
         size = os.fstat(stream.fileno()).st_size
+        refused = self._transfer_audited(principal, "download", None, started, size)
+        if refused is not None:
+            stream.close()
+            _remove_spooled(path)
+            return refused
         # Gone from the disk's names at once: the open file is read to the end,
         # and its space is freed when the response ends, however it ends (a
         # client that goes away midway included).

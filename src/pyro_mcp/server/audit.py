@@ -64,8 +64,9 @@ class AuditLog:
         arguments: dict[str, Any],
         error: BaseException | None,
         seconds: float,
+        size_bytes: int | None = None,
     ) -> None:
-        """Append one call's line.
+        """Append one call's line (an upload's or download's with ``size_bytes``).
 
         Raises:
             StoreError: it could not be written.
@@ -87,6 +88,8 @@ class AuditLog:
             entry["reason"] = str(error)[:MAX_REASON]
         entry["allowed"] = entry["result"] != "refused"
         entry["duration_ms"] = round(seconds * 1000)
+        if size_bytes is not None:
+            entry["bytes"] = size_bytes
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self._lock:
             try:

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from pyro_mcp import config, crossings, names
 from pyro_mcp.crossings import Capability, Crossing, Names
-from pyro_mcp.egress.policy import is_public
+from pyro_mcp.egress.policy import EgressPolicy, is_public
 from pyro_mcp.environments import images
 from pyro_mcp.environments.cache import used_bytes
 from pyro_mcp.environments.catalog import CATALOG
@@ -125,6 +125,7 @@ class PrincipalCalls:
         arguments = dict(arguments)
         declared = crossings.declared(getattr(type(self.engine), method))
         _current.progress = progress
+        _current.uploads = []
         try:
             with contextlib.ExitStack() as cleanup, self._names_unprefixed():
                 self._check_capabilities(declared, arguments)
@@ -133,6 +134,7 @@ class PrincipalCalls:
                 shown = self._cross_in(method, declared, arguments, cleanup)
                 download = self._cross_out(method, declared, arguments, cleanup)
                 cleanup.enter_context(self._registries_checked())
+                cleanup.enter_context(images.local_image_check(self._check_local_image))
                 self._environments_in(method, declared, arguments)
                 if method == "prune_environments" and not self.principal.admin:
                     return self._prune_own(bool(arguments.get("all")))
@@ -148,6 +150,7 @@ class PrincipalCalls:
                 return self._filtered(method, _shown_as(result, shown))
         finally:
             _current.progress = None
+            _current.uploads = []
 
     # ----------------------------------------------------------------- names
     #
@@ -445,15 +448,20 @@ class PrincipalCalls:
     @contextlib.contextmanager
     def _registries_checked(self) -> Iterator[None]:
         """Registries this call contacts (a pull, a build's FROM) must not resolve to
-        private or local addresses, the server's own included, unless allowed."""
+        private or local addresses, the server's own included, unless allowed; and
+        skopeo then runs confined, so neither a redirect nor a name that resolves
+        elsewhere a moment later reaches one (``egress/fetch_proxy.py``)."""
         if self._may(Capability.PRIVATE_REGISTRY):
             yield
             return
 
         operators = urlsplit("//" + (config.environment_registry() or "")).netloc
 
+        def operators_own(registry: str) -> bool:
+            return bool(operators) and registry == operators.split("/", 1)[0]
+
         def check(registry: str) -> None:
-            if operators and registry == operators.split("/", 1)[0]:
+            if operators_own(registry):
                 return  # PYRO_ENVIRONMENT_REGISTRY: the operator's own choice
             addresses = _resolve(registry)
             private = [a for a in addresses if not is_public(a)]
@@ -466,10 +474,28 @@ class PrincipalCalls:
                     + _needs(self.principal.name, Capability.PRIVATE_REGISTRY),
                 )
 
-        with images.registry_check(check):
+        with (
+            images.registry_check(check),
+            images.confined_fetches(
+                lambda registry: None if operators_own(registry) else EgressPolicy()
+            ),
+        ):
             yield
 
     # ------------------------------------------------------------ host paths
+
+    def _check_local_image(self, path: str) -> None:
+        """A local image this call reads must be one it uploaded: a Dockerfile's
+        FROM or a project's image never opens a file of the server."""
+        real = Path(os.path.realpath(path))
+        if any(real == upload or real.is_relative_to(upload) for upload in _current.uploads):
+            return
+        raise InvalidArgument(
+            "reference",
+            f"{names.shown(path)} names a path of the server; pyro server never reads its "
+            "own files for a client. Name a registry image or an installed environment, "
+            "or pull your local image first with `pyro --remote URL env pull` (it uploads it)",
+        )
 
     def _cross_in(
         self,
@@ -610,6 +636,7 @@ class PrincipalCalls:
             stage_seed(archive, place)
         else:
             shutil.move(archive, place)
+        _current.uploads.append(Path(os.path.realpath(place)))
         why = images.not_an_image(place, form)
         if why is not None:
             raise InvalidArgument(

@@ -44,7 +44,7 @@ from pyro_mcp.environments import builder, dockerfile, images
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG, get_spec
 from pyro_mcp.errors import EnvironmentBuildError, InvalidArgument, NotFound
-from pyro_mcp.vm import disks, image_builder
+from pyro_mcp.vm import control_ops, disks, image_builder
 
 # POSIX file locks: the engine's. A remote client on Windows imports this module
 # (through the SDK) but never takes one.
@@ -103,10 +103,12 @@ def build_environment(
     pull: Pull,
     progress: images.Progress,
     setup: image_builder.GuestSetup | None = None,
+    namespace: str = "",
 ) -> InstalledEnvironment:
     """Build ``file`` in ``context`` as environment ``name``; installed only if
     every step succeeds (a previous ``name`` stays until then). ``RUN`` steps
-    reach the network through ``egress`` (None: no network)."""
+    reach the network through ``egress`` (None: no network). A ``FROM`` names
+    the ``namespace``'s own environment before a shared one (pyro server)."""
     env_name = images.check_name(name)
     if env_name in CATALOG:
         raise InvalidArgument("name", f"{env_name} is a curated environment; name the build")
@@ -119,7 +121,7 @@ def build_environment(
     for unused in parsed.unused_build_args:
         progress(f"phase=build warning: --build-arg {unused} names no ARG in {file}")
     progress(f"phase=build FROM {parsed.base}")
-    base = _base(cache, parsed.base, pull, progress)
+    base = _base(cache, parsed.base, pull, progress, namespace)
     kernel, runtime_image, initrd = image_builder.builder_parts(cache, progress)
     started = time.monotonic()
     layers_dir = images.ImageStore(cache.cache_dir).layers_dir
@@ -247,19 +249,30 @@ def save_environment(
     return installed, {**saved, "save_seconds": seconds}
 
 
-def _base(cache: EnvironmentCache, reference: str, pull: Pull, progress: images.Progress) -> _Base:
-    """The ``FROM`` environment: installed, built (curated) or pulled first."""
-    try:
-        status = cache.status(reference)
-    except (NotFound, InvalidArgument):  # not installed, or not a name: pulled below
-        status = None
+def _base(
+    cache: EnvironmentCache,
+    reference: str,
+    pull: Pull,
+    progress: images.Progress,
+    namespace: str = "",
+) -> _Base:
+    """The ``FROM`` environment: installed (the ``namespace``'s own first, as a
+    name the caller uses resolves on pyro server), built (curated) or pulled first."""
+    status = None
+    for name in [namespace + reference, reference] if namespace else [reference]:
+        try:
+            status = cache.status(name)
+        except (NotFound, InvalidArgument):  # not installed, or not a name: pulled below
+            continue
+        if status.installed:
+            break
     if status is None or not status.installed:
         if reference in CATALOG:
             cache.ensure(reference, progress)
+            status = cache.status(reference)
         else:
             progress(f"phase=build {reference} is not installed: pulling it")
-            pull(reference)
-        status = cache.status(reference)
+            status = cache.status(pull(reference).name)
     manifest = status.manifest or {}
     if manifest.get("chain"):
         image = manifest.get("image") or {}
@@ -549,7 +562,7 @@ def _run_steps(
                 if made[-1] != target:
                     guest.freeze(client, True)
                     disks.create_overlay(made[-1], target)
-                    client.call("split", {"splits": [[str(made[-1]), str(target)]]})
+                    control_ops.split(client, [[str(made[-1]), str(target)]])
                     guest.freeze(client, False)
                     os.chmod(made[-1], 0o444)
                     # The step below is whole and the guest writes on: record it.
