@@ -47,12 +47,16 @@ def _spawn_calls(path: Path) -> list[str]:
 def test_every_host_program_is_started_through_host_tools() -> None:
     """So each is found in sbin too and a missing one names its package.
 
-    The guest programs run inside the VM and are exempt.
+    The guest programs run inside the VM and are exempt, and so is
+    ``egress/confined.py``: it becomes the program it was given, whose path
+    ``host_tools`` resolved in the process that started it.
     """
     offenders = [
         call
         for path in sorted(SRC.rglob("*.py"))
-        if path.name != "host_tools.py" and "guest" not in path.relative_to(SRC).parts
+        if path.name != "host_tools.py"
+        and "guest" not in path.relative_to(SRC).parts
+        and path.relative_to(SRC).as_posix() != "egress/confined.py"
         for call in _spawn_calls(path)
     ]
     assert offenders == []
