@@ -34,6 +34,16 @@ ROOT = "/workspace"
 BLOBS = "/run/pyro/baseline"
 RAW_SERIAL = "pyro-baseline"  # the blobs drive, read raw (not mounted)
 TAR_ERROR_TAIL = 4000
+# How a layer is extracted, here and on the host (vm/image_builder.py): as root,
+# owners, modes, setuid bits and xattrs kept, whiteout markers left out.
+TAR_KEEPS = (
+    "--numeric-owner",
+    "--same-owner",
+    "--preserve-permissions",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--exclude=.wh.*",
+)
 
 
 def op_layer_apply(args: dict[str, Any]) -> dict[str, Any]:
@@ -75,12 +85,7 @@ def op_layer_apply(args: dict[str, Any]) -> dict[str, Any]:
         source if offset is None else "-",
         "--directory",
         ROOT,
-        "--numeric-owner",
-        "--same-owner",
-        "--preserve-permissions",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--exclude=.wh.*",
+        *TAR_KEEPS,
     ]
     if offset is not None:
         # 128 KiB reads of the drive, not tar's default 10 KiB: each read is a

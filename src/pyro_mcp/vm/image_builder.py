@@ -39,6 +39,7 @@ from pyro_mcp.environments import builder, images, runtime
 from pyro_mcp.environments.cache import EnvironmentCache, InstalledEnvironment
 from pyro_mcp.environments.catalog import CATALOG
 from pyro_mcp.errors import HostSetupError, InvalidArgument, NotFound, PyroError, VMError
+from pyro_mcp.guest import layers as guest_layers
 from pyro_mcp.vm import backend, control_ops, disks, warm_builder
 from pyro_mcp.vm.files import VmFiles
 from pyro_mcp.vm.qemu import MachineSpec
@@ -169,12 +170,7 @@ def _first_layer_on_host(
         tar_file,
         "--directory",
         tree,
-        "--numeric-owner",
-        "--same-owner",
-        "--preserve-permissions",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--exclude=.wh.*",
+        *guest_layers.TAR_KEEPS,
     ]
     mkfs: list[str | os.PathLike[str]] = [
         "-q",
